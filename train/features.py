@@ -1,0 +1,99 @@
+"""Caches the frozen lower backbone's output for every image, once.
+
+    python -m train.features [--data DIR] [--cache .cache/features]
+
+The lower stages (conv_stem .. blocks[SPLIT_BLOCK-1]) never change during training, so
+their output for each image and each augmentation view is computed once and stored as
+one fp16 array of shape (N, VIEWS, C, H, W). Training then runs only the upper stages.
+Resumable: rows are written in order and the count of finished rows is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from lesion_app.data import DEFAULT_DATA, load_image, load_metadata
+from lesion_app.models import ARCH, SPLIT_BLOCK, LesionClassifier
+from lesion_app.preprocess import InputSpec, flip_views, to_tensor
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = REPO / ".cache" / "features"
+ZOOM = 0.85  # the second scale: a centre crop keeping 85% of each side
+N_VIEWS = 8   # 4 flips of the full image, then 4 flips of the zoomed crop
+TTA_VIEWS = 4  # evaluation averages over the flips of the full image only
+
+
+def zoom(image: Image.Image, keep: float = ZOOM) -> Image.Image:
+    w, h = image.size
+    cw, ch = round(w * keep), round(h * keep)
+    return image.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+
+
+def image_views(image: Image.Image, spec: InputSpec) -> torch.Tensor:
+    """(N_VIEWS, 3, H, W): flips of the image, then flips of its zoomed centre."""
+    x = torch.stack([to_tensor(image, spec), to_tensor(zoom(image), spec)])
+    return flip_views(x).flatten(0, 1)
+
+
+def cache_dir(cache: Path, image_ids, spec: InputSpec) -> Path:
+    key = json.dumps([ARCH, SPLIT_BLOCK, N_VIEWS, ZOOM, spec.to_dict(), list(image_ids)])
+    return Path(cache) / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@torch.inference_mode()
+def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputSpec = InputSpec(),
+                batch_images: int = 2, model: LesionClassifier | None = None) -> np.ndarray:
+    """Returns the (N, N_VIEWS, C, h, w) fp16 array for image_ids, computing what is missing."""
+    image_ids = list(image_ids)
+    out = cache_dir(cache, image_ids, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    progress_file, array_file = out / "progress.json", out / "lower.npy"
+    done = json.loads(progress_file.read_text())["done"] if progress_file.exists() else 0
+    if done == len(image_ids):
+        return np.load(array_file, mmap_mode="r")
+    model = (model or LesionClassifier("none")).eval().to(memory_format=torch.channels_last)
+    c, h, w = model.lower(torch.zeros(1, 3, spec.height, spec.width)).shape[1:]
+    mode = "r+" if done else "w+"
+    arr = np.lib.format.open_memmap(array_file, mode=mode, dtype=np.float16,
+                                    shape=(len(image_ids), N_VIEWS, c, h, w))
+    t0 = time.time()
+    bar = tqdm(range(done, len(image_ids), batch_images), desc="caching lower features",
+               unit="batch", mininterval=10)
+    for start in bar:
+        ids = image_ids[start:start + batch_images]
+        x = torch.cat([image_views(load_image(data, i), spec) for i in ids])
+        f = model.lower(x.contiguous(memory_format=torch.channels_last))
+        arr[start:start + len(ids)] = f.reshape(len(ids), N_VIEWS, c, h, w).numpy().astype(np.float16)
+        if (start // batch_images) % 50 == 0 or start + len(ids) == len(image_ids):
+            arr.flush()
+            progress_file.write_text(json.dumps({"done": start + len(ids)}))
+    arr.flush()
+    progress_file.write_text(json.dumps({"done": len(image_ids),
+                                         "seconds": round(time.time() - t0, 1)}))
+    del arr
+    return np.load(array_file, mmap_mode="r")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    df = load_metadata(a.data)
+    t = time.time()
+    arr = build_cache(a.data, df["image_id"], a.cache)
+    print(f"cached {arr.shape} in {time.time() - t:.0f} s at {cache_dir(a.cache, df['image_id'], InputSpec())}")
+
+
+if __name__ == "__main__":
+    main()

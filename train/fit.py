@@ -1,0 +1,230 @@
+"""Trains the image-only or the fusion model on cached lower-backbone features.
+
+    python -m train.fit --model fusion --fusion concat --out runs/fusion
+    python -m train.fit --model image_only --out runs/image_only
+
+Reads top to bottom: data and split -> metadata encoding -> cached features -> model ->
+loss and sampler -> a plain epoch loop (one log line per epoch, a checkpoint per epoch,
+--resume continues) -> the best epoch on validation balanced accuracy -> temperature
+fitted on validation -> runs/<name>/model.safetensors and run.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from lesion_app.data import DEFAULT_DATA, labels, load_metadata
+from lesion_app.metadata import GROUPS, AgeScaler, encode_frame, unknown_row
+from lesion_app.models import LesionClassifier
+from lesion_app.vocab import CLASSES
+from train.features import DEFAULT_CACHE, N_VIEWS, TTA_VIEWS, build_cache
+from train.make_split import DEFAULT_SPLIT, load_split
+from train.metrics import classification_metrics, fit_temperature, softmax
+
+
+@dataclass
+class Config:
+    model: str = "fusion"          # image_only | fusion
+    fusion: str = "concat"         # concat | film | late (fusion only)
+    loss: str = "wce"              # ce | wce (class-weighted) | focal
+    sampler: str = "none"          # none | balanced
+    epochs: int = 10
+    batch: int = 64
+    lr: float = 1e-3               # head; the fine-tuned backbone stages get lr * backbone_lr
+    backbone_lr: float = 0.3
+    weight_decay: float = 0.05
+    focal_gamma: float = 2.0
+    meta_dropout: float = 0.1      # chance each metadata group is replaced by "unknown"
+    seed: int = 0
+    threads: int = 2
+
+
+def class_weights(y: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency weights, normalised so a uniform-class batch has mean weight 1."""
+    n = np.bincount(y, minlength=len(CLASSES)).astype(float)
+    return torch.tensor(len(y) / (len(CLASSES) * np.maximum(n, 1)), dtype=torch.float32)
+
+
+def loss_fn(cfg: Config, weights: torch.Tensor):
+    w = weights if cfg.loss in ("wce", "focal") else None
+    if cfg.loss == "focal":
+        def focal(logits, y):
+            logp = F.log_softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+            return (-(1 - logp.exp()) ** cfg.focal_gamma * logp * w[y]).sum() / w[y].sum()
+        return focal
+    return lambda logits, y: F.cross_entropy(logits, y, weight=w)
+
+
+def drop_metadata(meta: torch.Tensor, unknown: torch.Tensor, p: float) -> torch.Tensor:
+    """Replaces each group (age, sex, site) of each row by 'unknown' with probability p."""
+    meta = meta.clone()
+    for cols in GROUPS.values():
+        hit = torch.rand(len(meta)) < p
+        meta[hit, cols] = unknown[cols]
+    return meta
+
+
+@torch.no_grad()
+def tta_logits(model: LesionClassifier, feats: np.ndarray, meta: torch.Tensor,
+               batch: int = 128) -> np.ndarray:
+    """Mean logits over the TTA views of cached lower features (N, V, C, h, w)."""
+    model.eval()
+    out = []
+    for s in range(0, len(feats), batch):
+        f = torch.from_numpy(np.asarray(feats[s:s + batch, :TTA_VIEWS], dtype=np.float32))
+        b, v = f.shape[:2]
+        pooled = model.upper(f.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+        m = meta[s:s + batch].repeat_interleave(v, 0)
+        out.append(model.head(pooled, m).view(b, v, -1).mean(1))
+    return torch.cat(out).numpy()
+
+
+def save_checkpoint(path: Path, cfg: Config, model, opt, sched, epoch, history, best):
+    torch.save({"config": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "epoch": epoch, "history": history, "best": best,
+                "rng": (torch.get_rng_state(), np.random.get_state(), random.getstate())},
+               path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for k, v in asdict(Config()).items():
+        p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many epochs in this invocation (resume later)")
+    a = p.parse_args(argv)
+    cfg = Config(**{k: getattr(a, k) for k in asdict(Config())})
+    if cfg.model not in ("image_only", "fusion"):
+        p.error("--model must be image_only or fusion")
+    fusion = "none" if cfg.model == "image_only" else cfg.fusion
+    command = "python -m train.fit " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    t_start = time.time()
+    torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    # Data: the committed lesion-grouped split; metadata encoded with train-split age stats.
+    meta_df = load_metadata(a.data).set_index("image_id")
+    split = load_split(a.split)
+    frames = {s: meta_df.loc[split.loc[split["split"] == s, "image_id"]].reset_index()
+              for s in ("train", "val")}
+    scaler = AgeScaler.fit(frames["train"]["age"])
+    meta = {s: torch.from_numpy(encode_frame(f, scaler)) for s, f in frames.items()}
+    y = {s: labels(f) for s, f in frames.items()}
+    unknown = torch.from_numpy(unknown_row(scaler))
+
+    # Cached lower features of every image in the folder (computed once, shared by runs).
+    t_cache = time.time()
+    cached = build_cache(a.data, meta_df.index, a.cache)
+    cache_seconds = time.time() - t_cache
+    row_of = {image_id: k for k, image_id in enumerate(meta_df.index)}
+    feats = {s: np.ascontiguousarray(cached[[row_of[i] for i in f["image_id"]]])
+             for s, f in frames.items()}
+
+    model = LesionClassifier(fusion).to(memory_format=torch.channels_last)
+    lower = set(map(id, model.lower_parameters()))
+    for q in model.lower_parameters():
+        q.requires_grad_(False)
+    upper = [q for q in model.parameters() if q.requires_grad and id(q) not in lower
+             and not any(q is h for h in model.head.parameters())]
+    opt = torch.optim.AdamW([{"params": upper, "lr": cfg.lr * cfg.backbone_lr},
+                             {"params": list(model.head.parameters()), "lr": cfg.lr}],
+                            weight_decay=cfg.weight_decay)
+    steps = (len(y["train"]) + cfg.batch - 1) // cfg.batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[cfg.lr * cfg.backbone_lr, cfg.lr], total_steps=cfg.epochs * steps,
+        pct_start=0.15)
+    weights = class_weights(y["train"])
+    criterion = loss_fn(cfg, weights)
+    sample_p = (weights[y["train"]] / weights[y["train"]].sum()).numpy() if cfg.sampler == "balanced" \
+        else None
+
+    history, best, first = [], {"balanced_accuracy": -1.0, "epoch": -1}, 0
+    ckpt = a.out / "checkpoint.pt"
+    if a.resume and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        if st["config"] != asdict(cfg):
+            p.error(f"--resume needs the same settings as the interrupted run: {st['config']}")
+        model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        history, best, first = st["history"], st["best"], st["epoch"] + 1
+        torch.set_rng_state(st["rng"][0]), np.random.set_state(st["rng"][1])
+        random.setstate(st["rng"][2])
+        print(f"resumed after epoch {st['epoch']}")
+
+    n_train = len(y["train"])
+    for epoch in range(first, cfg.epochs):
+        t0 = time.time()
+        model.train()
+        # The frozen lower stages' BatchNorm stats are baked into the cache; only upper BN trains.
+        order = np.random.choice(n_train, n_train, p=sample_p) if sample_p is not None \
+            else np.random.permutation(n_train)
+        total = 0.0
+        for s in tqdm(range(0, n_train, cfg.batch), desc=f"epoch {epoch}", leave=False,
+                      mininterval=5, disable=None):
+            idx = np.sort(order[s:s + cfg.batch])
+            view = np.random.randint(0, N_VIEWS, len(idx))
+            f = torch.from_numpy(feats["train"][idx, view].astype(np.float32))
+            m = meta["train"][idx]
+            if model.uses_metadata and cfg.meta_dropout > 0:
+                m = drop_metadata(m, unknown, cfg.meta_dropout)
+            logits = model.head(model.upper(f.contiguous(memory_format=torch.channels_last)), m)
+            loss = criterion(logits, torch.from_numpy(y["train"][idx]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        val_logits = tta_logits(model, feats["val"], meta["val"])
+        vm = classification_metrics(y["val"], softmax(val_logits))
+        row = {"epoch": epoch, "train_loss": total / n_train, "val_bacc": vm["balanced_accuracy"],
+               "val_f1": vm["macro_f1"], "val_auc": vm["macro_auc"], "seconds": time.time() - t0}
+        history.append(row)
+        if vm["balanced_accuracy"] > best["balanced_accuracy"]:
+            best = {"balanced_accuracy": vm["balanced_accuracy"], "epoch": epoch}
+            torch.save(model.state_dict(), a.out / "best.pt")
+        save_checkpoint(ckpt, cfg, model, opt, sched, epoch, history, best)
+        print(f"epoch {epoch:2d}  loss {row['train_loss']:.4f}  val bacc {row['val_bacc']:.4f}  "
+              f"f1 {row['val_f1']:.4f}  auc {row['val_auc']:.4f}  {row['seconds']:.0f}s", flush=True)
+        if a.stop_after is not None and epoch + 1 - first >= a.stop_after and epoch + 1 < cfg.epochs:
+            print(f"stopped after epoch {epoch}; continue with --resume")
+            return
+
+    # The best epoch on validation balanced accuracy, calibrated on validation.
+    model.load_state_dict(torch.load(a.out / "best.pt", weights_only=True))
+    val_logits = tta_logits(model, feats["val"], meta["val"])
+    temperature = fit_temperature(val_logits, y["val"])
+    val_raw = classification_metrics(y["val"], softmax(val_logits))
+    val_cal = classification_metrics(y["val"], softmax(val_logits, temperature))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, a.out / "model.safetensors")
+    run = {"config": asdict(cfg), "fusion": fusion, "command": command,
+           "split": str(a.split), "best_epoch": best["epoch"], "history": history,
+           "temperature": temperature, "age_scaler": asdict(scaler),
+           "val_metrics": val_cal, "val_ece_before_temperature": val_raw["ece"],
+           "train_seconds": time.time() - t_start - cache_seconds, "cache_seconds": cache_seconds}
+    (a.out / "run.json").write_text(json.dumps(run, indent=1))
+    print(f"best epoch {best['epoch']}: val bacc {val_cal['balanced_accuracy']:.4f}  "
+          f"f1 {val_cal['macro_f1']:.4f}  T={temperature:.3f}  ECE {val_raw['ece']:.3f}->"
+          f"{val_cal['ece']:.3f}  wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
