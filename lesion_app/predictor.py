@@ -4,15 +4,22 @@ The UI, the /report API and the evaluation CLI all go through `Predictor`.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .metadata import encode_metadata
-from .preprocess import flip_views, to_tensor
-from .weights import MODEL_KEYS, WEIGHTS_DIR, age_scaler, input_spec, load_models, torch_device
+from .gradcam import gradcam
+from .metadata import encode_metadata, parse_age, parse_choice, unknown_row
+from .ood import OODDetector
+from .preprocess import fit_to_aspect, flip_views, to_tensor
+from .result import Analysis, ModelResult, ShapleyResult, probabilities_dict
+from .shapley import PLAYERS, coalition_rows, shapley_values
+from .vocab import CLASSES, SEXES, SITES
+from .weights import (MODEL_KEYS, WEIGHTS_DIR, age_scaler, input_spec, load_models, torch_device,
+                      verify_file)
 
 
 class Predictor:
@@ -30,6 +37,12 @@ class Predictor:
         a, b = (self.models[k] for k in MODEL_KEYS)
         self.shared_lower = all(torch.equal(p, q) for p, q in
                                 zip(a.lower_parameters(), b.lower_parameters()))
+        self.absent_row = torch.from_numpy(unknown_row(self.scaler))
+        self.model_info = {"version": self.manifest["version"],
+                           "sha256": {k: self.manifest["models"][k]["sha256"] for k in MODEL_KEYS}}
+        self._cam_lock = threading.Lock()  # Grad-CAM hooks live on the shared model modules
+        ood = self.manifest.get("ood")
+        self.ood = OODDetector.load(verify_file(weights_dir, ood)) if ood else None
 
     def encode(self, age, sex, site) -> torch.Tensor:
         """One encoded metadata row; raises MetadataError on invalid values."""
@@ -68,3 +81,48 @@ class Predictor:
         meta = torch.stack([self.encode(*m) for m in metadata])
         pooled = self.pooled_features(x)
         return {k: self.head_probabilities(k, pooled[k], meta).cpu().numpy() for k in MODEL_KEYS}
+
+    def analyze(self, image: Image.Image, age=None, sex=None, site=None,
+                cam_class: str | None = None) -> Analysis:
+        """Both models' probabilities, Grad-CAMs and the exact Shapley values of the metadata.
+
+        cam_class: the class whose heatmaps (and Shapley values) to show; by default each
+        heatmap shows its own model's top class and the Shapley values the fusion top class.
+        Raises MetadataError for invalid metadata.
+        """
+        if cam_class is not None and cam_class not in CLASSES:
+            raise ValueError(f"cam_class must be one of {CLASSES}")
+        meta = self.encode(age, sex, site)
+        x = self.image_tensor(image)[None]
+        pooled = self.pooled_features(x)
+        image_only = self.head_probabilities("image_only", pooled["image_only"], meta[None])[0]
+        # All 8 coalitions through the fusion head at once; the last row has everything entered.
+        rows = coalition_rows(meta, self.absent_row)
+        by_coalition = self.head_probabilities(
+            "fusion", pooled["fusion"].expand(len(rows), -1, -1), rows).cpu().numpy()
+        fusion = by_coalition[-1]
+        phi = shapley_values(by_coalition)
+        shap_class = cam_class or CLASSES[int(fusion.argmax())]
+        k = CLASSES.index(shap_class)
+        shap = ShapleyResult(cls=shap_class, base=float(by_coalition[0, k]),
+                             contributions={p: float(phi[i, k]) for i, p in enumerate(PLAYERS)},
+                             value=float(fusion[k]))
+        results = {}
+        for key, probs, m in (("fusion", fusion, meta[None]), ("image_only", image_only.cpu().numpy(), None)):
+            target = cam_class or CLASSES[int(probs.argmax())]
+            with self._cam_lock:
+                heat, empty = gradcam(self.models[key], x.to(self.device),
+                                      None if m is None else m.to(self.device), CLASSES.index(target))
+            results[key] = ModelResult(probabilities_dict(probs), heat, target, empty)
+        warnings = []
+        if self.ood is not None:
+            w = self.ood.warning(pooled["image_only"].mean(1))
+            warnings += [w] if w else []
+        return Analysis(
+            image=np.asarray(fit_to_aspect(image, self.spec)),
+            warnings=warnings,
+            fusion=results["fusion"], image_only=results["image_only"], shap=shap,
+            no_metadata_top=CLASSES[int(by_coalition[0].argmax())],
+            metadata={"age": parse_age(age), "sex": parse_choice(sex, SEXES, "sex"),
+                      "site": parse_choice(site, SITES, "site")},
+            model_info=self.model_info)

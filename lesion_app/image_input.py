@@ -1,0 +1,96 @@
+"""Turns an uploaded file into a safe RGB image, or a clear InputError."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MIN_SIDE = 32
+MAX_PIXELS = 40_000_000      # a 6000x4500 photo is 27 MP; beyond this we refuse before decoding
+WORKING_MAX_SIDE = 1024      # larger images are reduced at decode time; the model sees 256x192
+
+
+class InputError(ValueError):
+    """An upload the app cannot analyse; the message is shown to the user as is."""
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        span = a.max() - a.min()
+        a = (a - a.min()) / span * 255 if span > 0 else np.zeros_like(a)
+        im = Image.fromarray(a.astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
+
+
+def take_upload(payload, keep_digests: frozenset[str] = frozenset()) -> bytes:
+    """Reads an upload into memory and deletes its file, so the image does not outlive the request.
+
+    payload: a path, or Gradio's file payload ({"path": ..., "url": ...}) as the UI and the
+    API send it. Files whose sha256 is in keep_digests (the bundled examples) are left alone.
+    """
+    if payload is None:
+        raise InputError("Please upload a dermoscopic image first.")
+    if isinstance(payload, dict):
+        url = payload.get("url") or ""
+        if payload.get("path") is None and url.startswith("data:"):
+            return base64.b64decode(url.partition(",")[2])
+        payload = payload.get("path")
+    path = Path(str(payload))
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise InputError("The uploaded file is no longer available; please upload the image again.") from None
+    if hashlib.sha256(data).hexdigest() not in keep_digests:
+        path.unlink(missing_ok=True)
+    return data
+
+
+def load_upload(source: str | Path | bytes | None) -> Image.Image:
+    """Opens, checks and normalises an uploaded image (a path or the file's bytes) to RGB.
+
+    Refuses: no file, not an image, truncated/corrupt files, more than MAX_PIXELS pixels
+    (checked from the header, before decoding), and images under MIN_SIDE px on a side.
+    Converts grayscale, palette, RGBA, CMYK and 16-bit images, and applies EXIF rotation.
+    """
+    if source is None:
+        raise InputError("Please upload a dermoscopic image first.")
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    if not data:
+        raise InputError("The uploaded file is empty.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise InputError(f"The image is too large ({w}x{h} pixels, over "
+                                 f"{MAX_PIXELS // 1_000_000} megapixels). Please upload a smaller image.")
+            if min(w, h) < MIN_SIDE:
+                raise InputError(f"The image is too small ({w}x{h} pixels); at least {MIN_SIDE} "
+                                 "pixels are needed on each side.")
+            if max(w, h) > WORKING_MAX_SIDE and im.format == "JPEG":
+                im.draft("RGB", (WORKING_MAX_SIDE, WORKING_MAX_SIDE))  # decode at reduced scale
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            im = _to_rgb(im)
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError("The image is too large to decode safely. Please upload a smaller image.") from None
+    except UnidentifiedImageError:
+        raise InputError("The file is not an image this app can read (use JPEG, PNG, TIFF, BMP or WebP).") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"The image file is damaged or truncated and cannot be read ({e}).") from None
+    if max(im.size) > WORKING_MAX_SIDE:
+        im.thumbnail((WORKING_MAX_SIDE, WORKING_MAX_SIDE), Image.Resampling.LANCZOS)
+    return im

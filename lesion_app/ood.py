@@ -1,0 +1,61 @@
+"""Out-of-distribution check: Mahalanobis distance of image features to the training classes.
+
+Features are the image-only model's pooled backbone features (mean over the flip views),
+already computed for every prediction, so the check costs one small matrix product.
+Distances are measured in a PCA-whitened space fitted on the training split, to the
+nearest class mean (tied covariance); the threshold is a percentile of validation scores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+OOD_WARNING = ("This image does not look like the dermoscopic images the models were trained on "
+               "(out-of-distribution score {score:.1f} > {threshold:.1f}). The predictions below "
+               "are unreliable: use a dermoscope image of a single skin lesion.")
+
+
+@dataclass
+class OODDetector:
+    mean: torch.Tensor        # (F,) feature mean used for centring
+    projection: torch.Tensor  # (F, k) PCA directions scaled to unit within-class variance
+    class_means: torch.Tensor  # (C, k) class means in the whitened space
+    threshold: float
+
+    @classmethod
+    def fit(cls, features: np.ndarray, y: np.ndarray, k: int = 128, shrink: float = 1e-3) -> "OODDetector":
+        x = torch.as_tensor(features, dtype=torch.float64)
+        mean = x.mean(0)
+        centred = x - mean
+        classes = sorted(set(int(c) for c in y))
+        yt = torch.as_tensor(y)
+        within = torch.cat([centred[yt == c] - centred[yt == c].mean(0) for c in classes])
+        cov = within.T @ within / len(within)
+        evals, evecs = torch.linalg.eigh(cov)
+        top = torch.argsort(evals, descending=True)[:k]
+        proj = evecs[:, top] / torch.sqrt(evals[top] + shrink * evals.max())
+        z = centred @ proj
+        means = torch.stack([z[yt == c].mean(0) for c in classes])
+        return cls(mean.float(), proj.float(), means.float(), threshold=float("inf"))
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, F) -> (N,) distance to the nearest class mean; larger = less like training."""
+        z = (features.float().cpu() - self.mean) @ self.projection
+        return torch.cdist(z, self.class_means).min(1).values
+
+    def warning(self, features: torch.Tensor) -> str | None:
+        s = float(self.score(features.reshape(1, -1))[0])
+        return OOD_WARNING.format(score=s, threshold=self.threshold) if s > self.threshold else None
+
+    def save(self, path: Path) -> None:
+        save_file({"mean": self.mean, "projection": self.projection.contiguous(),
+                   "class_means": self.class_means, "threshold": torch.tensor([self.threshold])}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "OODDetector":
+        t = load_file(path)
+        return cls(t["mean"], t["projection"], t["class_means"], float(t["threshold"][0]))

@@ -1,0 +1,97 @@
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+# Nothing may reach the hub (an offline hub call hangs ~47 s); no analytics.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+EXAMPLES = REPO / "lesion_app" / "examples"
+DATA = (REPO.parent / "shared" / "data" / "ham10000").resolve()
+
+needs_dataset = pytest.mark.skipif(
+    not (DATA / "metadata.csv").is_file(),
+    reason=f"needs the full HAM10000 copy at {DATA} (absent on this machine)")
+
+
+@pytest.fixture
+def example_folder(tmp_path) -> Path:
+    """A copy of the committed example cases, in the HAM10000 layout, made per test."""
+    dst = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def example_metadata() -> pd.DataFrame:
+    return pd.read_csv(EXAMPLES / "metadata.csv")
+
+
+def run_module(module: str, *args, timeout=600, cwd=REPO):
+    """Runs `python -m module args` as a user would; returns the CompletedProcess."""
+    import subprocess
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppServer:
+    """`python app.py` in a subprocess, as a user starts it; stopped when done."""
+
+    def __init__(self, env_extra=None, startup_timeout=120):
+        import subprocess
+        import time
+        import urllib.request
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "GRADIO_SERVER_NAME": "127.0.0.1",
+               **(env_extra or {})}
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        t0 = time.time()
+        while time.time() - t0 < startup_timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.proc.stdout.read()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                self.startup_seconds = time.time() - t0
+                return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"app did not answer within {startup_timeout} s")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except Exception:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    server = AppServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def client(app_server):
+    from gradio_client import Client
+    return Client(app_server.url, verbose=False)

@@ -1,0 +1,59 @@
+"""The evaluation CLI contract, on a small folder made from the committed examples."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import run_module
+from lesion_app.predictor import Predictor
+from lesion_app.vocab import CLASSES
+
+METRIC_KEYS = {"balanced_accuracy", "macro_f1", "accuracy", "macro_auc", "per_class",
+               "confusion_matrix", "ece"}
+
+
+@pytest.fixture
+def folder(example_folder):
+    """The 7 examples plus a flipped copy of each (new image ids, one lesion each)."""
+    md = pd.read_csv(example_folder / "metadata.csv")
+    extra = md.copy()
+    extra["image_id"] = extra["image_id"] + "_flip"
+    for src, dst in zip(md["image_id"], extra["image_id"]):
+        with Image.open(example_folder / "images" / f"{src}.jpg") as im:
+            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(example_folder / "images" / f"{dst}.jpg")
+    pd.concat([md, extra]).to_csv(example_folder / "metadata.csv", index=False)
+    return example_folder
+
+
+def test_evaluate_writes_the_json_and_csv_contract(folder, tmp_path):
+    out, preds = tmp_path / "metrics.json", tmp_path / "predictions.csv"
+    r = run_module("train.evaluate", "--data", folder, "--out", out, "--predictions", preds)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads(out.read_text())
+    for k in ("fusion", "image_only"):
+        m = metrics[k]
+        assert METRIC_KEYS <= m.keys()
+        assert set(m["per_class"]) == set(CLASSES)
+        assert all({"precision", "recall", "f1", "auc", "support"} <= v.keys() for v in m["per_class"].values())
+        cm = np.array(m["confusion_matrix"]["rows_true_cols_pred"])
+        assert cm.shape == (7, 7) and cm.sum() == 14 and m["confusion_matrix"]["labels"] == list(CLASSES)
+        assert 0 <= m["balanced_accuracy"] <= 1 and 0 <= m["ece"] <= 1
+    df = pd.read_csv(preds)
+    assert list(df.columns) == ["image_id", "model", *CLASSES]
+    assert len(df) == 28 and set(df["model"]) == {"fusion", "image_only"}
+    assert df.groupby("model")["image_id"].apply(set).map(len).tolist() == [14, 14]
+    assert np.allclose(df[list(CLASSES)].sum(axis=1), 1.0, atol=1e-4)
+    # The CLI's numbers are the app's numbers: the same Predictor, the same calibration.
+    md = pd.read_csv(folder / "metadata.csv").iloc[0]
+    with Image.open(folder / "images" / f"{md.image_id}.jpg") as im:
+        direct = Predictor().probabilities([im.convert("RGB")], [(md.age, md.sex, md.localization)])
+    row = df[(df.image_id == md.image_id) & (df.model == "fusion")][list(CLASSES)].to_numpy()
+    assert np.allclose(row, direct["fusion"], atol=1e-5)
+
+
+def test_evaluate_on_a_wrong_folder_says_what_is_wrong(tmp_path):
+    r = run_module("train.evaluate", "--data", tmp_path, "--out", tmp_path / "m.json",
+                   "--predictions", tmp_path / "p.csv")
+    assert r.returncode == 2 and "metadata.csv not found" in r.stderr and "Traceback" not in r.stderr

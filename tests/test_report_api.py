@@ -1,0 +1,74 @@
+"""/report against the real running app, through gradio_client."""
+import numpy as np
+import pandas as pd
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+
+from conftest import EXAMPLES
+from lesion_app.image_input import load_upload
+from lesion_app.predictor import Predictor
+from lesion_app.vocab import CLASSES
+from lesion_app.weights import load_manifest
+
+CASES = pd.read_csv(EXAMPLES / "metadata.csv")
+
+
+def example(i):
+    r = CASES.iloc[i]
+    return str(EXAMPLES / "images" / f"{r.image_id}.jpg"), float(r.age), r.sex, r.localization
+
+
+def report(client, path, age, sex, site):
+    return client.predict(handle_file(path), age, sex, site, api_name="/report")
+
+
+def test_report_contract_and_shap_adds_up(client):
+    manifest = load_manifest()
+    for i in range(len(CASES)):
+        r = report(client, *example(i))
+        for k in ("fusion", "image_only"):
+            probs = r[k]["probabilities"]
+            assert list(probs) == list(CLASSES)
+            assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+            assert r[k]["top"] == max(probs, key=probs.get)
+        s = r["shap"]
+        assert s["space"] == "probability" and s["class"] == r["fusion"]["top"]
+        assert s["base"] + s["age"] + s["sex"] + s["site"] == pytest.approx(
+            r["fusion"]["probabilities"][s["class"]], abs=1e-3)
+        assert "not entered" in s["baseline"]
+        assert isinstance(r["warnings"], list)
+        assert r["model"]["version"] == manifest["version"]
+        assert r["model"]["sha256"]["fusion"] == manifest["models"]["fusion"]["sha256"]
+
+
+def test_report_is_what_the_predictor_computes(client):
+    """One code path: the server's numbers equal an in-process Predictor's."""
+    path, age, sex, site = example(0)
+    r = report(client, path, age, sex, site)
+    local = Predictor().analyze(load_upload(path), age, sex, site).to_report()
+    for k in ("fusion", "image_only"):
+        assert np.allclose(list(r[k]["probabilities"].values()), list(local[k]["probabilities"].values()),
+                           atol=1e-6)
+    assert r["shap"]["age"] == pytest.approx(local["shap"]["age"], abs=1e-6)
+
+
+def test_missing_metadata_is_a_normal_input(client):
+    path, *_ = example(1)
+    r = report(client, path, None, "unknown", "unknown")
+    s = r["shap"]
+    # Nothing entered: every group is at its baseline, so nothing moved the prediction.
+    assert s["age"] == pytest.approx(0, abs=1e-6) and s["site"] == pytest.approx(0, abs=1e-6)
+    assert s["base"] == pytest.approx(r["fusion"]["probabilities"][s["class"]], abs=1e-6)
+
+
+@pytest.mark.parametrize("age,sex,site,message", [
+    (35, "other", "back", "other"),
+    (35, "female", "elbow", "elbow"),
+    (300, "female", "back", "120"),
+])
+def test_values_outside_the_vocabulary_get_a_clear_error(client, age, sex, site, message):
+    path, *_ = example(2)
+    with pytest.raises(AppError, match=message):
+        report(client, path, age, sex, site)
+    assert report(client, path, 40, "male", "back")["fusion"]["top"] in CLASSES  # still serving
