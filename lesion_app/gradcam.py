@@ -12,7 +12,11 @@ from .models import LesionClassifier
 
 
 class FixedMetadata(nn.Module):
-    """Presents a two-input model as image-only, metadata held fixed (pytorch-grad-cam #115)."""
+    """Presents a two-input model as image-only, metadata held fixed (pytorch-grad-cam #115).
+
+    The frozen lower stages run without autograd and the graph starts at their output, so
+    the backward pass covers only the upper stages that Grad-CAM's target layer sits in.
+    """
 
     def __init__(self, model: LesionClassifier, meta: torch.Tensor | None):
         super().__init__()
@@ -20,7 +24,9 @@ class FixedMetadata(nn.Module):
 
     def forward(self, x):
         meta = None if self.meta is None else self.meta.expand(len(x), -1)
-        return self.model(x, meta)
+        with torch.no_grad():
+            low = self.model.lower(x)
+        return self.model.head(self.model.upper(low.requires_grad_()), meta)
 
 
 class PeakRecordingGradCAM(GradCAM):

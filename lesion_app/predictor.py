@@ -29,7 +29,7 @@ class Predictor:
         self.manifest, self.models = load_models(weights_dir)
         self.device = device or torch_device()
         for m in self.models.values():
-            m.to(self.device)
+            m.to(self.device).requires_grad_(False)  # inference only; Grad-CAM needs activation grads
         self.spec = input_spec(self.manifest)
         self.scaler = age_scaler(self.manifest)
         self.temperature = {k: float(self.manifest["models"][k]["temperature"]) for k in MODEL_KEYS}

@@ -56,10 +56,12 @@ class AppServer:
         import subprocess
         import time
         import urllib.request
+        import tempfile
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="lesion-test-gradio-"))  # where uploads land
         env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "GRADIO_SERVER_NAME": "127.0.0.1",
-               **(env_extra or {})}
+               "GRADIO_TEMP_DIR": str(self.temp_dir), **(env_extra or {})}
         self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         t0 = time.time()
@@ -82,6 +84,7 @@ class AppServer:
                 self.proc.wait(timeout=20)
             except Exception:
                 self.proc.kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,128 @@
+"""Statistics for the clinical evaluation report; each is tested on a case with a known answer."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.stats import binom, chi2
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
+
+
+def balanced_accuracy(y, probs) -> float:
+    return float(balanced_accuracy_score(y, probs.argmax(1)))
+
+
+def macro_f1(y, probs) -> float:
+    return float(f1_score(y, probs.argmax(1), average="macro", labels=sorted(set(y)), zero_division=0))
+
+
+def macro_auc(y, probs) -> float:
+    present = [k for k in range(probs.shape[1]) if 0 < (y == k).sum() < len(y)]
+    return float(np.mean([roc_auc_score(y == k, probs[:, k]) for k in present]))
+
+
+def _cluster_resample(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Row indices of one bootstrap sample drawn by whole groups (lesions)."""
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    pick = rng.integers(0, len(uniq), len(uniq))
+    return np.concatenate([members[g] for g in pick])
+
+
+def bootstrap_ci(metric: Callable, y, probs, groups, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """(estimate, lower, upper): percentile CI, resampling whole lesions with replacement."""
+    y, probs, groups = np.asarray(y), np.asarray(probs), np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        idx = _cluster_resample(groups, rng)
+        if len(set(y[idx])) < 2:
+            continue
+        stats.append(metric(y[idx], probs[idx]))
+    a = (1 - level) / 2
+    return float(metric(y, probs)), float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+
+
+def paired_bootstrap(metric: Callable, y, probs_a, probs_b, groups, n_boot: int = 1000,
+                     seed: int = 0) -> dict:
+    """metric(b) - metric(a) with a lesion-resampled 95% CI and a two-sided bootstrap p-value."""
+    y, pa, pb, groups = map(np.asarray, (y, probs_a, probs_b, groups))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = _cluster_resample(groups, rng)
+        if len(set(y[idx])) < 2:
+            continue
+        diffs.append(metric(y[idx], pb[idx]) - metric(y[idx], pa[idx]))
+    diffs = np.asarray(diffs)
+    p = 2 * min((diffs <= 0).mean(), (diffs >= 0).mean())
+    return {"difference": float(metric(y, pb) - metric(y, pa)),
+            "ci": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+            "p_value": float(min(1.0, p))}
+
+
+def mcnemar(correct_a, correct_b) -> dict:
+    """McNemar's test on paired correctness: exact binomial when discordant pairs < 25,
+    else chi-squared with continuity correction."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    n01, n10 = int((a & ~b).sum()), int((~a & b).sum())  # only a right, only b right
+    n = n01 + n10
+    if n == 0:
+        return {"only_a_correct": 0, "only_b_correct": 0, "statistic": 0.0, "p_value": 1.0, "method": "none"}
+    if n < 25:
+        p = min(1.0, 2 * binom.cdf(min(n01, n10), n, 0.5))
+        return {"only_a_correct": n01, "only_b_correct": n10, "statistic": float(min(n01, n10)),
+                "p_value": float(p), "method": "exact binomial"}
+    stat = (abs(n01 - n10) - 1) ** 2 / n
+    return {"only_a_correct": n01, "only_b_correct": n10, "statistic": float(stat),
+            "p_value": float(chi2.sf(stat, 1)), "method": "chi-squared, continuity corrected"}
+
+
+def sensitivity_at_specificity(y_binary, score, specificity: float) -> dict:
+    """The highest sensitivity whose specificity is >= the target, and its threshold
+    (predict positive when score >= threshold)."""
+    fpr, tpr, thr = roc_curve(np.asarray(y_binary).astype(int), score)
+    ok = (1 - fpr) >= specificity - 1e-12
+    i = np.flatnonzero(ok)[np.argmax(tpr[ok])]
+    return {"target_specificity": specificity, "sensitivity": float(tpr[i]),
+            "specificity": float(1 - fpr[i]), "threshold": float(min(thr[i], 1.0))}
+
+
+def complementarity(y, pred_image, pred_fusion, n_classes: int) -> list[dict]:
+    """Per true class: cases only the fusion model got right, and only the image-only model."""
+    y, pi, pf = map(np.asarray, (y, pred_image, pred_fusion))
+    out = []
+    for k in range(n_classes):
+        m = y == k
+        out.append({"support": int(m.sum()),
+                    "fusion_fixed": int((m & (pi != y) & (pf == y)).sum()),
+                    "fusion_broke": int((m & (pi == y) & (pf != y)).sum())})
+    return out
+
+
+def energy_inside(cam: np.ndarray, mask: np.ndarray) -> float | None:
+    """Share of heatmap mass inside the lesion mask (None for an empty map)."""
+    total = float(cam.sum())
+    return float(cam[mask].sum() / total) if total > 0 else None
+
+
+def pointing_game(cam: np.ndarray, mask: np.ndarray, tolerance: int = 0) -> bool | None:
+    """Hit if the heatmap's maximum falls inside the mask (dilated by tolerance pixels)."""
+    if not cam.any():
+        return None
+    r, c = np.unravel_index(np.argmax(cam), cam.shape)
+    r0, r1 = max(0, r - tolerance), r + tolerance + 1
+    c0, c1 = max(0, c - tolerance), c + tolerance + 1
+    return bool(mask[r0:r1, c0:c1].any())
+
+
+def reliability(probs: np.ndarray, y, bins: int = 15) -> list[dict]:
+    """Top-label reliability diagram bins: mean confidence, accuracy and count per bin."""
+    conf, correct = probs.max(1), (probs.argmax(1) == np.asarray(y))
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    return [{"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int((which == b).sum()),
+             "confidence": float(conf[which == b].mean()) if (which == b).any() else None,
+             "accuracy": float(correct[which == b].mean()) if (which == b).any() else None}
+            for b in range(bins)]
