@@ -24,11 +24,12 @@ def main() -> None:
         predictor = Predictor(weights)
     except WeightsError as e:
         sys.exit(f"error: cannot start the app: {e}")
+    from lesion_app.clinical_report import REPORTS_DIR, ClinicalReport
     from lesion_app.ui import build_app
-    demo = build_app(predictor)
+    demo = build_app(predictor, ClinicalReport.load(predictor.model_info))
     # One analysis at a time: each already uses every CPU core; others wait in the queue.
     demo.queue(default_concurrency_limit=1, max_size=64)
-    demo.launch(footer_links=["api"], max_file_size="40mb")
+    demo.launch(footer_links=["api"], max_file_size="40mb", allowed_paths=[str(REPORTS_DIR)])
 
 
 if __name__ == "__main__":

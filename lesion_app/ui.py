@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .clinical_report import ClinicalReport, melanoma_markdown, subgroup_markdown
 from .image_input import InputError, load_upload, take_upload
 from .metadata import MetadataError
 from .predictor import Predictor
@@ -97,7 +98,7 @@ def example_digests() -> frozenset[str]:
                      for p in (EXAMPLES_DIR / "images").glob("*.jpg"))
 
 
-def build_app(predictor: Predictor) -> gr.Blocks:
+def build_app(predictor: Predictor, clinical: ClinicalReport | None = None) -> gr.Blocks:
     label_to_code = {class_label(c): c for c in CLASSES}
     keep = example_digests()
 
@@ -114,17 +115,24 @@ def build_app(predictor: Predictor) -> gr.Blocks:
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
 
-    def on_analyze(payload, age, sex, site, cam_choice, last):
+    def show(a: Analysis, spec: str, state: dict) -> tuple:
+        return (*render(a), melanoma_markdown(clinical, a, spec[:2]), subgroup_markdown(clinical, a),
+                {**state, "analysis": a})
+
+    def on_analyze(payload, age, sex, site, cam_choice, spec, last):
         # Re-analysing the same upload (its file already deleted) uses the in-memory copy.
         same = last is not None and payload is not None and last["key"] == _key(payload)
         image = last["image"] if same else decode(payload)
-        a = analyze(image, age, sex, site, cam_choice)
-        return (*render(a), {"key": _key(payload), "image": image, "meta": (age, sex, site)})
+        state = {"key": _key(payload), "image": image, "meta": (age, sex, site)}
+        return show(analyze(image, age, sex, site, cam_choice), spec, state)
 
-    def on_cam_class(cam_choice, last):
+    def on_cam_class(cam_choice, spec, last):
         if last is None:
             return (gr.skip(),) * (len(outputs) + 1)
-        return (*render(analyze(last["image"], *last["meta"], cam_choice)), last)
+        return show(analyze(last["image"], *last["meta"], cam_choice), spec, last)
+
+    def on_operating_point(spec, last):
+        return gr.skip() if last is None else melanoma_markdown(clinical, last["analysis"], spec[:2])
 
     def report(image, age, sex, site):
         """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings."""
@@ -133,51 +141,61 @@ def build_app(predictor: Predictor) -> gr.Blocks:
     with gr.Blocks(title="Skin-lesion fusion demo", delete_cache=(60, 300)) as demo:
         gr.Markdown("# Skin lesion: image-only vs image + patient metadata")
         gr.Markdown(NOTICE, elem_id="notice")
-        with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"],
-                                 label="Dermoscopic image", elem_id="lesion_image", height=260)
-                age = gr.Number(label="Age (years, optional)", elem_id="age", minimum=0, maximum=120,
-                                value=None, precision=0)
-                sex = gr.Radio(list(SEXES), value="unknown", label="Sex", elem_id="sex")
-                site = gr.Dropdown(list(SITES), value="unknown", label="Body site", elem_id="site")
-                button = gr.Button("Analyze", variant="primary", elem_id="analyze")
-                rows, labels = example_rows()
-                gr.Examples(rows, [image, age, sex, site], example_labels=labels, cache_examples=False,
-                            label="Examples: one HAM10000 test-split case per class (click one, "
-                                  "then Analyze). Images CC BY-NC 4.0, Tschandl et al. 2018")
-            with gr.Column(scale=2):
-                reading = gr.Markdown("Upload an image or pick an example, then press **Analyze**.",
-                                      elem_id="reading")
-                warnings = gr.Markdown(elem_id="warnings")
-                cam_class = gr.Dropdown([PREDICTED] + list(label_to_code), value=PREDICTED,
-                                        label="Heatmap class", elem_id="cam_class")
-                with gr.Row():
-                    with gr.Column():
-                        fusion_probs = gr.Label(num_top_classes=len(CLASSES), elem_id="fusion_probs",
-                                                label="Fusion model (image + age, sex, site)")
-                        fusion_cam = gr.HTML(elem_id="fusion_cam")
-                        fusion_note = gr.Markdown(elem_id="fusion_cam_note")
-                    with gr.Column():
-                        image_only_probs = gr.Label(num_top_classes=len(CLASSES), elem_id="image_only_probs",
-                                                    label="Image-only model")
-                        image_only_cam = gr.HTML(elem_id="image_only_cam")
-                        image_only_note = gr.Markdown(elem_id="image_only_cam_note")
-                shap_plot = gr.Plot(label="Metadata attribution (exact Shapley values)", elem_id="shap_plot")
-                gr.Markdown(f"Shapley values over three groups (age, sex, site), computed exactly over "
-                            f"all 8 coalitions. Baseline: {ABSENT_BASELINE}.", elem_id="shap_baseline")
-                with gr.Accordion("Report JSON (what the /report API returns)", open=False):
-                    report_json = gr.JSON(elem_id="report_json")
+        with gr.Tab("Analysis"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"],
+                                     label="Dermoscopic image", elem_id="lesion_image", height=260)
+                    age = gr.Number(label="Age (years, optional)", elem_id="age", minimum=0, maximum=120,
+                                    value=None, precision=0)
+                    sex = gr.Radio(list(SEXES), value="unknown", label="Sex", elem_id="sex")
+                    site = gr.Dropdown(list(SITES), value="unknown", label="Body site", elem_id="site")
+                    button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                    rows, labels = example_rows()
+                    gr.Examples(rows, [image, age, sex, site], example_labels=labels, cache_examples=False,
+                                label="Examples: one HAM10000 test-split case per class (click one, "
+                                      "then Analyze). Images CC BY-NC 4.0, Tschandl et al. 2018")
+                with gr.Column(scale=2):
+                    reading = gr.Markdown("Upload an image or pick an example, then press **Analyze**.",
+                                          elem_id="reading")
+                    warnings = gr.Markdown(elem_id="warnings")
+                    cam_class = gr.Dropdown([PREDICTED] + list(label_to_code), value=PREDICTED,
+                                            label="Heatmap class", elem_id="cam_class")
+                    with gr.Row():
+                        with gr.Column():
+                            fusion_probs = gr.Label(num_top_classes=len(CLASSES), elem_id="fusion_probs",
+                                                    label="Fusion model (image + age, sex, site)")
+                            fusion_cam = gr.HTML(elem_id="fusion_cam")
+                            fusion_note = gr.Markdown(elem_id="fusion_cam_note")
+                        with gr.Column():
+                            image_only_probs = gr.Label(num_top_classes=len(CLASSES),
+                                                        elem_id="image_only_probs", label="Image-only model")
+                            image_only_cam = gr.HTML(elem_id="image_only_cam")
+                            image_only_note = gr.Markdown(elem_id="image_only_cam_note")
+                    shap_plot = gr.Plot(label="Metadata attribution (exact Shapley values)", elem_id="shap_plot")
+                    gr.Markdown(f"Shapley values over three groups (age, sex, site), computed exactly over "
+                                f"all 8 coalitions. Baseline: {ABSENT_BASELINE}.", elem_id="shap_baseline")
+                    operating_point = gr.Radio(["90% specificity", "95% specificity"], value="90% specificity",
+                                               label="Melanoma operating point", elem_id="mel_operating_point")
+                    melanoma = gr.Markdown(elem_id="melanoma_flag")
+                    subgroup = gr.Markdown(elem_id="subgroup")
+                    with gr.Accordion("Report JSON (what the /report API returns)", open=False):
+                        report_json = gr.JSON(elem_id="report_json")
+        with gr.Tab("Model report"):
+            gr.Markdown(clinical.markdown() if clinical else
+                        "No evaluation report yet: run `python -m train.report`.", elem_id="model_report")
 
-        outputs = [reading, warnings, fusion_probs, fusion_cam, fusion_note,
-                   image_only_probs, image_only_cam, image_only_note, shap_plot, report_json]
-        last = gr.State(None)  # this session's decoded image, in memory only
+        outputs = [reading, warnings, fusion_probs, fusion_cam, fusion_note, image_only_probs,
+                   image_only_cam, image_only_note, shap_plot, report_json, melanoma, subgroup]
+        last = gr.State(None)  # this session's decoded image and analysis, in memory only
         # preprocess=False: the upload reaches our own checks as is (clear messages for
         # broken files) and Gradio never decodes or re-saves it.
-        button.click(on_analyze, [image, age, sex, site, cam_class, last], outputs + [last],
+        button.click(on_analyze, [image, age, sex, site, cam_class, operating_point, last], outputs + [last],
                      api_name="analyze", concurrency_id="model", preprocess=False)
-        cam_class.input(on_cam_class, [cam_class, last], outputs + [last], api_visibility="private",
-                        concurrency_id="model", preprocess=False)
+        cam_class.input(on_cam_class, [cam_class, operating_point, last], outputs + [last],
+                        api_visibility="private", concurrency_id="model", preprocess=False)
+        operating_point.input(on_operating_point, [operating_point, last], melanoma,
+                              api_visibility="private", preprocess=False)
         # /report: the same inputs and the same Predictor.analyze, returned as JSON only.
         report_out = gr.JSON(visible=False)
         gr.Button(visible=False).click(report, [image, age, sex, site], report_out, api_name="report",

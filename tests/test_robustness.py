@@ -73,7 +73,8 @@ def test_uploads_do_not_outlive_the_request(client, app_server, tmp_path):
     im.save(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     report(client, path)
-    client.predict(handle_file(str(path)), *META, "Predicted class (each model's own)", api_name="/analyze")
+    client.predict(handle_file(str(path)), *META, "Predicted class (each model's own)", "90% specificity",
+                   api_name="/analyze")
     left = [p for p in app_server.temp_dir.rglob("*") if p.is_file()
             and hashlib.sha256(p.read_bytes()).hexdigest() == digest]
     assert left == [], f"the upload is still on disk: {left}"

@@ -1,0 +1,96 @@
+"""The clinical evaluation report (written by `python -m train.report`) as the app uses it:
+the Markdown for the "Model report" tab, melanoma operating points and subgroup rows."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .result import Analysis
+
+REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
+AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
+SPECIFICITIES = ("90", "95")
+
+
+def age_band(age) -> str:
+    """The report's age bands; 'missing' when no age was entered."""
+    if age is None or pd.isna(age):
+        return "missing"
+    return next(name for lo, hi, name in AGE_BANDS if lo <= age < hi)
+
+
+@dataclass
+class ClinicalReport:
+    data: dict
+    folder: Path
+    matches_weights: bool
+
+    @classmethod
+    def load(cls, model_info: dict, folder: Path = REPORTS_DIR) -> "ClinicalReport | None":
+        path = Path(folder) / "report.json"
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return cls(data, Path(folder), data.get("weights", {}).get("sha256") == model_info["sha256"])
+
+    def markdown(self) -> str:
+        """report.md with figure links pointing at files the app serves."""
+        text = (self.folder / "report.md").read_text()
+        for f in self.data["figures"]:
+            text = text.replace(f"]({f})", f"](/gradio_api/file={(self.folder / f).resolve()})")
+        if not self.matches_weights:
+            text = ("> ⚠️ This report was made for other weights than the ones loaded; rerun "
+                    "`python -m train.report`.\n\n" + text)
+        return text
+
+    def melanoma_flags(self, a: Analysis, specificity: str) -> dict[str, dict]:
+        """Per model: P(mel), the validation threshold for this specificity, and whether it crosses."""
+        out = {}
+        for key, result in (("fusion", a.fusion), ("image_only", a.image_only)):
+            op = self.data["models"][key]["melanoma_operating_points"][specificity]
+            p = result.probabilities["mel"]
+            out[key] = {"p_mel": p, "threshold": op["threshold_from_validation"],
+                        "flagged": p >= op["threshold_from_validation"],
+                        "test_sensitivity": op["test_sensitivity"], "test_specificity": op["test_specificity"]}
+        return out
+
+    def subgroup_rows(self, metadata: dict) -> dict[str, dict | None]:
+        """The test-split rows for this patient's age band, sex and site."""
+        wanted = {"age": age_band(metadata["age"]), "sex": metadata["sex"], "site": metadata["site"]}
+        return {key: next((r for r in self.data["subgroups"][key]["rows"] if r["group"] == value), None)
+                for key, value in wanted.items()}
+
+
+def melanoma_markdown(report: ClinicalReport | None, a: Analysis, specificity: str) -> str:
+    if report is None:
+        return "No evaluation report found (run `python -m train.report`), so no operating points."
+    names = {"fusion": "Fusion", "image_only": "Image-only"}
+    lines = [f"**Melanoma at the {specificity}% specificity operating point** (threshold set on validation):"]
+    for key, f in report.melanoma_flags(a, specificity).items():
+        verdict = "**above**: flagged as melanoma" if f["flagged"] else "below: not flagged"
+        lines.append(f"- {names[key]}: P(mel) = {f['p_mel']:.3f} vs threshold {f['threshold']:.3f}, {verdict} "
+                     f"(on the test split: sensitivity {f['test_sensitivity']:.0%}, "
+                     f"specificity {f['test_specificity']:.0%})")
+    return "\n".join(lines)
+
+
+def subgroup_markdown(report: ClinicalReport | None, a: Analysis) -> str:
+    if report is None:
+        return ""
+    def fmt(x):
+        return "–" if x is None else f"{x:.2f}"
+    lines = ["**How the models did on similar patients** (test split):", "",
+             "| group | images | fusion bal. acc. | image-only bal. acc. | fusion mel recall | image-only mel recall |",
+             "|---|---|---|---|---|---|"]
+    for key, r in report.subgroup_rows(a.metadata).items():
+        if r is None:
+            lines.append(f"| {key}: no test cases | 0 | – | – | – | – |")
+            continue
+        lines.append(f"| {key} = {r['group']} | {r['n']} | {fmt(r['fusion_balanced_accuracy'])} | "
+                     f"{fmt(r['image_only_balanced_accuracy'])} | {fmt(r['fusion_mel_recall'])} | "
+                     f"{fmt(r['image_only_mel_recall'])} |")
+    return "\n".join(lines)
+
