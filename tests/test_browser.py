@@ -26,7 +26,8 @@ def page(app_server, tmp_path_factory):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
-        page.goto(app_server.url, wait_until="networkidle")
+        page.goto(app_server.url, wait_until="load")
+        page.wait_for_selector("#analyze", timeout=60_000)
         yield page
         browser.close()
 
