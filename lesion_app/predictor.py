@@ -29,7 +29,9 @@ class Predictor:
         self.manifest, self.models = load_models(weights_dir)
         self.device = device or torch_device()
         for m in self.models.values():
-            m.to(self.device).requires_grad_(False)  # inference only; Grad-CAM needs activation grads
+            # Inference only (Grad-CAM needs activation grads, not weight grads); channels-last
+            # convolutions run about twice as fast on CPU here.
+            m.to(self.device, memory_format=torch.channels_last).requires_grad_(False)
         self.spec = input_spec(self.manifest)
         self.scaler = age_scaler(self.manifest)
         self.temperature = {k: float(self.manifest["models"][k]["temperature"]) for k in MODEL_KEYS}
@@ -56,7 +58,7 @@ class Predictor:
         """(B, 3, H, W) -> per model (B, V, F) pooled features of the flip views."""
         views = flip_views(x.to(self.device))
         b, v = views.shape[:2]
-        flat = views.flatten(0, 1)
+        flat = views.flatten(0, 1).contiguous(memory_format=torch.channels_last)
         shared = self.models[MODEL_KEYS[0]].lower(flat) if self.shared_lower else None
         out = {}
         for k, m in self.models.items():

@@ -152,9 +152,10 @@ def build_app(predictor: Predictor, clinical: ClinicalReport | None = None) -> g
                     site = gr.Dropdown(list(SITES), value="unknown", label="Body site", elem_id="site")
                     button = gr.Button("Analyze", variant="primary", elem_id="analyze")
                     rows, labels = example_rows()
-                    gr.Examples(rows, [image, age, sex, site], example_labels=labels, cache_examples=False,
-                                label="Examples: one HAM10000 test-split case per class (click one, "
-                                      "then Analyze). Images CC BY-NC 4.0, Tschandl et al. 2018")
+                    examples = gr.Examples(rows, [image, age, sex, site], example_labels=labels,
+                                           cache_examples=False,
+                                           label="Examples: one HAM10000 test-split case per class (click "
+                                                 "one to analyse it). Images CC BY-NC 4.0, Tschandl et al. 2018")
                 with gr.Column(scale=2):
                     reading = gr.Markdown("Upload an image or pick an example, then press **Analyze**.",
                                           elem_id="reading")
@@ -192,6 +193,10 @@ def build_app(predictor: Predictor, clinical: ClinicalReport | None = None) -> g
         # broken files) and Gradio never decodes or re-saves it.
         button.click(on_analyze, [image, age, sex, site, cam_class, operating_point, last], outputs + [last],
                      api_name="analyze", concurrency_id="model", preprocess=False)
+        # One click on an example loads it and analyses it.
+        examples.load_input_event.then(on_analyze, [image, age, sex, site, cam_class, operating_point, last],
+                                       outputs + [last], api_visibility="private", concurrency_id="model",
+                                       preprocess=False)
         cam_class.input(on_cam_class, [cam_class, operating_point, last], outputs + [last],
                         api_visibility="private", concurrency_id="model", preprocess=False)
         operating_point.input(on_operating_point, [operating_point, last], melanoma,

@@ -53,3 +53,19 @@ def test_upload_analyze_and_see_both_models_explained(page):
     out.mkdir(exist_ok=True)
     page.screenshot(path=str(out / "analysis.png"), full_page=True)
     assert (out / "analysis.png").stat().st_size > 10_000
+
+
+def test_one_click_on_an_example_analyses_it_and_the_report_tab_opens(page):
+    page.get_by_text("Vascular lesion (vasc) ·").click()
+    page.wait_for_function("document.querySelector('#reading').innerText.includes('(vasc)') || "
+                           "document.querySelector('#reading').innerText.match(/agree/)", timeout=60_000)
+    page.wait_for_function("document.querySelector('#age input').value === '40'", timeout=10_000)
+    page.wait_for_function("document.querySelector('#melanoma_flag').innerText.includes('P(mel)')",
+                           timeout=30_000)
+    page.get_by_role("radio", name="95% specificity").check()
+    page.wait_for_function("document.querySelector('#melanoma_flag').innerText.includes('95% specificity')",
+                           timeout=30_000)
+    page.get_by_role("tab", name="Model report").click()
+    page.wait_for_selector("#model_report img", timeout=30_000)
+    assert "Clinical evaluation report" in page.locator("#model_report").inner_text()
+    page.screenshot(path=str(REPO / "test-artifacts" / "model_report.png"), full_page=True)
