@@ -29,7 +29,7 @@ def test_fit_runs_end_to_end_and_writes_a_calibrated_model(tiny, tmp_path):
     r = fit(tiny, tmp_path / "run")
     assert r.stdout.count("epoch ") >= 2 and "val bacc" in r.stdout
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["config"]["model"] == "fusion" and run["fusion"] == "concat"
+    assert run["config"]["model"] == "fusion" and run["fusion"] == "film"
     assert 0.1 <= run["temperature"] <= 10.0
     assert len(run["history"]) == 2 and run["command"].startswith("python -m train.fit")
     weights = load_file(tmp_path / "run" / "model.safetensors")
