@@ -118,7 +118,7 @@ class Predictor:
             results[key] = ModelResult(probabilities_dict(probs), heat, target, empty)
         warnings = []
         if self.ood is not None:
-            w = self.ood.warning(pooled["image_only"].mean(1))
+            w = self.ood.warning(pooled["image_only"].mean(1), x * self.spec.std + self.spec.mean)
             warnings += [w] if w else []
         return Analysis(
             image=np.asarray(fit_to_aspect(image, self.spec)),

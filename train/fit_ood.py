@@ -2,9 +2,9 @@
 
     python -m train.fit_ood [--weights weights] [--data DIR] [--percentile 97.5]
 
-Fitted on the training split, threshold at a percentile of the validation split's scores;
-reports the share flagged on validation, on the test split and on ~40 synthetic
-non-dermoscopic images. Writes weights/ood.safetensors and its entry in the manifest.
+Fitted on the training split, threshold at a percentile of the validation split's scores,
+colour threshold at a low percentile of validation images' mean saturation; reports the
+share flagged on validation, on the test split and on ~40 synthetic non-dermoscopic images. Writes weights/ood.safetensors and its entry in the manifest.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from lesion_app.data import DEFAULT_DATA, labels, load_metadata
+from lesion_app.data import DEFAULT_DATA, labels, load_image, load_metadata
 from lesion_app.ood import OODDetector
 from lesion_app.predictor import Predictor
 from lesion_app.weights import WEIGHTS_DIR, sha256_file
@@ -41,6 +42,7 @@ def main(argv=None):
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--percentile", type=float, default=97.5)
+    p.add_argument("--colour-percentile", type=float, default=0.5)
     a = p.parse_args(argv)
     predictor = Predictor(a.weights)
     manifest_path = a.weights / "manifest.json"
@@ -48,31 +50,35 @@ def main(argv=None):
     md = load_metadata(a.data).set_index("image_id")
     cached = build_cache(a.data, md.index, a.cache)
     row_of = {i: k for k, i in enumerate(md.index)}
-    import pandas as pd
     split = pd.read_csv(Path(__file__).resolve().parent.parent / manifest["split_file"])
     feats, ys = {}, {}
     for name in ("train", "val", "test"):
         ids = split.loc[split["split"] == name, "image_id"]
         feats[name] = cached_features(predictor, cached, [row_of[i] for i in ids])
         ys[name] = labels(md.loc[ids].reset_index())
+    rgb = {name: torch.stack([predictor.image_tensor(load_image(a.data, i))
+                              for i in split.loc[split["split"] == name, "image_id"]]) * 0.5 + 0.5
+           for name in ("val", "test")}
     det = OODDetector.fit(feats["train"].numpy(), ys["train"])
-    val_scores = det.score(feats["val"]).numpy()
-    det.threshold = float(np.percentile(val_scores, a.percentile))
+    det.threshold = float(np.percentile(det.score(feats["val"]).numpy(), a.percentile))
+    det.min_saturation = float(np.percentile(OODDetector.saturation(rgb["val"]).numpy(), a.colour_percentile))
     synth = non_dermoscopic_images()
     x = torch.stack([predictor.image_tensor(im) for im in synth.values()])
-    synth_scores = det.score(predictor.pooled_features(x)["image_only"].mean(1)).numpy()
-    flagged = {name: float((det.score(feats[name]).numpy() > det.threshold).mean())
-               for name in ("val", "test")}
+    synth_flags = det.flags(predictor.pooled_features(x)["image_only"].mean(1), x * 0.5 + 0.5).numpy()
+    flagged = {name: float(det.flags(feats[name], rgb[name]).numpy().mean()) for name in ("val", "test")}
     path = a.weights / "ood.safetensors"
     det.save(path)
-    missed = [n for n, s in zip(synth, synth_scores) if s <= det.threshold]
+    missed = [n for n, f in zip(synth, synth_flags) if not f]
     manifest["ood"] = {
         "file": path.name, "sha256": sha256_file(path), "threshold": det.threshold,
+        "min_saturation": det.min_saturation,
         "method": "Mahalanobis distance to the nearest class mean (tied covariance, 128 PCA "
-                  "dimensions) of the image-only model's pooled features, mean of 4 flips",
-        "threshold_rule": f"{a.percentile}th percentile of validation scores",
+                  "dimensions) of the image-only model's pooled features, mean of 4 flips; "
+                  "or mean HSV saturation below min_saturation",
+        "threshold_rule": f"{a.percentile}th percentile of validation scores; colour: "
+                          f"{a.colour_percentile}th percentile of validation saturation",
         "flagged_share": {"val": flagged["val"], "test": flagged["test"],
-                          "synthetic_non_dermoscopic": float((synth_scores > det.threshold).mean()),
+                          "synthetic_non_dermoscopic": float(synth_flags.mean()),
                           "synthetic_n": len(synth)},
         "synthetic_missed": missed,
     }
