@@ -166,6 +166,18 @@ def _per_class(models: dict) -> str:
     return "\n".join(rows)
 
 
+def _ood(m: dict) -> str:
+    o = m.get("ood")
+    if not o:
+        return ""
+    f = o["flagged_share"]
+    return f"""## Out-of-distribution warning
+{o['method']}. Thresholds: {o['threshold_rule']}. Flagged: {f['val']:.1%} of validation,
+{f['test']:.1%} of test, {f['synthetic_non_dermoscopic']:.0%} of {f['synthetic_n']} synthetic
+non-dermoscopic images (plain colours, gradients, text, cartoon scenes, patterns, noise).
+"""
+
+
 def model_card(m: dict) -> str:
     models = m["models"]
     fus = models["fusion"]
@@ -227,6 +239,7 @@ Per class:
 - Wall time on a 2-core CPU: feature cache {wt['feature_cache'] / 60:.1f} min, fusion
   {wt['fusion'] / 60:.1f} min, image-only {wt['image_only'] / 60:.1f} min; total {wt['total'] / 60:.1f} min.
 
+{_ood(m)}
 ## Limitations
 - Dermoscopic images only; clinical (phone) photos are out of distribution.
 - HAM10000 comes from two sites (Vienna, Queensland), mostly light skin types; performance
