@@ -78,5 +78,5 @@ class OODDetector:
     @classmethod
     def load(cls, path: Path) -> "OODDetector":
         t = load_file(path)
-        sat = float(t["min_saturation"][0]) if "min_saturation" in t else 0.0  # older files: no colour check
-        return cls(t["mean"], t["projection"], t["class_means"], float(t["threshold"][0]), sat)
+        return cls(t["mean"], t["projection"], t["class_means"], float(t["threshold"][0]),
+                   float(t["min_saturation"][0]))
