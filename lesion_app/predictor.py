@@ -14,7 +14,7 @@ from PIL import Image
 from .gradcam import gradcam
 from .metadata import encode_metadata, parse_age, parse_choice, unknown_row
 from .ood import OODDetector
-from .preprocess import fit_to_aspect, flip_views, to_tensor
+from .preprocess import flip_views, to_tensor, unnormalise
 from .result import Analysis, ModelResult, ShapleyResult, probabilities_dict
 from .shapley import PLAYERS, coalition_rows, shapley_values
 from .vocab import CLASSES, SEXES, SITES
@@ -116,12 +116,13 @@ class Predictor:
                 heat, empty = gradcam(self.models[key], x.to(self.device),
                                       None if m is None else m.to(self.device), CLASSES.index(target))
             results[key] = ModelResult(probabilities_dict(probs), heat, target, empty)
+        rgb = unnormalise(x, self.spec)  # what the models saw, for the colour check and display
         warnings = []
         if self.ood is not None:
-            w = self.ood.warning(pooled["image_only"].mean(1), x * self.spec.std + self.spec.mean)
+            w = self.ood.warning(pooled["image_only"].mean(1), rgb)
             warnings += [w] if w else []
         return Analysis(
-            image=np.asarray(fit_to_aspect(image, self.spec)),
+            image=(rgb[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy(),
             warnings=warnings,
             fusion=results["fusion"], image_only=results["image_only"], shap=shap,
             no_metadata_top=CLASSES[int(by_coalition[0].argmax())],

@@ -49,6 +49,11 @@ def to_tensor(image: Image.Image, spec: InputSpec) -> torch.Tensor:
     return torch.from_numpy((a - spec.mean) / spec.std).permute(2, 0, 1).contiguous()
 
 
+def unnormalise(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """The inverse of to_tensor's normalisation: RGB in [0, 1], same shape."""
+    return x * spec.std + spec.mean
+
+
 def flip_views(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, len(VIEWS), 3, H, W), in VIEWS order."""
     return torch.stack([x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)], dim=1)

@@ -1,5 +1,4 @@
 """The bundled weights: they load, match the manifest, and fail clearly when damaged."""
-import json
 import shutil
 
 import pytest

@@ -82,6 +82,18 @@ def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputS
     return np.load(array_file, mmap_mode="r")
 
 
+@torch.inference_mode()
+def cached_pooled(model: LesionClassifier, feats: np.ndarray, batch: int = 128) -> torch.Tensor:
+    """Cached lower features (N, V, C, h, w) -> pooled upper features (N, TTA_VIEWS, F)."""
+    model.eval()
+    out = []
+    for s in range(0, len(feats), batch):
+        f = torch.from_numpy(np.asarray(feats[s:s + batch, :TTA_VIEWS], dtype=np.float32))
+        b, v = f.shape[:2]
+        out.append(model.upper(f.flatten(0, 1).contiguous(memory_format=torch.channels_last)).view(b, v, -1))
+    return torch.cat(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)

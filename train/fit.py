@@ -29,7 +29,7 @@ from lesion_app.data import DEFAULT_DATA, labels, load_metadata
 from lesion_app.metadata import GROUPS, AgeScaler, encode_frame, unknown_row
 from lesion_app.models import LesionClassifier
 from lesion_app.vocab import CLASSES
-from train.features import DEFAULT_CACHE, N_VIEWS, TTA_VIEWS, build_cache
+from train.features import DEFAULT_CACHE, N_VIEWS, build_cache, cached_pooled
 from train.make_split import DEFAULT_SPLIT, load_split
 from train.metrics import classification_metrics, fit_temperature, softmax
 
@@ -77,19 +77,13 @@ def drop_metadata(meta: torch.Tensor, unknown: torch.Tensor, p: float) -> torch.
     return meta
 
 
-@torch.no_grad()
-def tta_logits(model: LesionClassifier, feats: np.ndarray, meta: torch.Tensor,
-               batch: int = 128) -> np.ndarray:
+@torch.inference_mode()
+def tta_logits(model: LesionClassifier, feats: np.ndarray, meta: torch.Tensor) -> np.ndarray:
     """Mean logits over the TTA views of cached lower features (N, V, C, h, w)."""
-    model.eval()
-    out = []
-    for s in range(0, len(feats), batch):
-        f = torch.from_numpy(np.asarray(feats[s:s + batch, :TTA_VIEWS], dtype=np.float32))
-        b, v = f.shape[:2]
-        pooled = model.upper(f.flatten(0, 1).contiguous(memory_format=torch.channels_last))
-        m = meta[s:s + batch].repeat_interleave(v, 0)
-        out.append(model.head(pooled, m).view(b, v, -1).mean(1))
-    return torch.cat(out).numpy()
+    pooled = cached_pooled(model, feats)
+    n, v, f = pooled.shape
+    logits = model.head(pooled.reshape(n * v, f), meta.repeat_interleave(v, 0))
+    return logits.view(n, v, -1).mean(1).numpy()
 
 
 def save_checkpoint(path: Path, cfg: Config, model, opt, sched, epoch, history, best):

@@ -19,21 +19,10 @@ import torch
 from lesion_app.data import DEFAULT_DATA, labels, load_image, load_metadata
 from lesion_app.ood import OODDetector
 from lesion_app.predictor import Predictor
+from lesion_app.preprocess import unnormalise
 from lesion_app.weights import WEIGHTS_DIR, sha256_file
-from train.features import DEFAULT_CACHE, TTA_VIEWS, build_cache
+from train.features import DEFAULT_CACHE, build_cache, cached_pooled
 from train.synthetic_images import non_dermoscopic_images
-
-
-@torch.inference_mode()
-def cached_features(predictor: Predictor, cached: np.ndarray, rows: list[int], batch: int = 128):
-    """Image-only pooled features, mean over the flip views, from cached lower features."""
-    model = predictor.models["image_only"]
-    out = []
-    for s in range(0, len(rows), batch):
-        f = torch.from_numpy(np.asarray(cached[rows[s:s + batch], :TTA_VIEWS], dtype=np.float32))
-        b, v = f.shape[:2]
-        out.append(model.upper(f.flatten(0, 1)).view(b, v, -1).mean(1))
-    return torch.cat(out)
 
 
 def main(argv=None):
@@ -54,17 +43,20 @@ def main(argv=None):
     feats, ys = {}, {}
     for name in ("train", "val", "test"):
         ids = split.loc[split["split"] == name, "image_id"]
-        feats[name] = cached_features(predictor, cached, [row_of[i] for i in ids])
+        # Image-only pooled features, mean over the flip views, as the app computes them.
+        feats[name] = cached_pooled(predictor.models["image_only"], cached[[row_of[i] for i in ids]]).mean(1)
         ys[name] = labels(md.loc[ids].reset_index())
-    rgb = {name: torch.stack([predictor.image_tensor(load_image(a.data, i))
-                              for i in split.loc[split["split"] == name, "image_id"]]) * 0.5 + 0.5
+    rgb = {name: unnormalise(torch.stack([predictor.image_tensor(load_image(a.data, i))
+                                          for i in split.loc[split["split"] == name, "image_id"]]),
+                             predictor.spec)
            for name in ("val", "test")}
     det = OODDetector.fit(feats["train"].numpy(), ys["train"])
     det.threshold = float(np.percentile(det.score(feats["val"]).numpy(), a.percentile))
     det.min_saturation = float(np.percentile(OODDetector.saturation(rgb["val"]).numpy(), a.colour_percentile))
     synth = non_dermoscopic_images()
     x = torch.stack([predictor.image_tensor(im) for im in synth.values()])
-    synth_flags = det.flags(predictor.pooled_features(x)["image_only"].mean(1), x * 0.5 + 0.5).numpy()
+    synth_flags = det.flags(predictor.pooled_features(x)["image_only"].mean(1),
+                            unnormalise(x, predictor.spec)).numpy()
     flagged = {name: float(det.flags(feats[name], rgb[name]).numpy().mean()) for name in ("val", "test")}
     path = a.weights / "ood.safetensors"
     det.save(path)

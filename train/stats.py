@@ -29,17 +29,21 @@ def _cluster_resample(groups: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.concatenate([members[g] for g in pick])
 
 
+def _resamples(y: np.ndarray, groups, n_boot: int, seed: int):
+    """Row indices of n_boot lesion-level bootstrap samples, skipping single-class ones."""
+    rng = np.random.default_rng(seed)
+    groups = np.asarray(groups)
+    for _ in range(n_boot):
+        idx = _cluster_resample(groups, rng)
+        if len(set(y[idx])) >= 2:
+            yield idx
+
+
 def bootstrap_ci(metric: Callable, y, probs, groups, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float, float]:
     """(estimate, lower, upper): percentile CI, resampling whole lesions with replacement."""
-    y, probs, groups = np.asarray(y), np.asarray(probs), np.asarray(groups)
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_boot):
-        idx = _cluster_resample(groups, rng)
-        if len(set(y[idx])) < 2:
-            continue
-        stats.append(metric(y[idx], probs[idx]))
+    y, probs = np.asarray(y), np.asarray(probs)
+    stats = [metric(y[idx], probs[idx]) for idx in _resamples(y, groups, n_boot, seed)]
     a = (1 - level) / 2
     return float(metric(y, probs)), float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
@@ -47,15 +51,9 @@ def bootstrap_ci(metric: Callable, y, probs, groups, n_boot: int = 1000, seed: i
 def paired_bootstrap(metric: Callable, y, probs_a, probs_b, groups, n_boot: int = 1000,
                      seed: int = 0) -> dict:
     """metric(b) - metric(a) with a lesion-resampled 95% CI and a two-sided bootstrap p-value."""
-    y, pa, pb, groups = map(np.asarray, (y, probs_a, probs_b, groups))
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = _cluster_resample(groups, rng)
-        if len(set(y[idx])) < 2:
-            continue
-        diffs.append(metric(y[idx], pb[idx]) - metric(y[idx], pa[idx]))
-    diffs = np.asarray(diffs)
+    y, pa, pb = map(np.asarray, (y, probs_a, probs_b))
+    diffs = np.asarray([metric(y[idx], pb[idx]) - metric(y[idx], pa[idx])
+                        for idx in _resamples(y, groups, n_boot, seed)])
     p = 2 * min((diffs <= 0).mean(), (diffs >= 0).mean())
     return {"difference": float(metric(y, pb) - metric(y, pa)),
             "ci": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
