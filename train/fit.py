@@ -52,6 +52,33 @@ class Config:
     threads: int = 2
 
 
+@dataclass
+class SplitData:
+    """The committed split's frames, encoded metadata and labels, plus each split's rows
+    in the data folder's image order (the order of the feature caches)."""
+    image_ids: list
+    frames: dict
+    meta: dict
+    y: dict
+    rows: dict
+    scaler: AgeScaler
+    unknown: torch.Tensor
+
+    @classmethod
+    def load(cls, data: Path, split_csv: Path, splits=("train", "val")) -> "SplitData":
+        meta_df = load_metadata(data).set_index("image_id")
+        split = load_split(split_csv)
+        frames = {s: meta_df.loc[split.loc[split["split"] == s, "image_id"]].reset_index()
+                  for s in splits}
+        scaler = AgeScaler.fit(frames["train"]["age"])
+        row_of = {image_id: k for k, image_id in enumerate(meta_df.index)}
+        return cls(list(meta_df.index), frames,
+                   {s: torch.from_numpy(encode_frame(f, scaler)) for s, f in frames.items()},
+                   {s: labels(f) for s, f in frames.items()},
+                   {s: [row_of[i] for i in f["image_id"]] for s, f in frames.items()},
+                   scaler, torch.from_numpy(unknown_row(scaler)))
+
+
 def class_weights(y: np.ndarray) -> torch.Tensor:
     """Inverse-frequency weights, normalised so a uniform-class batch has mean weight 1."""
     n = np.bincount(y, minlength=len(CLASSES)).astype(float)
@@ -116,22 +143,14 @@ def main(argv=None):
     a.out.mkdir(parents=True, exist_ok=True)
 
     # Data: the committed lesion-grouped split; metadata encoded with train-split age stats.
-    meta_df = load_metadata(a.data).set_index("image_id")
-    split = load_split(a.split)
-    frames = {s: meta_df.loc[split.loc[split["split"] == s, "image_id"]].reset_index()
-              for s in ("train", "val")}
-    scaler = AgeScaler.fit(frames["train"]["age"])
-    meta = {s: torch.from_numpy(encode_frame(f, scaler)) for s, f in frames.items()}
-    y = {s: labels(f) for s, f in frames.items()}
-    unknown = torch.from_numpy(unknown_row(scaler))
+    d = SplitData.load(a.data, a.split)
+    frames, meta, y, scaler, unknown = d.frames, d.meta, d.y, d.scaler, d.unknown
 
     # Cached lower features of every image in the folder (computed once, shared by runs).
     t_cache = time.time()
-    cached = build_cache(a.data, meta_df.index, a.cache)
+    cached = build_cache(a.data, d.image_ids, a.cache)
     cache_seconds = time.time() - t_cache
-    row_of = {image_id: k for k, image_id in enumerate(meta_df.index)}
-    feats = {s: np.ascontiguousarray(cached[[row_of[i] for i in f["image_id"]]])
-             for s, f in frames.items()}
+    feats = {s: np.ascontiguousarray(cached[d.rows[s]]) for s in frames}
 
     # Seeded after the cache, so a run that builds the cache trains like one that reuses it.
     torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
