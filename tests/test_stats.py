@@ -109,3 +109,34 @@ def test_reliability_bins():
     top = bins[-1]
     assert top["n"] == 2 and top["accuracy"] == 0.5 and top["confidence"] == pytest.approx(0.95)
     assert sum(b["n"] for b in bins) == 3
+
+
+def test_confusion_metrics_known_case_and_row_weights():
+    from train.stats import confusion_metrics
+    y, pred = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
+    m = confusion_metrics(y, pred, np.ones((1, 4)), n_classes=3, positive=0)
+    # recalls 1/2 and 1 -> 0.75; F1 2/3 and 4/5 (class 2 absent, left out)
+    assert m["balanced_accuracy"][0] == pytest.approx(0.75)
+    assert m["macro_f1"][0] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert m["recall"][0] == pytest.approx(0.5)
+    # Weight 3 on the correct class-0 row: class-0 recall 3/4; a class absent from a row is nan.
+    w = np.array([[3, 1, 1, 1], [0, 0, 1, 1]])
+    m = confusion_metrics(y, pred, w, n_classes=3, positive=0)
+    assert m["recall"][0] == pytest.approx(0.75) and np.isnan(m["recall"][1])
+    assert m["balanced_accuracy"][1] == pytest.approx(1.0)
+
+
+def test_resample_counts_match_the_bootstrap_samples_and_sklearn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+    from train.stats import _resamples, confusion_metrics, resample_counts
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 60)
+    pred = np.where(rng.random(60) < 0.6, y, rng.integers(0, 4, 60))
+    groups = np.repeat(np.arange(30), 2)
+    w = resample_counts(y, groups, n_boot=20, seed=3)
+    m = confusion_metrics(y, pred, w, n_classes=4, positive=2)
+    for b, idx in enumerate(_resamples(y, groups, 20, 3)):
+        assert w[b].sum() == len(idx)
+        assert m["balanced_accuracy"][b] == pytest.approx(balanced_accuracy_score(y[idx], pred[idx]))
+        assert m["macro_f1"][b] == pytest.approx(
+            f1_score(y[idx], pred[idx], labels=sorted(set(y[idx])), average="macro", zero_division=0))

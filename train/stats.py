@@ -124,3 +124,27 @@ def reliability(probs: np.ndarray, y, bins: int = 15) -> list[dict]:
              "confidence": float(conf[which == b].mean()) if (which == b).any() else None,
              "accuracy": float(correct[which == b].mean()) if (which == b).any() else None}
             for b in range(bins)]
+
+
+def resample_counts(y, groups, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(B, N): how often each row occurs in each lesion-level bootstrap sample; the same
+    samples as bootstrap_ci draws for this seed. Feed to confusion_metrics as weights."""
+    y = np.asarray(y)
+    return np.stack([np.bincount(idx, minlength=len(y)) for idx in _resamples(y, groups, n_boot, seed)])
+
+
+def confusion_metrics(y, pred, weights: np.ndarray, n_classes: int, positive: int) -> dict:
+    """Balanced accuracy, macro-F1 (over classes present) and one class's recall, for every
+    row of weights (B, N) at once via weighted confusion matrices; weights of ones give the
+    plain metrics. Arrays of shape (B,); the recall is nan where that class is absent."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    pair = np.zeros((len(y), n_classes * n_classes))
+    pair[np.arange(len(y)), y * n_classes + pred] = 1
+    cm = (np.atleast_2d(weights) @ pair).reshape(-1, n_classes, n_classes)
+    tp, support, predicted = np.diagonal(cm, axis1=1, axis2=2), cm.sum(2), cm.sum(1)
+    present = support > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(present, tp / support, np.nan)
+        f1 = np.where(present, 2 * tp / (support + predicted), np.nan)
+    return {"balanced_accuracy": np.nanmean(recall, 1), "macro_f1": np.nanmean(f1, 1),
+            "recall": recall[:, positive]}
