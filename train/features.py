@@ -83,15 +83,38 @@ def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputS
 
 
 @torch.inference_mode()
-def cached_pooled(model: LesionClassifier, feats: np.ndarray, batch: int = 128) -> torch.Tensor:
-    """Cached lower features (N, V, C, h, w) -> pooled upper features (N, TTA_VIEWS, F)."""
+def cached_pooled(model: LesionClassifier, feats: np.ndarray, batch: int = 128,
+                  views: int = TTA_VIEWS) -> torch.Tensor:
+    """Cached lower features (N, V, C, h, w) -> pooled upper features (N, views, F)."""
     model.eval()
     out = []
     for s in range(0, len(feats), batch):
-        f = torch.from_numpy(np.asarray(feats[s:s + batch, :TTA_VIEWS], dtype=np.float32))
+        f = torch.from_numpy(np.asarray(feats[s:s + batch, :views], dtype=np.float32))
         b, v = f.shape[:2]
         out.append(model.upper(f.flatten(0, 1).contiguous(memory_format=torch.channels_last)).view(b, v, -1))
     return torch.cat(out)
+
+
+def build_pooled_imagenet(data: Path, image_ids, cache: Path = DEFAULT_CACHE,
+                          spec: InputSpec = InputSpec(), batch_images: int = 32) -> np.ndarray:
+    """(N, N_VIEWS, F) fp16 pooled features of the whole backbone at its ImageNet weights.
+
+    What the study's heads train on: every arm sees the same frozen features, so arms
+    differ only in their head, loss and sampling. Stored next to the lower-stage cache.
+    """
+    image_ids = list(image_ids)
+    lower = build_cache(data, image_ids, cache, spec)
+    path = cache_dir(cache, image_ids, spec) / "pooled_imagenet.npy"
+    if path.exists():
+        return np.load(path)
+    model = LesionClassifier("none").to(memory_format=torch.channels_last)
+    out = np.empty((len(image_ids), N_VIEWS, model.backbone.num_features), np.float16)
+    for s in tqdm(range(0, len(image_ids), batch_images), desc="pooling ImageNet features",
+                  mininterval=10):
+        out[s:s + batch_images] = cached_pooled(model, lower[s:s + batch_images], views=N_VIEWS).numpy()
+    np.save(path.with_suffix(".tmp.npy"), out)
+    path.with_suffix(".tmp.npy").replace(path)
+    return out
 
 
 def main(argv=None):
