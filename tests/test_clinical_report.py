@@ -56,3 +56,10 @@ def test_missing_report_and_stale_report(tmp_path, report):
     assert ClinicalReport.load({"sha256": {}}, tmp_path / "nowhere") is None
     stale = ClinicalReport.load({"sha256": {"fusion": "other"}}, report.folder)
     assert not stale.matches_weights and "other weights" in stale.markdown()
+
+
+def test_the_report_tab_appends_the_study_when_there_is_one(report):
+    assert report.markdown() == "# report\n"
+    (report.folder / "study.md").write_text("## Imbalance and fusion study\n")
+    assert report.markdown().endswith("## Imbalance and fusion study\n")
+    assert report.markdown().startswith("# report\n")

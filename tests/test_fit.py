@@ -54,3 +54,21 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
                    "--cache", tiny["cache"], "--out", tmp_path / "run", "--epochs", 3, "--batch", 4,
                    "--threads", 1, "--resume")
     assert r.returncode != 0 and "same settings" in r.stderr
+
+
+def test_curriculum_sampler_trains_and_resumes_to_the_same_model(tiny, tmp_path):
+    straight = fit(tiny, tmp_path / "straight", "--sampler", "curriculum")
+    assert "curriculum difficulty ranked" in straight.stdout
+    fit(tiny, tmp_path / "resumed", "--sampler", "curriculum", "--stop-after", 1)
+    fit(tiny, tmp_path / "resumed", "--sampler", "curriculum", "--resume")
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)
+    assert json.loads((tmp_path / "straight" / "run.json").read_text())["config"]["sampler"] == "curriculum"
+
+
+def test_unknown_sampler_or_loss_is_a_clear_cli_error(tiny, tmp_path):
+    for flag, value in (("--sampler", "oversample"), ("--loss", "hinge")):
+        r = run_module("train.fit", "--data", tiny["data"], "--split", tiny["split"], "--cache", tiny["cache"],
+                       "--out", tmp_path / "run", flag, value)
+        assert r.returncode == 2 and flag in r.stderr

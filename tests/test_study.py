@@ -7,7 +7,9 @@ import torch
 
 from conftest import run_module
 from lesion_app.metadata import META_DIM
-from train.study import FUSIONS, LOSSES, SAMPLINGS, Hyper, decision_fusion, head_probs, train_head
+from train.objectives import LOSSES
+from train.pooled_heads import Hyper, head_probs, train_head
+from train.study import FUSIONS, SAMPLINGS, decision_fusion
 
 
 def test_study_writes_the_table_with_every_arm_and_cis(example_folder, tmp_path):

@@ -21,17 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from lesion_app.data import DEFAULT_DATA, labels, load_metadata
-from lesion_app.metadata import GROUPS, AgeScaler, encode_frame, unknown_row
+from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.models import LesionClassifier
-from lesion_app.vocab import CLASSES
-from train.features import DEFAULT_CACHE, N_VIEWS, build_cache, cached_pooled
+from train.curriculum import CurriculumScheduler
+from train.features import DEFAULT_CACHE, N_VIEWS, build_cache, build_pooled_imagenet, cached_pooled
 from train.make_split import DEFAULT_SPLIT, load_split
 from train.metrics import classification_metrics, fit_temperature, softmax
+from train.objectives import LOSSES, class_weights, drop_metadata, loss_fn
+from train.pooled_heads import Hyper, curriculum_rank
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Config:
     model: str = "fusion"          # image_only | fusion
     fusion: str = "film"           # concat | film | late (fusion only)
     loss: str = "wce"              # ce | wce (class-weighted) | focal
-    sampler: str = "none"          # none | balanced
+    sampler: str = "none"          # none | balanced | curriculum (train.curriculum)
     epochs: int = 6
     batch: int = 64
     lr: float = 1e-3               # head; the fine-tuned backbone stages get lr * backbone_lr
@@ -79,31 +80,6 @@ class SplitData:
                    scaler, torch.from_numpy(unknown_row(scaler)))
 
 
-def class_weights(y: np.ndarray) -> torch.Tensor:
-    """Inverse-frequency weights, normalised so a uniform-class batch has mean weight 1."""
-    n = np.bincount(y, minlength=len(CLASSES)).astype(float)
-    return torch.tensor(len(y) / (len(CLASSES) * np.maximum(n, 1)), dtype=torch.float32)
-
-
-def loss_fn(cfg: Config, weights: torch.Tensor):
-    w = weights if cfg.loss in ("wce", "focal") else None
-    if cfg.loss == "focal":
-        def focal(logits, y):
-            logp = F.log_softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
-            return (-(1 - logp.exp()) ** cfg.focal_gamma * logp * w[y]).sum() / w[y].sum()
-        return focal
-    return lambda logits, y: F.cross_entropy(logits, y, weight=w)
-
-
-def drop_metadata(meta: torch.Tensor, unknown: torch.Tensor, p: float) -> torch.Tensor:
-    """Replaces each group (age, sex, site) of each row by 'unknown' with probability p."""
-    meta = meta.clone()
-    for cols in GROUPS.values():
-        hit = torch.rand(len(meta)) < p
-        meta[hit, cols] = unknown[cols]
-    return meta
-
-
 @torch.inference_mode()
 def tta_logits(model: LesionClassifier, feats: np.ndarray, meta: torch.Tensor) -> np.ndarray:
     """Mean logits over the TTA views of cached lower features (N, V, C, h, w)."""
@@ -136,6 +112,10 @@ def main(argv=None):
     cfg = Config(**{k: getattr(a, k) for k in asdict(Config())})
     if cfg.model not in ("image_only", "fusion"):
         p.error("--model must be image_only or fusion")
+    if cfg.sampler not in ("none", "balanced", "curriculum"):
+        p.error("--sampler must be none, balanced or curriculum")
+    if cfg.loss not in LOSSES:
+        p.error(f"--loss must be one of {', '.join(LOSSES)}")
     fusion = "none" if cfg.model == "image_only" else cfg.fusion
     command = "python -m train.fit " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     t_start = time.time()
@@ -168,9 +148,19 @@ def main(argv=None):
         opt, max_lr=[cfg.lr * cfg.backbone_lr, cfg.lr], total_steps=cfg.epochs * steps,
         pct_start=0.15)
     weights = class_weights(y["train"])
-    criterion = loss_fn(cfg, weights)
+    criterion = loss_fn(cfg.loss, weights, cfg.focal_gamma)
     sample_p = (weights[y["train"]] / weights[y["train"]].sum()).numpy() if cfg.sampler == "balanced" \
         else None
+    curriculum = None
+    if cfg.sampler == "curriculum":
+        # Difficulty from out-of-fold heads on frozen pooled features, as in train.study.
+        t_rank = time.time()
+        pooled = build_pooled_imagenet(a.data, d.image_ids, a.cache)
+        x_train = torch.from_numpy(pooled[d.rows["train"]].astype(np.float32))
+        rank, _ = curriculum_rank(x_train, meta["train"], y["train"],
+                                  frames["train"]["lesion_id"].to_numpy(), unknown, Hyper(), cfg.seed)
+        curriculum = CurriculumScheduler(y["train"], rank, cfg.epochs)
+        print(f"curriculum difficulty ranked in {time.time() - t_rank:.0f} s", flush=True)
 
     history, best, first = [], {"balanced_accuracy": -1.0, "epoch": -1}, 0
     ckpt = a.out / "checkpoint.pt"
@@ -190,8 +180,12 @@ def main(argv=None):
         t0 = time.time()
         model.train()
         # The frozen lower stages' BatchNorm stats are baked into the cache; only upper BN trains.
-        order = np.random.choice(n_train, n_train, p=sample_p) if sample_p is not None \
-            else np.random.permutation(n_train)
+        if curriculum is not None:   # a generator per epoch, so --resume draws the same cases
+            order = curriculum.epoch_indices(epoch, np.random.default_rng([cfg.seed, epoch]))
+        elif sample_p is not None:
+            order = np.random.choice(n_train, n_train, p=sample_p)
+        else:
+            order = np.random.permutation(n_train)
         total = 0.0
         for s in tqdm(range(0, n_train, cfg.batch), desc=f"epoch {epoch}", leave=False,
                       mininterval=5, disable=None):

@@ -27,37 +27,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-from sklearn.model_selection import GroupKFold
 
 from lesion_app.data import DEFAULT_DATA
-from lesion_app.models import HEADS, META_HIDDEN, Head
 from lesion_app.vocab import CLASSES
-from train.curriculum import CurriculumScheduler, difficulty, within_class_rank
 from train.features import DEFAULT_CACHE, N_VIEWS, TTA_VIEWS, build_pooled_imagenet
-from train.fit import Config, SplitData, class_weights, drop_metadata, loss_fn
+from train.fit import SplitData
 from train.make_split import DEFAULT_SPLIT
-from train.metrics import softmax
+from train.objectives import LOSSES
+from train.pooled_heads import Hyper, curriculum_rank, head_probs, train_head
 from train.stats import confusion_metrics, resample_counts
 
-LOSSES = ("ce", "wce", "focal")
 SAMPLINGS = ("none", "balanced", "curriculum")
 FUSIONS = ("image_only", "concat", "film", "late", "mean", "max")
 DECISION = ("mean", "max")     # combine two separately trained single-modality models
 MEL = CLASSES.index("mel")
 METRICS = ("balanced_accuracy", "macro_f1", "mel_recall")
-
-
-class MetadataOnlyHead(Head):
-    """Age, sex and site alone: the second expert of decision-level fusion."""
-    def build(self, feat_dim, num_classes):
-        self.fc = nn.Linear(META_HIDDEN, num_classes)
-
-    def combine(self, feat, meta):
-        return self.fc(meta)
-
-
-STUDY_HEADS = {**HEADS, "image_only": HEADS["none"], "metadata_only": MetadataOnlyHead}
 
 
 @dataclass(frozen=True)
@@ -71,82 +55,10 @@ class Arm:
         return f"{self.fusion} / {self.loss} / {self.sampling}"
 
 
-@dataclass
-class Hyper:
-    epochs: int = 40
-    batch: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    dropout: float = 0.3
-    meta_dropout: float = 0.1
-    folds: int = 5          # out-of-fold scoring for the curriculum's difficulty
-
-
-def train_head(head_kind: str, x: torch.Tensor, meta: torch.Tensor, y: np.ndarray,
-               unknown: torch.Tensor, loss: str, sampling: str, hp: Hyper, seed: int,
-               rank: np.ndarray | None = None) -> Head:
-    """Trains one head on pooled features x (n, N_VIEWS, F): a random view per case per epoch."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    head = STUDY_HEADS[head_kind](x.shape[-1], len(CLASSES), hp.dropout)
-    weights = class_weights(y)
-    criterion = loss_fn(Config(loss=loss), weights)
-    opt = torch.optim.AdamW(head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-    n = len(y)
-    steps = (n + hp.batch - 1) // hp.batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=hp.epochs * steps,
-                                                pct_start=0.15)
-    balanced_p = weights.numpy()[y] / weights.numpy()[y].sum()
-    curriculum = CurriculumScheduler(y, rank, hp.epochs) if sampling == "curriculum" else None
-    y_t = torch.as_tensor(np.array(y))
-    head.train()
-    for epoch in range(hp.epochs):
-        if sampling == "balanced":
-            order = rng.choice(n, n, p=balanced_p)
-        elif curriculum is not None:
-            order = curriculum.epoch_indices(epoch, rng)
-        else:
-            order = rng.permutation(n)
-        for s in range(0, n, hp.batch):
-            idx = order[s:s + hp.batch]
-            f = x[idx, rng.integers(0, N_VIEWS, len(idx))]
-            m = drop_metadata(meta[idx], unknown, hp.meta_dropout) if head.uses_metadata else meta[idx]
-            loss_value = criterion(head(f, m), y_t[idx])
-            opt.zero_grad(set_to_none=True)
-            loss_value.backward()
-            opt.step()
-            sched.step()
-    return head.eval()
-
-
-@torch.inference_mode()
-def head_probs(head: Head, x: torch.Tensor, meta: torch.Tensor) -> np.ndarray:
-    """Softmax of the mean logits over the evaluation views, as train.fit evaluates."""
-    n, _, f = x.shape
-    logits = head(x[:, :TTA_VIEWS].reshape(n * TTA_VIEWS, f), meta.repeat_interleave(TTA_VIEWS, 0))
-    return softmax(logits.view(n, TTA_VIEWS, -1).mean(1).numpy())
-
-
 def decision_fusion(p_image: np.ndarray, p_meta: np.ndarray, how: str) -> np.ndarray:
     """Mean, or renormalised element-wise max, of two models' class probabilities."""
     p = (p_image + p_meta) / 2 if how == "mean" else np.maximum(p_image, p_meta)
     return p / p.sum(1, keepdims=True)
-
-
-def curriculum_rank(x, meta, y, groups, unknown, hp: Hyper, seed: int) -> tuple[np.ndarray, dict]:
-    """Within-class difficulty rank of each training case from out-of-fold single-modality
-    confidences (image-only and metadata-only heads, weighted CE, lesion-grouped folds)."""
-    conf = {"image_only": np.zeros(len(y)), "metadata_only": np.zeros(len(y))}
-    for fit_rows, score_rows in GroupKFold(hp.folds).split(np.zeros(len(y)), y, groups):
-        for kind in conf:
-            head = train_head(kind, x[fit_rows], meta[fit_rows], y[fit_rows], unknown, "wce",
-                              "none", hp, seed)
-            p = head_probs(head, x[score_rows], meta[score_rows])
-            conf[kind][score_rows] = p[np.arange(len(score_rows)), y[score_rows]]
-    d = difficulty(conf["image_only"], conf["metadata_only"])
-    summary = {k: {"mean_true_class_confidence": float(v.mean())} for k, v in conf.items()}
-    summary["difficulty_by_class"] = {c: float(d[y == k].mean()) for k, c in enumerate(CLASSES)}
-    return within_class_rank(d, y), summary
 
 
 def metric_table(y, probs_by_seed: list[np.ndarray], boot: np.ndarray) -> dict:
