@@ -37,8 +37,11 @@ class ClinicalReport:
         return cls(data, Path(folder), data.get("weights", {}).get("sha256") == model_info["sha256"])
 
     def markdown(self) -> str:
-        """report.md with figure links pointing at files the app serves."""
+        """report.md, then the study's study.md if there is one, with figure links pointing
+        at files the app serves."""
         text = (self.folder / "report.md").read_text()
+        if (self.folder / "study.md").is_file():
+            text += "\n\n" + (self.folder / "study.md").read_text()
         for f in self.data["figures"]:
             text = text.replace(f"]({f})", f"](/gradio_api/file={(self.folder / f).resolve()})")
         if not self.matches_weights:
