@@ -202,8 +202,10 @@ body site to a dermoscopic image changes a classifier's output, and explains bot
   ({m['architecture']['frozen_lower_stages']}) frozen; the rest fine-tuned.
 - Input: {m['input']['spec']['width']}x{m['input']['spec']['height']} px, {m['input']['crop']},
   mean = std = 0.5; prediction averages logits over 4 flips.
-- Imbalance handling: loss `{fus['config']['loss']}`, sampler `{fus['config']['sampler']}`
-  (chosen on validation balanced accuracy; table below).
+- Recipe: fusion `{fus['fusion']}`, loss `{fus['config']['loss']}`, sampler `{fus['config']['sampler']}`,
+  the best arm on validation balanced accuracy of the imbalance and fusion study
+  (`python -m train.study`, `reports/study.md`); the image-only model uses the same loss and
+  sampler. The fine-tuned candidates below were scored on validation too.
 - Calibration: temperature scaling on validation, T = {fus['temperature']:.3f} (fusion),
   {models['image_only']['temperature']:.3f} (image-only).
 - Metadata: age standardised (mean {m['metadata']['age_scaler']['mean']:.1f}, sd

@@ -4,7 +4,7 @@
 
 Fitted on the training split, threshold at a percentile of the validation split's scores,
 colour threshold at a low percentile of validation images' mean saturation; reports the
-share flagged on validation, on the test split and on ~40 synthetic non-dermoscopic images. Writes weights/ood.safetensors and its entry in the manifest.
+share flagged on validation, on the test split and on ~40 synthetic non-dermoscopic images. Writes weights/ood.safetensors, its entry in the manifest and the model card's OOD section.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from lesion_app.ood import OODDetector
 from lesion_app.predictor import Predictor
 from lesion_app.preprocess import unnormalise
 from lesion_app.weights import WEIGHTS_DIR, sha256_file
+from train.bundle import model_card
 from train.features import DEFAULT_CACHE, build_cache, cached_pooled
 from train.synthetic_images import non_dermoscopic_images
 
@@ -75,6 +76,7 @@ def main(argv=None):
         "synthetic_missed": missed,
     }
     manifest_path.write_text(json.dumps(manifest, indent=1))
+    (a.weights / "MODEL_CARD.md").write_text(model_card(manifest))   # its OOD section
     print(f"threshold {det.threshold:.2f}; flagged: val {flagged['val']:.1%}, test {flagged['test']:.1%}, "
           f"synthetic {manifest['ood']['flagged_share']['synthetic_non_dermoscopic']:.1%} of {len(synth)}"
           f" (missed: {', '.join(missed) or 'none'})")
