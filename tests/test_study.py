@@ -28,6 +28,7 @@ def test_study_writes_the_table_with_every_arm_and_cis(example_folder, tmp_path)
         for s in ("val", "test"):
             m = row[s]["balanced_accuracy"]
             assert 0 <= m["ci"][0] <= m["ci"][1] <= 1 and 0 <= m["mean"] <= 1
+    assert len(study["paired_with_best"]) == 2 + 2 + len(FUSIONS)   # arms one factor away
     text = (tmp_path / "out" / "study.md").read_text()
     assert "Best on validation" in text and text.count("\n| ") > len(arms)
 

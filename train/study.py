@@ -123,12 +123,13 @@ def run_study(data: Path, split: Path, cache: Path, seeds: int, hp: Hyper, n_boo
         rows.append({**asdict(arm), "name": arm.name,
                      **{s: metric_table(d.y[s], p[s], boot[s]) for s in ("val", "test")}})
     rows.sort(key=lambda r: -r["val"]["balanced_accuracy"]["mean"])
-    fusion_rows = [r for r in rows if r["fusion"] in FUSIONS and r["fusion"] != "image_only"]
-    best = fusion_rows[0]
-    best_image_only = next(r for r in rows if r["fusion"] == "image_only"
-                           and (r["loss"], r["sampling"]) == (best["loss"], best["sampling"]))
-    return {"rows": rows, "best_on_validation": {k: best[k] for k in ("loss", "sampling", "fusion")},
-            "image_only_with_same_recipe": best_image_only["name"],
+    best = next(r for r in rows if r["fusion"] not in ("image_only", "metadata_only"))
+    best_arm = Arm(best["loss"], best["sampling"], best["fusion"])
+    neighbours = [arm for arm in probs if arm != best_arm
+                  and sum(getattr(arm, k) != getattr(best_arm, k) for k in ("loss", "sampling", "fusion")) == 1]
+    paired = [{"other": arm.name, **{s: paired_difference(d.y[s], probs[arm][s], probs[best_arm][s], boot[s])
+                                     for s in ("val", "test")}} for arm in neighbours]
+    return {"rows": rows, "best_on_validation": asdict(best_arm), "paired_with_best": paired,
             "factors": factor_summary(rows), "curriculum": curriculum_info[0],
             "hyper": asdict(hp), "seeds": seeds, "n_boot": n_boot,
             "n": {s: len(d.y[s]) for s in d.frames},
@@ -136,6 +137,19 @@ def run_study(data: Path, split: Path, cache: Path, seeds: int, hp: Hyper, n_boo
                         f"{N_VIEWS} train views, mean logits over {TTA_VIEWS} evaluation views",
             "seconds": {"features": t_features, "training": train_seconds,
                         "total": time.time() - t0}}
+
+
+def paired_difference(y, probs_other: list, probs_best: list, boot: np.ndarray) -> dict:
+    """Best minus other in seed-averaged balanced accuracy, on the same lesion resamples:
+    the difference, its 95% CI and a two-sided bootstrap p-value."""
+    def bacc(probs_by_seed, weights):
+        return np.mean([confusion_metrics(y, p.argmax(1), weights, len(CLASSES), MEL)["balanced_accuracy"]
+                        for p in probs_by_seed], 0)
+    diff = bacc(probs_best, boot) - bacc(probs_other, boot)
+    point = float(bacc(probs_best, np.ones((1, len(y))))[0] - bacc(probs_other, np.ones((1, len(y))))[0])
+    p = min(1.0, 2 * min((diff <= 0).mean(), (diff >= 0).mean()))
+    return {"difference": point, "ci": [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))],
+            "p_value": float(p)}
 
 
 def factor_summary(rows: list[dict]) -> dict:
@@ -166,7 +180,9 @@ def markdown(study: dict, shipped: dict | None) -> str:
         f"(train {study['n']['train']}, validation {study['n']['val']}, test {study['n']['test']} images). "
         "Arms are ranked on **validation** balanced accuracy (mean over seeds); the test columns are "
         f"reported, not used to choose. 95% CIs resample whole lesions ({study['n_boot']} resamples) "
-        "of the seed-averaged metric; ± is the spread over seeds.", "",
+        "of the seed-averaged metric; ± is the spread over seeds. Fusion `late` sums image and "
+        "metadata logits in one jointly trained head; `mean` and `max` combine the probabilities of "
+        "separately trained image-only and metadata-only models (the max renormalised).", "",
         f"**Best on validation:** fusion `{best['fusion']}`, loss `{best['loss']}`, sampling "
         f"`{best['sampling']}`.",
     ]
@@ -183,6 +199,15 @@ def markdown(study: dict, shipped: dict | None) -> str:
         for level, f in levels.items():
             lines.append(f"| {factor} | {level} | {f['mean_val_bacc']:.3f} | {f['best_arm']} | "
                          f"{f['best_val_bacc']:.3f} |")
+    lines += ["", "### The best arm against the arms that differ from it in one factor", "",
+              "Difference in balanced accuracy (best minus other), paired on the same lesion resamples.", "",
+              "| other arm | val difference [95% CI] | p | test difference [95% CI] | p |",
+              "|---|---|---|---|---|"]
+    for c in sorted(study["paired_with_best"], key=lambda c: c["val"]["difference"]):
+        v, t = c["val"], c["test"]
+        lines.append(f"| {c['other']} | {v['difference']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] | "
+                     f"{v['p_value']:.2f} | {t['difference']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}] | "
+                     f"{t['p_value']:.2f} |")
     lines += ["", "### All arms (fusion / loss / sampling), best validation first", "",
               "| arm | val bal. acc. | val macro-F1 | val mel recall | test bal. acc. | test macro-F1 | "
               "test mel recall |", "|---|---|---|---|---|---|---|"]
