@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
+BETA = 0.25      # weight of inter-modal complementarity in the difficulty
+START = 0.3      # share of each class's easiest cases eligible at the first epoch
+FULL_AT = 0.7    # fraction of training after which every case is eligible
 
-def difficulty(conf_image: np.ndarray, conf_meta: np.ndarray, beta: float = 0.25) -> np.ndarray:
+
+def difficulty(conf_image: np.ndarray, conf_meta: np.ndarray, beta: float = BETA) -> np.ndarray:
     conf_image, conf_meta = np.asarray(conf_image), np.asarray(conf_meta)
     return 1 - (conf_image + conf_meta) / 2 + beta * np.abs(conf_image - conf_meta)
 
@@ -34,8 +38,8 @@ def within_class_rank(score: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 class CurriculumScheduler:
-    def __init__(self, y: np.ndarray, rank: np.ndarray, epochs: int, start: float = 0.3,
-                 full_at: float = 0.7):
+    def __init__(self, y: np.ndarray, rank: np.ndarray, epochs: int, start: float = START,
+                 full_at: float = FULL_AT):
         self.y, self.rank, self.epochs = np.asarray(y), np.asarray(rank), epochs
         self.start, self.full_at = start, full_at
         self.classes = np.unique(self.y)

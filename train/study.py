@@ -30,6 +30,7 @@ import torch
 
 from lesion_app.data import DEFAULT_DATA
 from lesion_app.vocab import CLASSES
+from train.curriculum import BETA, FULL_AT, START
 from train.features import DEFAULT_CACHE, N_VIEWS, TTA_VIEWS, build_pooled_imagenet
 from train.fit import SplitData
 from train.make_split import DEFAULT_SPLIT
@@ -220,10 +221,10 @@ def markdown(study: dict, shipped: dict | None) -> str:
     c = study["curriculum"]
     lines += ["", "### Curriculum", "",
               "Difficulty = 1 − mean true-class confidence of the image-only and metadata-only models "
-              "(scored out-of-fold on the training split) + 0.25 × their difference; ranked within each "
-              "class. The class distribution moves from balanced (first epoch) to the training "
-              "frequencies (last epoch); each class's easiest 30% are eligible at first, all of them "
-              "from 70% of training on. Mean difficulty by class (seed 0): "
+              f"(scored out-of-fold on the training split) + {BETA} × their difference; ranked within "
+              "each class. The class distribution moves from balanced (first epoch) to the training "
+              f"frequencies (last epoch); each class's easiest {START:.0%} are eligible at first, all of "
+              f"them from {FULL_AT:.0%} of training on. Mean difficulty by class (seed 0): "
               + ", ".join(f"{k} {v:.2f}" for k, v in c["difficulty_by_class"].items()) + ".", "",
               f"Wall time on this machine: features {study['seconds']['features']:.0f} s, "
               f"training {study['seconds']['training'] / 60:.1f} min, total "
