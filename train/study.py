@@ -1,6 +1,6 @@
 """Which imbalance strategy and which fusion work best? A factorial study on cached features.
 
-    python -m train.study [--seeds 3] [--epochs 40] [--n-boot 1000] [--out reports]
+    python -m train.study [--seeds 3] [--epochs 40] [--n-boot 1000] [--threads 1] [--out reports]
 
 Every arm trains only a head, on the same frozen features: the whole backbone at its
 ImageNet weights, pooled, 8 augmented views per image, cached once by train.features.
@@ -201,7 +201,12 @@ def markdown(study: dict, shipped: dict | None) -> str:
             lines.append(f"| {factor} | {level} | {f['mean_val_bacc']:.3f} | {f['best_arm']} | "
                          f"{f['best_val_bacc']:.3f} |")
     lines += ["", "### The best arm against the arms that differ from it in one factor", "",
-              "Difference in balanced accuracy (best minus other), paired on the same lesion resamples.", "",
+              "Difference in balanced accuracy (best minus other), paired on the same lesion resamples. "
+              f"{sum(c['val']['ci'][0] <= 0 for c in study['paired_with_best'])} of these "
+              f"{len(study['paired_with_best'])} arms are not distinguishable from the best on validation "
+              "(the CI includes 0)"
+              + (": the ranking at the top is within noise." if any(c["val"]["ci"][0] <= 0 for c in
+                                                                 study["paired_with_best"]) else "."), "",
               "| other arm | val difference [95% CI] | p | test difference [95% CI] | p |",
               "|---|---|---|---|---|"]
     for c in sorted(study["paired_with_best"], key=lambda c: c["val"]["difference"]):
@@ -226,7 +231,8 @@ def markdown(study: dict, shipped: dict | None) -> str:
               f"frequencies (last epoch); each class's easiest {START:.0%} are eligible at first, all of "
               f"them from {FULL_AT:.0%} of training on. Mean difficulty by class (seed 0): "
               + ", ".join(f"{k} {v:.2f}" for k, v in c["difficulty_by_class"].items()) + ".", "",
-              f"Wall time on this machine: features {study['seconds']['features']:.0f} s, "
+              f"Wall time on this machine: features {study['seconds']['features']:.0f} s (read from the "
+              "cache; building it is a one-off), "
               f"training {study['seconds']['training'] / 60:.1f} min, total "
               f"{study['seconds']['total'] / 60:.1f} min.",
               "", "Limits: these are heads on frozen ImageNet features, not fine-tuned backbones, so "
@@ -254,7 +260,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=Hyper.epochs)
     p.add_argument("--folds", type=int, default=Hyper.folds)
     p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="the published study ran with 1: another count changes float rounding, "
+                        "which can reorder arms that are tied within noise")
     p.add_argument("--render", action="store_true",
                    help="only rewrite study.md from an existing study.json (e.g. after new weights)")
     a = p.parse_args(argv)
