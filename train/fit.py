@@ -37,11 +37,11 @@ from train.pooled_heads import Hyper, curriculum_rank
 
 @dataclass
 class Config:
-    # Defaults are the shipped recipe (chosen on validation; see weights/MODEL_CARD.md).
+    # Defaults are the shipped recipe: train.study's best on validation (reports/study.md).
     model: str = "fusion"          # image_only | fusion
-    fusion: str = "film"           # concat | film | late (fusion only)
+    fusion: str = "concat"         # concat | film | late (fusion only)
     loss: str = "wce"              # ce | wce (class-weighted) | focal
-    sampler: str = "none"          # none | balanced | curriculum (train.curriculum)
+    sampler: str = "curriculum"    # none | balanced | curriculum (train.curriculum)
     epochs: int = 6
     batch: int = 64
     lr: float = 1e-3               # head; the fine-tuned backbone stages get lr * backbone_lr
