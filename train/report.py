@@ -97,10 +97,19 @@ def localisation(predictor: Predictor, data: Path, df: pd.DataFrame, probs: dict
             for k, v in res.items()}
 
 
-def figures(out: Path, y, probs: dict, raw: dict) -> list[str]:
-    files = []
+def per_model_figure(out: Path, name: str, draw) -> str:
+    """One PNG with a panel per model, side by side; draw(ax, model_key) fills a panel."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, k in zip(axes, MODEL_KEYS):
+        draw(ax, k)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def figures(out: Path, y, probs: dict, raw: dict) -> list[str]:
+    def confusion(ax, k):
         cm = confusion_matrix(y, probs[k].argmax(1), labels=range(len(CLASSES)))
         ax.imshow(cm / cm.sum(1, keepdims=True), cmap="Blues", vmin=0, vmax=1)
         for (r, c), v in np.ndenumerate(cm):
@@ -110,38 +119,30 @@ def figures(out: Path, y, probs: dict, raw: dict) -> list[str]:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{NAMES[k]} (row-normalised colour, counts)")
-    fig.tight_layout()
-    fig.savefig(out / "confusion_matrices.png", dpi=110)
-    files.append("confusion_matrices.png")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    for ax, k in zip(axes, MODEL_KEYS):
+
+    def diagonal_panel(ax, title, xlabel, ylabel):
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+
+    def roc(ax, k):
         for c, name in enumerate(CLASSES):
             fpr, tpr, _ = roc_curve(y == c, probs[k][:, c])
             ax.plot(fpr, tpr, label=f"{name} AUC {roc_auc_score(y == c, probs[k][:, c]):.3f}")
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.set_title(f"{NAMES[k]}: one-vs-rest ROC")
-        ax.set_xlabel("1 - specificity")
-        ax.set_ylabel("sensitivity")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "roc_curves.png", dpi=110)
-    files.append("roc_curves.png")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    for ax, k in zip(axes, MODEL_KEYS):
+        diagonal_panel(ax, f"{NAMES[k]}: one-vs-rest ROC", "1 - specificity", "sensitivity")
+
+    def calibration(ax, k):
         for p, label, style in ((raw[k], "before temperature", "o--"), (probs[k], "after temperature", "s-")):
             bins = [b for b in reliability(p, y, bins=10) if b["n"]]
             ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style,
                     label=f"{label}, ECE {expected_calibration_error(p, y):.3f}")
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.set_title(f"{NAMES[k]}: reliability (top label)")
-        ax.set_xlabel("confidence")
-        ax.set_ylabel("accuracy")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "reliability.png", dpi=110)
-    files.append("reliability.png")
-    plt.close("all")
-    return files
+        diagonal_panel(ax, f"{NAMES[k]}: reliability (top label)", "confidence", "accuracy")
+
+    return [per_model_figure(out, "confusion_matrices.png", confusion),
+            per_model_figure(out, "roc_curves.png", roc),
+            per_model_figure(out, "reliability.png", calibration)]
 
 
 def main(argv=None):
