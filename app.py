@@ -1,35 +1,51 @@
 """Entry point (also Hugging Face Spaces' app_file): loads the bundled weights and serves the app."""
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # never reach for the hub
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-if "GRADIO_TEMP_DIR" not in os.environ:
-    # Uploads land in a private folder that is removed when the app exits; each upload's
-    # file is also deleted as soon as it has been read (lesion_app.image_input.take_upload).
-    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="lesion-app-")
-    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
-from lesion_app.predictor import Predictor  # noqa: E402
-from lesion_app.weights import WEIGHTS_DIR, WeightsError  # noqa: E402
+
+def private_upload_dir():
+    """Points Gradio's uploads at a folder private to this process (inside GRADIO_TEMP_DIR if the
+    host set one, else the system temp folder), removed on exit, SIGTERM and SIGINT.
+
+    Must run before gradio is imported: gradio reads GRADIO_TEMP_DIR at import time.
+    """
+    from lesion_app.upload_dir import UploadDir
+    uploads = UploadDir(os.environ.get("GRADIO_TEMP_DIR"))
+    os.environ["GRADIO_TEMP_DIR"] = str(uploads.path)
+    uploads.install_exit_cleanup()
+    return uploads
 
 
 def main() -> None:
+    from lesion_app.upload_dir import upload_ttl
+    try:
+        ttl = upload_ttl()
+    except ValueError as e:
+        sys.exit(f"error: cannot start the app: {e}")
+    uploads = private_upload_dir()
+    from lesion_app.predictor import Predictor
+    from lesion_app.weights import WEIGHTS_DIR, WeightsError
     weights = Path(os.environ.get("LESION_APP_WEIGHTS", WEIGHTS_DIR))
     try:
         predictor = Predictor(weights)
     except WeightsError as e:
         sys.exit(f"error: cannot start the app: {e}")
     from lesion_app.clinical_report import REPORTS_DIR, ClinicalReport
-    from lesion_app.ui import build_app
+    from lesion_app.ui import build_app, example_digests
     demo = build_app(predictor, ClinicalReport.load(predictor.model_info))
+    # Uploads that are never analysed are deleted after ttl seconds (analysed ones are deleted
+    # as soon as they are read); the bundled examples' cached copies stay for example clicks.
+    uploads.start_sweeper(ttl, example_digests())
     # One analysis at a time: each already uses every CPU core; others wait in the queue.
     demo.queue(default_concurrency_limit=1, max_size=64)
-    demo.launch(footer_links=["api"], max_file_size="40mb", allowed_paths=[str(REPORTS_DIR)])
+    demo.launch(footer_links=["api"], max_file_size="40mb", allowed_paths=[str(REPORTS_DIR)],
+                prevent_thread_lock=True)
+    uploads.install_exit_cleanup()  # again: Gradio's SSR mode installs its own handlers in launch()
+    demo.block_thread()
 
 
 if __name__ == "__main__":
