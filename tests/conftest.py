@@ -50,20 +50,34 @@ def free_port() -> int:
 
 
 class AppServer:
-    """`python app.py` in a subprocess, as a user starts it; stopped when done."""
+    """`python app.py` in a subprocess, as a user starts it; stopped when done.
 
-    def __init__(self, env_extra=None, startup_timeout=120):
+    tmpdir: start it as a host would, without GRADIO_TEMP_DIR and with TMPDIR=tmpdir, so the
+    app's own private folder lands there (temp_dir is then tmpdir, left to its owner).
+    """
+
+    def __init__(self, env_extra=None, startup_timeout=120, tmpdir=None):
+        import signal
         import subprocess
         import time
         import urllib.request
         import tempfile
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="lesion-test-gradio-"))  # where uploads land
-        env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "GRADIO_SERVER_NAME": "127.0.0.1",
-               "GRADIO_TEMP_DIR": str(self.temp_dir), **(env_extra or {})}
+        env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+        self._own_temp_dir = tmpdir is None
+        if tmpdir is None:
+            self.temp_dir = Path(tempfile.mkdtemp(prefix="lesion-test-gradio-"))  # where uploads land
+            env["GRADIO_TEMP_DIR"] = str(self.temp_dir)
+        else:
+            self.temp_dir = Path(tmpdir)
+            env.pop("GRADIO_TEMP_DIR", None)
+            env["TMPDIR"] = str(self.temp_dir)
+        env.update(env_extra or {})
+        # SIGINT at its default even when pytest runs as a background job (which ignores it).
         self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         t0 = time.time()
         while time.time() - t0 < startup_timeout:
             if self.proc.poll() is not None:
@@ -77,14 +91,19 @@ class AppServer:
         self.stop()
         raise RuntimeError(f"app did not answer within {startup_timeout} s")
 
-    def stop(self):
+    def stop(self, sig=None):
+        """Stops the app with sig (SIGTERM by default, as Docker and Spaces do); returns its exit code."""
+        import signal
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(sig or signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
             except Exception:
                 self.proc.kill()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+                self.proc.wait()
+        if self._own_temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return self.proc.returncode
 
 
 @pytest.fixture(scope="session")

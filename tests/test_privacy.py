@@ -1,0 +1,140 @@
+"""Uploads never outlive the app: the real `python app.py`, started as a host would (no
+GRADIO_TEMP_DIR), real HTTP uploads to Gradio's upload route, real signals."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import EXAMPLES, AppServer
+from inputs import example_image
+from lesion_app.upload_dir import OWNER_FILE, identity, remove_stale
+
+
+def patient_bytes() -> bytes:
+    """A PNG that is not one of the bundled examples (their copies are kept on purpose)."""
+    buf = io.BytesIO()
+    example_image().transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def upload(url: str, data: bytes, name: str = "patient.png") -> str:
+    """POSTs data to /gradio_api/upload (multipart field `files`), as the browser does; returns its path."""
+    b = uuid.uuid4().hex
+    body = (f'--{b}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()
+    req = urllib.request.Request(url + "gradio_api/upload", data=body,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={b}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        [path] = json.loads(r.read())
+    return path
+
+
+def files_holding(root: Path, data: bytes) -> list[Path]:
+    """Every file under root whose content contains data (compared by content, not by name)."""
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            p = Path(folder, name)
+            try:
+                if not p.is_symlink() and data in p.read_bytes():
+                    found.append(p)
+            except OSError:
+                continue
+    return found
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def fake_folder(parent: Path, name: str, owner: dict | None) -> Path:
+    d = parent / name
+    d.mkdir()
+    (d / "patient.png").write_bytes(b"an earlier patient's image")
+    if owner is not None:
+        (d / OWNER_FILE).write_text(json.dumps(owner))
+    return d
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_unanalysed_upload_leaves_no_copy_once_the_app_is_stopped(tmp_path, sig):
+    data = patient_bytes()
+    # A long lifetime, so that it is the signal, not the sweeper, that must remove the upload.
+    app = AppServer({"LESION_UPLOAD_TTL_S": "600"}, tmpdir=tmp_path)
+    try:
+        path = Path(upload(app.url, data))
+        assert path.is_relative_to(tmp_path) and path.parent.parent.name.startswith("lesion-app-")
+        assert files_holding(tmp_path, data) == [path]  # the check below can see a copy
+    finally:
+        code = app.stop(sig)
+    assert files_holding(tmp_path, data) == []
+    assert list(tmp_path.glob("lesion-app-*")) == []
+    assert code == 0, app.proc.stdout.read()[-2000:]  # a clean stop, not killed by the signal
+
+
+@pytest.fixture(scope="module")
+def swept_app(tmp_path_factory):
+    """The app with a 3 s upload lifetime, started next to folders of earlier (fake) instances."""
+    tmp = tmp_path_factory.mktemp("host_tmp")
+    live = identity()  # this test process: alive
+    folders = {
+        "dead": fake_folder(tmp, "lesion-app-dead0001", {**identity(), "pid": dead_pid()}),
+        "live": fake_folder(tmp, "lesion-app-live0001", live),
+        "no_owner_file": fake_folder(tmp, "lesion-app-other001", None),
+        "not_ours": fake_folder(tmp, "someone-else-dead01", {**identity(), "pid": dead_pid()}),
+    }
+    app = AppServer({"LESION_UPLOAD_TTL_S": "3"}, tmpdir=tmp)
+    yield app, folders
+    app.stop()
+
+
+def test_startup_removes_only_stale_folders_of_this_app(swept_app):
+    _, folders = swept_app
+    assert not folders["dead"].exists()
+    for kept in ("live", "no_owner_file", "not_ours"):
+        assert (folders[kept] / "patient.png").is_file(), kept
+
+
+def test_an_unanalysed_upload_is_deleted_after_its_lifetime_and_examples_stay(swept_app):
+    app, _ = swept_app
+    data = patient_bytes()
+    t0 = time.time()
+    path = Path(upload(app.url, data))
+    while path.exists() and time.time() - t0 < 30:
+        time.sleep(0.2)
+    gone_after = time.time() - t0
+    assert not path.exists() and files_holding(app.temp_dir, data) == []
+    assert gone_after >= 3 - 0.5, f"deleted after {gone_after:.1f} s, before its 3 s lifetime"
+    assert gone_after < 3 + 0.5 + 10, f"still there {gone_after:.1f} s after upload (lifetime 3 s)"
+    # Example clicks read the cached copies Gradio serves from the upload folder: still there.
+    with urllib.request.urlopen(app.url + "config", timeout=30) as r:
+        config = json.loads(r.read())
+    samples = next(c["props"]["samples"] for c in config["components"] if c.get("type") == "dataset")
+    originals = {p.name: p.read_bytes() for p in (EXAMPLES / "images").glob("*.jpg")}
+    assert len(samples) == len(originals)
+    for row in samples:
+        with urllib.request.urlopen(row[0]["url"], timeout=30) as r:
+            assert r.read() == originals[Path(row[0]["path"]).name]
+
+
+def test_remove_stale_checks_the_process_start_time_not_just_the_pid(tmp_path):
+    me = identity()
+    assert me["start"] is not None, "needs /proc (Linux)"
+    reused = fake_folder(tmp_path, "lesion-app-reused01", {**me, "start": me["start"] - 1})
+    mine = fake_folder(tmp_path, "lesion-app-mine0001", me)
+    garbled = fake_folder(tmp_path, "lesion-app-garbled1", None)
+    (garbled / OWNER_FILE).write_text("{not json")
+    group = fake_folder(tmp_path, "lesion-app-group001", {**me, "pid": 0})  # pid 0: a process group
+    assert remove_stale(tmp_path) == [reused]
+    assert mine.is_dir() and garbled.is_dir() and group.is_dir()
