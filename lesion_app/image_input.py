@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import io
 import warnings
@@ -32,18 +33,32 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _decode_data_url(url: str) -> bytes:
+    """The bytes of a base64 `data:` URL; InputError for anything else."""
+    header, _, body = url.partition(",")
+    if not header.endswith(";base64"):
+        raise InputError("The uploaded data is not a base64 image; please upload the image file instead.")
+    try:
+        return base64.b64decode("".join(body.split()), validate=True)  # line breaks are harmless
+    except (binascii.Error, ValueError):
+        raise InputError("The uploaded data is not valid base64 and cannot be read; "
+                         "please upload the image file instead.") from None
+
+
 def take_upload(payload, keep_digests: frozenset[str] = frozenset()) -> bytes:
     """Reads an upload into memory and deletes its file, so the image does not outlive the request.
 
     payload: a path, or Gradio's file payload ({"path": ..., "url": ...}) as the UI and the
-    API send it. Files whose sha256 is in keep_digests (the bundled examples) are left alone.
+    API send it; a payload without a path may carry the image as a base64 `data:` URL.
+    Files whose sha256 is in keep_digests (the bundled examples) are left alone. Raises
+    InputError (a plain message) for no upload, a file that is gone, or a bad data URL.
     """
     if payload is None:
         raise InputError("Please upload a dermoscopic image first.")
     if isinstance(payload, dict):
         url = payload.get("url") or ""
         if payload.get("path") is None and url.startswith("data:"):
-            return base64.b64decode(url.partition(",")[2])
+            return _decode_data_url(url)
         payload = payload.get("path")
     path = Path(str(payload))
     try:
@@ -89,8 +104,10 @@ def load_upload(source: str | Path | bytes | None) -> Image.Image:
         raise InputError("The image is too large to decode safely. Please upload a smaller image.") from None
     except UnidentifiedImageError:
         raise InputError("The file is not an image this app can read (use JPEG, PNG, TIFF, BMP or WebP).") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"The image file is damaged or truncated and cannot be read ({e}).") from None
+    except (OSError, SyntaxError, ValueError):
+        # PIL's own text (decoder codes, byte offsets) means nothing to the user; it is not shown.
+        raise InputError("The image file is damaged or truncated and cannot be read. "
+                         "Please upload the original file again.") from None
     if max(im.size) > WORKING_MAX_SIDE:
         im.thumbnail((WORKING_MAX_SIDE, WORKING_MAX_SIDE), Image.Resampling.LANCZOS)
     return im

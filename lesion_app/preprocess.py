@@ -12,13 +12,32 @@ import torch
 from PIL import Image
 
 
+# The names the manifest may use for the resize filter.
+INTERPOLATIONS = {name.lower(): Image.Resampling[name] for name in
+                  ("NEAREST", "BOX", "BILINEAR", "HAMMING", "BICUBIC", "LANCZOS")}
+
+
 @dataclass(frozen=True)
 class InputSpec:
+    """How a PIL image becomes the model's input; stored in the weights manifest.
+
+    Raises ValueError at construction for an interpolation name not in INTERPOLATIONS.
+    """
     width: int = 256
     height: int = 192
     mean: float = 0.5   # tf_efficientnet_lite* use mean = std = 0.5 on [0, 1] pixels
     std: float = 0.5
-    interpolation: str = "bicubic"
+    interpolation: str = "bicubic"  # a PIL resampling filter, by name (INTERPOLATIONS)
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r} in the input spec; "
+                             f"use one of {', '.join(INTERPOLATIONS)}")
+
+    @property
+    def resample(self) -> Image.Resampling:
+        """The PIL filter that fit_to_aspect resizes with."""
+        return INTERPOLATIONS[self.interpolation]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -29,7 +48,8 @@ VIEWS = ("identity", "hflip", "vflip", "hvflip")
 
 
 def fit_to_aspect(image: Image.Image, spec: InputSpec) -> Image.Image:
-    """Centre-crops to the spec's aspect ratio (4:3, as HAM10000) and resizes to it."""
+    """Centre-crops to the spec's aspect ratio (4:3, as HAM10000) and resizes to it with the
+    spec's interpolation."""
     image = image.convert("RGB")
     w, h = image.size
     target = spec.width / spec.height
@@ -40,7 +60,7 @@ def fit_to_aspect(image: Image.Image, spec: InputSpec) -> Image.Image:
         else:
             nh = round(w / target)
             image = image.crop((0, (h - nh) // 2, w, (h - nh) // 2 + nh))
-    return image.resize((spec.width, spec.height), Image.Resampling.BICUBIC)
+    return image.resize((spec.width, spec.height), spec.resample)
 
 
 def to_tensor(image: Image.Image, spec: InputSpec) -> torch.Tensor:
