@@ -44,9 +44,16 @@ def _isnan(x) -> bool:
 
 
 def parse_age(age) -> float | None:
-    """None/''/NaN -> None; a number in AGE_RANGE -> float; anything else raises."""
+    """Age in years from a form or API value.
+
+    Blank means not entered: None, NaN, '' and whitespace-only strings -> None. A number, or a
+    string holding one (padding ignored, e.g. ' 63 '), within AGE_RANGE -> float. Anything else
+    (text, booleans, out of range, infinite) raises MetadataError with a message for the user.
+    """
     if age is None or _isnan(age) or (isinstance(age, str) and not age.strip()):
         return None
+    if isinstance(age, bool):  # float(True) == 1.0: a checkbox value is not an age
+        raise MetadataError(f"Age must be a number of years, got {age!r}.")
     try:
         value = float(age)
     except (TypeError, ValueError):
@@ -58,13 +65,23 @@ def parse_age(age) -> float | None:
 
 
 def parse_choice(value, vocabulary, what: str) -> str:
-    """Normalises a sex/site string; empty means unknown; outside the vocabulary raises."""
-    if value is None or _isnan(value) or not str(value).strip():
+    """A sex or site from a form or API value, as its vocabulary entry.
+
+    Blank means not entered: None, NaN, '' and whitespace-only strings -> 'unknown'. Otherwise
+    surrounding whitespace and case are ignored (' Back ' -> 'back'); a value that is still not
+    in `vocabulary` raises MetadataError listing the accepted values.
+    """
+    if value is None or _isnan(value) or (isinstance(value, str) and not value.strip()):
         return UNKNOWN
     v = str(value).strip().lower()
     if v not in vocabulary:
         raise MetadataError(f"Unknown {what} {value!r}; expected one of: {', '.join(vocabulary)}.")
     return v
+
+
+def parse_metadata(age, sex, site) -> tuple[float | None, str, str]:
+    """(age, sex, site) as the models take them: None / 'unknown' for what was not entered."""
+    return parse_age(age), parse_choice(sex, SEXES, "sex"), parse_choice(site, SITES, "site")
 
 
 def encode_metadata(age, sex, site, scaler: AgeScaler) -> np.ndarray:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lesion_app.metadata import (GROUPS, META_DIM, AgeScaler, MetadataError, encode_metadata,
-                                 unknown_row)
+                                 parse_age, parse_metadata, unknown_row)
 from lesion_app.vocab import SEXES, SITES
 
 SCALER = AgeScaler(mean=50.0, std=20.0)
@@ -43,7 +43,22 @@ def test_site_is_one_hot_never_ordinal():
     assert np.array_equal(rows, np.eye(len(SITES)))
 
 
-@pytest.mark.parametrize("age", [-1, 121, "abc", "forty", math.inf])
+@pytest.mark.parametrize("blank", [None, "", "   ", "\t\n", float("nan")])
+def test_blank_means_not_entered(blank):
+    assert parse_metadata(blank, blank, blank) == (None, "unknown", "unknown")
+
+
+@pytest.mark.parametrize("age,sex,site", [(" 63 ", " male ", " back "), ("63", "Male", "BACK"),
+                                          (63, "male\t", "\nback"), (63.0, "male", "back")])
+def test_padded_values_are_their_vocabulary_entries(age, sex, site):
+    assert parse_metadata(age, sex, site) == (63.0, "male", "back")
+
+
+def test_age_zero_is_an_age_not_a_blank():
+    assert parse_age(0) == 0.0 and parse_age("0") == 0.0
+
+
+@pytest.mark.parametrize("age", [-1, 121, "abc", "forty", math.inf, True, "6 3"])
 def test_invalid_age_is_refused(age):
     with pytest.raises(MetadataError, match="[Aa]ge"):
         encode_metadata(age, "male", "back", SCALER)
