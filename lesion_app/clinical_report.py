@@ -13,6 +13,22 @@ from .result import Analysis
 REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
 AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
 SPECIFICITIES = ("90", "95")
+# The UI's operating-point choices -> the report's specificity keys.
+OPERATING_POINTS = {f"{s}% specificity": s for s in SPECIFICITIES}
+
+
+def parse_operating_point(choice) -> str:
+    """'90% specificity' (a UI choice) or '90' -> '90'; blank -> the first (default) point.
+
+    Anything else raises ValueError naming the accepted choices.
+    """
+    if choice is None or (isinstance(choice, str) and not choice.strip()):
+        return SPECIFICITIES[0]
+    text = str(choice).strip()
+    if text in OPERATING_POINTS or text in SPECIFICITIES:
+        return OPERATING_POINTS.get(text, text)
+    raise ValueError(f"Unknown melanoma operating point {choice!r}; expected one of: "
+                     f"{', '.join(OPERATING_POINTS)}.")
 
 
 def age_band(age) -> str:
@@ -88,11 +104,13 @@ def subgroup_markdown(report: ClinicalReport | None, a: Analysis) -> str:
     lines = ["**How the models did on similar patients** (test split):", "",
              "| group | images | fusion bal. acc. | image-only bal. acc. | fusion mel recall | image-only mel recall |",
              "|---|---|---|---|---|---|"]
+    entered = a.entered()
     for key, r in report.subgroup_rows(a.metadata).items():
         if r is None:
             lines.append(f"| {key}: no test cases | 0 | – | – | – | – |")
             continue
-        lines.append(f"| {key} = {r['group']} | {r['n']} | {fmt(r['fusion_balanced_accuracy'])} | "
+        group = r["group"] if key in entered else f"not entered ({r['group']})"
+        lines.append(f"| {key} = {group} | {r['n']} | {fmt(r['fusion_balanced_accuracy'])} | "
                      f"{fmt(r['image_only_balanced_accuracy'])} | {fmt(r['fusion_mel_recall'])} | "
                      f"{fmt(r['image_only_mel_recall'])} |")
     return "\n".join(lines)

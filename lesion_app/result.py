@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .vocab import CLASSES, class_label
+from .vocab import CLASSES, UNKNOWN, class_label
 
 ABSENT_BASELINE = ("a feature that is absent is set to 'not entered' (age missing, sex unknown, "
                    "site unknown); base = the fusion model's probability with none of the three entered")
@@ -46,35 +46,59 @@ class Analysis:
     image: np.ndarray                # (H, W, 3) uint8: what the models saw (cropped, resized)
     fusion: ModelResult
     image_only: ModelResult
-    shap: ShapleyResult
+    shap: ShapleyResult              # for the heatmap class when one was chosen, else the fusion top
     no_metadata_top: str             # fusion model's top class with nothing entered
-    metadata: dict                   # the parsed age, sex, site
+    metadata: dict                   # the parsed age, sex, site (None / 'unknown' = not entered)
     warnings: list[str] = field(default_factory=list)
     model_info: dict = field(default_factory=dict)
+    top_shap: ShapleyResult | None = None  # for the fusion top class, when `shap` is for another
 
     @property
     def agree(self) -> bool:
         return self.fusion.top == self.image_only.top
 
+    def entered(self) -> tuple[str, ...]:
+        """The metadata fields that were entered (age not None, sex/site not 'unknown'), in order."""
+        return tuple(k for k in ("age", "sex", "site") if self.metadata.get(k) not in (None, UNKNOWN))
+
+    @property
+    def top_explained(self) -> ShapleyResult | None:
+        """Shapley values for the fusion top class, or None when only another class's are known."""
+        for s in (self.shap, self.top_shap):
+            if s is not None and s.cls == self.fusion.top:
+                return s
+        return None
+
     def reading(self) -> str:
-        """One line: do the models agree; if not, which metadata moved the top class."""
+        """Do the models agree, and what did the entered metadata do to the fusion top class.
+
+        Credits only fields that were entered; with none entered it says so and nothing more.
+        """
         f, i = self.fusion, self.image_only
-        if self.agree:
-            return (f"Both models agree: {class_label(f.top)} (fusion {f.probabilities[f.top]:.0%}, "
-                    f"image-only {i.probabilities[i.top]:.0%}).")
-        # Contributions toward the fusion model's top class, strongest first.
-        contrib = self.shap.contributions if self.shap.cls == f.top else {}
-        pushes = ", ".join(f"{k} {v:+.0%}" for k, v in sorted(contrib.items(), key=lambda kv: -kv[1])
-                           if v > 0.005) or "no single input"
+        top, pf, pi = class_label(f.top), f.probabilities[f.top], i.probabilities[i.top]
+        verdict = (f"Both models agree: {top} (fusion {pf:.0%}, image-only {pi:.0%})." if self.agree else
+                   f"The models disagree: image-only says {class_label(i.top)} ({pi:.0%}), "
+                   f"fusion says {top} ({pf:.0%}).")
+        fields = self.entered()
+        if not fields:
+            return ("No metadata entered: the fusion model answered from the image alone "
+                    f"(age, sex and site all not entered). {verdict}")
+        names = _join([f"{k} ({_value(self.metadata[k])})" for k in fields])
+        s = self.top_explained
         if self.no_metadata_top != f.top:
-            return (f"The models disagree: image-only says {class_label(i.top)} "
-                    f"({i.probabilities[i.top]:.0%}); the entered metadata moved the fusion model "
-                    f"from {class_label(self.no_metadata_top)} to {class_label(f.top)} "
-                    f"({f.probabilities[f.top]:.0%}), pushed by {pushes}.")
-        return (f"The models disagree: image-only says {class_label(i.top)} "
-                f"({i.probabilities[i.top]:.0%}), fusion says {class_label(f.top)} "
-                f"({f.probabilities[f.top]:.0%}); the fusion model leans to {f.top} even with no "
-                f"metadata, and the metadata adds {pushes}.")
+            line = (f"{verdict} The entered {names} moved the fusion model from "
+                    f"{class_label(self.no_metadata_top)} to {top}")
+            if s is None:
+                return line + "."
+            pushes = [f"{k} {_signed(s.contributions[k])}" for k in _by_size(s, fields)
+                      if s.contributions[k] >= 0.0005]
+            return line + (f", pushed by {', '.join(pushes)}." if pushes else
+                           f"; no entered field alone raised P({f.top}).")
+        line = f"{verdict} From the image alone the fusion model also says {f.top}"
+        if s is None:
+            return f"{line}; entered: {names}."
+        effects = ", ".join(f"{k} {_signed(s.contributions[k])}" for k in _by_size(s, fields))
+        return f"{line}; the entered {names} changed P({f.top}) by {effects}."
 
     def to_report(self) -> dict:
         """The /report JSON contract."""
@@ -92,3 +116,22 @@ class Analysis:
 
 def probabilities_dict(p: np.ndarray) -> dict[str, float]:
     return {c: float(v) for c, v in zip(CLASSES, p)}
+
+
+def _join(items: list[str]) -> str:
+    """['a', 'b', 'c'] -> 'a, b and c'."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _signed(v: float) -> str:
+    """A probability change in percentage points, one decimal; no '-0.0%'."""
+    return "±0.0%" if abs(v) < 0.0005 else f"{v:+.1%}"
+
+
+def _by_size(s: ShapleyResult, fields) -> list[str]:
+    """The fields, largest absolute Shapley value first."""
+    return sorted(fields, key=lambda k: -abs(s.contributions[k]))
