@@ -42,18 +42,29 @@ def _start_ticks(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def _pid_namespace() -> str | None:
+    """This process's pid namespace: pids recorded in another one (another container) mean nothing here."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def identity(pid: int | None = None) -> dict:
     """What the owner file records for a process (this one by default)."""
     pid = os.getpid() if pid is None else pid
-    return {"app": _APP, "pid": pid, "start": _start_ticks(pid), "boot": _boot_id()}
+    return {"app": _APP, "pid": pid, "start": _start_ticks(pid), "boot": _boot_id(), "pidns": _pid_namespace()}
 
 
 def owner_alive(owner: dict) -> bool:
     """True unless the recorded process is certainly gone (or its pid now belongs to another process).
 
-    When the start time cannot be compared (no /proc), a running pid counts as alive: we
-    would rather keep a stale folder than remove a live instance's.
+    When the start time cannot be compared (no /proc) or the folder was made in another pid
+    namespace (another container sharing /tmp), the owner counts as alive: we would rather
+    keep a stale folder than remove a live instance's.
     """
+    if owner.get("pidns") != _pid_namespace():
+        return True  # written in another container sharing this folder: its pid cannot be checked here
     pid = owner["pid"]
     try:
         os.kill(pid, 0)

@@ -80,7 +80,7 @@ def test_an_unanalysed_upload_leaves_no_copy_once_the_app_is_stopped(tmp_path, s
         code = app.stop(sig)
     assert files_holding(tmp_path, data) == []
     assert list(tmp_path.glob("lesion-app-*")) == []
-    assert code == 0, app.proc.stdout.read()[-2000:]  # a clean stop, not killed by the signal
+    assert code == 0, app.output[-2000:]  # a clean stop, not killed by the signal
 
 
 @pytest.fixture(scope="module")
@@ -136,5 +136,7 @@ def test_remove_stale_checks_the_process_start_time_not_just_the_pid(tmp_path):
     garbled = fake_folder(tmp_path, "lesion-app-garbled1", None)
     (garbled / OWNER_FILE).write_text("{not json")
     group = fake_folder(tmp_path, "lesion-app-group001", {**me, "pid": 0})  # pid 0: a process group
+    # Another container sharing this folder: its pids are not ours to check.
+    elsewhere = fake_folder(tmp_path, "lesion-app-other-ns", {**me, "pid": dead_pid(), "pidns": "pid:[1]"})
     assert remove_stale(tmp_path) == [reused]
-    assert mine.is_dir() and garbled.is_dir() and group.is_dir()
+    assert mine.is_dir() and garbled.is_dir() and group.is_dir() and elsewhere.is_dir()
