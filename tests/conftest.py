@@ -81,9 +81,10 @@ class AppServer:
         t0 = time.time()
         while time.time() - t0 < startup_timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.proc.stdout.read()[-3000:]}")
+                out, _ = self.proc.communicate()
+                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{out[-3000:]}")
             try:
-                urllib.request.urlopen(self.url, timeout=2)
+                urllib.request.urlopen(self.url, timeout=2).close()
                 self.startup_seconds = time.time() - t0
                 return
             except OSError:
@@ -92,15 +93,17 @@ class AppServer:
         raise RuntimeError(f"app did not answer within {startup_timeout} s")
 
     def stop(self, sig=None):
-        """Stops the app with sig (SIGTERM by default, as Docker and Spaces do); returns its exit code."""
+        """Stops the app with sig (SIGTERM by default, as Docker and Spaces do); returns its exit
+        code. What it printed is then in self.output."""
         import signal
+        import subprocess
         if self.proc.poll() is None:
             self.proc.send_signal(sig or signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except Exception:
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            self.output, _ = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.output, _ = self.proc.communicate()
         if self._own_temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         return self.proc.returncode
