@@ -21,11 +21,17 @@ class InputError(ValueError):
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if im.mode in ("I;16", "I;16B", "I;16L"):
+        # 16-bit samples span 0..65535 (as PNG prescribes): scale, never stretch, so a 16-bit
+        # copy of an 8-bit image is analysed exactly as the 8-bit one.
+        a = np.asarray(im, dtype=np.float64) / 257
+        im = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
+    elif im.mode in ("I", "F"):
+        # 32-bit integer or float samples have no fixed range: stretch min..max to 0..255.
         a = np.asarray(im, dtype=np.float64)
         span = a.max() - a.min()
         a = (a - a.min()) / span * 255 if span > 0 else np.zeros_like(a)
-        im = Image.fromarray(a.astype(np.uint8))
+        im = Image.fromarray(np.round(a).astype(np.uint8))
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
