@@ -1,9 +1,15 @@
-"""The Gradio app: layout and wiring only. All model work happens in `Predictor`."""
+"""The Gradio app: `layout` places the components, `Handlers` turns inputs into output values
+keyed by component, `wire` connects the two. All model work happens in `Predictor.analyze`.
+
+Blank means not entered everywhere: an empty age box reaches the Predictor as None, an empty
+sex or site as 'unknown' (lesion_app.metadata.parse_metadata).
+"""
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
@@ -12,26 +18,38 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .clinical_report import ClinicalReport, melanoma_markdown, subgroup_markdown
+from .clinical_report import (OPERATING_POINTS, ClinicalReport, melanoma_markdown, parse_operating_point,
+                              subgroup_markdown)
+from .gradcam import gradcam_overlay
 from .image_input import InputError, load_upload, take_upload
-from .metadata import MetadataError
+from .metadata import MetadataError, parse_metadata
 from .predictor import Predictor
 from .result import ABSENT_BASELINE, Analysis, ModelResult
 from .vocab import CLASSES, SEXES, SITES, class_label
-from .gradcam import gradcam_overlay
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 PREDICTED = "Predicted class (each model's own)"
 NOTICE = ("**Research demo, not a medical device. Not for diagnosis.** Outputs are from models "
           "trained on one public dataset (HAM10000) and can be wrong; they must not guide care.")
+START = "Upload an image or pick an example, then press **Analyze**."
+NEW_IMAGE = "New image: press **Analyze** to analyse it."
+# Every event that runs the models: one at a time in one queue, whoever launches the app
+# (Predictor and its Grad-CAM hooks are not safe to run concurrently).
+MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
 
 
 def example_rows() -> tuple[list[list], list[str]]:
     md = pd.read_csv(EXAMPLES_DIR / "metadata.csv")
-    rows = [[str(EXAMPLES_DIR / "images" / f"{r.image_id}.jpg"), float(r.age), r.sex, r.localization]
-            for r in md.itertuples()]
+    # Age as text: the age box is a Textbox, so that blank can mean "not entered".
+    rows = [[str(EXAMPLES_DIR / "images" / f"{r.image_id}.jpg"), "" if pd.isna(r.age) else f"{r.age:g}",
+             r.sex, r.localization] for r in md.itertuples()]
     labels = [f"{class_label(r.dx)} · {r.age:.0f} y {r.sex} · {r.localization}" for r in md.itertuples()]
     return rows, labels
+
+
+def example_digests() -> frozenset[str]:
+    return frozenset(hashlib.sha256(p.read_bytes()).hexdigest()
+                     for p in (EXAMPLES_DIR / "images").glob("*.jpg"))
 
 
 def shap_figure(a: Analysis) -> Figure:
@@ -48,7 +66,9 @@ def shap_figure(a: Analysis) -> Figure:
         start += v
     ax.axvline(s.base, color="grey", ls=":", lw=1)
     ax.axvline(s.value, color="black", lw=1)
-    ax.set_yticks(range(len(names)), [f"{n} = {a.metadata[n] if a.metadata[n] is not None else 'not entered'}"
+    entered = a.entered()
+    ax.set_yticks(range(len(names)), [f"{n} = {a.metadata[n]:g}" if n == "age" and n in entered else
+                                      f"{n} = {a.metadata[n]}" if n in entered else f"{n}: not entered"
                                       for n in names])
     ax.invert_yaxis()
     lo, hi = min(s.base, s.value, start), max(s.base, s.value, start)
@@ -68,10 +88,6 @@ def cam_note(r: ModelResult) -> str:
     return f"Grad-CAM for **{class_label(r.cam_class)}**: red regions raised this class's score most."
 
 
-def _key(payload) -> str | None:
-    return payload.get("path") if isinstance(payload, dict) else payload
-
-
 def image_html(rgb: np.ndarray, alt: str) -> str:
     """An inline (data URI) <img>: the heatmap never becomes a file on the server."""
     buf = io.BytesIO()
@@ -81,128 +97,232 @@ def image_html(rgb: np.ndarray, alt: str) -> str:
             'style="width:100%;max-width:512px;border-radius:6px">')
 
 
-def render(a: Analysis) -> tuple:
-    """Analysis -> the values of the output components, in OUTPUT order."""
-    warn = "\n".join(f"⚠️ {w}" for w in a.warnings)
-    return (f"### {a.reading()}", warn,
-            a.fusion.labelled(), image_html(gradcam_overlay(a.image, a.fusion.cam), "Fusion Grad-CAM"),
-            cam_note(a.fusion),
-            a.image_only.labelled(),
-            image_html(gradcam_overlay(a.image, a.image_only.cam), "Image-only Grad-CAM"),
-            cam_note(a.image_only),
-            shap_figure(a), a.to_report())
+def upload_key(payload) -> str | None:
+    """Which upload a payload is: its server path (None when there is no image)."""
+    return payload.get("path") if isinstance(payload, dict) else payload
 
 
-def example_digests() -> frozenset[str]:
-    return frozenset(hashlib.sha256(p.read_bytes()).hexdigest()
-                     for p in (EXAMPLES_DIR / "images").glob("*.jpg"))
+@dataclass
+class SessionState:
+    """One browser session's last analysed upload, decoded in memory, and its analysis.
+
+    Valid only for the upload named by `key`; any other image means start again.
+    """
+    key: str | None = None
+    image: Image.Image | None = None
+    analysis: Analysis | None = None
+
+    def holds(self, payload) -> bool:
+        return self.image is not None and payload is not None and self.key == upload_key(payload)
 
 
-def build_app(predictor: Predictor, clinical: ClinicalReport | None = None) -> gr.Blocks:
-    label_to_code = {class_label(c): c for c in CLASSES}
-    keep = example_digests()
+@dataclass
+class View:
+    """The app's components, as `layout` placed them."""
+    image: gr.Image
+    age: gr.Textbox
+    sex: gr.Radio
+    site: gr.Dropdown
+    button: gr.Button
+    examples: gr.Examples
+    reading: gr.Markdown
+    warnings: gr.Markdown
+    cam_class: gr.Dropdown
+    fusion_probs: gr.Label
+    fusion_cam: gr.HTML
+    fusion_note: gr.Markdown
+    image_only_probs: gr.Label
+    image_only_cam: gr.HTML
+    image_only_note: gr.Markdown
+    shap_plot: gr.Plot
+    operating_point: gr.Radio
+    melanoma: gr.Markdown
+    subgroup: gr.Markdown
+    report_json: gr.JSON
+    state: gr.State
+    report_button: gr.Button   # hidden: carries the /report endpoint
+    report_out: gr.JSON        # hidden
 
-    def analyze(image: Image.Image, age, sex, site, cam_choice=PREDICTED) -> Analysis:
+    @property
+    def inputs(self) -> list:
+        """What an analysis reads, in /analyze's parameter order (the state is not an API parameter)."""
+        return [self.image, self.age, self.sex, self.site, self.cam_class, self.operating_point, self.state]
+
+    @property
+    def outputs(self) -> list:
+        """What an analysis writes, in /analyze's return order, then the state."""
+        return [self.reading, self.warnings, self.fusion_probs, self.fusion_cam, self.fusion_note,
+                self.image_only_probs, self.image_only_cam, self.image_only_note, self.shap_plot,
+                self.report_json, self.melanoma, self.subgroup, self.state]
+
+
+def layout(clinical: ClinicalReport | None) -> View:
+    """Places every component; call inside a gr.Blocks context. No events here."""
+    c = {}
+    gr.Markdown("# Skin lesion: image-only vs image + patient metadata")
+    gr.Markdown(NOTICE, elem_id="notice")
+    with gr.Tab("Analysis"):
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                c["image"] = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"],
+                                      label="Dermoscopic image", elem_id="lesion_image", height=260)
+                # A Textbox, not gr.Number: Number shows and sends 0 when untouched (a newborn).
+                c["age"] = gr.Textbox(label="Age (years, optional)", elem_id="age", value="", lines=1,
+                                      max_lines=1, placeholder="blank = not entered")
+                c["sex"] = gr.Radio(list(SEXES), value="unknown", label="Sex", elem_id="sex")
+                c["site"] = gr.Dropdown(list(SITES), value="unknown", label="Body site", elem_id="site")
+                c["button"] = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                rows, labels = example_rows()
+                c["examples"] = gr.Examples(
+                    rows, [c["image"], c["age"], c["sex"], c["site"]], example_labels=labels,
+                    cache_examples=False, label="Examples: one HAM10000 test-split case per class (click "
+                                                "one to analyse it). Images CC BY-NC 4.0, Tschandl et al. 2018")
+            with gr.Column(scale=2):
+                c["reading"] = gr.Markdown(START, elem_id="reading")
+                c["warnings"] = gr.Markdown(elem_id="warnings")
+                c["cam_class"] = gr.Dropdown([PREDICTED] + [class_label(k) for k in CLASSES], value=PREDICTED,
+                                             label="Heatmap class", elem_id="cam_class")
+                with gr.Row():
+                    for key, title in (("fusion", "Fusion model (image + age, sex, site)"),
+                                       ("image_only", "Image-only model")):
+                        with gr.Column():
+                            c[f"{key}_probs"] = gr.Label(num_top_classes=len(CLASSES), label=title,
+                                                         elem_id=f"{key}_probs")
+                            c[f"{key}_cam"] = gr.HTML(elem_id=f"{key}_cam")
+                            c[f"{key}_note"] = gr.Markdown(elem_id=f"{key}_cam_note")
+                c["shap_plot"] = gr.Plot(label="Metadata attribution (exact Shapley values)", elem_id="shap_plot")
+                gr.Markdown(f"Shapley values over three groups (age, sex, site), computed exactly over "
+                            f"all 8 coalitions. Baseline: {ABSENT_BASELINE}.", elem_id="shap_baseline")
+                c["operating_point"] = gr.Radio(list(OPERATING_POINTS), value=next(iter(OPERATING_POINTS)),
+                                                label="Melanoma operating point", elem_id="mel_operating_point")
+                c["melanoma"] = gr.Markdown(elem_id="melanoma_flag")
+                c["subgroup"] = gr.Markdown(elem_id="subgroup")
+                with gr.Accordion("Report JSON (what the /report API returns)", open=False, elem_id="report_accordion"):
+                    c["report_json"] = gr.JSON(elem_id="report_json")
+    with gr.Tab("Model report"):
+        gr.Markdown(clinical.markdown() if clinical else
+                    "No evaluation report yet: run `python -m train.report`.", elem_id="model_report")
+    c["state"] = gr.State(SessionState())  # this session's decoded image and analysis, in memory only
+    c["report_button"] = gr.Button(visible=False)
+    c["report_out"] = gr.JSON(visible=False)
+    return View(**c)
+
+
+class Handlers:
+    """The event logic: raw component values in, {component: value} out (gr.skip() for none).
+
+    Errors the user can fix come back as gr.Error with a plain message.
+    """
+
+    def __init__(self, predictor: Predictor, clinical: ClinicalReport | None, view: View):
+        self.predictor, self.clinical, self.view = predictor, clinical, view
+        self.keep = example_digests()
+        self.cam_codes = {PREDICTED: None, **{class_label(k): k for k in CLASSES}, **{k: k for k in CLASSES}}
+
+    def cam_code(self, choice) -> str | None:
+        """A heatmap-class choice (label or class code) -> class code; blank or PREDICTED -> None."""
+        if choice is None or (isinstance(choice, str) and not choice.strip()):
+            return None
+        if isinstance(choice, str) and choice.strip() in self.cam_codes:
+            return self.cam_codes[choice.strip()]
+        raise gr.Error(f"Unknown heatmap class {choice!r}; expected {PREDICTED!r} or one of: "
+                       f"{', '.join(class_label(k) for k in CLASSES)} (or its code).", print_exception=False)
+
+    @staticmethod
+    def specificity(choice) -> str:
         try:
-            return predictor.analyze(image, age, sex, site, label_to_code.get(cam_choice))
-        except MetadataError as e:
+            return parse_operating_point(choice)
+        except ValueError as e:
             raise gr.Error(str(e), print_exception=False) from None
 
-    def decode(payload) -> Image.Image:
+    def decode(self, payload) -> Image.Image:
         """The upload as an in-memory image; its file is deleted before any analysis runs."""
         try:
-            return load_upload(take_upload(payload, keep))
+            return load_upload(take_upload(payload, self.keep))
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
 
-    def show(a: Analysis, spec: str, state: dict) -> tuple:
-        return (*render(a), melanoma_markdown(clinical, a, spec[:2]), subgroup_markdown(clinical, a),
-                {**state, "analysis": a})
+    def run(self, image: Image.Image, age, sex, site, cam: str | None) -> Analysis:
+        """Predictor.analyze on parsed metadata (blank -> None / 'unknown')."""
+        try:
+            meta = parse_metadata(age, sex, site)
+        except MetadataError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        a = self.predictor.analyze(image, *meta, cam)
+        if a.top_explained is None:
+            # The reading explains the fusion top class; the Predictor gave Shapley values for `cam` only.
+            a = replace(a, top_shap=self.predictor.analyze(image, *meta, None).shap)
+        return a
 
-    def on_analyze(payload, age, sex, site, cam_choice, spec, last):
+    def render(self, a: Analysis, spec: str, state: SessionState) -> dict:
+        v = self.view
+        return {v.reading: f"### {a.reading()}", v.warnings: "\n".join(f"⚠️ {w}" for w in a.warnings),
+                v.fusion_probs: a.fusion.labelled(),
+                v.fusion_cam: image_html(gradcam_overlay(a.image, a.fusion.cam), "Fusion Grad-CAM"),
+                v.fusion_note: cam_note(a.fusion), v.image_only_probs: a.image_only.labelled(),
+                v.image_only_cam: image_html(gradcam_overlay(a.image, a.image_only.cam), "Image-only Grad-CAM"),
+                v.image_only_note: cam_note(a.image_only), v.shap_plot: shap_figure(a), v.report_json: a.to_report(),
+                v.melanoma: melanoma_markdown(self.clinical, a, spec), v.subgroup: subgroup_markdown(self.clinical, a),
+                v.state: state}
+
+    def analyze(self, payload, age, sex, site, cam_choice, op_choice, state: SessionState) -> dict:
+        """Analyses the current image with the current inputs (the Analyze button, /analyze)."""
+        cam, spec = self.cam_code(cam_choice), self.specificity(op_choice)  # refuse before any work
         # Re-analysing the same upload (its file already deleted) uses the in-memory copy.
-        same = last is not None and payload is not None and last["key"] == _key(payload)
-        image = last["image"] if same else decode(payload)
-        state = {"key": _key(payload), "image": image, "meta": (age, sex, site)}
-        return show(analyze(image, age, sex, site, cam_choice), spec, state)
+        image = state.image if state.holds(payload) else self.decode(payload)
+        a = self.run(image, age, sex, site, cam)
+        return self.render(a, spec, SessionState(upload_key(payload), image, a))
 
-    def on_cam_class(cam_choice, spec, last):
-        if last is None:
-            return (gr.skip(),) * (len(outputs) + 1)
-        return show(analyze(last["image"], *last["meta"], cam_choice), spec, last)
+    def heatmap_class(self, payload, age, sex, site, cam_choice, op_choice, state: SessionState):
+        """A new heatmap class: the current image and inputs again; nothing before an upload."""
+        if payload is None:
+            return gr.skip()
+        return self.analyze(payload, age, sex, site, cam_choice, op_choice, state)
 
-    def on_operating_point(spec, last):
-        return gr.skip() if last is None else melanoma_markdown(clinical, last["analysis"], spec[:2])
+    def operating_point(self, op_choice, state: SessionState):
+        spec = self.specificity(op_choice)
+        if state.analysis is None:
+            return gr.skip()
+        return {self.view.melanoma: melanoma_markdown(self.clinical, state.analysis, spec)}
 
-    def report(image, age, sex, site):
-        """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings."""
-        return analyze(decode(image), age, sex, site).to_report()
+    def image_changed(self, payload, state: SessionState):
+        """A new or cleared image: forget the old one and blank its results (already analysed: no-op)."""
+        if state.holds(payload):
+            return gr.skip()
+        v = self.view
+        blank = {c: None for c in v.outputs}
+        return {**blank, v.reading: NEW_IMAGE if payload is not None else START,
+                v.state: SessionState()}
 
+    def report(self, image, age, sex, site) -> dict:
+        """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings.
+
+        Blank means not entered: age None or '' -> no age; sex or site None, '' or whitespace ->
+        'unknown'; values are stripped and lower-cased (' Back ' -> 'back').
+        """
+        return self.run(self.decode(image), age, sex, site, None).to_report()
+
+
+def wire(v: View, h: Handlers) -> None:
+    """Connects events to handlers. preprocess=False: the upload reaches our own checks as is
+    (clear messages for broken files; Gradio never decodes or re-saves it) and every other
+    value arrives raw, so blank and padded values are parsed by one rule."""
+    private = {"api_visibility": "private", "preprocess": False}
+    v.button.click(h.analyze, v.inputs, v.outputs, api_name="analyze", preprocess=False, **MODEL_QUEUE)
+    # One click on an example loads it and analyses it.
+    v.examples.load_input_event.then(h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
+    v.cam_class.input(h.heatmap_class, v.inputs, v.outputs, **private, **MODEL_QUEUE)
+    # Same queue as the analyses, so a new upload is forgotten before the Analyze that follows it.
+    v.image.input(h.image_changed, [v.image, v.state], v.outputs, **private, **MODEL_QUEUE)
+    v.operating_point.input(h.operating_point, [v.operating_point, v.state], [v.melanoma], **private)
+    # /report: the same inputs and the same Predictor.analyze, returned as JSON only.
+    v.report_button.click(h.report, [v.image, v.age, v.sex, v.site], v.report_out, api_name="report",
+                          preprocess=False, **MODEL_QUEUE)
+
+
+def build_app(predictor: Predictor, clinical: ClinicalReport | None = None) -> gr.Blocks:
+    """The whole app. Safe to launch as is: every event that runs the models has concurrency_limit=1."""
     with gr.Blocks(title="Skin-lesion fusion demo", delete_cache=(60, 300)) as demo:
-        gr.Markdown("# Skin lesion: image-only vs image + patient metadata")
-        gr.Markdown(NOTICE, elem_id="notice")
-        with gr.Tab("Analysis"):
-            with gr.Row():
-                with gr.Column(scale=1, min_width=300):
-                    image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"],
-                                     label="Dermoscopic image", elem_id="lesion_image", height=260)
-                    age = gr.Number(label="Age (years, optional)", elem_id="age", minimum=0, maximum=120,
-                                    value=None, precision=0)
-                    sex = gr.Radio(list(SEXES), value="unknown", label="Sex", elem_id="sex")
-                    site = gr.Dropdown(list(SITES), value="unknown", label="Body site", elem_id="site")
-                    button = gr.Button("Analyze", variant="primary", elem_id="analyze")
-                    rows, labels = example_rows()
-                    examples = gr.Examples(rows, [image, age, sex, site], example_labels=labels,
-                                           cache_examples=False,
-                                           label="Examples: one HAM10000 test-split case per class (click "
-                                                 "one to analyse it). Images CC BY-NC 4.0, Tschandl et al. 2018")
-                with gr.Column(scale=2):
-                    reading = gr.Markdown("Upload an image or pick an example, then press **Analyze**.",
-                                          elem_id="reading")
-                    warnings = gr.Markdown(elem_id="warnings")
-                    cam_class = gr.Dropdown([PREDICTED] + list(label_to_code), value=PREDICTED,
-                                            label="Heatmap class", elem_id="cam_class")
-                    with gr.Row():
-                        with gr.Column():
-                            fusion_probs = gr.Label(num_top_classes=len(CLASSES), elem_id="fusion_probs",
-                                                    label="Fusion model (image + age, sex, site)")
-                            fusion_cam = gr.HTML(elem_id="fusion_cam")
-                            fusion_note = gr.Markdown(elem_id="fusion_cam_note")
-                        with gr.Column():
-                            image_only_probs = gr.Label(num_top_classes=len(CLASSES),
-                                                        elem_id="image_only_probs", label="Image-only model")
-                            image_only_cam = gr.HTML(elem_id="image_only_cam")
-                            image_only_note = gr.Markdown(elem_id="image_only_cam_note")
-                    shap_plot = gr.Plot(label="Metadata attribution (exact Shapley values)", elem_id="shap_plot")
-                    gr.Markdown(f"Shapley values over three groups (age, sex, site), computed exactly over "
-                                f"all 8 coalitions. Baseline: {ABSENT_BASELINE}.", elem_id="shap_baseline")
-                    operating_point = gr.Radio(["90% specificity", "95% specificity"], value="90% specificity",
-                                               label="Melanoma operating point", elem_id="mel_operating_point")
-                    melanoma = gr.Markdown(elem_id="melanoma_flag")
-                    subgroup = gr.Markdown(elem_id="subgroup")
-                    with gr.Accordion("Report JSON (what the /report API returns)", open=False):
-                        report_json = gr.JSON(elem_id="report_json")
-        with gr.Tab("Model report"):
-            gr.Markdown(clinical.markdown() if clinical else
-                        "No evaluation report yet: run `python -m train.report`.", elem_id="model_report")
-
-        outputs = [reading, warnings, fusion_probs, fusion_cam, fusion_note, image_only_probs,
-                   image_only_cam, image_only_note, shap_plot, report_json, melanoma, subgroup]
-        last = gr.State(None)  # this session's decoded image and analysis, in memory only
-        # preprocess=False: the upload reaches our own checks as is (clear messages for
-        # broken files) and Gradio never decodes or re-saves it.
-        button.click(on_analyze, [image, age, sex, site, cam_class, operating_point, last], outputs + [last],
-                     api_name="analyze", concurrency_id="model", preprocess=False)
-        # One click on an example loads it and analyses it.
-        examples.load_input_event.then(on_analyze, [image, age, sex, site, cam_class, operating_point, last],
-                                       outputs + [last], api_visibility="private", concurrency_id="model",
-                                       preprocess=False)
-        cam_class.input(on_cam_class, [cam_class, operating_point, last], outputs + [last],
-                        api_visibility="private", concurrency_id="model", preprocess=False)
-        operating_point.input(on_operating_point, [operating_point, last], melanoma,
-                              api_visibility="private", preprocess=False)
-        # /report: the same inputs and the same Predictor.analyze, returned as JSON only.
-        report_out = gr.JSON(visible=False)
-        gr.Button(visible=False).click(report, [image, age, sex, site], report_out, api_name="report",
-                                       concurrency_id="model", preprocess=False)
+        view = layout(clinical)
+        wire(view, Handlers(predictor, clinical, view))
     return demo

@@ -8,6 +8,7 @@ from gradio_client.exceptions import AppError
 from conftest import EXAMPLES
 from lesion_app.image_input import load_upload
 from lesion_app.predictor import Predictor
+from lesion_app.ui import PREDICTED
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import load_manifest
 
@@ -53,13 +54,56 @@ def test_report_is_what_the_predictor_computes(client):
     assert r["shap"]["age"] == pytest.approx(local["shap"]["age"], abs=1e-6)
 
 
-def test_missing_metadata_is_a_normal_input(client):
+NOT_ENTERED = {"age": None, "sex": "unknown", "site": "unknown"}
+
+
+@pytest.mark.parametrize("age,sex,site", [(None, "unknown", "unknown"), ("", "", ""), ("  ", " ", None)])
+def test_blank_metadata_is_reported_as_not_entered(client, age, sex, site):
     path, *_ = example(1)
-    r = report(client, path, None, "unknown", "unknown")
+    r = report(client, path, age, sex, site)
+    assert r["metadata"] == NOT_ENTERED
+    assert r["reading"].startswith("No metadata entered") and "entered metadata" not in r["reading"]
+
+
+def test_entering_one_field_moves_only_that_fields_shapley_value(client):
+    path, age, *_ = example(1)
+    r = report(client, path, age, "unknown", "unknown")
     s = r["shap"]
-    # Nothing entered: every group is at its baseline, so nothing moved the prediction.
-    assert s["age"] == pytest.approx(0, abs=1e-6) and s["site"] == pytest.approx(0, abs=1e-6)
-    assert s["base"] == pytest.approx(r["fusion"]["probabilities"][s["class"]], abs=1e-6)
+    assert r["metadata"] == {**NOT_ENTERED, "age": age}
+    # A field not entered is the same input with or without it in a coalition.
+    assert s["sex"] == 0.0 and s["site"] == 0.0
+    assert abs(s["age"]) > 1e-4
+    assert s["base"] + s["age"] == pytest.approx(r["fusion"]["probabilities"][s["class"]], abs=1e-6)
+
+
+def test_padded_sex_and_site_are_the_plain_values(client):
+    path, age, *_ = example(1)
+    padded, plain = report(client, path, f" {age:g} ", " Male ", " back "), report(client, path, age, "male", "back")
+    assert padded["metadata"] == plain["metadata"] == {"age": age, "sex": "male", "site": "back"}
+    assert padded["fusion"] == plain["fusion"]
+
+
+def analyze(client, path, age, sex, site, cam=PREDICTED, op="90% specificity"):
+    """/analyze returns the page's outputs; the report JSON is the tenth."""
+    return client.predict(handle_file(path), age, sex, site, cam, op, api_name="/analyze")[9]
+
+
+@pytest.mark.parametrize("age", [None, ""])
+def test_analyze_with_blank_age_is_not_entered(client, age):
+    path, *_ = example(3)
+    assert analyze(client, path, age, "unknown", "unknown")["metadata"] == NOT_ENTERED
+
+
+@pytest.mark.parametrize("cam,op,message", [
+    ("bogus", "90% specificity", "Unknown heatmap class 'bogus'"),
+    (PREDICTED, "bogus", "Unknown melanoma operating point 'bogus'"),
+])
+def test_analyze_refuses_unknown_choices_with_a_clear_message(client, cam, op, message):
+    path, *_ = example(3)
+    with pytest.raises(AppError) as e:
+        analyze(client, path, 40, "male", "back", cam, op)
+    assert message in str(e.value) and "expected" in str(e.value)
+    assert analyze(client, path, 40, "male", "back", "Melanoma (mel)")["shap"]["class"] == "mel"
 
 
 @pytest.mark.parametrize("age,sex,site,message", [
