@@ -9,6 +9,8 @@ import pytest
 # Nothing may reach the hub (an offline hub call hangs ~47 s); no analytics.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# Subprocess apps and CLIs: their output is captured and read only on failure, where warnings would
+# bury the error. In-process warnings follow pytest.ini. Set PYTHONWARNINGS=default to see them.
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 REPO = Path(__file__).resolve().parent.parent
