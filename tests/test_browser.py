@@ -1,5 +1,4 @@
 """A real browser (Debian's Chromium, driven by Playwright) uses the running app."""
-import json
 import os
 import shutil
 from pathlib import Path
@@ -52,14 +51,23 @@ def analyze_and_wait(page):
     page.wait_for_function("document.querySelector('#reading').innerText.includes('agree')", timeout=60_000)
 
 
-def shown_report(page) -> dict:
-    """The report JSON as the page shows it (the JSON viewer puts each token on its own line)."""
-    if not page.locator("#report_json").is_visible():
-        page.get_by_text("Report JSON").click()
-    # The viewer renders after the accordion opens.
-    page.wait_for_function("document.querySelector('#report_json').innerText.includes('metadata')",
-                           timeout=10_000)
-    return json.loads("".join(page.locator("#report_json").inner_text().split("\n")))
+def open_report(page):
+    """Opens the Report JSON accordion (closed on a fresh page); its viewer mounts when opened."""
+    page.get_by_text("Report JSON").click()
+
+
+# The report JSON the viewer shows (one token per line), once it parses and UNTIL holds for it.
+READ_REPORT = """() => {
+  const e = document.querySelector('#report_json');
+  if (!e) return null;
+  try { const r = JSON.parse(e.innerText.split('\\n').join('')); return (UNTIL) ? r : null; }
+  catch (err) { return null; }
+}"""
+
+
+def shown_report(page, until: str) -> dict:
+    """Waits for the shown report to satisfy `until` (JavaScript over `r`): the action's own change."""
+    return page.wait_for_function(READ_REPORT.replace("UNTIL", until), timeout=60_000).json_value()
 
 
 def test_upload_analyze_and_see_both_models_explained(page):
@@ -105,9 +113,10 @@ def test_one_click_on_an_example_analyses_it_and_the_report_tab_opens(page):
 def test_untouched_inputs_are_analysed_as_not_entered(page):
     assert page.locator("#age input").input_value() == ""
     upload(page)
+    open_report(page)
     analyze_and_wait(page)
     assert page.locator("#age input").input_value() == ""
-    report = shown_report(page)
+    report = shown_report(page, "r.metadata")
     assert report["metadata"] == {"age": None, "sex": "unknown", "site": "unknown"}
     assert report["reading"].startswith("No metadata entered: the fusion model answered from the image alone")
     assert "entered metadata" not in report["reading"]
@@ -120,25 +129,25 @@ def test_untouched_inputs_are_analysed_as_not_entered(page):
 
 def test_a_cleared_age_is_not_entered(page):
     upload(page)
+    open_report(page)
     page.locator("#age input").fill("45")
-    analyze_and_wait(page)
-    assert shown_report(page)["metadata"]["age"] == 45
+    page.locator("#analyze").click()
+    shown_report(page, "r.metadata.age === 45")
     page.locator("#age input").fill("")
     page.locator("#analyze").click()
-    page.wait_for_function("document.querySelector('#reading').innerText.includes('No metadata entered')",
-                           timeout=60_000)
-    assert shown_report(page)["metadata"]["age"] is None
+    report = shown_report(page, "r.metadata.age !== 45")
+    assert report["metadata"]["age"] is None and report["reading"].startswith("No metadata entered")
 
 
 def test_heatmap_class_change_redraws_with_the_current_inputs(page):
     upload(page)
+    open_report(page)
     page.locator("#age input").fill("70")
-    analyze_and_wait(page)
-    assert "Melanoma (mel)" not in page.locator("#fusion_cam_note").inner_text()
+    page.locator("#analyze").click()
+    assert shown_report(page, "r.metadata.age === 70")["shap"]["class"] != "mel"  # this image is no melanoma
     page.locator("#age input").fill("")
     page.locator("#cam_class input").click()
     page.get_by_role("option", name="Melanoma (mel)").click()
-    page.wait_for_function("document.querySelector('#fusion_cam_note').innerText.includes('Melanoma (mel)')",
-                           timeout=60_000)
-    report = shown_report(page)
-    assert report["metadata"]["age"] is None and report["shap"]["class"] == "mel"
+    report = shown_report(page, "r.shap.class === 'mel'")
+    assert report["metadata"]["age"] is None
+    assert "Melanoma (mel)" in page.locator("#fusion_cam_note").inner_text()
