@@ -126,11 +126,11 @@ class LesionClassifier(nn.Module):
     """Backbone (lower frozen, upper trained) -> pooled features -> head(features, meta)."""
 
     def __init__(self, fusion: str = "none", arch: str = ARCH, pretrained: bool = True,
-                 dropout: float = 0.3, num_classes: int = len(CLASSES)):
+                 dropout: float = 0.3, num_classes: int = len(CLASSES), split_block: int = SPLIT_BLOCK):
         super().__init__()
         if fusion not in HEADS:
             raise ValueError(f"fusion must be one of {sorted(HEADS)}, got {fusion!r}")
-        self.fusion = fusion
+        self.fusion, self.split_block = fusion, split_block
         self.backbone = create_backbone(arch, pretrained)
         self.head = HEADS[fusion](self.backbone.num_features, num_classes, dropout)
 
@@ -140,11 +140,11 @@ class LesionClassifier(nn.Module):
 
     def lower(self, x: torch.Tensor) -> torch.Tensor:
         b = self.backbone
-        return b.blocks[:SPLIT_BLOCK](b.bn1(b.conv_stem(x)))
+        return b.blocks[:self.split_block](b.bn1(b.conv_stem(x)))
 
     def upper(self, f: torch.Tensor) -> torch.Tensor:
         b = self.backbone
-        return b.global_pool(b.bn2(b.conv_head(b.blocks[SPLIT_BLOCK:](f))))
+        return b.global_pool(b.bn2(b.conv_head(b.blocks[self.split_block:](f))))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.upper(self.lower(x))
@@ -154,8 +154,14 @@ class LesionClassifier(nn.Module):
 
     def lower_parameters(self):
         b = self.backbone
-        for m in (b.conv_stem, b.bn1, b.blocks[:SPLIT_BLOCK]):
+        for m in (b.conv_stem, b.bn1, b.blocks[:self.split_block]):
             yield from m.parameters()
+
+    def is_lower_key(self, key: str) -> bool:
+        """Whether a state-dict key belongs to the frozen lower stages (the shared trunk)."""
+        if key.startswith(("backbone.conv_stem.", "backbone.bn1.")):
+            return True
+        return key.startswith("backbone.blocks.") and int(key.split(".")[2]) < self.split_block
 
     def cam_target_layer(self) -> nn.Module:
         """Grad-CAM's layer: the last activation before pooling."""

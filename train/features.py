@@ -2,10 +2,11 @@
 
     python -m train.features [--data DIR] [--cache .cache/features]
 
-The lower stages (conv_stem .. blocks[SPLIT_BLOCK-1]) never change during training, so
+The lower stages (conv_stem .. blocks[split_block-1]) never change during training, so
 their output for each image and each augmentation view is computed once and stored as
-one fp16 array of shape (N, VIEWS, C, H, W). Training then runs only the upper stages.
-Resumable: rows are written in order and the count of finished rows is kept.
+one fp16 array of shape (N, VIEWS, C, H, W): the one shared frozen trunk of every ensemble
+member. Training then runs only the upper stages. Resumable: rows are written in order and
+the count of finished rows is kept.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import argparse
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,38 +45,53 @@ def image_views(image: Image.Image, spec: InputSpec) -> torch.Tensor:
     return flip_views(x).flatten(0, 1)
 
 
-def cache_dir(cache: Path, image_ids, spec: InputSpec) -> Path:
-    key = json.dumps([ARCH, SPLIT_BLOCK, N_VIEWS, ZOOM, spec.to_dict(), list(image_ids)])
+def cache_dir(cache: Path, image_ids, spec: InputSpec, split_block: int = SPLIT_BLOCK) -> Path:
+    key = json.dumps([ARCH, split_block, N_VIEWS, ZOOM, spec.to_dict(), list(image_ids)])
     return Path(cache) / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def cache_seconds(cache: Path, image_ids, spec: InputSpec = InputSpec(), split_block: int = SPLIT_BLOCK) -> float:
+    """Wall time the cache of these images took to build (0 when unknown)."""
+    f = cache_dir(cache, list(image_ids), spec, split_block) / "progress.json"
+    return float(json.loads(f.read_text()).get("seconds", 0.0)) if f.is_file() else 0.0
 
 
 @torch.inference_mode()
 def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputSpec = InputSpec(),
-                batch_images: int = 2, model: LesionClassifier | None = None) -> np.ndarray:
-    """Returns the (N, N_VIEWS, C, h, w) fp16 array for image_ids, computing what is missing."""
+                batch_images: int = 2, model: LesionClassifier | None = None,
+                split_block: int = SPLIT_BLOCK, device: str = "cpu", workers: int = 0) -> np.ndarray:
+    """Returns the (N, N_VIEWS, C, h, w) fp16 array for image_ids, computing what is missing.
+
+    workers > 0 decodes images in that many threads (for a GPU that outruns one decoder).
+    """
     image_ids = list(image_ids)
-    out = cache_dir(cache, image_ids, spec)
+    out = cache_dir(cache, image_ids, spec, split_block)
     out.mkdir(parents=True, exist_ok=True)
     progress_file, array_file = out / "progress.json", out / "lower.npy"
     done = json.loads(progress_file.read_text())["done"] if progress_file.exists() else 0
     if done == len(image_ids):
         return np.load(array_file, mmap_mode="r")
-    model = (model or LesionClassifier("none")).eval().to(memory_format=torch.channels_last)
-    c, h, w = model.lower(torch.zeros(1, 3, spec.height, spec.width)).shape[1:]
+    model = (model or LesionClassifier("none", split_block=split_block)).eval()
+    model = model.to(device, memory_format=torch.channels_last)
+    c, h, w = model.lower(torch.zeros(1, 3, spec.height, spec.width, device=device)).shape[1:]
     mode = "r+" if done else "w+"
     arr = np.lib.format.open_memmap(array_file, mode=mode, dtype=np.float16,
                                     shape=(len(image_ids), N_VIEWS, c, h, w))
     t0 = time.time()
     bar = tqdm(range(done, len(image_ids), batch_images), desc="caching lower features",
                unit="batch", mininterval=10)
+    pool = ThreadPoolExecutor(workers) if workers else None
+    views_of = lambda i: image_views(load_image(data, i), spec)  # noqa: E731
     for start in bar:
         ids = image_ids[start:start + batch_images]
-        x = torch.cat([image_views(load_image(data, i), spec) for i in ids])
-        f = model.lower(x.contiguous(memory_format=torch.channels_last))
-        arr[start:start + len(ids)] = f.reshape(len(ids), N_VIEWS, c, h, w).numpy().astype(np.float16)
+        x = torch.cat(list(pool.map(views_of, ids)) if pool else [views_of(i) for i in ids])
+        f = model.lower(x.to(device).contiguous(memory_format=torch.channels_last))
+        arr[start:start + len(ids)] = f.reshape(len(ids), N_VIEWS, c, h, w).half().cpu().numpy()
         if (start // batch_images) % 50 == 0 or start + len(ids) == len(image_ids):
             arr.flush()
             progress_file.write_text(json.dumps({"done": start + len(ids)}))
+    if pool:
+        pool.shutdown()
     arr.flush()
     progress_file.write_text(json.dumps({"done": len(image_ids),
                                          "seconds": round(time.time() - t0, 1)}))
@@ -83,35 +100,39 @@ def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputS
 
 
 @torch.inference_mode()
-def cached_pooled(model: LesionClassifier, feats: np.ndarray, batch: int = 128,
+def cached_pooled(model: LesionClassifier, feats, batch: int = 128,
                   views: int = TTA_VIEWS) -> torch.Tensor:
-    """Cached lower features (N, V, C, h, w) -> pooled upper features (N, views, F)."""
+    """Cached lower features (N, V, C, h, w), an array or a tensor on the model's device ->
+    pooled upper features (N, views, F), on that device."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for s in range(0, len(feats), batch):
-        f = torch.from_numpy(np.asarray(feats[s:s + batch, :views], dtype=np.float32))
+        chunk = feats[s:s + batch, :views]
+        f = (chunk if torch.is_tensor(chunk) else torch.from_numpy(np.asarray(chunk))).to(device).float()
         b, v = f.shape[:2]
         out.append(model.upper(f.flatten(0, 1).contiguous(memory_format=torch.channels_last)).view(b, v, -1))
     return torch.cat(out)
 
 
 def build_pooled_imagenet(data: Path, image_ids, cache: Path = DEFAULT_CACHE,
-                          spec: InputSpec = InputSpec(), batch_images: int = 32) -> np.ndarray:
+                          spec: InputSpec = InputSpec(), batch_images: int = 32,
+                          split_block: int = SPLIT_BLOCK, device: str = "cpu") -> np.ndarray:
     """(N, N_VIEWS, F) fp16 pooled features of the whole backbone at its ImageNet weights.
 
     What the study's heads train on: every arm sees the same frozen features, so arms
     differ only in their head, loss and sampling. Stored next to the lower-stage cache.
     """
     image_ids = list(image_ids)
-    lower = build_cache(data, image_ids, cache, spec)
-    path = cache_dir(cache, image_ids, spec) / "pooled_imagenet.npy"
+    lower = build_cache(data, image_ids, cache, spec, split_block=split_block, device=device)
+    path = cache_dir(cache, image_ids, spec, split_block) / "pooled_imagenet.npy"
     if path.exists():
         return np.load(path)
-    model = LesionClassifier("none").to(memory_format=torch.channels_last)
+    model = LesionClassifier("none", split_block=split_block).to(device, memory_format=torch.channels_last)
     out = np.empty((len(image_ids), N_VIEWS, model.backbone.num_features), np.float16)
     for s in tqdm(range(0, len(image_ids), batch_images), desc="pooling ImageNet features",
                   mininterval=10):
-        out[s:s + batch_images] = cached_pooled(model, lower[s:s + batch_images], views=N_VIEWS).numpy()
+        out[s:s + batch_images] = cached_pooled(model, lower[s:s + batch_images], views=N_VIEWS).cpu().numpy()
     np.save(path.with_suffix(".tmp.npy"), out)
     path.with_suffix(".tmp.npy").replace(path)
     return out

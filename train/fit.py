@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from lesion_app.data import DEFAULT_DATA, labels, load_metadata
 from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
-from lesion_app.models import LesionClassifier
+from lesion_app.models import SPLIT_BLOCK, LesionClassifier
 from train.curriculum import CurriculumScheduler
 from train.features import DEFAULT_CACHE, N_VIEWS, build_cache, build_pooled_imagenet, cached_pooled
 from train.make_split import DEFAULT_SPLIT, load_split
@@ -81,23 +81,133 @@ class SplitData:
 
 
 @torch.inference_mode()
-def tta_logits(model: LesionClassifier, feats: np.ndarray, meta: torch.Tensor) -> np.ndarray:
+def tta_logits(model: LesionClassifier, feats, meta: torch.Tensor) -> np.ndarray:
     """Mean logits over the TTA views of cached lower features (N, V, C, h, w)."""
     pooled = cached_pooled(model, feats)
     n, v, f = pooled.shape
-    logits = model.head(pooled.reshape(n * v, f), meta.repeat_interleave(v, 0))
-    return logits.view(n, v, -1).mean(1).numpy()
+    meta = meta.to(pooled.device) if meta is not None else None
+    logits = model.head(pooled.reshape(n * v, f), None if meta is None else meta.repeat_interleave(v, 0))
+    return logits.view(n, v, -1).mean(1).cpu().numpy()
 
 
-def save_checkpoint(path: Path, cfg: Config, model, opt, sched, epoch, history, best):
+def save_checkpoint(path: Path, cfg: Config, model, opt, sched, epoch, history, extra):
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
+           torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
     torch.save({"config": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "epoch": epoch, "history": history, "best": best,
-                "rng": (torch.get_rng_state(), np.random.get_state(), random.getstate())},
-               path.with_suffix(".tmp"))
+                "sched": sched.state_dict(), "epoch": epoch, "history": history, "extra": extra,
+                "rng": rng}, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
 
 
+def _views(feats, idx: np.ndarray, view: np.ndarray, device) -> torch.Tensor:
+    """feats[idx, view] as float32 on device; feats is an array or a tensor (N, V, C, h, w)."""
+    if torch.is_tensor(feats):
+        return feats[torch.as_tensor(idx, device=feats.device),
+                     torch.as_tensor(view, device=feats.device)].to(device).float()
+    return torch.from_numpy(feats[idx, view].astype(np.float32)).to(device)
+
+
+class ResumeMismatch(ValueError):
+    """--resume with other settings than the interrupted run."""
+
+
+def train_member(cfg: Config, feats, meta: torch.Tensor, y: np.ndarray, unknown: torch.Tensor,
+                 out: Path, *, rank: np.ndarray | None = None, device="cpu", split_block: int = SPLIT_BLOCK,
+                 resume: bool = False, stop_after: int | None = None, after_epoch=None,
+                 log=print) -> LesionClassifier | None:
+    """Fine-tunes the upper stages and the head for cfg.epochs on cached lower features.
+
+    feats (N, N_VIEWS, C, h, w), meta (N, META_DIM) and y (N,) are the training cases; rank is
+    each case's within-class difficulty (needed by the curriculum sampler). A fixed schedule:
+    the model after the last epoch is returned, so no held-out data chooses anything here.
+    after_epoch(model, epoch) may return a dict of figures to log (e.g. validation scores).
+    out/checkpoint.pt is written atomically after every epoch; resume=True continues from it.
+    Returns None when stop_after epochs ran in this call and training is not finished.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
+    fusion = "none" if cfg.model == "image_only" else cfg.fusion
+    model = LesionClassifier(fusion, split_block=split_block).to(device, memory_format=torch.channels_last)
+    for q in model.lower_parameters():
+        q.requires_grad_(False)
+    lower = set(map(id, model.lower_parameters()))
+    head = list(model.head.parameters())
+    upper = [q for q in model.parameters() if id(q) not in lower and not any(q is h for h in head)]
+    opt = torch.optim.AdamW([{"params": upper, "lr": cfg.lr * cfg.backbone_lr},
+                             {"params": head, "lr": cfg.lr}], weight_decay=cfg.weight_decay)
+    n = len(y)
+    steps = (n + cfg.batch - 1) // cfg.batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[cfg.lr * cfg.backbone_lr, cfg.lr], total_steps=cfg.epochs * steps, pct_start=0.15)
+    weights = class_weights(y)
+    criterion = loss_fn(cfg.loss, weights.to(device), cfg.focal_gamma)
+    sample_p = (weights[y] / weights[y].sum()).numpy() if cfg.sampler == "balanced" else None
+    curriculum = CurriculumScheduler(y, rank, cfg.epochs) if cfg.sampler == "curriculum" else None
+    meta, unknown, y_t = meta.to(device), unknown.to(device), torch.as_tensor(y, device=device)
+
+    history, first, ckpt = [], 0, out / "checkpoint.pt"
+    if resume and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False, map_location=device)
+        if st["config"] != asdict(cfg):
+            raise ResumeMismatch(f"--resume needs the same settings as the interrupted run: {st['config']}")
+        model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"]), sched.load_state_dict(st["sched"])
+        history, first = st["history"], st["epoch"] + 1
+        torch.set_rng_state(st["rng"][0]), np.random.set_state(st["rng"][1]), random.setstate(st["rng"][2])
+        if st["rng"][3] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["rng"][3])
+        log(f"resumed after epoch {st['epoch']}")
+
+    for epoch in range(first, cfg.epochs):
+        t0 = time.time()
+        # The frozen lower stages' BatchNorm stats are baked into the cache; only upper BN trains.
+        model.train()
+        if curriculum is not None:   # a generator per epoch, so a resumed run draws the same cases
+            order = curriculum.epoch_indices(epoch, np.random.default_rng([cfg.seed, epoch]))
+        elif sample_p is not None:
+            order = np.random.choice(n, n, p=sample_p)
+        else:
+            order = np.random.permutation(n)
+        total = 0.0
+        for s in tqdm(range(0, n, cfg.batch), desc=f"epoch {epoch}", leave=False, mininterval=5,
+                      disable=None):
+            idx = np.sort(order[s:s + cfg.batch])
+            f = _views(feats, idx, np.random.randint(0, N_VIEWS, len(idx)), device)
+            m = meta[idx]
+            if model.uses_metadata and cfg.meta_dropout > 0:
+                m = drop_metadata(m, unknown, cfg.meta_dropout)
+            loss = criterion(model.head(model.upper(f.contiguous(memory_format=torch.channels_last)), m),
+                             y_t[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        row = {"epoch": epoch, "train_loss": total / n, **(after_epoch(model, epoch) if after_epoch else {}),
+               "seconds": time.time() - t0}
+        history.append(row)
+        save_checkpoint(ckpt, cfg, model, opt, sched, epoch, history, {})
+        log(f"epoch {epoch:2d}  " + "  ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in row.items()
+                                              if k not in ("epoch", "seconds")) + f"  {row['seconds']:.0f}s")
+        if stop_after is not None and epoch + 1 - first >= stop_after and epoch + 1 < cfg.epochs:
+            log(f"stopped after epoch {epoch}; continue with --resume")
+            return None
+    model.history = history
+    return model.eval()
+
+
+def difficulty_rank(pooled_imagenet: np.ndarray, meta: torch.Tensor, y: np.ndarray, lesion_ids,
+                    unknown: torch.Tensor, seed: int, device="cpu") -> np.ndarray:
+    """The curriculum's within-class difficulty of each training case, from out-of-fold
+    heads on frozen pooled features of these cases only (lesion-grouped inner folds)."""
+    x = torch.from_numpy(pooled_imagenet.astype(np.float32)).to(device)
+    rank, _ = curriculum_rank(x, meta.to(device), y, np.asarray(lesion_ids), unknown.to(device),
+                              Hyper(), seed)
+    return rank
+
+
 def main(argv=None):
+    """Single-split training (the study's split): experiments only; the shipped ensembles
+    come from train.cv, which calls the same train_member on every fold."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for k, v in asdict(Config()).items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
@@ -120,113 +230,54 @@ def main(argv=None):
     command = "python -m train.fit " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     t_start = time.time()
     torch.set_num_threads(cfg.threads)
-    a.out.mkdir(parents=True, exist_ok=True)
 
     # Data: the committed lesion-grouped split; metadata encoded with train-split age stats.
     d = SplitData.load(a.data, a.split)
-    frames, meta, y, scaler, unknown = d.frames, d.meta, d.y, d.scaler, d.unknown
-
-    # Cached lower features of every image in the folder (computed once, shared by runs).
     t_cache = time.time()
     cached = build_cache(a.data, d.image_ids, a.cache)
     cache_seconds = time.time() - t_cache
-    feats = {s: np.ascontiguousarray(cached[d.rows[s]]) for s in frames}
-
-    # Seeded after the cache, so a run that builds the cache trains like one that reuses it.
-    torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
-    model = LesionClassifier(fusion).to(memory_format=torch.channels_last)
-    lower = set(map(id, model.lower_parameters()))
-    for q in model.lower_parameters():
-        q.requires_grad_(False)
-    upper = [q for q in model.parameters() if q.requires_grad and id(q) not in lower
-             and not any(q is h for h in model.head.parameters())]
-    opt = torch.optim.AdamW([{"params": upper, "lr": cfg.lr * cfg.backbone_lr},
-                             {"params": list(model.head.parameters()), "lr": cfg.lr}],
-                            weight_decay=cfg.weight_decay)
-    steps = (len(y["train"]) + cfg.batch - 1) // cfg.batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[cfg.lr * cfg.backbone_lr, cfg.lr], total_steps=cfg.epochs * steps,
-        pct_start=0.15)
-    weights = class_weights(y["train"])
-    criterion = loss_fn(cfg.loss, weights, cfg.focal_gamma)
-    sample_p = (weights[y["train"]] / weights[y["train"]].sum()).numpy() if cfg.sampler == "balanced" \
-        else None
-    curriculum = None
+    feats = {s: np.ascontiguousarray(cached[d.rows[s]]) for s in d.frames}
+    rank = None
     if cfg.sampler == "curriculum":
-        # Difficulty from out-of-fold heads on frozen pooled features, as in train.study.
         t_rank = time.time()
         pooled = build_pooled_imagenet(a.data, d.image_ids, a.cache)
-        x_train = torch.from_numpy(pooled[d.rows["train"]].astype(np.float32))
-        rank, _ = curriculum_rank(x_train, meta["train"], y["train"],
-                                  frames["train"]["lesion_id"].to_numpy(), unknown, Hyper(), cfg.seed)
-        curriculum = CurriculumScheduler(y["train"], rank, cfg.epochs)
+        rank = difficulty_rank(pooled[d.rows["train"]], d.meta["train"], d.y["train"],
+                               d.frames["train"]["lesion_id"], d.unknown, cfg.seed)
         print(f"curriculum difficulty ranked in {time.time() - t_rank:.0f} s", flush=True)
 
-    history, best, first = [], {"balanced_accuracy": -1.0, "epoch": -1}, 0
-    ckpt = a.out / "checkpoint.pt"
-    if a.resume and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        if st["config"] != asdict(cfg):
-            p.error(f"--resume needs the same settings as the interrupted run: {st['config']}")
-        model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
-        history, best, first = st["history"], st["best"], st["epoch"] + 1
-        torch.set_rng_state(st["rng"][0]), np.random.set_state(st["rng"][1])
-        random.setstate(st["rng"][2])
-        print(f"resumed after epoch {st['epoch']}")
+    best = {"balanced_accuracy": -1.0, "epoch": -1}
+    best_file = a.out / "best.json"
+    if a.resume and best_file.exists():
+        best = json.loads(best_file.read_text())
 
-    n_train = len(y["train"])
-    for epoch in range(first, cfg.epochs):
-        t0 = time.time()
-        model.train()
-        # The frozen lower stages' BatchNorm stats are baked into the cache; only upper BN trains.
-        if curriculum is not None:   # a generator per epoch, so --resume draws the same cases
-            order = curriculum.epoch_indices(epoch, np.random.default_rng([cfg.seed, epoch]))
-        elif sample_p is not None:
-            order = np.random.choice(n_train, n_train, p=sample_p)
-        else:
-            order = np.random.permutation(n_train)
-        total = 0.0
-        for s in tqdm(range(0, n_train, cfg.batch), desc=f"epoch {epoch}", leave=False,
-                      mininterval=5, disable=None):
-            idx = np.sort(order[s:s + cfg.batch])
-            view = np.random.randint(0, N_VIEWS, len(idx))
-            f = torch.from_numpy(feats["train"][idx, view].astype(np.float32))
-            m = meta["train"][idx]
-            if model.uses_metadata and cfg.meta_dropout > 0:
-                m = drop_metadata(m, unknown, cfg.meta_dropout)
-            logits = model.head(model.upper(f.contiguous(memory_format=torch.channels_last)), m)
-            loss = criterion(logits, torch.from_numpy(y["train"][idx]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        val_logits = tta_logits(model, feats["val"], meta["val"])
-        vm = classification_metrics(y["val"], softmax(val_logits))
-        row = {"epoch": epoch, "train_loss": total / n_train, "val_bacc": vm["balanced_accuracy"],
-               "val_f1": vm["macro_f1"], "val_auc": vm["macro_auc"], "seconds": time.time() - t0}
-        history.append(row)
+    def validate(model, epoch):
+        vm = classification_metrics(d.y["val"], softmax(tta_logits(model, feats["val"], d.meta["val"])))
         if vm["balanced_accuracy"] > best["balanced_accuracy"]:
-            best = {"balanced_accuracy": vm["balanced_accuracy"], "epoch": epoch}
-            torch.save(model.state_dict(), a.out / "best.pt")
-        save_checkpoint(ckpt, cfg, model, opt, sched, epoch, history, best)
-        print(f"epoch {epoch:2d}  loss {row['train_loss']:.4f}  val bacc {row['val_bacc']:.4f}  "
-              f"f1 {row['val_f1']:.4f}  auc {row['val_auc']:.4f}  {row['seconds']:.0f}s", flush=True)
-        if a.stop_after is not None and epoch + 1 - first >= a.stop_after and epoch + 1 < cfg.epochs:
-            print(f"stopped after epoch {epoch}; continue with --resume")
-            return
+            best.update(balanced_accuracy=vm["balanced_accuracy"], epoch=epoch)
+            torch.save(model.state_dict(), a.out / "best.pt.tmp")
+            (a.out / "best.pt.tmp").replace(a.out / "best.pt")   # atomic, like the checkpoint
+            best_file.write_text(json.dumps(best))
+        return {"val_bacc": vm["balanced_accuracy"], "val_f1": vm["macro_f1"], "val_auc": vm["macro_auc"]}
+
+    try:
+        model = train_member(cfg, feats["train"], d.meta["train"], d.y["train"], d.unknown, a.out,
+                             rank=rank, resume=a.resume, stop_after=a.stop_after, after_epoch=validate,
+                             log=lambda m: print(m, flush=True))
+    except ResumeMismatch as e:
+        p.error(str(e))
+    if model is None:
+        return
 
     # The best epoch on validation balanced accuracy, calibrated on validation.
     model.load_state_dict(torch.load(a.out / "best.pt", weights_only=True))
-    val_logits = tta_logits(model, feats["val"], meta["val"])
-    temperature = fit_temperature(val_logits, y["val"])
-    val_raw = classification_metrics(y["val"], softmax(val_logits))
-    val_cal = classification_metrics(y["val"], softmax(val_logits, temperature))
+    val_logits = tta_logits(model, feats["val"], d.meta["val"])
+    temperature = fit_temperature(val_logits, d.y["val"])
+    val_raw = classification_metrics(d.y["val"], softmax(val_logits))
+    val_cal = classification_metrics(d.y["val"], softmax(val_logits, temperature))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, a.out / "model.safetensors")
     run = {"config": asdict(cfg), "fusion": fusion, "command": command,
-           "split": str(a.split), "best_epoch": best["epoch"], "history": history,
-           "temperature": temperature, "age_scaler": asdict(scaler),
+           "split": str(a.split), "best_epoch": best["epoch"], "history": model.history,
+           "temperature": temperature, "age_scaler": asdict(d.scaler),
            "val_metrics": val_cal, "val_ece_before_temperature": val_raw["ece"],
            "train_seconds": time.time() - t_start - cache_seconds, "cache_seconds": cache_seconds}
     (a.out / "run.json").write_text(json.dumps(run, indent=1))

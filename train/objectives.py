@@ -35,6 +35,6 @@ def drop_metadata(meta: torch.Tensor, unknown: torch.Tensor, p: float) -> torch.
     """Replaces each group (age, sex, site) of each row by 'unknown' with probability p."""
     meta = meta.clone()
     for cols in GROUPS.values():
-        hit = torch.rand(len(meta)) < p
-        meta[hit, cols] = unknown[cols]
+        hit = (torch.rand(len(meta)) < p).to(meta.device)   # CPU draws: the same on any device
+        meta[hit, cols] = unknown[cols].to(meta.device)
     return meta

@@ -46,12 +46,13 @@ def train_head(head_kind: str, x: torch.Tensor, meta: torch.Tensor, y: np.ndarra
                unknown: torch.Tensor, loss: str, sampling: str, hp: Hyper, seed: int,
                rank: np.ndarray | None = None) -> Head:
     """Trains one head on pooled features x (n, N_VIEWS, F), a random view per case per
-    epoch; sampling none | balanced | curriculum (which needs each case's difficulty rank)."""
+    epoch; sampling none | balanced | curriculum (which needs each case's difficulty rank).
+    Runs on x's device; meta and unknown must be on it too."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    head = HEAD_KINDS[head_kind](x.shape[-1], len(CLASSES), hp.dropout)
+    head = HEAD_KINDS[head_kind](x.shape[-1], len(CLASSES), hp.dropout).to(x.device)
     weights = class_weights(y)
-    criterion = loss_fn(loss, weights)
+    criterion = loss_fn(loss, weights.to(x.device))
     opt = torch.optim.AdamW(head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     n = len(y)
     steps = (n + hp.batch - 1) // hp.batch
@@ -59,7 +60,7 @@ def train_head(head_kind: str, x: torch.Tensor, meta: torch.Tensor, y: np.ndarra
                                                 pct_start=0.15)
     balanced_p = weights.numpy()[y] / weights.numpy()[y].sum()
     curriculum = CurriculumScheduler(y, rank, hp.epochs) if sampling == "curriculum" else None
-    y_t = torch.as_tensor(np.array(y))
+    y_t = torch.as_tensor(np.array(y), device=x.device)
     head.train()
     for epoch in range(hp.epochs):
         if sampling == "balanced":
@@ -85,7 +86,7 @@ def head_probs(head: Head, x: torch.Tensor, meta: torch.Tensor) -> np.ndarray:
     """Softmax of the mean logits over the evaluation views, as train.fit evaluates."""
     n, _, f = x.shape
     logits = head(x[:, :TTA_VIEWS].reshape(n * TTA_VIEWS, f), meta.repeat_interleave(TTA_VIEWS, 0))
-    return softmax(logits.view(n, TTA_VIEWS, -1).mean(1).numpy())
+    return softmax(logits.view(n, TTA_VIEWS, -1).mean(1).cpu().numpy())
 
 
 def curriculum_rank(x, meta, y, groups, unknown, hp: Hyper, seed: int) -> tuple[np.ndarray, dict]:

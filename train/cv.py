@@ -1,0 +1,255 @@
+"""5-fold cross-validated ensembles on one shared frozen trunk, with out-of-fold predictions.
+
+    python -m train.cv --out runs/cv [--data DIR] [--folds train/splits/ham10000_folds.csv]
+                       [--kinds image_only fusion] [--device cpu] [--threads 2] [recipe flags]
+
+Reads top to bottom: the folds and the held-out slice -> the lower-stage cache of every
+image (train.features, computed once and shared by all members) -> per fold, the
+curriculum's difficulty ranking of that fold's training cases -> per kind and fold, a member
+fine-tuned on every other fold (minus the held-out slice) with a fixed schedule, so no
+choice looks at the fold it will score -> its logits on its own fold (out-of-fold) and on
+the held-out slice -> out/oof_logits.csv, out/heldout_logits.csv and out/cv.json.
+
+Resumable per member: a finished member (its logits.npz) is skipped, an interrupted one
+continues from its last finished epoch; --minutes stops cleanly before the next member and
+the same command continues. Members are saved as fp16 upper stages + head (what ships),
+and their logits are computed from those fp16 weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from lesion_app.data import DEFAULT_DATA, labels, load_metadata
+from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
+from lesion_app.models import SPLIT_BLOCK, LesionClassifier
+from lesion_app.vocab import CLASSES
+from train.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
+from train.fit import Config, difficulty_rank, train_member, tta_logits
+from train.make_folds import DEFAULT_FOLDS, load_folds, load_heldout
+from train.metrics import classification_metrics, fit_temperature, softmax
+from train.objectives import LOSSES
+
+KINDS = ("image_only", "fusion")
+LOGIT_COLUMNS = [f"logit_{c}" for c in CLASSES]
+
+
+class Deadline(Exception):
+    """The time budget of this invocation ran out; the same command continues."""
+
+
+def repo_relative(path: Path) -> str:
+    p, repo = Path(path).resolve(), Path(__file__).resolve().parent.parent
+    return str(p.relative_to(repo)) if p.is_relative_to(repo) else str(path)
+
+
+def member_dir(out: Path, kind: str, fold: int) -> Path:
+    return Path(out) / f"{kind}_fold{fold}"
+
+
+def upper_state(model: LesionClassifier) -> dict[str, torch.Tensor]:
+    """What a member file holds: the fine-tuned upper stages and head, fp16 (the trunk is shared)."""
+    return {k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
+            for k, v in model.state_dict().items() if not model.is_lower_key(k)}
+
+
+def round_to_fp16(model: LesionClassifier) -> LesionClassifier:
+    """Rounds every weight to fp16 and back, so scores describe the shipped fp16 files."""
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    return model
+
+
+def fold_frames(md: pd.DataFrame, folds: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
+    """The metadata in image order with each image's fold and whether it is held out."""
+    if set(md["image_id"]) != set(folds["image_id"]):
+        extra, missing = set(folds["image_id"]) - set(md["image_id"]), set(md["image_id"]) - set(folds["image_id"])
+        raise SystemExit(f"error: the folds file does not match the data folder ({len(missing)} images "
+                         f"without a fold, {len(extra)} fold rows without an image); make folds for this "
+                         "folder with python -m train.make_folds --data DIR --out FILE")
+    df = md.merge(folds[["image_id", "fold"]], on="image_id", how="left")
+    df["heldout"] = df["image_id"].isin(set(heldout["image_id"]))
+    return df
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for k, v in asdict(Config()).items():
+        if k not in ("model", "seed"):
+            p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
+    p.add_argument("--seed", type=int, default=0, help="member k uses seed + k")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--folds", type=Path, default=DEFAULT_FOLDS)
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    p.add_argument("--split-block", type=int, default=SPLIT_BLOCK,
+                   help="blocks[:N] form the frozen, cached trunk; the rest is fine-tuned")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=0, help="image-decoding threads for the cache")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop cleanly after about this long; the same command continues")
+    a = p.parse_args(argv)
+    if a.sampler not in ("none", "balanced", "curriculum"):
+        p.error("--sampler must be none, balanced or curriculum")
+    if a.loss not in LOSSES:
+        p.error(f"--loss must be one of {', '.join(LOSSES)}")
+    t0 = time.time()
+    deadline = t0 + a.minutes * 60 if a.minutes else None
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    log_file = open(a.out / "log.txt", "a")
+
+    def log(msg: str):
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    if not a.folds.is_file():
+        p.error(f"{a.folds} not found: make it with python -m train.make_folds --data DIR --out {a.folds}")
+    md = load_metadata(a.data)
+    folds, heldout = load_folds(a.folds), load_heldout(a.folds)
+    df = fold_frames(md, folds, heldout)
+    n_folds = int(df["fold"].max()) + 1
+    y = labels(df)
+    # One age scaler for every member (a standardisation of an input, from the non-held-out ages).
+    scaler = AgeScaler.fit(df.loc[~df["heldout"], "age"])
+    meta = torch.from_numpy(encode_frame(df, scaler))
+    unknown = torch.from_numpy(unknown_row(scaler))
+    times = json.loads((a.out / "times.json").read_text()) if (a.out / "times.json").exists() else {}
+
+    def timed(name, fn):
+        t = time.time()
+        result = fn()
+        times.setdefault(name, round(time.time() - t, 1))
+        (a.out / "times.json").write_text(json.dumps(times, indent=1))
+        return result
+
+    ids = list(df["image_id"])
+    cached = timed("feature_cache", lambda: build_cache(a.data, ids, a.cache, split_block=a.split_block,
+                                                        device=a.device, workers=a.workers, batch_images=32
+                                                        if a.device != "cpu" else 2))
+    feats = torch.from_numpy(np.asarray(cached)).to(a.device) if a.device != "cpu" else cached
+    log(f"lower-stage cache {tuple(cached.shape)} ready ({times['feature_cache']:.0f} s)")
+    pooled = None
+    if a.sampler == "curriculum":
+        pooled = timed("pooled_imagenet", lambda: build_pooled_imagenet(a.data, ids, a.cache, split_block=a.split_block,
+                                                                        device=a.device))
+
+    for fold in range(n_folds):
+        train_rows = np.flatnonzero((df["fold"] != fold).to_numpy() & ~df["heldout"].to_numpy())
+        score_rows = np.flatnonzero((df["fold"] == fold).to_numpy())
+        held_rows = np.flatnonzero(df["heldout"].to_numpy())
+        rank = None
+        if a.sampler == "curriculum":
+            rank_file = a.out / f"rank_fold{fold}.npy"
+            if not rank_file.exists():
+                t = time.time()
+                r = difficulty_rank(pooled[train_rows], meta[train_rows], y[train_rows],
+                                    df["lesion_id"].to_numpy()[train_rows], unknown, a.seed + fold, a.device)
+                np.save(rank_file, r)
+                times[f"curriculum_rank_fold{fold}"] = round(time.time() - t, 1)
+                (a.out / "times.json").write_text(json.dumps(times, indent=1))
+                log(f"fold {fold}: curriculum difficulty ranked in {time.time() - t:.0f} s")
+            rank = np.load(rank_file)
+        for kind in a.kinds:
+            d = member_dir(a.out, kind, fold)
+            if (d / "logits.npz").exists():
+                continue
+            if deadline and time.time() > deadline:
+                log("time budget reached; run the same command again to continue")
+                return 3
+            cfg = Config(**{k: getattr(a, k) for k in asdict(Config()) if k not in ("model", "seed")},
+                         model=kind, seed=a.seed + fold)
+            t = time.time()
+            stop = None
+            model = train_member(cfg, feats[train_rows] if torch.is_tensor(feats) else np.asarray(cached[train_rows]),
+                                 meta[train_rows], y[train_rows], unknown, d, rank=rank, device=a.device,
+                                 split_block=a.split_block, resume=True, stop_after=stop,
+                                 log=lambda m, kf=f"{kind} fold {fold}": log(f"{kf}: {m}"))
+            seconds = time.time() - t
+            save_file(upper_state(model), d / "member.safetensors")
+            round_to_fp16(model)
+            sub = lambda rows: feats[rows] if torch.is_tensor(feats) else np.asarray(cached[rows])  # noqa: E731
+            m = meta if model.uses_metadata else None
+            oof = tta_logits(model, sub(score_rows), None if m is None else m[score_rows])
+            held = tta_logits(model, sub(held_rows), None if m is None else m[held_rows]) if len(held_rows) \
+                else np.zeros((0, len(CLASSES)), np.float32)
+            np.savez(d / "logits.npz", oof_rows=score_rows, oof=oof, heldout_rows=held_rows, heldout=held)
+            bacc = classification_metrics(y[score_rows], softmax(oof))["balanced_accuracy"]
+            (d / "member.json").write_text(json.dumps({
+                "kind": kind, "fold": fold, "config": asdict(cfg), "split_block": a.split_block,
+                "n_train": int(len(train_rows)), "train_seconds": round(seconds, 1),
+                "oof_balanced_accuracy": bacc, "history": model.history}, indent=1))
+            (d / "checkpoint.pt").unlink(missing_ok=True)   # 40 MB each; the member file is what ships
+            log(f"{kind} fold {fold}: trained in {seconds:.0f} s, out-of-fold balanced accuracy {bacc:.4f}")
+
+    summary = collect(a.out, df, y, a.kinds, n_folds)
+    summary.update({"command": "python -m train.cv " + " ".join(sys.argv[1:] if argv is None else map(str, argv)),
+                    "recipe": {k: getattr(a, k) for k in asdict(Config()) if k not in ("model",)},
+                    "split_block": a.split_block, "folds_file": repo_relative(a.folds), "age_scaler": asdict(scaler),
+                    "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else
+                    f"cpu ({a.threads} threads)", "wall_time_seconds": times,
+                    "total_seconds_this_invocation": round(time.time() - t0, 1)})
+    (a.out / "cv.json").write_text(json.dumps(summary, indent=1))
+    for kind in a.kinds:
+        s = summary["out_of_fold"][kind]
+        log(f"{kind}: out-of-fold balanced accuracy {s['balanced_accuracy']:.4f}  macro-F1 {s['macro_f1']:.4f}  "
+            f"AUC {s['macro_auc']:.4f}  ECE {s['ece_before_temperature']:.4f} -> {s['ece']:.4f} (T={s['temperature']:.3f})")
+    return 0
+
+
+def collect(out: Path, df: pd.DataFrame, y: np.ndarray, kinds, n_folds: int) -> dict:
+    """Writes oof_logits.csv and heldout_logits.csv from the members; fits each kind's
+    temperature on its out-of-fold logits; returns the summary figures."""
+    oof_frames, held_frames, summary = [], [], {"out_of_fold": {}, "heldout": {}}
+    for kind in kinds:
+        oof = np.zeros((len(df), len(CLASSES)), np.float32)
+        held = []
+        for fold in range(n_folds):
+            z = np.load(member_dir(out, kind, fold) / "logits.npz")
+            oof[z["oof_rows"]] = z["oof"]
+            held.append(z["heldout"])
+            held_rows = z["heldout_rows"]
+        temperature = fit_temperature(oof, y)
+        raw, cal = (classification_metrics(y, softmax(oof, t)) for t in (1.0, temperature))
+        summary["out_of_fold"][kind] = {**{k: cal[k] for k in ("balanced_accuracy", "macro_f1", "macro_auc", "ece")},
+                                        "ece_before_temperature": raw["ece"], "temperature": temperature}
+        f = pd.DataFrame(oof, columns=LOGIT_COLUMNS)
+        f.insert(0, "model", kind)
+        f.insert(0, "fold", df["fold"].to_numpy())
+        f.insert(0, "image_id", df["image_id"].to_numpy())
+        oof_frames.append(f)
+        if len(held_rows):
+            stack = np.stack(held)                              # (folds, n_heldout, C)
+            yh = y[held_rows]
+            members = [classification_metrics(yh, softmax(s, temperature))["balanced_accuracy"] for s in stack]
+            ens = classification_metrics(yh, softmax(stack.mean(0), temperature))["balanced_accuracy"]
+            summary["heldout"][kind] = {"n": int(len(held_rows)), "member_balanced_accuracy": members,
+                                        "ensemble_balanced_accuracy": ens}
+            for fold, s in enumerate(stack):
+                h = pd.DataFrame(s, columns=LOGIT_COLUMNS)
+                h.insert(0, "member", fold)
+                h.insert(0, "model", kind)
+                h.insert(0, "image_id", df["image_id"].to_numpy()[held_rows])
+                held_frames.append(h)
+    pd.concat(oof_frames).to_csv(out / "oof_logits.csv", index=False, float_format="%.5f")
+    if held_frames:
+        pd.concat(held_frames).to_csv(out / "heldout_logits.csv", index=False, float_format="%.5f")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
