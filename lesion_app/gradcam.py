@@ -1,4 +1,4 @@
-"""Grad-CAM heatmaps with pytorch-grad-cam, for the image-only and the fusion model."""
+"""Grad-CAM heatmaps with pytorch-grad-cam, for the image-only and the fusion ensembles."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,46 +8,57 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from .models import LesionClassifier
+from .ensemble import Ensemble
 
 
 class FixedMetadata(nn.Module):
-    """Presents a two-input model as image-only, metadata held fixed (pytorch-grad-cam #115).
+    """Presents a two-input ensemble as one-input, metadata held fixed (pytorch-grad-cam #115).
 
-    The frozen lower stages run without autograd and the graph starts at their output, so
-    the backward pass covers only the upper stages that Grad-CAM's target layer sits in.
+    Its input is the shared trunk's output, already computed for the prediction, so the
+    trunk never runs again and the backward pass covers only the members' upper stages,
+    where Grad-CAM's target layers sit. The output is the ensemble's mean logit.
     """
 
-    def __init__(self, model: LesionClassifier, meta: torch.Tensor | None):
+    def __init__(self, model: Ensemble, meta: torch.Tensor | None):
         super().__init__()
         self.model, self.meta = model, meta
 
-    def forward(self, x):
-        meta = None if self.meta is None else self.meta.expand(len(x), -1)
-        with torch.no_grad():
-            low = self.model.lower(x)
-        return self.model.head(self.model.upper(low.requires_grad_()), meta)
+    def forward(self, low):
+        meta = None if self.meta is None else self.meta.expand(len(low), -1)
+        # A graph that starts here: the weights need no gradients, the activations do.
+        return self.model.head_logits(self.model.pooled(low.detach().requires_grad_()), meta)
 
 
 class PeakRecordingGradCAM(GradCAM):
-    """GradCAM that also keeps the raw map's positive peak, before min-max scaling.
+    """GradCAM that maps onto the image size and keeps the raw maps' positive peak.
 
     Scaling hides whether a map is empty (every gradient-weighted activation negative),
-    so the peak is what tells the app to say so instead of showing a blank heatmap.
+    so the largest raw peak over the target layers is what tells the app to say so instead
+    of showing a blank heatmap. The input is the trunk's output, so the output size is
+    given explicitly rather than read from the input.
     """
-    raw_peak = 0.0
+
+    def __init__(self, model, target_layers, size: tuple[int, int]):
+        super().__init__(model, target_layers)
+        self.size, self.raw_peak = size, 0.0
+
+    def get_target_width_height(self, input_tensor):
+        return self.size[1], self.size[0]
 
     def get_cam_image(self, *args, **kwargs):
         cam = super().get_cam_image(*args, **kwargs)
-        self.raw_peak = float(np.maximum(cam, 0).max())
+        self.raw_peak = max(self.raw_peak, float(np.maximum(cam, 0).max()))
         return cam
 
 
-def gradcam(model: LesionClassifier, x: torch.Tensor, meta: torch.Tensor | None,
-            class_index: int) -> tuple[np.ndarray, bool]:
-    """Grad-CAM of class_index for one image x (1, 3, H, W): (map in [0, 1] of H x W, empty)."""
-    with PeakRecordingGradCAM(FixedMetadata(model, meta), [model.cam_target_layer()]) as cam:
-        heat = cam(x, targets=[ClassifierOutputTarget(class_index)])[0]
+def gradcam(model: Ensemble, low: torch.Tensor, meta: torch.Tensor | None, class_index: int,
+            size: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """Grad-CAM of class_index for one image, from its trunk output low (1, C, h, w): one
+    backward pass through the ensemble's mean logit, the members' maps averaged by the
+    library. Returns (map in [0, 1] of size (H, W), empty)."""
+    with torch.enable_grad(), PeakRecordingGradCAM(FixedMetadata(model, meta), model.cam_target_layers(),
+                                                   size) as cam:
+        heat = cam(low, targets=[ClassifierOutputTarget(class_index)])[0]
         empty = cam.raw_peak <= 1e-7
     return (np.zeros_like(heat) if empty else heat), empty
 

@@ -1,7 +1,8 @@
 """Out-of-distribution check: Mahalanobis distance of image features to the training classes.
 
-Features are the image-only model's pooled backbone features (mean over the flip views),
-already computed for every prediction, so the check costs one small matrix product.
+Features are the image-only ensemble's pooled backbone features (each member's mean over the
+flip views, side by side), already computed for every prediction, so the check costs one
+small matrix product.
 Distances are measured in a PCA-whitened space fitted on the training split, to the
 nearest class mean (tied covariance); the threshold is a percentile of validation scores.
 A second, colour check flags nearly colourless images (documents, plain or grey images),
@@ -44,6 +45,13 @@ class OODDetector:
         z = centred @ proj
         means = torch.stack([z[yt == c].mean(0) for c in classes])
         return cls(mean.float(), proj.float(), means.float(), threshold=float("inf"))
+
+    @staticmethod
+    def features(pooled: torch.Tensor) -> torch.Tensor:
+        """The image-only ensemble's pooled features (M, N, V, F) -> (N, M * F): each member's
+        mean over the flip views, members side by side (their feature spaces differ)."""
+        m, n = pooled.shape[:2]
+        return pooled.float().mean(2).permute(1, 0, 2).reshape(n, -1).cpu()
 
     @staticmethod
     def saturation(rgb: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The one inference path: image + metadata -> calibrated probabilities of both models.
+"""The one inference path: image + metadata -> calibrated probabilities of both ensembles.
 
 The UI, the /report API and the evaluation CLI all go through `Predictor`.
 """
@@ -23,7 +23,12 @@ from .weights import (MODEL_KEYS, WEIGHTS_DIR, age_scaler, input_spec, load_mode
 
 
 class Predictor:
-    """Loads the bundled models once; predicts with flip test-time augmentation."""
+    """Loads the bundled ensembles once; predicts with flip test-time augmentation.
+
+    The frozen trunk runs once per image for all members of both ensembles; each member
+    then runs only its upper stages and head. Thread-safe by construction: one lock covers
+    every use of the shared modules (Grad-CAM's hooks record every pass through them).
+    """
 
     def __init__(self, weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = None):
         self.manifest, self.models = load_models(weights_dir)
@@ -35,14 +40,12 @@ class Predictor:
         self.spec = input_spec(self.manifest)
         self.scaler = age_scaler(self.manifest)
         self.temperature = {k: float(self.manifest["models"][k]["temperature"]) for k in MODEL_KEYS}
-        # Both models keep the ImageNet lower stages frozen, so those run once for both.
-        a, b = (self.models[k] for k in MODEL_KEYS)
-        self.shared_lower = all(torch.equal(p, q) for p, q in
-                                zip(a.lower_parameters(), b.lower_parameters()))
+        self.trunk = self.models[MODEL_KEYS[0]]   # every member's lower stages are the shared trunk
         self.absent_row = torch.from_numpy(unknown_row(self.scaler))
         self.model_info = {"version": self.manifest["version"],
-                           "sha256": {k: self.manifest["models"][k]["sha256"] for k in MODEL_KEYS}}
-        self._cam_lock = threading.Lock()  # Grad-CAM hooks live on the shared model modules
+                           "sha256": {k: [m["sha256"] for m in self.manifest["models"][k]["members"]]
+                                      for k in MODEL_KEYS}}
+        self._lock = threading.RLock()
         ood = self.manifest.get("ood")
         self.ood = OODDetector.load(verify_file(weights_dir, ood)) if ood else None
 
@@ -54,39 +57,42 @@ class Predictor:
         return to_tensor(image, self.spec)
 
     @torch.inference_mode()
-    def pooled_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) -> per model (B, V, F) pooled features of the flip views."""
+    def trunk_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the shared trunk's output for every flip view, (B * V, C, h, w)."""
         views = flip_views(x.to(self.device))
-        b, v = views.shape[:2]
-        flat = views.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        shared = self.models[MODEL_KEYS[0]].lower(flat) if self.shared_lower else None
-        out = {}
-        for k, m in self.models.items():
-            low = shared if shared is not None else m.lower(flat)
-            out[k] = m.upper(low).view(b, v, -1)
-        return out
+        return self.trunk.lower(views.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+
+    @torch.inference_mode()
+    def pooled_features(self, x: torch.Tensor, low: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) -> per kind (M, B, V, F): each member's pooled features of the flip views."""
+        low = self.trunk_features(x) if low is None else low
+        b, v = len(x), len(low) // len(x)
+        return {k: m.pooled(low).view(len(m.members), b, v, -1) for k, m in self.models.items()}
 
     @torch.inference_mode()
     def head_probabilities(self, key: str, pooled: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities from pooled view features (B, V, F) and meta (B, M).
+        """Calibrated probabilities from pooled member features (M, B, V, F) and meta (B, META_DIM):
+        softmax(mean over members and views of the logits / temperature), (B, classes).
 
-        Cheap (the head only), so explanations can call it once per metadata coalition.
+        Cheap (heads only), so explanations can call it once per metadata coalition.
         """
-        b, v, f = pooled.shape
-        m = meta.to(self.device).repeat_interleave(v, 0)
-        logits = self.models[key].head(pooled.reshape(b * v, f), m).view(b, v, -1).mean(1)
+        m, b, v, f = pooled.shape
+        ens = self.models[key]
+        meta = meta.to(self.device).repeat_interleave(v, 0) if ens.uses_metadata else None
+        logits = ens.head_logits(pooled.reshape(m, b * v, f), meta).view(b, v, -1).mean(1)
         return torch.softmax(logits / self.temperature[key], dim=1)
 
     def probabilities(self, images: list[Image.Image], metadata: list[tuple]) -> dict[str, np.ndarray]:
-        """Batch prediction: per model an (N, 7) array of calibrated probabilities."""
+        """Batch prediction: per kind an (N, 7) array of calibrated probabilities."""
         x = torch.stack([self.image_tensor(im) for im in images])
         meta = torch.stack([self.encode(*m) for m in metadata])
-        pooled = self.pooled_features(x)
-        return {k: self.head_probabilities(k, pooled[k], meta).cpu().numpy() for k in MODEL_KEYS}
+        with self._lock:
+            pooled = self.pooled_features(x)
+            return {k: self.head_probabilities(k, pooled[k], meta).cpu().numpy() for k in MODEL_KEYS}
 
     def analyze(self, image: Image.Image, age=None, sex=None, site=None,
                 cam_class: str | None = None) -> Analysis:
-        """Both models' probabilities, Grad-CAMs and the exact Shapley values of the metadata.
+        """Both ensembles' probabilities, Grad-CAMs and the exact Shapley values of the metadata.
 
         cam_class: the class whose heatmaps (and Shapley values) to show; by default each
         heatmap shows its own model's top class and the Shapley values the fusion top class.
@@ -96,35 +102,44 @@ class Predictor:
             raise ValueError(f"cam_class must be one of {CLASSES}")
         meta = self.encode(age, sex, site)
         x = self.image_tensor(image)[None]
-        pooled = self.pooled_features(x)
+        with self._lock:
+            return self._analyze(x, meta, age, sex, site, cam_class)
+
+    def _analyze(self, x, meta, age, sex, site, cam_class) -> Analysis:
+        low = self.trunk_features(x)                 # the trunk's only run for this image
+        pooled = self.pooled_features(x, low)
         image_only = self.head_probabilities("image_only", pooled["image_only"], meta[None])[0]
-        # All 8 coalitions through the fusion head at once; the last row has everything entered.
+        # All 8 coalitions through the fusion heads at once; the last row has everything entered.
         rows = coalition_rows(meta, self.absent_row)
         by_coalition = self.head_probabilities(
-            "fusion", pooled["fusion"].expand(len(rows), -1, -1), rows).cpu().numpy()
+            "fusion", pooled["fusion"].expand(-1, len(rows), -1, -1), rows).cpu().numpy()
         fusion = by_coalition[-1]
         phi = shapley_values(by_coalition)
-        shap_class = cam_class or CLASSES[int(fusion.argmax())]
-        k = CLASSES.index(shap_class)
-        shap = ShapleyResult(cls=shap_class, base=float(by_coalition[0, k]),
-                             contributions={p: float(phi[i, k]) for i, p in enumerate(PLAYERS)},
-                             value=float(fusion[k]))
+        def shapley_for(cls: str) -> ShapleyResult:
+            k = CLASSES.index(cls)
+            return ShapleyResult(cls=cls, base=float(by_coalition[0, k]),
+                                 contributions={p: float(phi[i, k]) for i, p in enumerate(PLAYERS)},
+                                 value=float(fusion[k]))
+        top = CLASSES[int(fusion.argmax())]
+        shap = shapley_for(cam_class or top)
         results = {}
+        size = (self.spec.height, self.spec.width)
+        identity = low[:1].clone()                   # the unflipped view's trunk output
         for key, probs, m in (("fusion", fusion, meta[None]), ("image_only", image_only.cpu().numpy(), None)):
             target = cam_class or CLASSES[int(probs.argmax())]
-            with self._cam_lock:
-                heat, empty = gradcam(self.models[key], x.to(self.device),
-                                      None if m is None else m.to(self.device), CLASSES.index(target))
+            heat, empty = gradcam(self.models[key], identity, None if m is None else m.to(self.device),
+                                  CLASSES.index(target), size)
             results[key] = ModelResult(probabilities_dict(probs), heat, target, empty)
         rgb = unnormalise(x, self.spec)  # what the models saw, for the colour check and display
         warnings = []
         if self.ood is not None:
-            w = self.ood.warning(pooled["image_only"].mean(1), rgb)
+            w = self.ood.warning(OODDetector.features(pooled["image_only"]), rgb)
             warnings += [w] if w else []
         return Analysis(
             image=(rgb[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy(),
             warnings=warnings,
             fusion=results["fusion"], image_only=results["image_only"], shap=shap,
+            top_shap=shapley_for(top) if shap.cls != top else None,
             no_metadata_top=CLASSES[int(by_coalition[0].argmax())],
             metadata={"age": parse_age(age), "sex": parse_choice(sex, SEXES, "sex"),
                       "site": parse_choice(site, SITES, "site")},

@@ -1,0 +1,56 @@
+"""Cross-validated ensembles that share one frozen trunk.
+
+Every member keeps the ImageNet lower stages frozen, so the trunk's output is the same for
+all of them: it is computed once per image, then each member runs only its fine-tuned upper
+stages and head on it. An ensemble's logit is the mean of its members' logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .models import LesionClassifier
+
+
+class Ensemble(nn.Module):
+    """Members (LesionClassifier) of one kind, trained on different folds, one shared trunk."""
+
+    def __init__(self, members: list[LesionClassifier]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        first = members[0]
+        if any(m.fusion != first.fusion or m.split_block != first.split_block for m in members):
+            raise ValueError("ensemble members must share the head kind and the split point")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def uses_metadata(self) -> bool:
+        return self.members[0].uses_metadata
+
+    @property
+    def fusion(self) -> str:
+        return self.members[0].fusion
+
+    def lower(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared trunk (every member's lower stages hold the same frozen weights)."""
+        return self.members[0].lower(x)
+
+    def pooled(self, low: torch.Tensor) -> torch.Tensor:
+        """Trunk output (N, C, h, w) -> each member's pooled features (M, N, F)."""
+        return torch.stack([m.upper(low) for m in self.members])
+
+    def member_logits(self, pooled: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+        """(M, N, F) pooled features and (N, META_DIM) metadata -> (M, N, classes) logits."""
+        return torch.stack([m.head(p, meta) for m, p in zip(self.members, pooled)])
+
+    def head_logits(self, pooled: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+        """The ensemble's logits: the mean of its members' logits, (N, classes)."""
+        return self.member_logits(pooled, meta).mean(0)
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head_logits(self.pooled(self.lower(x)), meta)
+
+    def cam_target_layers(self) -> list[nn.Module]:
+        """Grad-CAM's layers: each member's last activation before pooling."""
+        return [m.cam_target_layer() for m in self.members]

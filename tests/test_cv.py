@@ -1,0 +1,190 @@
+"""Cross-validation: the committed folds, the shipped ensembles, and a tiny end-to-end run."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import DATA, REPO, needs_dataset, run_module
+from lesion_app.image_input import load_upload
+from lesion_app.predictor import Predictor
+from lesion_app.vocab import CLASSES
+from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, load_manifest
+from train.make_folds import DEFAULT_FOLDS, heldout_path, load_folds, load_heldout
+
+EXAMPLES = REPO / "lesion_app" / "examples"
+
+
+def test_committed_folds_never_split_a_lesion_and_hold_every_image_once():
+    folds = load_folds(DEFAULT_FOLDS)
+    assert list(folds.columns) == ["image_id", "lesion_id", "dx", "fold"]
+    assert folds["image_id"].is_unique and len(folds) == 8480
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
+    assert (folds.groupby("lesion_id")["fold"].nunique() == 1).all()
+    # Stratified: every class is in every fold, in about the same share.
+    share = pd.crosstab(folds["dx"], folds["fold"], normalize="index")
+    assert (share > 0.15).all().all() and (share < 0.25).all().all()
+
+
+def test_heldout_slice_is_whole_lesions_and_the_examples_come_from_it():
+    folds, held = load_folds(DEFAULT_FOLDS), load_heldout(DEFAULT_FOLDS)
+    assert len(held) > 300 and set(held["dx"]) == set(CLASSES)
+    lesions = set(held["lesion_id"])
+    assert set(folds.loc[folds["lesion_id"].isin(lesions), "image_id"]) == set(held["image_id"])
+    examples = pd.read_csv(EXAMPLES / "metadata.csv", dtype=str)
+    assert set(examples["image_id"]) <= set(held["image_id"])
+    assert sorted(examples["dx"]) == sorted(CLASSES)
+
+
+@needs_dataset
+def test_folds_cover_exactly_the_shared_dataset():
+    md = pd.read_csv(DATA / "metadata.csv", dtype=str)
+    folds = load_folds(DEFAULT_FOLDS).set_index("image_id")
+    assert set(md["image_id"]) == set(folds.index)
+    assert (md.set_index("image_id")["lesion_id"] == folds.loc[md["image_id"], "lesion_id"]).all()
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor()
+
+
+def test_manifest_names_every_member_the_folds_and_the_ensemble_rule(predictor):
+    m = load_manifest(WEIGHTS_DIR)
+    assert m["folds_file"] == "train/splits/ham10000_folds.csv"
+    from lesion_app.weights import sha256_file
+    assert m["folds_sha256"] == sha256_file(REPO / m["folds_file"])
+    assert m["heldout_sha256"] == sha256_file(heldout_path(REPO / m["folds_file"]))
+    sizes = []
+    for k in MODEL_KEYS:
+        e = m["models"][k]
+        assert [x["fold"] for x in e["members"]] == [0, 1, 2, 3, 4] and "mean" in e["ensemble"]
+        assert 0.1 <= e["temperature"] <= 10 and e["temperature_fitted_on"].startswith("out-of-fold")
+        assert len(predictor.models[k].members) == 5
+        sizes += [(WEIGHTS_DIR / x["file"]).stat().st_size for x in e["members"]]
+    sizes.append((WEIGHTS_DIR / m["trunk"]["file"]).stat().st_size)
+    total = sum(p.stat().st_size for p in WEIGHTS_DIR.glob("*.safetensors"))
+    assert max(sizes) <= 10_000_000 and total <= 80_000_000
+    assert {"feature_cache", "fusion_members", "image_only_members", "total"} <= m["training_wall_time_seconds"].keys()
+
+
+def test_ensemble_logits_are_the_mean_of_its_members(predictor):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 192, 256)
+    meta = torch.stack([predictor.encode(60, "male", "back"), predictor.encode(None, "female", "face")])
+    for k in MODEL_KEYS:
+        ens = predictor.models[k]
+        m = meta if ens.uses_metadata else None
+        with torch.no_grad():
+            members = torch.stack([member(x, m) for member in ens.members])
+            assert not torch.allclose(members[0], members[1])   # the members really differ
+            assert torch.allclose(ens(x, m), members.mean(0), atol=1e-5)
+
+
+def test_the_trunk_runs_once_per_analysis_for_all_ten_members(predictor):
+    calls = []
+    hooks = [member.backbone.conv_stem.register_forward_hook(lambda *_: calls.append(1))
+             for ens in predictor.models.values() for member in ens.members]
+    upper = []
+    hooks += [member.backbone.conv_head.register_forward_hook(lambda *_: upper.append(1))
+              for ens in predictor.models.values() for member in ens.members]
+    try:
+        image = load_upload(EXAMPLES / "images" / f"{pd.read_csv(EXAMPLES / 'metadata.csv').image_id[0]}.jpg")
+        predictor.analyze(image, 50, "male", "back")
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == 1                # one batched pass of the 4 flip views, shared by everyone
+    assert len(upper) == 2 * 10           # each member's upper stages: once to predict, once for Grad-CAM
+
+
+def weights_copy(tmp_path):
+    dst = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, dst)
+    return dst
+
+
+def start_app(weights) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "LESION_APP_WEIGHTS": str(weights),
+           "GRADIO_SERVER_PORT": "1"}   # never reached: the weights are refused first
+    return subprocess.run([sys.executable, "app.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_corrupted_or_missing_member_refuses_to_start_naming_the_file_and_the_fix(tmp_path):
+    weights = weights_copy(tmp_path)
+    path = weights / "fusion_fold3.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    r = start_app(weights)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "fusion_fold3.safetensors" in r.stderr and "corrupted" in r.stderr and "git checkout" in r.stderr
+    path.unlink()
+    r = start_app(weights)
+    assert r.returncode != 0 and "fusion_fold3.safetensors is missing" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def tiny(example_folder, tmp_path):
+    """The 7 examples plus a flipped copy of each as another lesion: 14 images, 2 per class."""
+    md = pd.read_csv(example_folder / "metadata.csv")
+    extra = md.assign(image_id=md["image_id"] + "_flip", lesion_id=md["lesion_id"] + "_flip")
+    for src, dst in zip(md["image_id"], extra["image_id"]):
+        with Image.open(example_folder / "images" / f"{src}.jpg") as im:
+            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(example_folder / "images" / f"{dst}.jpg")
+    pd.concat([md, extra]).to_csv(example_folder / "metadata.csv", index=False)
+    folds = tmp_path / "folds.csv"
+    r = run_module("train.make_folds", "--data", example_folder, "--out", folds, "--folds", 2,
+                   "--heldout-share", 0.3)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {"data": example_folder, "folds": folds, "cache": tmp_path / "cache", "out": tmp_path / "cv"}
+
+
+def cv(tiny, *extra):
+    r = run_module("train.cv", "--data", tiny["data"], "--folds", tiny["folds"], "--cache", tiny["cache"],
+                   "--out", tiny["out"], "--epochs", 1, "--batch", 4, "--threads", 1, *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_tiny_cross_validation_writes_out_of_fold_predictions_for_every_image(tiny):
+    folds = load_folds(tiny["folds"])
+    held = load_heldout(tiny["folds"])
+    assert (folds.groupby("lesion_id")["fold"].nunique() == 1).all() and len(held) > 0
+    r = cv(tiny)
+    oof = pd.read_csv(tiny["out"] / "oof_logits.csv")
+    for k in MODEL_KEYS:
+        rows = oof[oof["model"] == k]
+        assert sorted(rows["image_id"]) == sorted(folds["image_id"])
+        assert (rows.set_index("image_id").loc[folds["image_id"], "fold"].to_numpy() == folds["fold"]).all()
+        assert np.isfinite(rows[[f"logit_{c}" for c in CLASSES]].to_numpy()).all()
+    summary = json.loads((tiny["out"] / "cv.json").read_text())
+    assert set(summary["out_of_fold"]) == set(MODEL_KEYS)
+    assert all(0.05 <= summary["out_of_fold"][k]["temperature"] <= 10 for k in MODEL_KEYS)
+    # No member trained on its own fold or on the held-out slice.
+    for k in MODEL_KEYS:
+        for f in (0, 1):
+            info = json.loads((tiny["out"] / f"{k}_fold{f}" / "member.json").read_text())
+            train = folds[(folds["fold"] != f) & ~folds["image_id"].isin(held["image_id"])]
+            assert info["n_train"] == len(train)
+            assert (tiny["out"] / f"{k}_fold{f}" / "member.safetensors").is_file()
+    held_logits = pd.read_csv(tiny["out"] / "heldout_logits.csv")
+    assert set(held_logits["member"]) == {0, 1} and set(held_logits["image_id"]) == set(held["image_id"])
+    assert "image_only fold 0" in r.stdout and "out-of-fold balanced accuracy" in r.stdout
+
+    # Resumable per member: a finished run trains nothing again.
+    before = {p: p.stat().st_mtime_ns for p in tiny["out"].glob("*/member.safetensors")}
+    again = cv(tiny)
+    assert "trained in" not in again.stdout
+    assert before == {p: p.stat().st_mtime_ns for p in tiny["out"].glob("*/member.safetensors")}
+
+
+def test_cv_without_a_folds_file_says_how_to_make_one(tmp_path, example_folder):
+    r = run_module("train.cv", "--data", example_folder, "--folds", tmp_path / "none.csv", "--out", tmp_path / "cv")
+    assert r.returncode == 2 and "python -m train.make_folds" in r.stderr and "Traceback" not in r.stderr
