@@ -66,18 +66,17 @@ class ClinicalReport:
         return text
 
     def melanoma_flags(self, a: Analysis, specificity: str) -> dict[str, dict]:
-        """Per model: P(mel), the validation threshold for this specificity, and whether it crosses."""
+        """Per model: P(mel), the out-of-fold threshold for this specificity, and whether it crosses."""
         out = {}
         for key, result in (("fusion", a.fusion), ("image_only", a.image_only)):
             op = self.data["models"][key]["melanoma_operating_points"][specificity]
             p = result.probabilities["mel"]
-            out[key] = {"p_mel": p, "threshold": op["threshold_from_validation"],
-                        "flagged": p >= op["threshold_from_validation"],
-                        "test_sensitivity": op["test_sensitivity"], "test_specificity": op["test_specificity"]}
+            out[key] = {"p_mel": p, "threshold": op["threshold"], "flagged": p >= op["threshold"],
+                        "sensitivity": op["sensitivity"], "specificity": op["specificity"]}
         return out
 
     def subgroup_rows(self, metadata: dict) -> dict[str, dict | None]:
-        """The test-split rows for this patient's age band, sex and site."""
+        """The out-of-fold rows for this patient's age band, sex and site."""
         wanted = {"age": age_band(metadata["age"]), "sex": metadata["sex"], "site": metadata["site"]}
         return {key: next((r for r in self.data["subgroups"][key]["rows"] if r["group"] == value), None)
                 for key, value in wanted.items()}
@@ -87,12 +86,12 @@ def melanoma_markdown(report: ClinicalReport | None, a: Analysis, specificity: s
     if report is None:
         return "No evaluation report found (run `python -m train.report`), so no operating points."
     names = {"fusion": "Fusion", "image_only": "Image-only"}
-    lines = [f"**Melanoma at the {specificity}% specificity operating point** (threshold set on validation):"]
+    lines = [f"**Melanoma at the {specificity}% specificity operating point** (threshold set on out-of-fold predictions):"]
     for key, f in report.melanoma_flags(a, specificity).items():
         verdict = "**above**: flagged as melanoma" if f["flagged"] else "below: not flagged"
         lines.append(f"- {names[key]}: P(mel) = {f['p_mel']:.3f} vs threshold {f['threshold']:.3f}, {verdict} "
-                     f"(on the test split: sensitivity {f['test_sensitivity']:.0%}, "
-                     f"specificity {f['test_specificity']:.0%})")
+                     f"(out-of-fold over all images: sensitivity {f['sensitivity']:.0%}, "
+                     f"specificity {f['specificity']:.0%})")
     return "\n".join(lines)
 
 
@@ -101,13 +100,13 @@ def subgroup_markdown(report: ClinicalReport | None, a: Analysis) -> str:
         return ""
     def fmt(x):
         return "–" if x is None else f"{x:.2f}"
-    lines = ["**How the models did on similar patients** (test split):", "",
+    lines = ["**How the models did on similar patients** (out-of-fold, all images):", "",
              "| group | images | fusion bal. acc. | image-only bal. acc. | fusion mel recall | image-only mel recall |",
              "|---|---|---|---|---|---|"]
     entered = a.entered()
     for key, r in report.subgroup_rows(a.metadata).items():
         if r is None:
-            lines.append(f"| {key}: no test cases | 0 | – | – | – | – |")
+            lines.append(f"| {key}: no such cases | 0 | – | – | – | – |")
             continue
         group = r["group"] if key in entered else f"not entered ({r['group']})"
         lines.append(f"| {key} = {group} | {r['n']} | {fmt(r['fusion_balanced_accuracy'])} | "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -175,8 +175,9 @@ def layout(clinical: ClinicalReport | None) -> View:
                 rows, labels = example_rows()
                 c["examples"] = gr.Examples(
                     rows, [c["image"], c["age"], c["sex"], c["site"]], example_labels=labels,
-                    cache_examples=False, label="Examples: one HAM10000 test-split case per class (click "
-                                                "one to analyse it). Images CC BY-NC 4.0, Tschandl et al. 2018")
+                    cache_examples=False,
+                    label="Examples: one case per class from the HAM10000 slice that no model trained on "
+                          "(click one to analyse it). Images CC BY-NC 4.0, Tschandl et al. 2018")
             with gr.Column(scale=2):
                 c["reading"] = gr.Markdown(START, elem_id="reading")
                 c["warnings"] = gr.Markdown(elem_id="warnings")
@@ -248,11 +249,7 @@ class Handlers:
             meta = parse_metadata(age, sex, site)
         except MetadataError as e:
             raise gr.Error(str(e), print_exception=False) from None
-        a = self.predictor.analyze(image, *meta, cam)
-        if a.top_explained is None:
-            # The reading explains the fusion top class; the Predictor gave Shapley values for `cam` only.
-            a = replace(a, top_shap=self.predictor.analyze(image, *meta, None).shap)
-        return a
+        return self.predictor.analyze(image, *meta, cam)
 
     def render(self, a: Analysis, spec: str, state: SessionState) -> dict:
         v = self.view

@@ -26,8 +26,8 @@ def analysis(p_mel_fusion, p_mel_image, meta):
 
 @pytest.fixture
 def report(tmp_path):
-    op = {"90": {"threshold_from_validation": 0.3, "test_sensitivity": 0.6, "test_specificity": 0.9},
-          "95": {"threshold_from_validation": 0.5, "test_sensitivity": 0.4, "test_specificity": 0.95}}
+    op = {"90": {"threshold": 0.3, "sensitivity": 0.6, "specificity": 0.9},
+          "95": {"threshold": 0.5, "sensitivity": 0.4, "specificity": 0.95}}
     row = lambda g, n: {"group": g, "n": n, "fusion_balanced_accuracy": 0.7, "image_only_balanced_accuracy": 0.6,
                         "fusion_mel_recall": 0.5, "image_only_mel_recall": 0.4}
     data = {"weights": {"sha256": {"fusion": "a", "image_only": "b"}}, "figures": [],

@@ -40,7 +40,7 @@ def test_report_contract_and_shap_adds_up(client):
         assert "not entered" in s["baseline"]
         assert isinstance(r["warnings"], list)
         assert r["model"]["version"] == manifest["version"]
-        assert r["model"]["sha256"]["fusion"] == manifest["models"]["fusion"]["sha256"]
+        assert r["model"]["sha256"]["fusion"] == [m["sha256"] for m in manifest["models"]["fusion"]["members"]]
 
 
 def test_report_is_what_the_predictor_computes(client):
