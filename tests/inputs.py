@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "lesion_app" / "examples" / "images" / "ISIC_0028901.jpg"
+EXAMPLE = Path(__file__).resolve().parent.parent / "lesion_app" / "examples" / "images" / "ISIC_0024449.jpg"
 
 
 def example_image() -> Image.Image:
@@ -73,7 +73,7 @@ def odd_but_valid_files(folder: Path) -> dict[str, Path]:
     rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(out.setdefault("palette", folder / "palette.png"))
     rgb.convert("CMYK").save(out.setdefault("cmyk", folder / "cmyk.jpg"))
     sixteen = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
-    Image.fromarray(sixteen, mode="I;16").save(out.setdefault("16bit", folder / "16bit.png"))
+    Image.fromarray(sixteen).save(out.setdefault("16bit", folder / "16bit.png"))
     # Stored rotated 90 degrees with EXIF orientation 6 ("rotate 90 CW to display").
     exif = Image.Exif()
     exif[0x0112] = 6

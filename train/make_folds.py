@@ -51,7 +51,10 @@ def make_folds(df: pd.DataFrame, n_folds: int = N_FOLDS, seed: int = 0) -> pd.Da
 def make_heldout(folds: pd.DataFrame, share: float = HELDOUT_SHARE, seed: int = 0) -> pd.DataFrame:
     """A dx-stratified share of lesions (all their images) that no member trains on."""
     lesions = folds.groupby("lesion_id")["dx"].first()
-    _, picked = train_test_split(lesions.index, test_size=share, stratify=lesions, random_state=seed)
+    # Stratifying needs room for every class in the slice and two lesions of each; tiny folders go without.
+    can = lesions.value_counts().min() >= 2 and share * len(lesions) >= lesions.nunique()
+    _, picked = train_test_split(lesions.index, test_size=share, stratify=lesions if can else None,
+                                 random_state=seed)
     rows = folds[folds["lesion_id"].isin(set(picked))]
     return rows[["image_id", "lesion_id", "dx"]].sort_values("image_id").reset_index(drop=True)
 
