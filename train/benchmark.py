@@ -2,9 +2,9 @@
 
     python -m train.benchmark [--repeats 30] [--app]
 
-Pieces: preprocessing, the shared lower backbone + both upper backbones (4 flip views),
-each model's head, SHAP (the fusion head over 8 coalitions + exact Shapley), the OOD check,
-each Grad-CAM, and the whole `Predictor.analyze` call. Medians after warm-up. With --app it
+Pieces: preprocessing, the shared trunk (once, 4 flip views), the upper stages of every
+member of both ensembles, each ensemble's heads, SHAP (the fusion heads over 8 coalitions +
+exact Shapley), the OOD check, each ensemble's Grad-CAM, and the whole `Predictor.analyze`. Medians after warm-up. With --app it
 also starts `python app.py`, times its first HTTP answer, sends requests and reads its peak
 memory (VmHWM). The machine is shared and noisy: compare figures within one run.
 """
@@ -23,11 +23,12 @@ import torch
 
 from lesion_app.gradcam import gradcam
 from lesion_app.image_input import load_upload
+from lesion_app.ood import OODDetector
 from lesion_app.predictor import Predictor
 from lesion_app.shapley import coalition_rows, shapley_values
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "lesion_app" / "examples" / "images" / "ISIC_0028901.jpg"
+EXAMPLE = REPO / "lesion_app" / "examples" / "images" / "ISIC_0024449.jpg"
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -46,29 +47,35 @@ def bench_predictor(repeats: int) -> None:
     image = load_upload(EXAMPLE)
     x = p.image_tensor(image)[None]
     meta = p.encode(35, "female", "ear")
-    pooled = p.pooled_features(x)
+    low = p.trunk_features(x)
+    pooled = p.pooled_features(x, low)
     rows = coalition_rows(meta, p.absent_row)
+    size = (p.spec.height, p.spec.width)
 
     def shap():
-        probs = p.head_probabilities("fusion", pooled["fusion"].expand(len(rows), -1, -1), rows)
+        probs = p.head_probabilities("fusion", pooled["fusion"].expand(-1, len(rows), -1, -1), rows)
         return shapley_values(probs.cpu().numpy())
 
+    n = {k: len(m.members) for k, m in p.models.items()}
     pieces = {
         "load + preprocess image": lambda: p.image_tensor(load_upload(EXAMPLE)),
-        "backbones, both models (4 flip views)": lambda: p.pooled_features(x),
-        "fusion head": lambda: p.head_probabilities("fusion", pooled["fusion"], meta[None]),
-        "image-only head": lambda: p.head_probabilities("image_only", pooled["image_only"], meta[None]),
+        "shared trunk, once (4 flip views)": lambda: p.trunk_features(x),
+        f"upper stages, all {sum(n.values())} members (4 views)": lambda: p.pooled_features(x, low),
+        "fusion ensemble heads": lambda: p.head_probabilities("fusion", pooled["fusion"], meta[None]),
+        "image-only ensemble heads": lambda: p.head_probabilities("image_only", pooled["image_only"], meta[None]),
         "SHAP (8 coalitions, exact)": shap,
-        "OOD check": lambda: p.ood.score(pooled["image_only"].mean(1)) if p.ood else None,
-        "Grad-CAM fusion": lambda: gradcam(p.models["fusion"], x, meta[None], 4),
-        "Grad-CAM image-only": lambda: gradcam(p.models["image_only"], x, None, 4),
+        "OOD check": lambda: p.ood.score(OODDetector.features(pooled["image_only"])) if p.ood else None,
+        f"Grad-CAM fusion ({n['fusion']} members, 1 backward)":
+            lambda: gradcam(p.models["fusion"], low[:1].clone(), meta[None], 4, size),
+        f"Grad-CAM image-only ({n['image_only']} members, 1 backward)":
+            lambda: gradcam(p.models["image_only"], low[:1].clone(), None, 4, size),
         "TOTAL Predictor.analyze": lambda: p.analyze(image, 35, "female", "ear"),
     }
     print(f"device {p.device}, torch threads {torch.get_num_threads()}, {repeats} repeats, seconds")
-    print(f"{'piece':42s} {'median':>8s} {'p90':>8s}")
+    print(f"{'piece':48s} {'median':>8s} {'p90':>8s}")
     for name, fn in pieces.items():
         med, p90 = timed(fn, repeats)
-        print(f"{name:42s} {med:8.4f} {p90:8.4f}")
+        print(f"{name:48s} {med:8.4f} {p90:8.4f}")
 
 
 def bench_app(requests: int = 20) -> None:

