@@ -40,7 +40,7 @@ def page(browser, app_server):
     context.close()
 
 
-def upload(page, name="ISIC_0026241.jpg"):
+def upload(page, name="ISIC_0024394.jpg"):
     page.set_input_files("#lesion_image input[type=file]", str(EXAMPLES / "images" / name))
     # The upload resets the reading; after that, any analysis text is the next analysis's.
     page.wait_for_function("document.querySelector('#reading').innerText.includes('New image')", timeout=30_000)
@@ -94,10 +94,11 @@ def test_upload_analyze_and_see_both_models_explained(page):
 
 
 def test_one_click_on_an_example_analyses_it_and_the_report_tab_opens(page):
+    vasc = pd.read_csv(EXAMPLES / "metadata.csv").set_index("dx").loc["vasc"]
     page.get_by_text("Vascular lesion (vasc) ·").click()
     page.wait_for_function("document.querySelector('#reading').innerText.includes('(vasc)') || "
                            "document.querySelector('#reading').innerText.match(/agree/)", timeout=60_000)
-    page.wait_for_function("document.querySelector('#age input').value === '40'", timeout=10_000)
+    page.wait_for_function(f"document.querySelector('#age input').value === '{int(vasc.age)}'", timeout=10_000)
     page.wait_for_function("document.querySelector('#melanoma_flag').innerText.includes('P(mel)')",
                            timeout=30_000)
     page.get_by_role("radio", name="95% specificity").check()

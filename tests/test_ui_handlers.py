@@ -50,7 +50,7 @@ def upload(tmp_path):
 @pytest.mark.parametrize("age", ["", "   ", None])
 def test_untouched_inputs_reach_the_predictor_as_not_entered(app, upload, age):
     h, v = app
-    out = h.analyze(upload("ISIC_0026241.jpg"), age, "unknown", "unknown", PREDICTED, OP, SessionState())
+    out = h.analyze(upload("ISIC_0024394.jpg"), age, "unknown", "unknown", PREDICTED, OP, SessionState())
     assert h.predictor.calls == [(None, "unknown", "unknown", None)]
     report = out[v.report_json]
     assert report["metadata"] == {"age": None, "sex": "unknown", "site": "unknown"}
@@ -59,13 +59,13 @@ def test_untouched_inputs_reach_the_predictor_as_not_entered(app, upload, age):
 
 def test_padded_values_are_normalised_before_the_predictor(app, upload):
     h, v = app
-    h.analyze(upload("ISIC_0026241.jpg"), " 63 ", " Male ", " back ", PREDICTED, OP, SessionState())
+    h.analyze(upload("ISIC_0024394.jpg"), " 63 ", " Male ", " back ", PREDICTED, OP, SessionState())
     assert h.predictor.calls == [(63.0, "male", "back", None)]
 
 
 def test_heatmap_class_change_uses_the_current_inputs(app, upload):
     h, v = app
-    payload = upload("ISIC_0025301.jpg")
+    payload = upload("ISIC_0024403.jpg")
     first = h.analyze(payload, "70", "male", "back", PREDICTED, OP, SessionState())
     before = len(h.predictor.calls)
     # The age was cleared and the site changed after the analysis.
@@ -79,7 +79,7 @@ def test_heatmap_class_change_uses_the_current_inputs(app, upload):
 
 def test_a_new_image_invalidates_the_session(app, upload, predictor):
     h, v = app
-    old, new = upload("ISIC_0025301.jpg"), upload("ISIC_0031950.jpg")
+    old, new = upload("ISIC_0024403.jpg"), upload("ISIC_0024370.jpg")
     state = h.analyze(old, "", "unknown", "unknown", PREDICTED, OP, SessionState())[v.state]
     assert h.image_changed(old, state) == gr.skip()   # the analysed image itself: nothing to forget
     cleared = h.image_changed(new, state)
@@ -87,7 +87,7 @@ def test_a_new_image_invalidates_the_session(app, upload, predictor):
     assert cleared[v.report_json] is None
     # Even with the old state (events may arrive in any order), the new upload is what is analysed.
     out = h.heatmap_class(new, "", "unknown", "unknown", PREDICTED, OP, state)
-    expected = predictor.analyze(load_upload(EXAMPLES / "images" / "ISIC_0031950.jpg"))
+    expected = predictor.analyze(load_upload(EXAMPLES / "images" / "ISIC_0024370.jpg"))
     assert out[v.report_json]["fusion"] == expected.to_report()["fusion"]
     assert out[v.state].key == new["path"]
 
@@ -100,7 +100,7 @@ def test_heatmap_class_before_any_upload_does_nothing(app):
 
 def test_the_reading_explains_the_fusion_top_class_whatever_the_heatmap_class(app, upload):
     h, v = app
-    payload = upload("ISIC_0025301.jpg")
+    payload = upload("ISIC_0024403.jpg")
     default = h.analyze(payload, "", "unknown", "back", PREDICTED, OP, SessionState())
     a = default[v.state].analysis
     other = next(c for c in ("akiec", "bcc", "bkl") if c != a.fusion.top)
@@ -117,7 +117,7 @@ def test_the_reading_explains_the_fusion_top_class_whatever_the_heatmap_class(ap
 def test_unknown_choices_are_clear_errors_before_any_work(app, upload, cam, op, message):
     h, _ = app
     with pytest.raises(gr.Error) as e:
-        h.analyze(upload("ISIC_0025301.jpg"), "", "unknown", "unknown", cam, op, SessionState())
+        h.analyze(upload("ISIC_0024403.jpg"), "", "unknown", "unknown", cam, op, SessionState())
     assert e.value.message.startswith(message) and "expected" in e.value.message
     assert h.predictor.calls == []
 
