@@ -11,15 +11,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .conformal import prediction_sets as conformal_sets
 from .gradcam import gradcam
 from .metadata import encode_metadata, parse_age, parse_choice, unknown_row
 from .ood import OODDetector
 from .preprocess import flip_views, to_tensor, unnormalise
-from .result import Analysis, ModelResult, ShapleyResult, probabilities_dict
+from .result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
 from .shapley import PLAYERS, coalition_rows, shapley_values
 from .vocab import CLASSES, SEXES, SITES
 from .weights import (MODEL_KEYS, WEIGHTS_DIR, age_scaler, input_spec, load_models, torch_device,
                       verify_file)
+
+
+AGE_SWEEP = tuple(range(0, 91, 5))   # the what-if's ages, years
+ADDITIVE_HEADS = ("none", "concat", "late")   # class-score gradients do not depend on the metadata
 
 
 class Predictor:
@@ -45,6 +50,8 @@ class Predictor:
         self.model_info = {"version": self.manifest["version"],
                            "sha256": {k: [m["sha256"] for m in self.manifest["models"][k]["members"]]
                                       for k in MODEL_KEYS}}
+        sets = self.manifest.get("prediction_sets", {}).get("thresholds", {})
+        self.set_thresholds = {level: {k: np.asarray(v) for k, v in kinds.items()} for level, kinds in sets.items()}
         self._lock = threading.RLock()
         ood = self.manifest.get("ood")
         self.ood = OODDetector.load(verify_file(weights_dir, ood)) if ood else None
@@ -82,6 +89,12 @@ class Predictor:
         logits = ens.head_logits(pooled.reshape(m, b * v, f), meta).view(b, v, -1).mean(1)
         return torch.softmax(logits / self.temperature[key], dim=1)
 
+    def prediction_sets(self, probs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """Per level and kind, (N, classes) bool class-conditional conformal sets of calibrated
+        probabilities (N, classes); empty when the manifest has no thresholds."""
+        return {level: {k: conformal_sets(probs[k], q[k]) for k in probs if k in q}
+                for level, q in self.set_thresholds.items()}
+
     def probabilities(self, images: list[Image.Image], metadata: list[tuple]) -> dict[str, np.ndarray]:
         """Batch prediction: per kind an (N, 7) array of calibrated probabilities."""
         x = torch.stack([self.image_tensor(im) for im in images])
@@ -96,25 +109,78 @@ class Predictor:
 
         cam_class: the class whose heatmaps (and Shapley values) to show; by default each
         heatmap shows its own model's top class and the Shapley values the fusion top class.
+        The result keeps the image's features (in memory) for `with_metadata`.
         Raises MetadataError for invalid metadata.
         """
-        if cam_class is not None and cam_class not in CLASSES:
-            raise ValueError(f"cam_class must be one of {CLASSES}")
+        self._check_class(cam_class)
         meta = self.encode(age, sex, site)
         x = self.image_tensor(image)[None]
         with self._lock:
-            return self._analyze(x, meta, age, sex, site, cam_class)
+            low = self.trunk_features(x)                 # the trunk's only run for this image
+            features = ImageFeatures(low[:1].clone(), self.pooled_features(x, low))
+            image_only = self.head_probabilities("image_only", features.pooled["image_only"], meta[None])[0]
+            image_only = image_only.cpu().numpy()
+            rgb = unnormalise(x, self.spec)  # what the models saw, for the colour check and display
+            warnings = []
+            if self.ood is not None:
+                w = self.ood.warning(OODDetector.features(features.pooled["image_only"]), rgb)
+                warnings += [w] if w else []
+            target = cam_class or CLASSES[int(image_only.argmax())]
+            image_only_result = ModelResult(probabilities_dict(image_only),
+                                            *self._cam(features, "image_only", target, None))
+            image_rgb = (rgb[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+            return self._fusion_side(features, image_rgb, image_only_result, warnings, meta,
+                                     (age, sex, site), cam_class)
 
-    def _analyze(self, x, meta, age, sex, site, cam_class) -> Analysis:
-        low = self.trunk_features(x)                 # the trunk's only run for this image
-        pooled = self.pooled_features(x, low)
-        image_only = self.head_probabilities("image_only", pooled["image_only"], meta[None])[0]
-        # All 8 coalitions through the fusion heads at once; the last row has everything entered.
+    def with_metadata(self, previous: Analysis, age=None, sex=None, site=None,
+                      cam_class: str | None = None) -> Analysis:
+        """The same image's analysis for other metadata, without running the backbones again:
+        only the fusion heads (and, when the fusion heatmap's class or the metadata it depends
+        on changed, Grad-CAM from the kept trunk output, upper stages only)."""
+        self._check_class(cam_class)
+        meta = self.encode(age, sex, site)
+        f = previous.features
+        with self._lock:
+            image_only = previous.image_only
+            target = cam_class or image_only.top
+            if target != image_only.cam_class:
+                image_only = ModelResult(image_only.probabilities, *self._cam(f, "image_only", target, None))
+            return self._fusion_side(f, previous.image, image_only, previous.warnings, meta,
+                                     (age, sex, site), cam_class)
+
+    def _check_class(self, cam_class):
+        if cam_class is not None and cam_class not in CLASSES:
+            raise ValueError(f"cam_class must be one of {CLASSES}")
+
+    def _cam(self, f: ImageFeatures, key: str, cls: str, meta) -> tuple[np.ndarray, str, bool]:
+        """(heatmap, class, empty) from the kept trunk output: the members' upper stages only.
+        Maps of heads whose gradients do not depend on the metadata (image-only, and additive
+        fusion) are reused per class."""
+        ens = self.models[key]
+        reusable = ens.fusion in ADDITIVE_HEADS
+        cache_key = (key, cls)
+        if reusable and cache_key in f.cams:
+            heat, empty = f.cams[cache_key]
+            return heat, cls, empty
+        heat, empty = gradcam(ens, f.low, None if meta is None else meta.to(self.device),
+                              CLASSES.index(cls), (self.spec.height, self.spec.width))
+        if reusable:
+            f.cams[cache_key] = (heat, empty)
+        return heat, cls, empty
+
+    def _fusion_side(self, f: ImageFeatures, image_rgb, image_only: ModelResult, warnings, meta,
+                     entered: tuple, cam_class) -> Analysis:
+        """Fusion probabilities, Shapley values, heatmap and what-if sweeps for one metadata row."""
+        age, sex, site = entered
+        # The 8 coalitions (the last has everything entered) and the what-if rows, one head pass.
         rows = coalition_rows(meta, self.absent_row)
-        by_coalition = self.head_probabilities(
-            "fusion", pooled["fusion"].expand(-1, len(rows), -1, -1), rows).cpu().numpy()
+        sweeps = self._sweep_rows(age, sex, site)
+        probs = self.head_probabilities("fusion", f.pooled["fusion"].expand(-1, len(rows) + len(sweeps), -1, -1),
+                                        torch.cat([rows, sweeps])).cpu().numpy()
+        by_coalition, swept = probs[:len(rows)], probs[len(rows):]
         fusion = by_coalition[-1]
         phi = shapley_values(by_coalition)
+
         def shapley_for(cls: str) -> ShapleyResult:
             k = CLASSES.index(cls)
             return ShapleyResult(cls=cls, base=float(by_coalition[0, k]),
@@ -122,25 +188,32 @@ class Predictor:
                                  value=float(fusion[k]))
         top = CLASSES[int(fusion.argmax())]
         shap = shapley_for(cam_class or top)
-        results = {}
-        size = (self.spec.height, self.spec.width)
-        identity = low[:1].clone()                   # the unflipped view's trunk output
-        for key, probs, m in (("fusion", fusion, meta[None]), ("image_only", image_only.cpu().numpy(), None)):
-            target = cam_class or CLASSES[int(probs.argmax())]
-            heat, empty = gradcam(self.models[key], identity, None if m is None else m.to(self.device),
-                                  CLASSES.index(target), size)
-            results[key] = ModelResult(probabilities_dict(probs), heat, target, empty)
-        rgb = unnormalise(x, self.spec)  # what the models saw, for the colour check and display
-        warnings = []
-        if self.ood is not None:
-            w = self.ood.warning(OODDetector.features(pooled["image_only"]), rgb)
-            warnings += [w] if w else []
+        fusion_result = ModelResult(probabilities_dict(fusion), *self._cam(f, "fusion", cam_class or top, meta[None]))
+        image_only_p = np.array([image_only.probabilities[c] for c in CLASSES])
+        sets = self.prediction_sets({"fusion": fusion[None], "image_only": image_only_p[None]})
         return Analysis(
-            image=(rgb[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy(),
-            warnings=warnings,
-            fusion=results["fusion"], image_only=results["image_only"], shap=shap,
+            image=image_rgb, warnings=list(warnings), fusion=fusion_result, image_only=image_only, shap=shap,
             top_shap=shapley_for(top) if shap.cls != top else None,
             no_metadata_top=CLASSES[int(by_coalition[0].argmax())],
             metadata={"age": parse_age(age), "sex": parse_choice(sex, SEXES, "sex"),
                       "site": parse_choice(site, SITES, "site")},
-            model_info=self.model_info)
+            what_if=self._what_if(swept), model_info=self.model_info, features=f,
+            prediction_sets={level: {k: [c for c, inside in zip(CLASSES, m[0]) if inside] for k, m in kinds.items()}
+                             for level, kinds in sets.items()})
+
+    def _sweep_rows(self, age, sex, site) -> torch.Tensor:
+        """Metadata rows varying one field at a time, the other two as entered."""
+        rows = ([self.encode(a, sex, site) for a in AGE_SWEEP] + [self.encode(age, s, site) for s in SEXES]
+                + [self.encode(age, sex, s) for s in SITES])
+        return torch.stack(rows)
+
+    @staticmethod
+    def _what_if(swept: np.ndarray) -> dict:
+        """The /report what_if contract from the sweep rows' calibrated probabilities."""
+        out, start = {}, 0
+        for name, values in (("age", list(AGE_SWEEP)), ("sex", list(SEXES)), ("site", list(SITES))):
+            block = swept[start:start + len(values)]
+            start += len(values)
+            out[name] = {"values": values,
+                         "probabilities": {c: [float(v) for v in block[:, k]] for k, c in enumerate(CLASSES)}}
+        return out

@@ -42,6 +42,16 @@ class ShapleyResult:
 
 
 @dataclass
+class ImageFeatures:
+    """What a metadata change needs from one image's analysis, kept in the session's memory
+    only (never on disk): the trunk's output for the unflipped view, each member's pooled
+    features per kind, and heatmaps already computed, by (kind, class)."""
+    low: object                      # torch.Tensor (1, C, h, w)
+    pooled: dict                     # kind -> torch.Tensor (members, 1, views, F)
+    cams: dict = field(default_factory=dict)
+
+
+@dataclass
 class Analysis:
     image: np.ndarray                # (H, W, 3) uint8: what the models saw (cropped, resized)
     fusion: ModelResult
@@ -52,6 +62,9 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     model_info: dict = field(default_factory=dict)
     top_shap: ShapleyResult | None = None  # for the fusion top class, when `shap` is for another
+    what_if: dict = field(default_factory=dict)  # the fusion model's answer for other ages, sexes, sites
+    prediction_sets: dict = field(default_factory=dict)  # level -> kind -> classes (conformal, per class)
+    features: ImageFeatures | None = field(default=None, repr=False)  # for a metadata change
 
     @property
     def agree(self) -> bool:
@@ -110,6 +123,8 @@ class Analysis:
             "reading": self.reading(),
             "metadata": self.metadata,
             "warnings": list(self.warnings),
+            "prediction_sets": self.prediction_sets,
+            "what_if": self.what_if,
             "model": self.model_info,
         }
 

@@ -152,3 +152,42 @@ def test_heatmap_class_change_redraws_with_the_current_inputs(page):
     report = shown_report(page, "r.shap.class === 'mel'")
     assert report["metadata"]["age"] is None
     assert "Melanoma (mel)" in page.locator("#fusion_cam_note").inner_text()
+
+
+def test_a_metadata_change_updates_the_fusion_side_without_a_new_analysis(page):
+    upload(page)
+    open_report(page)
+    analyze_and_wait(page)
+    shown_report(page, "r.metadata.site === 'unknown'")
+    page.wait_for_selector("#what_if img, #what_if svg, #what_if canvas", timeout=30_000)
+    image_only = page.locator("#image_only_probs").inner_text()
+    page.locator("#site input").click()
+    page.get_by_role("option", name="face", exact=True).click()
+    report = shown_report(page, "r.metadata.site === 'face'")      # no Analyze click, no upload
+    assert report["what_if"]["site"]["values"][5] == "face"
+    page.locator("#age input").fill("80")
+    report = shown_report(page, "r.metadata.age === 80 && r.metadata.site === 'face'")
+    i = report["what_if"]["age"]["values"].index(80)
+    assert all(abs(report["what_if"]["age"]["probabilities"][c][i] - p) < 1e-6
+               for c, p in report["fusion"]["probabilities"].items())
+    assert page.locator("#image_only_probs").inner_text() == image_only   # the image side is untouched
+    out = REPO / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    page.screenshot(path=str(out / "what_if_1400.png"), full_page=True)
+
+
+def test_phone_width_layout_has_no_sideways_scroll(browser, app_server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page = context.new_page()
+    try:
+        page.goto(app_server.url, wait_until="load")
+        page.wait_for_selector("#analyze", timeout=60_000)
+        upload(page)
+        analyze_and_wait(page)
+        page.wait_for_selector("#what_if img, #what_if svg, #what_if canvas", timeout=30_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 391
+        out = REPO / "test-artifacts"
+        out.mkdir(exist_ok=True)
+        page.screenshot(path=str(out / "analysis_390.png"), full_page=True)
+    finally:
+        context.close()

@@ -116,3 +116,36 @@ def test_values_outside_the_vocabulary_get_a_clear_error(client, age, sex, site,
     with pytest.raises(AppError, match=message):
         report(client, path, age, sex, site)
     assert report(client, path, 40, "male", "back")["fusion"]["top"] in CLASSES  # still serving
+
+
+def test_what_if_contract_and_its_point_at_the_entered_values(client):
+    path, _, _, _ = example(4)
+    r = report(client, path, 45, "female", "back")
+    w = r["what_if"]
+    assert list(w) == ["age", "sex", "site"]
+    assert w["age"]["values"] == list(range(0, 91, 5))
+    assert w["sex"]["values"] == ["male", "female", "unknown"]
+    assert w["site"]["values"] == list(load_manifest()["metadata"]["sites"])
+    for field, sweep in w.items():
+        assert list(sweep["probabilities"]) == list(CLASSES)
+        n = len(sweep["values"])
+        table = np.array([sweep["probabilities"][c] for c in CLASSES])
+        assert table.shape == (7, n) and np.allclose(table.sum(0), 1, atol=1e-4)
+    fusion = np.array([r["fusion"]["probabilities"][c] for c in CLASSES])
+    for field, value in (("age", 45), ("sex", "female"), ("site", "back")):
+        i = w[field]["values"].index(value)
+        assert np.allclose([w[field]["probabilities"][c][i] for c in CLASSES], fusion, atol=1e-6), field
+    # Age matters to this model: the sweep is not flat.
+    assert np.ptp(w["age"]["probabilities"][r["fusion"]["top"]]) > 0.01
+
+
+def test_what_if_sweeps_a_blank_age_like_any_other_value(client):
+    path, _, _, _ = example(4)
+    r = report(client, path, None, "unknown", "unknown")
+    w = r["what_if"]
+    assert r["metadata"]["age"] is None and w["age"]["values"] == list(range(0, 91, 5))
+    # Sex and site sweeps keep the age blank: their 'unknown' points are the analysis itself.
+    fusion = [r["fusion"]["probabilities"][c] for c in CLASSES]
+    for field in ("sex", "site"):
+        i = w[field]["values"].index("unknown")
+        assert np.allclose([w[field]["probabilities"][c][i] for c in CLASSES], fusion, atol=1e-6)
