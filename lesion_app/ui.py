@@ -15,11 +15,11 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from PIL import Image
 
 from .clinical_report import (OPERATING_POINTS, ClinicalReport, melanoma_markdown, parse_operating_point,
                               subgroup_markdown)
+from .figures import shap_figure, what_if_figure
 from .gradcam import gradcam_overlay
 from .image_input import InputError, load_upload, take_upload
 from .metadata import MetadataError, parse_metadata
@@ -33,6 +33,20 @@ NOTICE = ("**Research demo, not a medical device. Not for diagnosis.** Outputs a
           "trained on one public dataset (HAM10000) and can be wrong; they must not guide care.")
 START = "Upload an image or pick an example, then press **Analyze**."
 NEW_IMAGE = "New image: press **Analyze** to analyse it."
+SET_LEVELS = {"90%": "0.9", "95%": "0.95"}
+SET_NOTE = ("A **90% prediction set** contains the true class for at least 90% of images *of each class*, "
+            "melanoma included, provided new images are like the HAM10000 images it was calibrated on. "
+            "It is not a probability for this image, and a lesion outside the 7 classes has no right answer in it.")
+HOW_TO_READ = """- **Probabilities** are calibrated: among images given 70% for a class, about 70% were that class (on \
+HAM10000, out-of-fold). They are not a diagnosis; each model is an ensemble of five.
+- **Prediction sets** (90% or 95%) list every class the model cannot rule out at that level. A longer set means \
+more doubt. The promise holds per class over many images, not for this one image.
+- **Heatmaps** (Grad-CAM) show which regions raised the chosen class's score most. They show where the model \
+looked, not why, and not whether it was right. An empty map is said so, never shown blank.
+- **Shapley values** split the fusion model's change from "nothing entered" to "what you entered" among age, \
+sex and site, exactly (all 8 combinations). They describe this model, not medicine.
+- **What if?** re-runs only the fusion model for other ages, sexes and sites with this same image: it shows \
+how much the model leans on metadata, which is a property of the model and its training data."""
 # Every event that runs the models: one at a time in one queue, whoever launches the app
 # (Predictor and its Grad-CAM hooks are not safe to run concurrently).
 MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
@@ -52,32 +66,13 @@ def example_digests() -> frozenset[str]:
                      for p in (EXAMPLES_DIR / "images").glob("*.jpg"))
 
 
-def shap_figure(a: Analysis) -> Figure:
-    """Waterfall: base (nothing entered) -> + age, sex, site -> the fusion probability."""
-    s = a.shap
-    names = list(s.contributions)
-    fig = Figure(figsize=(6.0, 2.6), dpi=100)
-    ax = fig.add_subplot()
-    start = s.base
-    for k, name in enumerate(names):
-        v = s.contributions[name]
-        ax.barh(k, v, left=start, color="#2a9d8f" if v >= 0 else "#e76f51")
-        ax.text(max(start, start + v) + 0.005, k, f"{v:+.3f}", va="center", fontsize=9)
-        start += v
-    ax.axvline(s.base, color="grey", ls=":", lw=1)
-    ax.axvline(s.value, color="black", lw=1)
-    entered = a.entered()
-    ax.set_yticks(range(len(names)), [f"{n} = {a.metadata[n]:g}" if n == "age" and n in entered else
-                                      f"{n} = {a.metadata[n]}" if n in entered else f"{n}: not entered"
-                                      for n in names])
-    ax.invert_yaxis()
-    lo, hi = min(s.base, s.value, start), max(s.base, s.value, start)
-    pad = max(0.05, 0.25 * (hi - lo))
-    ax.set_xlim(max(0, lo - pad), min(1, hi + pad))
-    ax.set_xlabel(f"fusion P({s.cls})   base {s.base:.3f} (dotted) -> {s.value:.3f} (solid)")
-    ax.set_title(f"How age, sex and site moved P({class_label(s.cls)})", fontsize=10)
-    fig.tight_layout()
-    return fig
+def set_markdown(a: Analysis, level: str, kind: str) -> str:
+    """'90% prediction set: Melanoma (mel), Melanocytic nevus (nv)' for one model."""
+    sets = a.prediction_sets.get(level, {})
+    if kind not in sets:
+        return "No prediction-set thresholds in these weights (python -m train.prediction_sets)."
+    names = ", ".join(class_label(c) for c in sets[kind]) or "empty (no class reaches the threshold)"
+    return f"**{float(level):.0%} prediction set:** {names}"
 
 
 def cam_note(r: ModelResult) -> str:
@@ -134,7 +129,11 @@ class View:
     image_only_probs: gr.Label
     image_only_cam: gr.HTML
     image_only_note: gr.Markdown
+    fusion_set: gr.Markdown
+    image_only_set: gr.Markdown
+    set_level: gr.Radio
     shap_plot: gr.Plot
+    what_if: gr.Plot
     operating_point: gr.Radio
     melanoma: gr.Markdown
     subgroup: gr.Markdown
@@ -146,14 +145,21 @@ class View:
     @property
     def inputs(self) -> list:
         """What an analysis reads, in /analyze's parameter order (the state is not an API parameter)."""
-        return [self.image, self.age, self.sex, self.site, self.cam_class, self.operating_point, self.state]
+        return [self.image, self.age, self.sex, self.site, self.cam_class, self.operating_point, self.set_level,
+                self.state]
 
     @property
     def outputs(self) -> list:
         """What an analysis writes, in /analyze's return order, then the state."""
         return [self.reading, self.warnings, self.fusion_probs, self.fusion_cam, self.fusion_note,
                 self.image_only_probs, self.image_only_cam, self.image_only_note, self.shap_plot,
-                self.report_json, self.melanoma, self.subgroup, self.state]
+                self.report_json, self.melanoma, self.subgroup, self.what_if, self.fusion_set,
+                self.image_only_set, self.state]
+
+    @property
+    def image_side(self) -> list:
+        """Outputs that depend on the image alone: a metadata change leaves them as they are."""
+        return [self.warnings, self.image_only_probs, self.image_only_cam, self.image_only_note, self.image_only_set]
 
 
 def layout(clinical: ClinicalReport | None) -> View:
@@ -180,20 +186,30 @@ def layout(clinical: ClinicalReport | None) -> View:
                           "(click one to analyse it). Images CC BY-NC 4.0, Tschandl et al. 2018")
             with gr.Column(scale=2):
                 c["reading"] = gr.Markdown(START, elem_id="reading")
+                with gr.Accordion("How to read this", open=False, elem_id="how_to_read"):
+                    gr.Markdown(HOW_TO_READ)
                 c["warnings"] = gr.Markdown(elem_id="warnings")
-                c["cam_class"] = gr.Dropdown([PREDICTED] + [class_label(k) for k in CLASSES], value=PREDICTED,
-                                             label="Heatmap class", elem_id="cam_class")
+                with gr.Row():
+                    c["cam_class"] = gr.Dropdown([PREDICTED] + [class_label(k) for k in CLASSES], value=PREDICTED,
+                                                 label="Heatmap class", elem_id="cam_class")
+                    c["set_level"] = gr.Radio(list(SET_LEVELS), value="90%", label="Prediction set level",
+                                              elem_id="set_level")
+                gr.Markdown(SET_NOTE, elem_id="set_note")
                 with gr.Row():
                     for key, title in (("fusion", "Fusion model (image + age, sex, site)"),
                                        ("image_only", "Image-only model")):
                         with gr.Column():
                             c[f"{key}_probs"] = gr.Label(num_top_classes=len(CLASSES), label=title,
                                                          elem_id=f"{key}_probs")
+                            c[f"{key}_set"] = gr.Markdown(elem_id=f"{key}_set")
                             c[f"{key}_cam"] = gr.HTML(elem_id=f"{key}_cam")
                             c[f"{key}_note"] = gr.Markdown(elem_id=f"{key}_cam_note")
                 c["shap_plot"] = gr.Plot(label="Metadata attribution (exact Shapley values)", elem_id="shap_plot")
                 gr.Markdown(f"Shapley values over three groups (age, sex, site), computed exactly over "
                             f"all 8 coalitions. Baseline: {ABSENT_BASELINE}.", elem_id="shap_baseline")
+                c["what_if"] = gr.Plot(label="What if? The fusion model for other patients with this image "
+                                             "(change age, sex or site above: the fusion side updates at once)",
+                                       elem_id="what_if")
                 c["operating_point"] = gr.Radio(list(OPERATING_POINTS), value=next(iter(OPERATING_POINTS)),
                                                 label="Melanoma operating point", elem_id="mel_operating_point")
                 c["melanoma"] = gr.Markdown(elem_id="melanoma_flag")
@@ -243,15 +259,30 @@ class Handlers:
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
 
-    def run(self, image: Image.Image, age, sex, site, cam: str | None) -> Analysis:
-        """Predictor.analyze on parsed metadata (blank -> None / 'unknown')."""
+    def run(self, image: Image.Image, age, sex, site, cam: str | None,
+            previous: Analysis | None = None) -> Analysis:
+        """Predictor.analyze on parsed metadata (blank -> None / 'unknown'); with the previous
+        analysis of the same image, only the fusion side runs again (Predictor.with_metadata)."""
         try:
             meta = parse_metadata(age, sex, site)
         except MetadataError as e:
             raise gr.Error(str(e), print_exception=False) from None
+        if previous is not None:
+            return self.predictor.with_metadata(previous, *meta, cam)
         return self.predictor.analyze(image, *meta, cam)
 
-    def render(self, a: Analysis, spec: str, state: SessionState) -> dict:
+    @staticmethod
+    def set_level(choice) -> str:
+        """'90%' / '95%' (or the level itself) -> the manifest's level key; blank means 90%."""
+        if choice is None or (isinstance(choice, str) and not choice.strip()):
+            return "0.9"
+        c = str(choice).strip()
+        if c in SET_LEVELS or c in SET_LEVELS.values():
+            return SET_LEVELS.get(c, c)
+        raise gr.Error(f"Unknown prediction set level {choice!r}; expected one of: {', '.join(SET_LEVELS)}.",
+                       print_exception=False)
+
+    def render(self, a: Analysis, spec: str, state: SessionState, level: str = "0.9") -> dict:
         v = self.view
         return {v.reading: f"### {a.reading()}", v.warnings: "\n".join(f"⚠️ {w}" for w in a.warnings),
                 v.fusion_probs: a.fusion.labelled(),
@@ -260,21 +291,48 @@ class Handlers:
                 v.image_only_cam: image_html(gradcam_overlay(a.image, a.image_only.cam), "Image-only Grad-CAM"),
                 v.image_only_note: cam_note(a.image_only), v.shap_plot: shap_figure(a), v.report_json: a.to_report(),
                 v.melanoma: melanoma_markdown(self.clinical, a, spec), v.subgroup: subgroup_markdown(self.clinical, a),
-                v.state: state}
+                v.what_if: what_if_figure(a), v.fusion_set: set_markdown(a, level, "fusion"),
+                v.image_only_set: set_markdown(a, level, "image_only"), v.state: state}
 
-    def analyze(self, payload, age, sex, site, cam_choice, op_choice, state: SessionState) -> dict:
+    def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, state: SessionState) -> dict:
         """Analyses the current image with the current inputs (the Analyze button, /analyze)."""
-        cam, spec = self.cam_code(cam_choice), self.specificity(op_choice)  # refuse before any work
-        # Re-analysing the same upload (its file already deleted) uses the in-memory copy.
-        image = state.image if state.holds(payload) else self.decode(payload)
-        a = self.run(image, age, sex, site, cam)
-        return self.render(a, spec, SessionState(upload_key(payload), image, a))
+        # Refuse unknown choices before any work.
+        cam, spec, level = self.cam_code(cam_choice), self.specificity(op_choice), self.set_level(level_choice)
+        # Re-analysing the same upload (its file already deleted) uses the in-memory copy and,
+        # once analysed, its kept features: the backbones do not run again.
+        same = state.holds(payload)
+        image = state.image if same else self.decode(payload)
+        a = self.run(image, age, sex, site, cam, state.analysis if same else None)
+        return self.render(a, spec, SessionState(upload_key(payload), image, a), level)
 
-    def heatmap_class(self, payload, age, sex, site, cam_choice, op_choice, state: SessionState):
+    def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, state: SessionState):
+        """Live what-if: new age, sex or site for the analysed image updates the fusion side at once,
+        from the kept features (fusion heads only). Before an analysis it does nothing; an
+        unfinished or invalid entry says so in the warnings line and changes nothing else."""
+        if state.analysis is None or not state.holds(payload):
+            return gr.skip()
+        try:
+            meta = parse_metadata(age, sex, site)
+        except MetadataError as e:
+            return {self.view.warnings: f"⚠️ {e} The results below are for the last valid entry."}
+        a = self.predictor.with_metadata(state.analysis, *meta, self.cam_code(cam_choice))
+        out = self.render(a, self.specificity(op_choice), SessionState(state.key, state.image, a),
+                          self.set_level(level_choice))
+        out = {k: v for k, v in out.items() if k not in self.view.image_side}
+        return {**out, self.view.warnings: "\n".join(f"⚠️ {w}" for w in a.warnings)}
+
+    def heatmap_class(self, payload, age, sex, site, cam_choice, op_choice, level_choice, state: SessionState):
         """A new heatmap class: the current image and inputs again; nothing before an upload."""
         if payload is None:
             return gr.skip()
-        return self.analyze(payload, age, sex, site, cam_choice, op_choice, state)
+        return self.analyze(payload, age, sex, site, cam_choice, op_choice, level_choice, state)
+
+    def level_changed(self, level_choice, state: SessionState):
+        level = self.set_level(level_choice)
+        if state.analysis is None:
+            return gr.skip()
+        v, a = self.view, state.analysis
+        return {v.fusion_set: set_markdown(a, level, "fusion"), v.image_only_set: set_markdown(a, level, "image_only")}
 
     def operating_point(self, op_choice, state: SessionState):
         spec = self.specificity(op_choice)
@@ -309,9 +367,13 @@ def wire(v: View, h: Handlers) -> None:
     # One click on an example loads it and analyses it.
     v.examples.load_input_event.then(h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
     v.cam_class.input(h.heatmap_class, v.inputs, v.outputs, **private, **MODEL_QUEUE)
+    # Live what-if: a new age, sex or site re-runs only the fusion heads on the kept features.
+    gr.on([v.age.input, v.sex.input, v.site.input], h.metadata_changed, v.inputs, v.outputs,
+          **private, **MODEL_QUEUE)
     # Same queue as the analyses, so a new upload is forgotten before the Analyze that follows it.
     v.image.input(h.image_changed, [v.image, v.state], v.outputs, **private, **MODEL_QUEUE)
     v.operating_point.input(h.operating_point, [v.operating_point, v.state], [v.melanoma], **private)
+    v.set_level.input(h.level_changed, [v.set_level, v.state], [v.fusion_set, v.image_only_set], **private)
     # /report: the same inputs and the same Predictor.analyze, returned as JSON only.
     v.report_button.click(h.report, [v.image, v.age, v.sex, v.site], v.report_out, api_name="report",
                           preprocess=False, **MODEL_QUEUE)

@@ -57,3 +57,25 @@ def test_evaluate_on_a_wrong_folder_says_what_is_wrong(tmp_path):
     r = run_module("train.evaluate", "--data", tmp_path, "--out", tmp_path / "m.json",
                    "--predictions", tmp_path / "p.csv")
     assert r.returncode == 2 and "metadata.csv not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_evaluate_sets_writes_one_row_per_image_model_and_level(folder, tmp_path):
+    out, preds, sets = tmp_path / "metrics.json", tmp_path / "predictions.csv", tmp_path / "sets.csv"
+    r = run_module("train.evaluate", "--data", folder, "--out", out, "--predictions", preds, "--sets", sets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_csv(sets, dtype={"level": str}, keep_default_na=False)
+    assert list(df.columns) == ["image_id", "model", "level", "set"]
+    assert len(df) == 14 * 2 * 2 and set(df["level"]) == {"0.9", "0.95"}
+    for s in df["set"]:
+        assert s == "" or set(s.split("|")) <= set(CLASSES)
+    # A 95% set holds its 90% set, and the CLI's sets are the app's.
+    wide = df.pivot_table(index=["image_id", "model"], columns="level", values="set", aggfunc="first")
+    assert all(set(a.split("|")) - {""} <= set(b.split("|")) for a, b in zip(wide["0.9"], wide["0.95"]))
+    md = pd.read_csv(folder / "metadata.csv").iloc[0]
+    with Image.open(folder / "images" / f"{md.image_id}.jpg") as im:
+        a = Predictor().analyze(im.convert("RGB"), md.age, md.sex, md.localization)
+    for k in ("fusion", "image_only"):
+        row = df[(df.image_id == md.image_id) & (df.model == k) & (df.level == "0.9")]["set"].iloc[0]
+        assert row.split("|") == a.prediction_sets["0.9"][k] or (row == "" and not a.prediction_sets["0.9"][k])
+    # The other outputs are as without --sets.
+    assert len(pd.read_csv(preds)) == 28 and json.loads(out.read_text())["fusion"]["confusion_matrix"]

@@ -12,10 +12,12 @@ from lesion_app.predictor import Predictor
 from lesion_app.ui import NEW_IMAGE, PREDICTED, Handlers, SessionState, layout
 
 OP = "90% specificity"
+LEVEL = "90%"
 
 
 class Recording:
-    """A Predictor that records the arguments of every analyze call."""
+    """A Predictor that records the metadata and class of every analysis, full (analyze) or
+    of the fusion side only (with_metadata, which reuses the image's kept features)."""
 
     def __init__(self, predictor):
         self.predictor, self.calls = predictor, []
@@ -23,6 +25,13 @@ class Recording:
     def analyze(self, *args):
         self.calls.append(args[1:])
         return self.predictor.analyze(*args)
+
+    def with_metadata(self, *args):
+        self.calls.append(args[1:])
+        return self.predictor.with_metadata(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.predictor, name)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,7 @@ def upload(tmp_path):
 @pytest.mark.parametrize("age", ["", "   ", None])
 def test_untouched_inputs_reach_the_predictor_as_not_entered(app, upload, age):
     h, v = app
-    out = h.analyze(upload("ISIC_0024394.jpg"), age, "unknown", "unknown", PREDICTED, OP, SessionState())
+    out = h.analyze(upload("ISIC_0024394.jpg"), age, "unknown", "unknown", PREDICTED, OP, LEVEL, SessionState())
     assert h.predictor.calls == [(None, "unknown", "unknown", None)]
     report = out[v.report_json]
     assert report["metadata"] == {"age": None, "sex": "unknown", "site": "unknown"}
@@ -59,17 +68,17 @@ def test_untouched_inputs_reach_the_predictor_as_not_entered(app, upload, age):
 
 def test_padded_values_are_normalised_before_the_predictor(app, upload):
     h, v = app
-    h.analyze(upload("ISIC_0024394.jpg"), " 63 ", " Male ", " back ", PREDICTED, OP, SessionState())
+    h.analyze(upload("ISIC_0024394.jpg"), " 63 ", " Male ", " back ", PREDICTED, OP, LEVEL, SessionState())
     assert h.predictor.calls == [(63.0, "male", "back", None)]
 
 
 def test_heatmap_class_change_uses_the_current_inputs(app, upload):
     h, v = app
     payload = upload("ISIC_0024403.jpg")
-    first = h.analyze(payload, "70", "male", "back", PREDICTED, OP, SessionState())
+    first = h.analyze(payload, "70", "male", "back", PREDICTED, OP, LEVEL, SessionState())
     before = len(h.predictor.calls)
     # The age was cleared and the site changed after the analysis.
-    out = h.heatmap_class(payload, "", "male", "face", "Melanoma (mel)", OP, first[v.state])
+    out = h.heatmap_class(payload, "", "male", "face", "Melanoma (mel)", OP, LEVEL, first[v.state])
     later = h.predictor.calls[before:]
     assert later[0] == (None, "male", "face", "mel") and all(c[:3] == (None, "male", "face") for c in later)
     report = out[v.report_json]
@@ -80,13 +89,13 @@ def test_heatmap_class_change_uses_the_current_inputs(app, upload):
 def test_a_new_image_invalidates_the_session(app, upload, predictor):
     h, v = app
     old, new = upload("ISIC_0024403.jpg"), upload("ISIC_0024370.jpg")
-    state = h.analyze(old, "", "unknown", "unknown", PREDICTED, OP, SessionState())[v.state]
+    state = h.analyze(old, "", "unknown", "unknown", PREDICTED, OP, LEVEL, SessionState())[v.state]
     assert h.image_changed(old, state) == gr.skip()   # the analysed image itself: nothing to forget
     cleared = h.image_changed(new, state)
     assert cleared[v.state] == SessionState() and cleared[v.reading] == NEW_IMAGE
     assert cleared[v.report_json] is None
     # Even with the old state (events may arrive in any order), the new upload is what is analysed.
-    out = h.heatmap_class(new, "", "unknown", "unknown", PREDICTED, OP, state)
+    out = h.heatmap_class(new, "", "unknown", "unknown", PREDICTED, OP, LEVEL, state)
     expected = predictor.analyze(load_upload(EXAMPLES / "images" / "ISIC_0024370.jpg"))
     assert out[v.report_json]["fusion"] == expected.to_report()["fusion"]
     assert out[v.state].key == new["path"]
@@ -94,17 +103,17 @@ def test_a_new_image_invalidates_the_session(app, upload, predictor):
 
 def test_heatmap_class_before_any_upload_does_nothing(app):
     h, _ = app
-    assert h.heatmap_class(None, "", "unknown", "unknown", "Melanoma (mel)", OP, SessionState()) == gr.skip()
+    assert h.heatmap_class(None, "", "unknown", "unknown", "Melanoma (mel)", OP, LEVEL, SessionState()) == gr.skip()
     assert h.predictor.calls == []
 
 
 def test_the_reading_explains_the_fusion_top_class_whatever_the_heatmap_class(app, upload):
     h, v = app
     payload = upload("ISIC_0024403.jpg")
-    default = h.analyze(payload, "", "unknown", "back", PREDICTED, OP, SessionState())
+    default = h.analyze(payload, "", "unknown", "back", PREDICTED, OP, LEVEL, SessionState())
     a = default[v.state].analysis
     other = next(c for c in ("akiec", "bcc", "bkl") if c != a.fusion.top)
-    out = h.heatmap_class(payload, "", "unknown", "back", other, OP, default[v.state])
+    out = h.heatmap_class(payload, "", "unknown", "back", other, OP, LEVEL, default[v.state])
     b = out[v.state].analysis
     assert b.shap.cls == other and b.top_explained.cls == a.fusion.top
     assert b.reading() == a.reading() and "no single input" not in b.reading()
@@ -117,7 +126,7 @@ def test_the_reading_explains_the_fusion_top_class_whatever_the_heatmap_class(ap
 def test_unknown_choices_are_clear_errors_before_any_work(app, upload, cam, op, message):
     h, _ = app
     with pytest.raises(gr.Error) as e:
-        h.analyze(upload("ISIC_0024403.jpg"), "", "unknown", "unknown", cam, op, SessionState())
+        h.analyze(upload("ISIC_0024403.jpg"), "", "unknown", "unknown", cam, op, LEVEL, SessionState())
     assert e.value.message.startswith(message) and "expected" in e.value.message
     assert h.predictor.calls == []
 
@@ -132,3 +141,39 @@ def test_heatmap_class_accepts_labels_codes_and_blank(app):
                                          (None, "90"), (" ", "90")])
 def test_operating_point_choices(choice, spec):
     assert parse_operating_point(choice) == spec
+
+
+def test_a_metadata_change_reruns_only_the_fusion_side(app, upload, monkeypatch):
+    h, v = app
+    first = h.analyze(upload("ISIC_0024394.jpg"), "", "unknown", "unknown", PREDICTED, OP, LEVEL, SessionState())
+    state = first[v.state]
+    # The backbones must not run again: the trunk is counted by its first layer.
+    calls = []
+    trunk = h.predictor.trunk.members[0].backbone.conv_stem
+    hook = trunk.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        out = h.metadata_changed(state.key, "80", "male", "face", PREDICTED, OP, LEVEL, state)
+    finally:
+        hook.remove()
+    assert calls == []
+    report = out[v.report_json]
+    assert report["metadata"] == {"age": 80.0, "sex": "male", "site": "face"}
+    assert v.image_only_probs not in out and v.image_only_cam not in out   # the image side stays as it was
+    fresh = h.predictor.analyze(state.image, 80, "male", "face").to_report()
+    assert report["fusion"] == fresh["fusion"] and report["shap"] == fresh["shap"]
+    # An unfinished age says so and changes nothing else.
+    bad = h.metadata_changed(state.key, "8a", "male", "face", PREDICTED, OP, LEVEL, out[v.state])
+    assert list(bad) == [v.warnings] and "Age" in bad[v.warnings]
+
+
+def test_prediction_sets_follow_the_chosen_level(app, upload):
+    h, v = app
+    out = h.analyze(upload("ISIC_0024394.jpg"), "", "unknown", "unknown", PREDICTED, OP, "95%", SessionState())
+    a = out[v.state].analysis
+    assert set(a.prediction_sets) == {"0.9", "0.95"}
+    for kind in ("fusion", "image_only"):
+        assert set(a.prediction_sets["0.9"][kind]) <= set(a.prediction_sets["0.95"][kind])
+    assert out[v.fusion_set].startswith("**95% prediction set:**")
+    assert h.level_changed("90%", out[v.state])[v.fusion_set].startswith("**90% prediction set:**")
+    with pytest.raises(gr.Error, match="Unknown prediction set level"):
+        h.level_changed("80%", out[v.state])

@@ -1,12 +1,14 @@
 """Prints how long one full analysis takes, piece by piece, and the app's start-up and memory.
 
-    python -m train.benchmark [--repeats 30] [--app]
+    python -m train.benchmark [--repeats 30] [--app] [--training]
 
 Pieces: preprocessing, the shared trunk (once, 4 flip views), the upper stages of every
 member of both ensembles, each ensemble's heads, SHAP (the fusion heads over 8 coalitions +
 exact Shapley), the OOD check, each ensemble's Grad-CAM, and the whole `Predictor.analyze`. Medians after warm-up. With --app it
 also starts `python app.py`, times its first HTTP answer, sends requests and reads its peak
-memory (VmHWM). The machine is shared and noisy: compare figures within one run.
+memory (VmHWM). Also the live what-if's server time. With --training it measures this
+CPU's cache and training-step rates and extrapolates a full train.cv run (cache + 10
+members). The machine is shared and noisy: compare figures within one run.
 """
 from __future__ import annotations
 
@@ -78,6 +80,76 @@ def bench_predictor(repeats: int) -> None:
         print(f"{name:48s} {med:8.4f} {p90:8.4f}")
 
 
+def bench_metadata_change(repeats: int) -> None:
+    """Server time of a live what-if update: Predictor.with_metadata on the kept features,
+    then the app's rendering of the fusion side (figures, heatmap, tables)."""
+    from lesion_app.ui import Handlers, SessionState, layout
+    import gradio as gr
+    p = Predictor()
+    image = load_upload(EXAMPLE)
+    with gr.Blocks():
+        view = layout(None)
+    h = Handlers(p, None, view)
+    a = p.analyze(image, 35, "female", "ear")
+    state = SessionState("x", image, a)
+    ages = iter(range(10 ** 6))
+    med, p90 = timed(lambda: p.with_metadata(a, 20 + next(ages) % 60, "male", "back"), repeats)
+    print(f"{'metadata change: Predictor.with_metadata':48s} {med:8.4f} {p90:8.4f}")
+    med, p90 = timed(lambda: h.metadata_changed("x", str(20 + next(ages) % 60), "male", "back", None, "90% specificity",
+                                                "90%", state), repeats)
+    print(f"{'metadata change: whole handler incl. plots':48s} {med:8.4f} {p90:8.4f}")
+
+
+def bench_training(threads: int = 2, steps: int = 6) -> None:
+    """Measures the CPU's cache and training rates and extrapolates one full train.cv run."""
+    import json
+    import numpy as np
+    from lesion_app.data import DEFAULT_DATA, load_image
+    from lesion_app.models import LesionClassifier
+    from lesion_app.preprocess import InputSpec
+    from train.features import N_VIEWS, image_views
+    torch.set_num_threads(threads)
+    manifest = json.loads((REPO / "weights" / "manifest.json").read_text())
+    split = manifest["trunk"]["split_block"]
+    ids = [p.stem for p in sorted((DEFAULT_DATA / "images").glob("*.jpg"))[:8]] if DEFAULT_DATA.is_dir() else []
+    images = [load_image(DEFAULT_DATA, i) for i in ids] or [load_upload(EXAMPLE)] * 8
+    model = LesionClassifier("concat", split_block=split).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        t = time.perf_counter()
+        for im in images:
+            low = model.lower(image_views(im, InputSpec()).contiguous(memory_format=torch.channels_last))
+        cache_per_image = (time.perf_counter() - t) / len(images)
+    for q in model.lower_parameters():
+        q.requires_grad_(False)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad])
+    f = low[:1].repeat(64, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+    meta = torch.zeros(64, 20)
+    model.train()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        loss = model.head(model.upper(f), meta).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    step = statistics.median(times[1:])
+    n_train = statistics.mean(m["n_train"] for k in ("fusion", "image_only") for m in manifest["models"][k]["members"])
+    epochs = manifest["models"]["fusion"]["config"]["epochs"]
+    members = sum(len(manifest["models"][k]["members"]) for k in ("fusion", "image_only"))
+    member_s = epochs * np.ceil(n_train / 64) * step
+    cache_s = 8480 * cache_per_image
+    # The curriculum: pooled ImageNet features once (~5 min) and one out-of-fold ranking per fold
+    # (74 s for 5,930 cases), both measured on this CPU (NOTES.md, README).
+    rank_s = 300.0 + 5 * 74.0 * n_train / 5930
+    total = cache_s + rank_s + members * member_s
+    print(f"CPU training estimate ({threads} threads, {N_VIEWS} views, split at blocks[{split}]):")
+    print(f"  cache {cache_per_image:.3f} s/image -> {cache_s / 60:.1f} min for 8,480 images")
+    print(f"  one step of 64 {step:.2f} s -> one member ({epochs} epochs x {n_train:.0f} cases) {member_s / 60:.1f} min")
+    print(f"  {members} members {members * member_s / 60:.1f} min + curriculum ranking {rank_s / 60:.1f} min")
+    print(f"  total {total / 60:.1f} min (budget 150 min)")
+
+
 def bench_app(requests: int = 20) -> None:
     from gradio_client import Client, handle_file
     port = 7900 + os.getpid() % 90
@@ -115,11 +187,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--app", action="store_true", help="also time the app's start-up and memory")
+    ap.add_argument("--training", action="store_true", help="also estimate a full train.cv run on this CPU")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     bench_predictor(a.repeats)
+    bench_metadata_change(a.repeats)
     if a.app:
         bench_app()
+    if a.training:
+        bench_training()
 
 
 if __name__ == "__main__":

@@ -222,6 +222,26 @@ gradients, text, cartoon scenes, patterns, noise).
 """
 
 
+def coverage_markdown(ps: dict | None) -> str:
+    """The prediction sets' measured coverage and size per class, for the card and the report."""
+    if not ps:
+        return ""
+    lines = ["## Prediction sets (class-conditional conformal)", "",
+             f"{ps['method']}. Calibrated on {ps['calibrated_on']}. Coverage measured on cases the "
+             "thresholds never saw: cross-fitted out-of-fold (single members, all images) and on the "
+             "held-out slice (the shipped ensembles).", "",
+             "| level | model | evaluation | coverage | mean size | " + " | ".join(f"{c} cov." for c in CLASSES) + " |",
+             "|---|---|---|---|---|" + "---|" * len(CLASSES)]
+    for level in ps["thresholds"]:
+        for kind in MODEL_KEYS:
+            for name, key in (("cross-fit OOF", "coverage_crossfit_out_of_fold"), ("held-out ensemble",
+                                                                                  "coverage_heldout_ensemble")):
+                r = ps[key][level][kind]
+                cells = " | ".join(_f(r["per_class"][c]["coverage"]) for c in CLASSES)
+                lines.append(f"| {float(level):.0%} | {kind} | {name} | {r['coverage']:.3f} | {r['mean_size']:.2f} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def model_card(m: dict) -> str:
     models = m["models"]
     fus = models["fusion"]
@@ -294,6 +314,7 @@ Scored through the app's own inference path. Small (4 df and 4 vasc images), so 
   {wt['fusion_members']:.0f} s, image-only members {wt['image_only_members']:.0f} s; total {wt['total'] / 60:.1f} min.
 
 {_ood(m)}
+{coverage_markdown(m.get('prediction_sets'))}
 ## Limitations
 - Dermoscopic images only; clinical (phone) photos are out of distribution.
 - HAM10000 comes from two sites (Vienna, Queensland), mostly light skin types; performance

@@ -5,6 +5,8 @@
 metrics.json: for `fusion` and `image_only`, balanced accuracy, macro-F1, accuracy, macro
 one-vs-rest AUC, per-class precision/recall/F1/AUC/support, the confusion matrix and ECE.
 predictions.csv: image_id,model,akiec,bcc,bkl,df,mel,nv,vasc (calibrated probabilities).
+--sets sets.csv (optional): image_id,model,level,set - each model's class-conditional
+conformal prediction set at each level (90%, 95%), classes joined by '|'.
 """
 from __future__ import annotations
 
@@ -51,6 +53,17 @@ def predictions_frame(image_ids, probs: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def sets_frame(predictor: Predictor, preds: pd.DataFrame) -> pd.DataFrame:
+    """One row per image, model and level: the prediction set's classes joined by '|'."""
+    rows = []
+    for k in MODEL_KEYS:
+        f = preds[preds["model"] == k]
+        for level, kinds in predictor.prediction_sets({k: f[list(CLASSES)].to_numpy()}).items():
+            rows += [(i, k, level, "|".join(c for c, inside in zip(CLASSES, m) if inside))
+                     for i, m in zip(f["image_id"], kinds[k])]
+    return pd.DataFrame(rows, columns=["image_id", "model", "level", "set"])
+
+
 def evaluate(data: Path, weights: Path, predictor: Predictor | None = None,
              image_ids=None) -> tuple[dict, pd.DataFrame]:
     """Metrics and predictions of both models on DIR (or on its rows in image_ids)."""
@@ -76,18 +89,26 @@ def main(argv=None):
     p.add_argument("--predictions", type=Path, required=True, help="predictions CSV to write")
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--sets", type=Path, default=None, help="also write each model's prediction sets here")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        metrics, preds = evaluate(a.data, a.weights)
+        predictor = Predictor(a.weights)
+        metrics, preds = evaluate(a.data, a.weights, predictor)
     except (DatasetError, WeightsError, MetadataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path in (a.out, a.predictions):
+    for path in (a.out, a.predictions, *([a.sets] if a.sets else [])):
         path.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(metrics, indent=1))
     preds.to_csv(a.predictions, index=False, float_format="%.6f")
+    if a.sets:
+        if not predictor.set_thresholds:
+            print("error: these weights have no prediction-set thresholds (python -m train.prediction_sets)",
+                  file=sys.stderr)
+            return 2
+        sets_frame(predictor, preds).to_csv(a.sets, index=False)
     for k in MODEL_KEYS:
         m = metrics[k]
         print(f"{k:10s} bacc {m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "

@@ -34,6 +34,7 @@ from lesion_app.gradcam import gradcam  # noqa: E402
 from lesion_app.predictor import Predictor  # noqa: E402
 from lesion_app.vocab import CLASSES  # noqa: E402
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR  # noqa: E402
+from train.bundle import coverage_markdown  # noqa: E402
 from train.metrics import classification_metrics, expected_calibration_error, softmax  # noqa: E402
 from train.stats import (balanced_accuracy, bootstrap_ci, complementarity, energy_inside,  # noqa: E402
                          macro_auc, macro_f1, mcnemar, paired_bootstrap, pointing_game, reliability,
@@ -252,6 +253,7 @@ def main(argv=None):
                                                            held_df["lesion_id"].to_numpy(), held_df["image_id"],
                                                            T, a.n_boot)
     report["localisation"] = localisation(predictor, a.data, held_df)
+    report["prediction_sets"] = manifest.get("prediction_sets")
     report["figures"] = figures(a.out, y, P, raw)
     report["seconds"] = round(time.time() - t0, 1)
     (a.out / "report.json").write_text(json.dumps(report, indent=1))
@@ -345,6 +347,8 @@ def markdown(r: dict) -> str:
     for k, v in r["localisation"].items():
         lines.append(f"| {NAMES[k]} | {v['n']} | {v['empty_maps']} | {_opt(v['energy_inside_mask_mean'])} | "
                      f"{_opt(v['pointing_game_hit_rate'])} |")
+    if r.get("prediction_sets"):
+        lines += ["", coverage_markdown(r["prediction_sets"])]
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in r["figures"]]
     return "\n".join(lines) + "\n"
 
