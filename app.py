@@ -1,9 +1,12 @@
-"""Entry point (also Hugging Face Spaces' app_file): loads the bundled weights and serves the app."""
+"""Entry point (also Hugging Face Spaces' app_file): loads the weights (the bundled folder, another
+folder or a pinned Hub revision, per LESION_APP_WEIGHTS) and serves the app."""
 import os
 import sys
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")          # never reach for the hub
+# Never reach for the hub, unless the weights are asked for from it (hf://ORG/NAME@SHA): then
+# HF_HUB_OFFLINE is the host's to set (a pinned revision already cached needs no network anyway).
+if not os.environ.get("LESION_APP_WEIGHTS", "").strip().startswith("hf://"):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
@@ -28,10 +31,11 @@ def main() -> None:
         sys.exit(f"error: cannot start the app: {e}")
     uploads = private_upload_dir()
     from lesion_app.predictor import Predictor
+    from lesion_app.hub import resolve_weights
     from lesion_app.weights import WEIGHTS_DIR, WeightsError
-    weights = Path(os.environ.get("LESION_APP_WEIGHTS", WEIGHTS_DIR))
     try:
-        predictor = Predictor(weights)
+        # A folder, or hf://ORG/NAME@SHA -> that revision's snapshot in the Hub cache.
+        predictor = Predictor(resolve_weights(os.environ.get("LESION_APP_WEIGHTS") or WEIGHTS_DIR))
     except WeightsError as e:
         sys.exit(f"error: cannot start the app: {e}")
     from lesion_app.clinical_report import REPORTS_DIR, ClinicalReport
