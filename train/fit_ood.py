@@ -53,8 +53,8 @@ def main(argv=None):
     held_ids = set(pd.read_csv(REPO / manifest["heldout_file"], dtype=str)["image_id"])
     held = md[md["image_id"].isin(held_ids)].reset_index(drop=True)
     rest = md[~md["image_id"].isin(held_ids)]
-    fit = rest.groupby("dx", group_keys=False).apply(
-        lambda g: g.sample(min(len(g), a.fit_per_class), random_state=0)).reset_index(drop=True)
+    fit = pd.concat([g.sample(min(len(g), a.fit_per_class), random_state=0)
+                     for _, g in rest.groupby("dx")]).reset_index(drop=True)
     f_fit, _ = ensemble_features(predictor, [load_image(a.data, i) for i in fit["image_id"]])
     f_held, rgb_held = ensemble_features(predictor, [load_image(a.data, i) for i in held["image_id"]])
     det = OODDetector.fit(f_fit.numpy(), labels(fit))
