@@ -59,3 +59,30 @@ def test_lower_parameters_are_the_stages_before_the_split():
 def test_unknown_fusion_is_refused():
     with pytest.raises(ValueError, match="fusion must be one of"):
         LesionClassifier("attention", pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def imagenet_lite0():
+    import timm
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(imagenet_state_dict())
+    return model.eval()
+
+
+def imagenet_top5(model, rgb) -> list[int]:
+    """Top-5 ImageNet classes of an RGB uint8 photo, preprocessed as for lite0 (224, mean=std=0.5)."""
+    import numpy as np
+    from PIL import Image
+    im = Image.fromarray(rgb).resize((224, 224), Image.Resampling.BICUBIC)
+    x = (torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1)[None] - 0.5) / 0.5
+    with torch.no_grad():
+        return model(x).topk(5).indices[0].tolist()
+
+
+def test_converted_imagenet_network_names_real_photos_right(imagenet_lite0):
+    # Pairing tensors by position would pass a shape check with swapped BatchNorm buffers or
+    # mis-ordered layers; the network's own ImageNet answers would not survive that.
+    # Photos bundled with scikit-image (offline): a cup of coffee and a cat.
+    from skimage import data
+    assert imagenet_top5(imagenet_lite0, data.coffee())[0] == 967          # espresso
+    assert set(imagenet_top5(imagenet_lite0, data.chelsea())[:2]) & {281, 282, 283, 284, 285}  # a domestic cat

@@ -259,7 +259,7 @@ body site to a dermoscopic image changes a classifier's output, and explains bot
 
 ## Models
 - Two ensembles of {n_members} members each, one member per fold of a {n_members}-fold lesion-grouped
-  cross-validation: `fusion_fold*.safetensors` ({m['architecture']['backbone']} + metadata MLP
+  cross-validation: `fusion_fold*.safetensors` ({m['architecture']['backbone']} + metadata
   {m['architecture']['metadata_encoder']}, fused by **{fus['fusion']}**) and
   `image_only_fold*.safetensors` (the same recipe, image only).
 - One shared frozen trunk, `trunk.safetensors`: the ImageNet lower stages
