@@ -15,7 +15,7 @@ from .conformal import prediction_sets as conformal_sets
 from .gradcam import gradcam
 from .metadata import encode_metadata, parse_age, parse_choice, unknown_row
 from .ood import OODDetector
-from .preprocess import flip_views, to_tensor, unnormalise
+from .preprocess import flip_views, mean_over_views, to_tensor, unnormalise
 from .result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
 from .shapley import PLAYERS, coalition_rows, shapley_values
 from .vocab import CLASSES, SEXES, SITES
@@ -86,7 +86,7 @@ class Predictor:
         m, b, v, f = pooled.shape
         ens = self.models[key]
         meta = meta.to(self.device).repeat_interleave(v, 0) if ens.uses_metadata else None
-        logits = ens.head_logits(pooled.reshape(m, b * v, f), meta).view(b, v, -1).mean(1)
+        logits = mean_over_views(ens.head_logits(pooled.reshape(m, b * v, f), meta), v)
         return torch.softmax(logits / self.temperature[key], dim=1)
 
     def prediction_sets(self, probs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:

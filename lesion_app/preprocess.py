@@ -77,3 +77,8 @@ def unnormalise(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
 def flip_views(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, len(VIEWS), 3, H, W), in VIEWS order."""
     return torch.stack([x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)], dim=1)
+
+
+def mean_over_views(x: torch.Tensor, views: int) -> torch.Tensor:
+    """(B * views, ...) with each image's views adjacent -> (B, ...): test-time averaging."""
+    return x.reshape(-1, views, *x.shape[1:]).mean(1)

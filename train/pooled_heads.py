@@ -12,6 +12,7 @@ import torch.nn as nn
 from sklearn.model_selection import GroupKFold
 
 from lesion_app.models import HEADS, META_HIDDEN, Head
+from lesion_app.preprocess import mean_over_views
 from lesion_app.vocab import CLASSES
 from train.curriculum import CurriculumScheduler, difficulty, within_class_rank
 from train.features import N_VIEWS, TTA_VIEWS
@@ -86,7 +87,7 @@ def head_probs(head: Head, x: torch.Tensor, meta: torch.Tensor) -> np.ndarray:
     """Softmax of the mean logits over the evaluation views, as train.fit evaluates."""
     n, _, f = x.shape
     logits = head(x[:, :TTA_VIEWS].reshape(n * TTA_VIEWS, f), meta.repeat_interleave(TTA_VIEWS, 0))
-    return softmax(logits.view(n, TTA_VIEWS, -1).mean(1).cpu().numpy())
+    return softmax(mean_over_views(logits, TTA_VIEWS).cpu().numpy())
 
 
 def curriculum_rank(x, meta, y, groups, unknown, hp: Hyper, seed: int) -> tuple[np.ndarray, dict]:
