@@ -13,10 +13,17 @@ The scheduler draws each epoch's cases class first, with the class distribution 
 from balanced to the true one, q_c(t) ∝ n_c ** t for t = 0 .. 1 over training; within a
 class it draws from the easiest share of cases, a share that grows from `start` to all of
 them by `full_at` of the way through.
+
+EpochPlan is what every training loop samples from: one epoch's rows in order for any of
+the three samplers (none, balanced, curriculum). It depends only on the epoch and the
+generator it is given, so the ranks of a distributed run that share a seed hold the same
+plan and each takes its own share of it (train.distributed.RankShare).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from train.objectives import class_weights
 
 BETA = 0.25      # weight of inter-modal complementarity in the difficulty
 START = 0.3      # share of each class's easiest cases eligible at the first epoch
@@ -66,3 +73,37 @@ class CurriculumScheduler:
             easy = members[self.rank[members] <= max(share, 1 / len(members))]
             out.append(rng.choice(easy, n))
         return rng.permutation(np.concatenate(out))
+
+
+SAMPLERS = ("none", "balanced", "curriculum")
+
+
+class EpochPlan:
+    """The training rows one epoch visits, in order: a permutation of the cases (none), a
+    class-balanced draw with replacement (balanced) or the curriculum's draw (curriculum,
+    which needs each case's within-class difficulty rank). len(y) rows either way."""
+
+    def __init__(self, sampler: str, y: np.ndarray, epochs: int, rank: np.ndarray | None = None):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler == "curriculum" and rank is None:
+            raise ValueError("the curriculum sampler needs each case's difficulty rank")
+        y = np.array(y)     # a writable copy: pandas hands out read-only label arrays
+        self.sampler, self.n = sampler, len(y)
+        weights = class_weights(y)
+        self.p = (weights[y] / weights[y].sum()).numpy()   # class-balanced draw probabilities
+        self.curriculum = CurriculumScheduler(y, rank, epochs) if sampler == "curriculum" else None
+
+    @staticmethod
+    def generator(seed: int, epoch: int) -> np.random.Generator:
+        """The epoch's own generator: the same plan on every rank and after a resume."""
+        return np.random.default_rng([seed, epoch])
+
+    def rows(self, epoch: int, rng) -> np.ndarray:
+        """The epoch's rows; rng is a numpy Generator (or the np.random module, which the
+        cached path keeps for none and balanced so its historical draws stay the same)."""
+        if self.curriculum is not None:
+            return self.curriculum.epoch_indices(epoch, rng)
+        if self.sampler == "balanced":
+            return rng.choice(self.n, self.n, p=self.p)
+        return rng.permutation(self.n)

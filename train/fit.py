@@ -2,6 +2,7 @@
 
     python -m train.fit --model fusion --fusion concat --out runs/fusion
     python -m train.fit --model image_only --out runs/image_only
+    python -m train.fit --full ...    the whole network from decoded images (train.full, torchrun)
 
 Reads top to bottom: data and split -> metadata encoding -> cached features -> model ->
 loss and sampler -> a plain epoch loop (one log line per epoch, a checkpoint per epoch,
@@ -16,18 +17,21 @@ import random
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import save_file
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from tqdm import tqdm
 
 from lesion_app.data import DEFAULT_DATA, labels, load_metadata
 from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.models import SPLIT_BLOCK, LesionClassifier
-from train.curriculum import CurriculumScheduler
+from train.curriculum import SAMPLERS, EpochPlan
 from train.features import DEFAULT_CACHE, N_VIEWS, build_cache, build_pooled_imagenet, cached_pooled
 from train.make_split import DEFAULT_SPLIT, load_split
 from train.metrics import classification_metrics, fit_temperature, softmax
@@ -66,9 +70,10 @@ class SplitData:
     unknown: torch.Tensor
 
     @classmethod
-    def load(cls, data: Path, split_csv: Path, splits=("train", "val")) -> "SplitData":
+    def load(cls, data: Path, split_csv, splits=("train", "val")) -> "SplitData":
+        """split_csv: a split file, or a split frame (image_id, split) such as validation_split's."""
         meta_df = load_metadata(data).set_index("image_id")
-        split = load_split(split_csv)
+        split = split_csv if isinstance(split_csv, pd.DataFrame) else load_split(split_csv)
         frames = {s: meta_df.loc[split.loc[split["split"] == s, "image_id"]].reset_index()
                   for s in splits}
         scaler = AgeScaler.fit(frames["train"]["age"])
@@ -78,6 +83,40 @@ class SplitData:
                    {s: labels(f) for s, f in frames.items()},
                    {s: [row_of[i] for i in f["image_id"]] for s, f in frames.items()},
                    scaler, torch.from_numpy(unknown_row(scaler)))
+
+
+VAL_FOLDS = 7   # an on-the-fly validation split is one of 7 folds: about 15% of the lesions
+
+
+def validation_split(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """A seeded train/val split of a metadata frame: lesion-grouped (every image of a lesion on
+    one side) and dx-stratified as far as the lesions allow. Columns image_id, lesion_id, dx, split."""
+    folds = min(VAL_FOLDS, df["lesion_id"].nunique())
+    if folds < 2:
+        raise ValueError("a validation split needs at least 2 lesions")
+    if df["dx"].value_counts().max() >= folds:
+        with warnings.catch_warnings():   # small folders have classes with fewer lesions than folds
+            warnings.simplefilter("ignore", UserWarning)
+            _, val_rows = next(StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+                               .split(df, df["dx"], df["lesion_id"]))
+    else:   # too few images of any class to stratify: lesion-grouped only
+        _, val_rows = next(GroupShuffleSplit(1, test_size=1 / folds, random_state=seed)
+                           .split(df, groups=df["lesion_id"]))
+    out = df[["image_id", "lesion_id", "dx"]].copy()
+    out["split"] = "train"
+    out.iloc[val_rows, out.columns.get_loc("split")] = "val"
+    return out.sort_values(["split", "image_id"]).reset_index(drop=True)
+
+
+def resolve_split(data: Path, split: Path | None, seed: int = 0) -> tuple[Path | pd.DataFrame, str]:
+    """What to train on and how run.json names it: the given split file; the committed split for
+    the shared data folder; for any other folder, validation_split made now."""
+    if split is not None:
+        return split, str(split)
+    if Path(data).resolve() == DEFAULT_DATA.resolve():
+        return DEFAULT_SPLIT, str(DEFAULT_SPLIT)
+    return (validation_split(load_metadata(data), seed),
+            f"made on the fly: lesion-grouped validation split of {data}, seed {seed} (out/split.csv)")
 
 
 @torch.inference_mode()
@@ -97,6 +136,40 @@ def save_checkpoint(path: Path, cfg: Config, model, opt, sched, epoch, history, 
                 "sched": sched.state_dict(), "epoch": epoch, "history": history, "extra": extra,
                 "rng": rng}, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
+
+
+def make_optimizer(cfg: Config, model: LesionClassifier, steps_per_epoch: int):
+    """AdamW over the trainable parameters, the backbone's at lr * backbone_lr and the head's at
+    lr, under a one-cycle schedule of cfg.epochs * steps_per_epoch steps."""
+    head = list(model.head.parameters())
+    backbone = [q for q in model.parameters() if q.requires_grad and not any(q is h for h in head)]
+    opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.lr * cfg.backbone_lr},
+                             {"params": head, "lr": cfg.lr}], weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[cfg.lr * cfg.backbone_lr, cfg.lr], total_steps=cfg.epochs * steps_per_epoch,
+        pct_start=0.15)
+    return opt, sched
+
+
+def restore_checkpoint(st: dict, cfg: Config, model, opt, sched, log=print, rng: bool = True):
+    """Loads a save_checkpoint dict into model, opt and sched (and the RNGs if rng); returns
+    (history, first epoch to run). ResumeMismatch if it was written with other settings."""
+    if st["config"] != asdict(cfg):
+        raise ResumeMismatch(f"--resume needs the same settings as the interrupted run: {st['config']}")
+    model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"]), sched.load_state_dict(st["sched"])
+    if rng:
+        torch.set_rng_state(st["rng"][0]), np.random.set_state(st["rng"][1]), random.setstate(st["rng"][2])
+        if st["rng"][3] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["rng"][3])
+    log(f"resumed after epoch {st['epoch']}")
+    return st["history"], st["epoch"] + 1
+
+
+def epoch_line(row: dict) -> str:
+    """The log line of one epoch's history row."""
+    return (f"epoch {row['epoch']:2d}  " + "  ".join(f"{k.replace('_', ' ')} " + ("n/a" if v is None else f"{v:.4f}")
+                                                    for k, v in row.items() if k not in ("epoch", "seconds"))
+            + f"  {row['seconds']:.0f}s")
 
 
 def _views(feats, idx: np.ndarray, view: np.ndarray, device) -> torch.Tensor:
@@ -130,43 +203,25 @@ def train_member(cfg: Config, feats, meta: torch.Tensor, y: np.ndarray, unknown:
     model = LesionClassifier(fusion, split_block=split_block).to(device, memory_format=torch.channels_last)
     for q in model.lower_parameters():
         q.requires_grad_(False)
-    lower = set(map(id, model.lower_parameters()))
-    head = list(model.head.parameters())
-    upper = [q for q in model.parameters() if id(q) not in lower and not any(q is h for h in head)]
-    opt = torch.optim.AdamW([{"params": upper, "lr": cfg.lr * cfg.backbone_lr},
-                             {"params": head, "lr": cfg.lr}], weight_decay=cfg.weight_decay)
     n = len(y)
-    steps = (n + cfg.batch - 1) // cfg.batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[cfg.lr * cfg.backbone_lr, cfg.lr], total_steps=cfg.epochs * steps, pct_start=0.15)
-    weights = class_weights(y)
-    criterion = loss_fn(cfg.loss, weights.to(device), cfg.focal_gamma)
-    sample_p = (weights[y] / weights[y].sum()).numpy() if cfg.sampler == "balanced" else None
-    curriculum = CurriculumScheduler(y, rank, cfg.epochs) if cfg.sampler == "curriculum" else None
+    opt, sched = make_optimizer(cfg, model, (n + cfg.batch - 1) // cfg.batch)
+    criterion = loss_fn(cfg.loss, class_weights(y).to(device), cfg.focal_gamma)
+    plan = EpochPlan(cfg.sampler, y, cfg.epochs, rank)
     meta, unknown, y_t = meta.to(device), unknown.to(device), torch.as_tensor(y, device=device)
 
     history, first, ckpt = [], 0, out / "checkpoint.pt"
     if resume and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False, map_location=device)
-        if st["config"] != asdict(cfg):
-            raise ResumeMismatch(f"--resume needs the same settings as the interrupted run: {st['config']}")
-        model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"]), sched.load_state_dict(st["sched"])
-        history, first = st["history"], st["epoch"] + 1
-        torch.set_rng_state(st["rng"][0]), np.random.set_state(st["rng"][1]), random.setstate(st["rng"][2])
-        if st["rng"][3] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(st["rng"][3])
-        log(f"resumed after epoch {st['epoch']}")
+        history, first = restore_checkpoint(torch.load(ckpt, weights_only=False, map_location=device),
+                                            cfg, model, opt, sched, log)
 
     for epoch in range(first, cfg.epochs):
         t0 = time.time()
         # The frozen lower stages' BatchNorm stats are baked into the cache; only upper BN trains.
         model.train()
-        if curriculum is not None:   # a generator per epoch, so a resumed run draws the same cases
-            order = curriculum.epoch_indices(epoch, np.random.default_rng([cfg.seed, epoch]))
-        elif sample_p is not None:
-            order = np.random.choice(n, n, p=sample_p)
-        else:
-            order = np.random.permutation(n)
+        # The curriculum draws from the epoch's own generator, so a resumed run draws the same
+        # cases; none and balanced keep their historical draws from the global NumPy RNG (restored).
+        order = plan.rows(epoch, EpochPlan.generator(cfg.seed, epoch) if cfg.sampler == "curriculum"
+                          else np.random)
         total = 0.0
         for s in tqdm(range(0, n, cfg.batch), desc=f"epoch {epoch}", leave=False, mininterval=5,
                       disable=None):
@@ -186,8 +241,7 @@ def train_member(cfg: Config, feats, meta: torch.Tensor, y: np.ndarray, unknown:
                "seconds": time.time() - t0}
         history.append(row)
         save_checkpoint(ckpt, cfg, model, opt, sched, epoch, history, {})
-        log(f"epoch {epoch:2d}  " + "  ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in row.items()
-                                              if k not in ("epoch", "seconds")) + f"  {row['seconds']:.0f}s")
+        log(epoch_line(row))
         if stop_after is not None and epoch + 1 - first >= stop_after and epoch + 1 < cfg.epochs:
             log(f"stopped after epoch {epoch}; continue with --resume")
             return None
@@ -205,34 +259,105 @@ def difficulty_rank(pooled_imagenet: np.ndarray, meta: torch.Tensor, y: np.ndarr
     return rank
 
 
-def main(argv=None):
-    """Single-split training (the study's split): experiments only; the shipped ensembles
-    come from train.cv, which calls the same train_member on every fold."""
+class BestEpoch:
+    """The epoch with the best validation balanced accuracy so far: its weights in out/best.pt,
+    its figures in out/best.json and, when given, its validation logits in out/best_val_logits.npy
+    (each written atomically; read back with resume=True)."""
+
+    def __init__(self, out: Path, resume: bool = False):
+        self.out, self.balanced_accuracy, self.epoch = Path(out), -1.0, -1
+        if resume and (self.out / "best.json").exists():
+            self.__dict__.update(json.loads((self.out / "best.json").read_text()))
+
+    def update(self, model, epoch: int, balanced_accuracy: float, val_logits: np.ndarray | None = None) -> bool:
+        """Keeps this epoch if it beats the best so far; returns whether it did."""
+        if balanced_accuracy <= self.balanced_accuracy:
+            return False
+        self.balanced_accuracy, self.epoch = balanced_accuracy, epoch
+        torch.save(model.state_dict(), self.out / "best.pt.tmp")
+        (self.out / "best.pt.tmp").replace(self.out / "best.pt")
+        if val_logits is not None:
+            np.save(self.out / "best_val_logits.tmp.npy", val_logits)
+            (self.out / "best_val_logits.tmp.npy").replace(self.out / "best_val_logits.npy")
+        (self.out / "best.json").write_text(json.dumps({"balanced_accuracy": balanced_accuracy, "epoch": epoch}))
+        return True
+
+    def state_dict(self, device="cpu") -> dict:
+        return torch.load(self.out / "best.pt", weights_only=True, map_location=device)
+
+    def val_logits(self) -> np.ndarray:
+        return np.load(self.out / "best_val_logits.npy")
+
+
+def calibration(val_logits: np.ndarray, y_val: np.ndarray) -> dict:
+    """run.json's calibration fields: the temperature fitted on validation, the validation metrics
+    after it and the ECE before it."""
+    temperature = fit_temperature(val_logits, y_val)
+    raw = classification_metrics(y_val, softmax(val_logits))
+    return {"temperature": temperature, "val_metrics": classification_metrics(y_val, softmax(val_logits, temperature)),
+            "val_ece_before_temperature": raw["ece"]}
+
+
+def save_model(model, path: Path) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
+
+
+def summary_line(best_epoch: int, cal: dict, out: Path) -> str:
+    m = cal["val_metrics"]
+    return (f"best epoch {best_epoch}: val bacc {m['balanced_accuracy']:.4f}  f1 {m['macro_f1']:.4f}  "
+            f"T={cal['temperature']:.3f}  ECE {cal['val_ece_before_temperature']:.3f}->{m['ece']:.3f}  wrote {out}")
+
+
+def parser() -> argparse.ArgumentParser:
+    """train.fit's command line: the recipe (Config), data and run flags, and train.full's flags."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for k, v in asdict(Config()).items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
+    p.add_argument("--split", type=Path, default=None,
+                   help="split CSV (image_id, split); default: the committed split for the shared data "
+                        "folder, for any other folder a seeded lesion-grouped validation split made now")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of a split made on the fly")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many epochs in this invocation (resume later)")
+    p.add_argument("--full", action="store_true",
+                   help="fine-tune the whole network from images decoded on the fly (train.full); "
+                        "runs under torchrun --nproc_per_node=N too")
+    from train import full   # here, not at the top: train.full builds on this module
+    full.add_arguments(p.add_argument_group("--full only"))
+    return p
+
+
+def main(argv=None):
+    """Single-split training (the study's split): experiments only; the shipped ensembles
+    come from train.cv, which calls the same train_member on every fold."""
+    p = parser()
     a = p.parse_args(argv)
     cfg = Config(**{k: getattr(a, k) for k in asdict(Config())})
     if cfg.model not in ("image_only", "fusion"):
         p.error("--model must be image_only or fusion")
-    if cfg.sampler not in ("none", "balanced", "curriculum"):
-        p.error("--sampler must be none, balanced or curriculum")
+    if cfg.sampler not in SAMPLERS:
+        p.error(f"--sampler must be one of {', '.join(SAMPLERS)}")
     if cfg.loss not in LOSSES:
         p.error(f"--loss must be one of {', '.join(LOSSES)}")
+    from train import full
+    if a.full:
+        return full.main(a, p, argv)
+    full.refuse_full_flags(a, p)
     fusion = "none" if cfg.model == "image_only" else cfg.fusion
-    command = "python -m train.fit " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    command = "python -m train.fit " + " ".join(shlex.quote(str(x)) for x in (argv or sys.argv[1:]))
     t_start = time.time()
     torch.set_num_threads(cfg.threads)
 
-    # Data: the committed lesion-grouped split; metadata encoded with train-split age stats.
-    d = SplitData.load(a.data, a.split)
+    # Data: the split (committed, given or made now); metadata encoded with train-split age stats.
+    split, split_name = resolve_split(a.data, a.split, a.split_seed)
+    d = SplitData.load(a.data, split)
+    if isinstance(split, pd.DataFrame):
+        a.out.mkdir(parents=True, exist_ok=True)
+        split.to_csv(a.out / "split.csv", index=False)
     t_cache = time.time()
     cached = build_cache(a.data, d.image_ids, a.cache)
     cache_seconds = time.time() - t_cache
@@ -245,18 +370,11 @@ def main(argv=None):
                                d.frames["train"]["lesion_id"], d.unknown, cfg.seed)
         print(f"curriculum difficulty ranked in {time.time() - t_rank:.0f} s", flush=True)
 
-    best = {"balanced_accuracy": -1.0, "epoch": -1}
-    best_file = a.out / "best.json"
-    if a.resume and best_file.exists():
-        best = json.loads(best_file.read_text())
+    best = BestEpoch(a.out, a.resume)
 
     def validate(model, epoch):
         vm = classification_metrics(d.y["val"], softmax(tta_logits(model, feats["val"], d.meta["val"])))
-        if vm["balanced_accuracy"] > best["balanced_accuracy"]:
-            best.update(balanced_accuracy=vm["balanced_accuracy"], epoch=epoch)
-            torch.save(model.state_dict(), a.out / "best.pt.tmp")
-            (a.out / "best.pt.tmp").replace(a.out / "best.pt")   # atomic, like the checkpoint
-            best_file.write_text(json.dumps(best))
+        best.update(model, epoch, vm["balanced_accuracy"])
         return {"val_bacc": vm["balanced_accuracy"], "val_f1": vm["macro_f1"], "val_auc": vm["macro_auc"]}
 
     try:
@@ -269,21 +387,16 @@ def main(argv=None):
         return
 
     # The best epoch on validation balanced accuracy, calibrated on validation.
-    model.load_state_dict(torch.load(a.out / "best.pt", weights_only=True))
-    val_logits = tta_logits(model, feats["val"], d.meta["val"])
-    temperature = fit_temperature(val_logits, d.y["val"])
-    val_raw = classification_metrics(d.y["val"], softmax(val_logits))
-    val_cal = classification_metrics(d.y["val"], softmax(val_logits, temperature))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, a.out / "model.safetensors")
+    model.load_state_dict(best.state_dict())
+    cal = calibration(tta_logits(model, feats["val"], d.meta["val"]), d.y["val"])
+    save_model(model, a.out / "model.safetensors")
     run = {"config": asdict(cfg), "fusion": fusion, "command": command,
-           "split": str(a.split), "best_epoch": best["epoch"], "history": model.history,
-           "temperature": temperature, "age_scaler": asdict(d.scaler),
-           "val_metrics": val_cal, "val_ece_before_temperature": val_raw["ece"],
+           "split": split_name, "best_epoch": best.epoch, "history": model.history,
+           "temperature": cal["temperature"], "age_scaler": asdict(d.scaler),
+           "val_metrics": cal["val_metrics"], "val_ece_before_temperature": cal["val_ece_before_temperature"],
            "train_seconds": time.time() - t_start - cache_seconds, "cache_seconds": cache_seconds}
     (a.out / "run.json").write_text(json.dumps(run, indent=1))
-    print(f"best epoch {best['epoch']}: val bacc {val_cal['balanced_accuracy']:.4f}  "
-          f"f1 {val_cal['macro_f1']:.4f}  T={temperature:.3f}  ECE {val_raw['ece']:.3f}->"
-          f"{val_cal['ece']:.3f}  wrote {a.out}")
+    print(summary_line(best.epoch, cal, a.out))
 
 
 if __name__ == "__main__":

