@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lesion_app.data import image_path, load_image
 from lesion_app.models import ARCH, LesionClassifier, imagenet_state_dict
-from lesion_app.preprocess import InputSpec, flip_views
+from lesion_app.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
 from train import distributed
 from train.augment import Augment, Normalise, decode, eval_view, train_view
 from train.curriculum import EpochPlan
@@ -234,11 +234,10 @@ def predict(model: LesionClassifier, loader: DataLoader, n: int, dist, dtype) ->
     model.eval()
     rows, out = [], []
     for r, x, m in loader:
-        b = len(r)
         x = flip_views(x.to(dist.device)).flatten(0, 1).contiguous(memory_format=torch.channels_last)
         with torch.autocast(dist.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            z = model(x, m.to(dist.device).repeat_interleave(4, 0)).float()
-        out.append(z.view(b, 4, -1).mean(1).cpu().numpy())
+            z = model(x, m.to(dist.device).repeat_interleave(len(VIEWS), 0)).float()
+        out.append(mean_over_views(z, len(VIEWS)).cpu().numpy())
         rows += r.tolist()
     logits = np.concatenate(out) if out else np.zeros((0, model.head.fc.out_features), np.float32)
     return distributed.gather_rows(rows, logits, n, dist)
