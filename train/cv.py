@@ -34,10 +34,9 @@ from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.models import SPLIT_BLOCK, LesionClassifier
 from lesion_app.vocab import CLASSES
 from train.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
-from train.fit import Config, difficulty_rank, train_member, tta_logits
+from train.fit import Config, add_config_arguments, difficulty_rank, train_member, tta_logits
 from train.make_folds import DEFAULT_FOLDS, load_folds, load_heldout
 from train.metrics import classification_metrics, fit_temperature, softmax
-from train.objectives import LOSSES
 
 KINDS = ("image_only", "fusion")
 LOGIT_COLUMNS = [f"logit_{c}" for c in CLASSES]
@@ -85,9 +84,7 @@ def fold_frames(md: pd.DataFrame, folds: pd.DataFrame, heldout: pd.DataFrame) ->
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for k, v in asdict(Config()).items():
-        if k not in ("model", "seed"):
-            p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
+    add_config_arguments(p, skip=("model", "seed"))
     p.add_argument("--seed", type=int, default=0, help="member k uses seed + k")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--folds", type=Path, default=DEFAULT_FOLDS)
@@ -101,10 +98,6 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=None,
                    help="stop cleanly after about this long; the same command continues")
     a = p.parse_args(argv)
-    if a.sampler not in ("none", "balanced", "curriculum"):
-        p.error("--sampler must be none, balanced or curriculum")
-    if a.loss not in LOSSES:
-        p.error(f"--loss must be one of {', '.join(LOSSES)}")
     t0 = time.time()
     deadline = t0 + a.minutes * 60 if a.minutes else None
     torch.set_num_threads(a.threads)

@@ -18,7 +18,7 @@ import shlex
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +41,12 @@ from train.pooled_heads import Hyper, curriculum_rank
 
 @dataclass
 class Config:
-    # Defaults are the shipped recipe: train.study's best on validation (reports/study.md).
-    model: str = "fusion"          # image_only | fusion
-    fusion: str = "concat"         # concat | film | late (fusion only)
-    loss: str = "wce"              # ce | wce (class-weighted) | focal
-    sampler: str = "curriculum"    # none | balanced | curriculum (train.curriculum)
+    # Defaults are the shipped recipe (train.cv runs it on every fold). A field's allowed
+    # values, where it has a fixed set, are in its metadata: the command lines check them.
+    model: str = field(default="fusion", metadata={"choices": ("image_only", "fusion")})
+    fusion: str = field(default="concat", metadata={"choices": ("concat", "film", "late")})  # fusion only
+    loss: str = field(default="wce", metadata={"choices": LOSSES})  # wce = class-weighted; focal is weighted too
+    sampler: str = field(default="curriculum", metadata={"choices": SAMPLERS})  # see train.curriculum
     epochs: int = 6
     batch: int = 64
     lr: float = 1e-3               # head; the fine-tuned backbone stages get lr * backbone_lr
@@ -308,11 +309,18 @@ def summary_line(best_epoch: int, cal: dict, out: Path) -> str:
             f"T={cal['temperature']:.3f}  ECE {cal['val_ece_before_temperature']:.3f}->{m['ece']:.3f}  wrote {out}")
 
 
+def add_config_arguments(p: argparse.ArgumentParser, skip=()) -> None:
+    """One flag per Config field (but those in skip), typed, with the field's choices."""
+    for f in fields(Config):
+        if f.name not in skip:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                           choices=f.metadata.get("choices"))
+
+
 def parser() -> argparse.ArgumentParser:
     """train.fit's command line: the recipe (Config), data and run flags, and train.full's flags."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for k, v in asdict(Config()).items():
-        p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
+    add_config_arguments(p)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--split", type=Path, default=None,
                    help="split CSV (image_id, split); default: the committed split for the shared data "
@@ -337,12 +345,6 @@ def main(argv=None):
     p = parser()
     a = p.parse_args(argv)
     cfg = Config(**{k: getattr(a, k) for k in asdict(Config())})
-    if cfg.model not in ("image_only", "fusion"):
-        p.error("--model must be image_only or fusion")
-    if cfg.sampler not in SAMPLERS:
-        p.error(f"--sampler must be one of {', '.join(SAMPLERS)}")
-    if cfg.loss not in LOSSES:
-        p.error(f"--loss must be one of {', '.join(LOSSES)}")
     from train import full
     if a.full:
         return full.main(a, p, argv)
