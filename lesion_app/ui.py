@@ -215,7 +215,7 @@ def layout(clinical: ClinicalReport | None) -> View:
                 c["melanoma"] = gr.Markdown(elem_id="melanoma_flag")
                 c["subgroup"] = gr.Markdown(elem_id="subgroup")
                 with gr.Accordion("Report JSON (what the /report API returns)", open=False, elem_id="report_accordion"):
-                    c["report_json"] = gr.JSON(elem_id="report_json")
+                    c["report_json"] = gr.JSON(elem_id="report_json", open=True)  # every level shown, what_if too
     with gr.Tab("Model report"):
         gr.Markdown(clinical.markdown() if clinical else
                     "No evaluation report yet: run `python -m train.report`.", elem_id="model_report")
@@ -368,8 +368,9 @@ def wire(v: View, h: Handlers) -> None:
     v.examples.load_input_event.then(h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
     v.cam_class.input(h.heatmap_class, v.inputs, v.outputs, **private, **MODEL_QUEUE)
     # Live what-if: a new age, sex or site re-runs only the fusion heads on the kept features.
+    # always_last: keystrokes that arrive while one update runs collapse into one more with the final value.
     gr.on([v.age.input, v.sex.input, v.site.input], h.metadata_changed, v.inputs, v.outputs,
-          **private, **MODEL_QUEUE)
+          trigger_mode="always_last", **private, **MODEL_QUEUE)
     # Same queue as the analyses, so a new upload is forgotten before the Analyze that follows it.
     v.image.input(h.image_changed, [v.image, v.state], v.outputs, **private, **MODEL_QUEUE)
     v.operating_point.input(h.operating_point, [v.operating_point, v.state], [v.melanoma], **private)
