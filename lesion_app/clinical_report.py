@@ -96,21 +96,21 @@ def melanoma_markdown(report: ClinicalReport | None, a: Analysis, specificity: s
 
 
 def subgroup_markdown(report: ClinicalReport | None, a: Analysis) -> str:
+    """Four narrow columns (each cell 'fusion / image-only'), so the table reads at phone width."""
     if report is None:
         return ""
     def fmt(x):
         return "–" if x is None else f"{x:.2f}"
-    lines = ["**How the models did on similar patients** (out-of-fold, all images):", "",
-             "| group | images | fusion bal. acc. | image-only bal. acc. | fusion mel recall | image-only mel recall |",
-             "|---|---|---|---|---|---|"]
+    lines = ["**How the models did on similar patients** (out-of-fold, all images; each cell: "
+             "fusion / image-only):", "",
+             "| group | images | balanced accuracy | melanoma recall |", "|---|---|---|---|"]
     entered = a.entered()
     for key, r in report.subgroup_rows(a.metadata).items():
         if r is None:
-            lines.append(f"| {key}: no such cases | 0 | – | – | – | – |")
+            lines.append(f"| {key}: no such cases | 0 | – | – |")
             continue
-        group = r["group"] if key in entered else f"not entered ({r['group']})"
-        lines.append(f"| {key} = {group} | {r['n']} | {fmt(r['fusion_balanced_accuracy'])} | "
-                     f"{fmt(r['image_only_balanced_accuracy'])} | {fmt(r['fusion_mel_recall'])} | "
+        group = f"{key} {r['group']}" if key in entered else f"{key} not entered"
+        lines.append(f"| {group} | {r['n']} | {fmt(r['fusion_balanced_accuracy'])} / "
+                     f"{fmt(r['image_only_balanced_accuracy'])} | {fmt(r['fusion_mel_recall'])} / "
                      f"{fmt(r['image_only_mel_recall'])} |")
     return "\n".join(lines)
-

@@ -5,6 +5,7 @@ Object-oriented matplotlib only (Figure, never pyplot): safe in a threaded serve
 from __future__ import annotations
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .result import Analysis
 
@@ -81,9 +82,9 @@ def what_if_figure(a: Analysis) -> Figure:
                           fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle("What if the patient were different? (dashed: image-only, which ignores metadata)",
-                 fontsize=9, y=0.995)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=len(classes), fontsize=8,
-               frameon=False, bbox_to_anchor=(0.5, 0.97))
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    handles, labels = axes[0].get_legend_handles_labels()
+    handles.append(Line2D([], [], color="grey", ls="--", lw=0.8))
+    labels.append("image-only (ignores metadata)")
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     return fig
