@@ -31,6 +31,7 @@ from tqdm import tqdm
 from lesion_app.data import DEFAULT_DATA, labels, load_metadata
 from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.models import SPLIT_BLOCK, LesionClassifier
+from lesion_app.preprocess import mean_over_views
 from train.curriculum import SAMPLERS, EpochPlan
 from train.features import DEFAULT_CACHE, N_VIEWS, build_cache, build_pooled_imagenet, cached_pooled
 from train.make_split import DEFAULT_SPLIT, load_split
@@ -127,7 +128,7 @@ def tta_logits(model: LesionClassifier, feats, meta: torch.Tensor) -> np.ndarray
     n, v, f = pooled.shape
     meta = meta.to(pooled.device) if meta is not None else None
     logits = model.head(pooled.reshape(n * v, f), None if meta is None else meta.repeat_interleave(v, 0))
-    return logits.view(n, v, -1).mean(1).cpu().numpy()
+    return mean_over_views(logits, v).cpu().numpy()
 
 
 def save_checkpoint(path: Path, cfg: Config, model, opt, sched, epoch, history, extra):
