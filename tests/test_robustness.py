@@ -138,7 +138,7 @@ def test_app_refuses_to_start_with_damaged_weights(tmp_path, damage):
     import shutil
     weights = tmp_path / "weights"
     shutil.copytree(REPO / "weights", weights)
-    target = weights / "image_only.safetensors"
+    target = weights / "image_only_fold2.safetensors"
     if damage == "corrupt":
         data = bytearray(target.read_bytes())
         data[1000] ^= 0xFF
@@ -148,4 +148,4 @@ def test_app_refuses_to_start_with_damaged_weights(tmp_path, damage):
     with pytest.raises(RuntimeError) as e:
         AppServer({"LESION_APP_WEIGHTS": str(weights)}, startup_timeout=90)
     msg = str(e.value)
-    assert "exited with 1" in msg and "image_only.safetensors" in msg and "git checkout -- weights/" in msg
+    assert "exited with 1" in msg and target.name in msg and "git checkout -- weights/" in msg
