@@ -35,7 +35,9 @@ class Predictor:
     every use of the shared modules (Grad-CAM's hooks record every pass through them).
     """
 
-    def __init__(self, weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = None):
+    def __init__(self, weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = None,
+                 with_ood: bool = True):
+        """with_ood=False skips the bundled OOD check (train.fit_ood, which refits it)."""
         self.manifest, self.models = load_models(weights_dir)
         self.device = device or torch_device()
         for m in self.models.values():
@@ -54,7 +56,7 @@ class Predictor:
         self.set_thresholds = {level: {k: np.asarray(v) for k, v in kinds.items()} for level, kinds in sets.items()}
         self._lock = threading.RLock()
         ood = self.manifest.get("ood")
-        self.ood = OODDetector.load(verify_file(weights_dir, ood)) if ood else None
+        self.ood = OODDetector.load(verify_file(weights_dir, ood)) if ood and with_ood else None
 
     def encode(self, age, sex, site) -> torch.Tensor:
         """One encoded metadata row; raises MetadataError on invalid values."""
@@ -123,7 +125,7 @@ class Predictor:
             rgb = unnormalise(x, self.spec)  # what the models saw, for the colour check and display
             warnings = []
             if self.ood is not None:
-                w = self.ood.warning(OODDetector.features(features.pooled["image_only"]), rgb)
+                w = self.ood.warning(OODDetector.trunk_features(low, 1), rgb)
                 warnings += [w] if w else []
             target = cam_class or CLASSES[int(image_only.argmax())]
             image_only_result = ModelResult(probabilities_dict(image_only),

@@ -66,7 +66,7 @@ def bench_predictor(repeats: int) -> None:
         "fusion ensemble heads": lambda: p.head_probabilities("fusion", pooled["fusion"], meta[None]),
         "image-only ensemble heads": lambda: p.head_probabilities("image_only", pooled["image_only"], meta[None]),
         "SHAP (8 coalitions, exact)": shap,
-        "OOD check": lambda: p.ood.score(OODDetector.features(pooled["image_only"])) if p.ood else None,
+        "OOD check": lambda: p.ood.score(OODDetector.trunk_features(low, 1)) if p.ood else None,
         f"Grad-CAM fusion ({n['fusion']} members, 1 backward)":
             lambda: gradcam(p.models["fusion"], low[:1].clone(), meta[None], 4, size),
         f"Grad-CAM image-only ({n['image_only']} members, 1 backward)":

@@ -213,13 +213,25 @@ def _ood(m: dict) -> str:
     if not o:
         return ""
     f = o["flagged_share"]
-    return f"""## Out-of-distribution warning
-{o['method']}. Fitted on {o['fitted_on']}. Thresholds: {o['threshold_rule']}. Flagged:
-{f['heldout']:.1%} of the {f['n_heldout']} held-out dermoscopic images (by construction of the
-threshold, about {100 - float(o['threshold_rule'].split('th')[0]):.1f}% plus the colour check),
-{f['synthetic_non_dermoscopic']:.0%} of {f['synthetic_n']} synthetic non-dermoscopic images (plain colours,
-gradients, text, cartoon scenes, patterns, noise).
-"""
+    lines = ["## Out-of-distribution warning",
+             f"{o['method']}. Fitted on {o['fitted_on']}. Thresholds: {o['threshold_rule']}.", "",
+             "| images | kind | flagged |", "|---|---|---|",
+             f"| held-out slice (thresholds set here) | dermoscopic | {f['heldout']:.1%} of {f['n_heldout']} |"]
+    if "dermoscopic_unused" in f:
+        by_class = ", ".join(f"{k} {v:.1%}" for k, v in f["dermoscopic_unused_by_class"].items())
+        lines.append(f"| other HAM10000 images, used for neither fit nor threshold | dermoscopic | "
+                     f"{f['dermoscopic_unused']:.1%} of {f['dermoscopic_unused_n']} ({by_class}) |")
+    lines.append(f"| synthetic (plain colours, gradients, text, cartoons, patterns, noise) | not dermoscopic | "
+                 f"{f['synthetic_non_dermoscopic']:.0%} of {f['synthetic_n']} |")
+    for which in ("tuning", "evaluation"):
+        r = o.get("real_photos", {}).get(which)
+        if r:
+            kinds = ", ".join(f"{k} {v['flagged']}/{v['n']}" for k, v in r["by_kind"].items())
+            lines.append(f"| real photos, {which} set ({kinds}) | not dermoscopic | "
+                         f"{r['flagged'] / max(r['n'], 1):.0%} of {r['n']} |")
+    if o.get("real_photos"):
+        lines += ["", f"Real photos: {o['real_photos']['about']}. The evaluation set's photos were kept for measurement only."]
+    return "\n".join(lines) + "\n"
 
 
 def coverage_markdown(ps: dict | None) -> str:
