@@ -1,10 +1,11 @@
-"""Grad-CAM heatmaps with pytorch-grad-cam, for the image-only and the fusion ensembles."""
+"""Class-activation heatmaps with pytorch-grad-cam (Grad-CAM, Grad-CAM++, LayerCAM), for the
+image-only and the fusion ensembles: one wrapper, one empty-map rule, the library's methods."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn as nn
-from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -29,13 +30,14 @@ class FixedMetadata(nn.Module):
         return self.model.head_logits(self.model.pooled(low.detach().requires_grad_()), meta)
 
 
-class PeakRecordingGradCAM(GradCAM):
-    """GradCAM that maps onto the image size and keeps the raw maps' positive peak.
+class ImageSizedCAM:
+    """What every CAM method here adds to its pytorch-grad-cam class: maps onto the image size,
+    and keeps the raw maps' positive peak.
 
-    Scaling hides whether a map is empty (every gradient-weighted activation negative),
-    so the largest raw peak over the target layers is what tells the app to say so instead
-    of showing a blank heatmap. The input is the trunk's output, so the output size is
-    given explicitly rather than read from the input.
+    Scaling hides whether a map is empty (every weighted activation negative or zero), so the
+    largest raw peak over the target layers is what tells the app to say so instead of showing
+    a blank heatmap; the rule is the same for every method. The input is the trunk's output,
+    so the output size is given explicitly rather than read from the input.
     """
 
     def __init__(self, model, target_layers, size: tuple[int, int]):
@@ -51,13 +53,40 @@ class PeakRecordingGradCAM(GradCAM):
         return cam
 
 
+class PeakRecordingGradCAM(ImageSizedCAM, GradCAM):
+    """Grad-CAM: channels weighted by their spatially averaged gradient."""
+
+
+class PeakRecordingGradCAMPlusPlus(ImageSizedCAM, GradCAMPlusPlus):
+    """Grad-CAM++: channels weighted by their positive gradients, each scaled by a per-position
+    coefficient (second and third powers of the gradient), so that several separate regions
+    of one class can all show."""
+
+
+class PeakRecordingLayerCAM(ImageSizedCAM, LayerCAM):
+    """LayerCAM: each position weighted by its own positive gradient (no channel averaging)."""
+
+
+# The selector's methods, first = default. HiResCAM is left out: with global average pooling
+# and linear heads, as here, its map is Grad-CAM's exactly.
+CAM_METHODS: dict[str, type[ImageSizedCAM]] = {
+    "Grad-CAM": PeakRecordingGradCAM,
+    "Grad-CAM++": PeakRecordingGradCAMPlusPlus,
+    "LayerCAM": PeakRecordingLayerCAM,
+}
+DEFAULT_CAM_METHOD = "Grad-CAM"
+
+
 def gradcam(model: Ensemble, low: torch.Tensor, meta: torch.Tensor | None, class_index: int,
-            size: tuple[int, int]) -> tuple[np.ndarray, bool]:
-    """Grad-CAM of class_index for one image, from its trunk output low (1, C, h, w): one
-    backward pass through the ensemble's mean logit, the members' maps averaged by the
-    library. Returns (map in [0, 1] of size (H, W), empty)."""
-    with torch.enable_grad(), PeakRecordingGradCAM(FixedMetadata(model, meta), model.cam_target_layers(),
-                                                   size) as cam:
+            size: tuple[int, int], method: str = DEFAULT_CAM_METHOD) -> tuple[np.ndarray, bool]:
+    """A class-activation map of class_index for one image, from its trunk output low
+    (1, C, h, w): one backward pass through the ensemble's mean logit, the members' maps
+    averaged by the library. method: a key of CAM_METHODS (Grad-CAM by default).
+    Returns (map in [0, 1] of size (H, W), empty)."""
+    if method not in CAM_METHODS:
+        raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
+    with torch.enable_grad(), CAM_METHODS[method](FixedMetadata(model, meta), model.cam_target_layers(),
+                                                  size) as cam:
         heat = cam(low, targets=[ClassifierOutputTarget(class_index)])[0]
         empty = cam.raw_peak <= 1e-7
     return (np.zeros_like(heat) if empty else heat), empty

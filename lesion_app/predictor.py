@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from .conformal import prediction_sets as conformal_sets
-from .gradcam import gradcam
+from .gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, gradcam
 from .metadata import encode_metadata, parse_age, parse_choice, unknown_row
 from .ood import OODDetector
 from .preprocess import flip_views, mean_over_views, to_tensor, unnormalise
@@ -106,15 +106,16 @@ class Predictor:
             return {k: self.head_probabilities(k, pooled[k], meta).cpu().numpy() for k in MODEL_KEYS}
 
     def analyze(self, image: Image.Image, age=None, sex=None, site=None,
-                cam_class: str | None = None) -> Analysis:
-        """Both ensembles' probabilities, Grad-CAMs and the exact Shapley values of the metadata.
+                cam_class: str | None = None, cam_method: str = DEFAULT_CAM_METHOD) -> Analysis:
+        """Both ensembles' probabilities, heatmaps and the exact Shapley values of the metadata.
 
         cam_class: the class whose heatmaps (and Shapley values) to show; by default each
         heatmap shows its own model's top class and the Shapley values the fusion top class.
+        cam_method: a key of lesion_app.gradcam.CAM_METHODS (Grad-CAM by default).
         The result keeps the image's features (in memory) for `with_metadata`.
         Raises MetadataError for invalid metadata.
         """
-        self._check_class(cam_class)
+        self._check_cam(cam_class, cam_method)
         meta = self.encode(age, sex, site)
         x = self.image_tensor(image)[None]
         with self._lock:
@@ -129,49 +130,52 @@ class Predictor:
                 warnings += [w] if w else []
             target = cam_class or CLASSES[int(image_only.argmax())]
             image_only_result = ModelResult(probabilities_dict(image_only),
-                                            *self._cam(features, "image_only", target, None))
+                                            *self._cam(features, "image_only", target, None, cam_method))
             image_rgb = (rgb[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
             return self._fusion_side(features, image_rgb, image_only_result, warnings, meta,
-                                     (age, sex, site), cam_class)
+                                     (age, sex, site), cam_class, cam_method)
 
     def with_metadata(self, previous: Analysis, age=None, sex=None, site=None,
-                      cam_class: str | None = None) -> Analysis:
-        """The same image's analysis for other metadata, without running the backbones again:
-        only the fusion heads (and, when the fusion heatmap's class or the metadata it depends
-        on changed, Grad-CAM from the kept trunk output, upper stages only)."""
-        self._check_class(cam_class)
+                      cam_class: str | None = None, cam_method: str = DEFAULT_CAM_METHOD) -> Analysis:
+        """The same image's analysis for other metadata (or another heatmap class or method),
+        without running the backbones again: only the fusion heads, and heatmaps not already
+        kept from the kept trunk output (upper stages only)."""
+        self._check_cam(cam_class, cam_method)
         meta = self.encode(age, sex, site)
         f = previous.features
         with self._lock:
             image_only = previous.image_only
             target = cam_class or image_only.top
-            if target != image_only.cam_class:
-                image_only = ModelResult(image_only.probabilities, *self._cam(f, "image_only", target, None))
+            if (target, cam_method) != (image_only.cam_class, image_only.cam_method):
+                image_only = ModelResult(image_only.probabilities,
+                                         *self._cam(f, "image_only", target, None, cam_method))
             return self._fusion_side(f, previous.image, image_only, previous.warnings, meta,
-                                     (age, sex, site), cam_class)
+                                     (age, sex, site), cam_class, cam_method)
 
-    def _check_class(self, cam_class):
+    def _check_cam(self, cam_class, cam_method):
         if cam_class is not None and cam_class not in CLASSES:
             raise ValueError(f"cam_class must be one of {CLASSES}")
+        if cam_method not in CAM_METHODS:
+            raise ValueError(f"cam_method must be one of {list(CAM_METHODS)}")
 
-    def _cam(self, f: ImageFeatures, key: str, cls: str, meta) -> tuple[np.ndarray, str, bool]:
-        """(heatmap, class, empty) from the kept trunk output: the members' upper stages only.
-        Maps of heads whose gradients do not depend on the metadata (image-only, and additive
-        fusion) are reused per class."""
+    def _cam(self, f: ImageFeatures, key: str, cls: str, meta, method: str) -> tuple[np.ndarray, str, bool, str]:
+        """(heatmap, class, empty, method) from the kept trunk output: the members' upper stages
+        only. Maps of heads whose gradients do not depend on the metadata (image-only, and
+        additive fusion) are reused per class and method."""
         ens = self.models[key]
         reusable = ens.fusion in ADDITIVE_HEADS
-        cache_key = (key, cls)
+        cache_key = (key, cls, method)
         if reusable and cache_key in f.cams:
             heat, empty = f.cams[cache_key]
-            return heat, cls, empty
+            return heat, cls, empty, method
         heat, empty = gradcam(ens, f.low, None if meta is None else meta.to(self.device),
-                              CLASSES.index(cls), (self.spec.height, self.spec.width))
+                              CLASSES.index(cls), (self.spec.height, self.spec.width), method=method)
         if reusable:
             f.cams[cache_key] = (heat, empty)
-        return heat, cls, empty
+        return heat, cls, empty, method
 
     def _fusion_side(self, f: ImageFeatures, image_rgb, image_only: ModelResult, warnings, meta,
-                     entered: tuple, cam_class) -> Analysis:
+                     entered: tuple, cam_class, cam_method) -> Analysis:
         """Fusion probabilities, Shapley values, heatmap and what-if sweeps for one metadata row."""
         age, sex, site = entered
         # The 8 coalitions (the last has everything entered) and the what-if rows, one head pass.
@@ -190,7 +194,8 @@ class Predictor:
                                  value=float(fusion[k]))
         top = CLASSES[int(fusion.argmax())]
         shap = shapley_for(cam_class or top)
-        fusion_result = ModelResult(probabilities_dict(fusion), *self._cam(f, "fusion", cam_class or top, meta[None]))
+        fusion_result = ModelResult(probabilities_dict(fusion),
+                                    *self._cam(f, "fusion", cam_class or top, meta[None], cam_method))
         image_only_p = np.array([image_only.probabilities[c] for c in CLASSES])
         sets = self.prediction_sets({"fusion": fusion[None], "image_only": image_only_p[None]})
         return Analysis(

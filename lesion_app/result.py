@@ -13,11 +13,12 @@ ABSENT_BASELINE = ("a feature that is absent is set to 'not entered' (age missin
 
 @dataclass
 class ModelResult:
-    """One model's calibrated probabilities and its Grad-CAM for cam_class."""
+    """One model's calibrated probabilities and its heatmap (cam_method) for cam_class."""
     probabilities: dict[str, float]
     cam: np.ndarray                 # (H, W) in [0, 1], zeros when empty
     cam_class: str
     cam_empty: bool
+    cam_method: str = "Grad-CAM"    # a key of lesion_app.gradcam.CAM_METHODS
 
     @property
     def top(self) -> str:
@@ -45,7 +46,7 @@ class ShapleyResult:
 class ImageFeatures:
     """What a metadata change needs from one image's analysis, kept in the session's memory
     only (never on disk): the trunk's output for the unflipped view, each member's pooled
-    features per kind, and heatmaps already computed, by (kind, class)."""
+    features per kind, and heatmaps already computed, by (kind, class, method)."""
     low: object                      # torch.Tensor (1, C, h, w)
     pooled: dict                     # kind -> torch.Tensor (members, 1, views, F)
     cams: dict = field(default_factory=dict)

@@ -20,7 +20,7 @@ from PIL import Image
 from .clinical_report import (OPERATING_POINTS, ClinicalReport, melanoma_markdown, parse_operating_point,
                               subgroup_markdown)
 from .figures import shap_figure, what_if_figure
-from .gradcam import gradcam_overlay
+from .gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, gradcam_overlay
 from .image_input import InputError, load_upload, take_upload
 from .metadata import MetadataError, parse_metadata
 from .predictor import Predictor
@@ -41,8 +41,10 @@ HOW_TO_READ = """- **Probabilities** are calibrated: among images given 70% for 
 HAM10000, out-of-fold). They are not a diagnosis; each model is an ensemble of five.
 - **Prediction sets** (90% or 95%) list every class the model cannot rule out at that level. A longer set means \
 more doubt. The promise holds per class over many images, not for this one image.
-- **Heatmaps** (Grad-CAM) show which regions raised the chosen class's score most. They show where the model \
-looked, not why, and not whether it was right. An empty map is said so, never shown blank.
+- **Heatmaps** show which regions raised the chosen class's score most. They show where the model looked, not \
+why, and not whether it was right. Grad-CAM (the default) weighs each feature map by its average gradient; \
+Grad-CAM++ and LayerCAM weigh positions by their own positive gradients, so they show more of a lesion and \
+several separate regions. An empty map is said so, never shown blank.
 - **Shapley values** split the fusion model's change from "nothing entered" to "what you entered" among age, \
 sex and site, exactly (all 8 combinations). They describe this model, not medicine.
 - **What if?** re-runs only the fusion model for other ages, sexes and sites with this same image: it shows \
@@ -77,10 +79,10 @@ def set_markdown(a: Analysis, level: str, kind: str) -> str:
 
 def cam_note(r: ModelResult) -> str:
     if r.cam_empty:
-        return (f"⚠️ **The Grad-CAM map for {class_label(r.cam_class)} is empty**: no image region "
-                "raises this class's score (every gradient-weighted activation is negative). "
+        return (f"⚠️ **The {r.cam_method} map for {class_label(r.cam_class)} is empty**: no image region "
+                "raises this class's score (every weighted activation is negative or zero). "
                 "The plain image is shown instead.")
-    return f"Grad-CAM for **{class_label(r.cam_class)}**: red regions raised this class's score most."
+    return f"{r.cam_method} for **{class_label(r.cam_class)}**: red regions raised this class's score most."
 
 
 def image_html(rgb: np.ndarray, alt: str) -> str:
@@ -123,6 +125,7 @@ class View:
     reading: gr.Markdown
     warnings: gr.Markdown
     cam_class: gr.Dropdown
+    cam_method: gr.Radio
     fusion_probs: gr.Label
     fusion_cam: gr.HTML
     fusion_note: gr.Markdown
@@ -146,7 +149,7 @@ class View:
     def inputs(self) -> list:
         """What an analysis reads, in /analyze's parameter order (the state is not an API parameter)."""
         return [self.image, self.age, self.sex, self.site, self.cam_class, self.operating_point, self.set_level,
-                self.state]
+                self.cam_method, self.state]
 
     @property
     def outputs(self) -> list:
@@ -192,6 +195,8 @@ def layout(clinical: ClinicalReport | None) -> View:
                 with gr.Row():
                     c["cam_class"] = gr.Dropdown([PREDICTED] + [class_label(k) for k in CLASSES], value=PREDICTED,
                                                  label="Heatmap class", elem_id="cam_class")
+                    c["cam_method"] = gr.Radio(list(CAM_METHODS), value=DEFAULT_CAM_METHOD, label="Heatmap method",
+                                               elem_id="cam_method")
                     c["set_level"] = gr.Radio(list(SET_LEVELS), value="90%", label="Prediction set level",
                                               elem_id="set_level")
                 gr.Markdown(SET_NOTE, elem_id="set_note")
@@ -259,8 +264,19 @@ class Handlers:
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
 
+    @staticmethod
+    def cam_method(choice) -> str:
+        """A heatmap-method choice -> a key of CAM_METHODS; blank means the default (Grad-CAM)."""
+        if choice is None or (isinstance(choice, str) and not choice.strip()):
+            return DEFAULT_CAM_METHOD
+        by_lower = {m.lower(): m for m in CAM_METHODS}
+        if isinstance(choice, str) and choice.strip().lower() in by_lower:
+            return by_lower[choice.strip().lower()]
+        raise gr.Error(f"Unknown heatmap method {choice!r}; expected one of: {', '.join(CAM_METHODS)}.",
+                       print_exception=False)
+
     def run(self, image: Image.Image, age, sex, site, cam: str | None,
-            previous: Analysis | None = None) -> Analysis:
+            previous: Analysis | None = None, method: str = DEFAULT_CAM_METHOD) -> Analysis:
         """Predictor.analyze on parsed metadata (blank -> None / 'unknown'); with the previous
         analysis of the same image, only the fusion side runs again (Predictor.with_metadata)."""
         try:
@@ -268,8 +284,8 @@ class Handlers:
         except MetadataError as e:
             raise gr.Error(str(e), print_exception=False) from None
         if previous is not None:
-            return self.predictor.with_metadata(previous, *meta, cam)
-        return self.predictor.analyze(image, *meta, cam)
+            return self.predictor.with_metadata(previous, *meta, cam, method)
+        return self.predictor.analyze(image, *meta, cam, method)
 
     @staticmethod
     def set_level(choice) -> str:
@@ -286,26 +302,30 @@ class Handlers:
         v = self.view
         return {v.reading: f"### {a.reading()}", v.warnings: "\n".join(f"⚠️ {w}" for w in a.warnings),
                 v.fusion_probs: a.fusion.labelled(),
-                v.fusion_cam: image_html(gradcam_overlay(a.image, a.fusion.cam), "Fusion Grad-CAM"),
+                v.fusion_cam: image_html(gradcam_overlay(a.image, a.fusion.cam), f"Fusion {a.fusion.cam_method}"),
                 v.fusion_note: cam_note(a.fusion), v.image_only_probs: a.image_only.labelled(),
-                v.image_only_cam: image_html(gradcam_overlay(a.image, a.image_only.cam), "Image-only Grad-CAM"),
+                v.image_only_cam: image_html(gradcam_overlay(a.image, a.image_only.cam),
+                                             f"Image-only {a.image_only.cam_method}"),
                 v.image_only_note: cam_note(a.image_only), v.shap_plot: shap_figure(a), v.report_json: a.to_report(),
                 v.melanoma: melanoma_markdown(self.clinical, a, spec), v.subgroup: subgroup_markdown(self.clinical, a),
                 v.what_if: what_if_figure(a), v.fusion_set: set_markdown(a, level, "fusion"),
                 v.image_only_set: set_markdown(a, level, "image_only"), v.state: state}
 
-    def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, state: SessionState) -> dict:
+    def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
+                state: SessionState) -> dict:
         """Analyses the current image with the current inputs (the Analyze button, /analyze)."""
         # Refuse unknown choices before any work.
         cam, spec, level = self.cam_code(cam_choice), self.specificity(op_choice), self.set_level(level_choice)
+        method = self.cam_method(method_choice)
         # Re-analysing the same upload (its file already deleted) uses the in-memory copy and,
         # once analysed, its kept features: the backbones do not run again.
         same = state.holds(payload)
         image = state.image if same else self.decode(payload)
-        a = self.run(image, age, sex, site, cam, state.analysis if same else None)
+        a = self.run(image, age, sex, site, cam, state.analysis if same else None, method)
         return self.render(a, spec, SessionState(upload_key(payload), image, a), level)
 
-    def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, state: SessionState):
+    def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
+                         state: SessionState):
         """Live what-if: new age, sex or site for the analysed image updates the fusion side at once,
         from the kept features (fusion heads only). Before an analysis it does nothing; an
         unfinished or invalid entry says so in the warnings line and changes nothing else."""
@@ -315,17 +335,20 @@ class Handlers:
             meta = parse_metadata(age, sex, site)
         except MetadataError as e:
             return {self.view.warnings: f"⚠️ {e} The results below are for the last valid entry."}
-        a = self.predictor.with_metadata(state.analysis, *meta, self.cam_code(cam_choice))
+        a = self.predictor.with_metadata(state.analysis, *meta, self.cam_code(cam_choice),
+                                         self.cam_method(method_choice))
         out = self.render(a, self.specificity(op_choice), SessionState(state.key, state.image, a),
                           self.set_level(level_choice))
         out = {k: v for k, v in out.items() if k not in self.view.image_side}
         return {**out, self.view.warnings: "\n".join(f"⚠️ {w}" for w in a.warnings)}
 
-    def heatmap_class(self, payload, age, sex, site, cam_choice, op_choice, level_choice, state: SessionState):
-        """A new heatmap class: the current image and inputs again; nothing before an upload."""
+    def heatmap_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
+                        state: SessionState):
+        """A new heatmap class or method: the current image and inputs again (once analysed, from
+        the kept features: heatmaps only); nothing before an upload."""
         if payload is None:
             return gr.skip()
-        return self.analyze(payload, age, sex, site, cam_choice, op_choice, level_choice, state)
+        return self.analyze(payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice, state)
 
     def level_changed(self, level_choice, state: SessionState):
         level = self.set_level(level_choice)
@@ -366,7 +389,7 @@ def wire(v: View, h: Handlers) -> None:
     v.button.click(h.analyze, v.inputs, v.outputs, api_name="analyze", preprocess=False, **MODEL_QUEUE)
     # One click on an example loads it and analyses it.
     v.examples.load_input_event.then(h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
-    v.cam_class.input(h.heatmap_class, v.inputs, v.outputs, **private, **MODEL_QUEUE)
+    gr.on([v.cam_class.input, v.cam_method.input], h.heatmap_changed, v.inputs, v.outputs, **private, **MODEL_QUEUE)
     # Live what-if: a new age, sex or site re-runs only the fusion heads on the kept features.
     # always_last: keystrokes that arrive while one update runs collapse into one more with the final value.
     gr.on([v.age.input, v.sex.input, v.site.input], h.metadata_changed, v.inputs, v.outputs,

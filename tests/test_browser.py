@@ -155,6 +155,21 @@ def test_heatmap_class_change_redraws_with_the_current_inputs(page):
     assert label in page.locator("#fusion_cam_note").inner_text()
 
 
+def test_heatmap_method_selector_redraws_both_heatmaps(page):
+    upload(page)
+    analyze_and_wait(page)
+    for note in ("#fusion_cam_note", "#image_only_cam_note"):
+        assert page.locator(note).inner_text().startswith("Grad-CAM for")
+    before = page.locator("#fusion_cam img").get_attribute("src")
+    page.locator("#cam_method").get_by_text("LayerCAM", exact=True).click()
+    page.wait_for_function("document.querySelector('#fusion_cam_note').innerText.startsWith('LayerCAM')",
+                           timeout=60_000)
+    page.wait_for_function("document.querySelector('#image_only_cam_note').innerText.startsWith('LayerCAM')",
+                           timeout=60_000)
+    assert page.locator("#fusion_cam img").get_attribute("src") != before   # a different map, not a relabel
+    assert page.locator("#fusion_cam img").get_attribute("alt") == "Fusion LayerCAM"
+
+
 def test_a_metadata_change_updates_the_fusion_side_without_a_new_analysis(page):
     upload(page)
     open_report(page)

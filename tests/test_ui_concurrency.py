@@ -60,7 +60,7 @@ def images(tmp_path_factory):
 
 def test_every_event_that_runs_the_models_is_one_at_a_time(served):
     *_, demo = served
-    model = [fn for fn in demo.fns.values() if fn.name in ("analyze", "heatmap_class", "image_changed", "report")]
+    model = [fn for fn in demo.fns.values() if fn.name in ("analyze", "heatmap_changed", "image_changed", "report")]
     assert len(model) == 5  # the Analyze button, an example click, the heatmap class, a new image, /report
     assert all(fn.concurrency_id == "model" and fn.concurrency_limit == 1 for fn in model)
 

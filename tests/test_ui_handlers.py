@@ -3,6 +3,7 @@ and clear errors. The handlers get raw component values, as Gradio passes them."
 import shutil
 
 import gradio as gr
+import numpy as np
 import pytest
 
 from conftest import EXAMPLES
@@ -13,6 +14,7 @@ from lesion_app.ui import NEW_IMAGE, PREDICTED, Handlers, SessionState, layout
 
 OP = "90% specificity"
 LEVEL = "90%"
+METHOD = "Grad-CAM"
 
 
 class Recording:
@@ -59,8 +61,8 @@ def upload(tmp_path):
 @pytest.mark.parametrize("age", ["", "   ", None])
 def test_untouched_inputs_reach_the_predictor_as_not_entered(app, upload, age):
     h, v = app
-    out = h.analyze(upload("ISIC_0024394.jpg"), age, "unknown", "unknown", PREDICTED, OP, LEVEL, SessionState())
-    assert h.predictor.calls == [(None, "unknown", "unknown", None)]
+    out = h.analyze(upload("ISIC_0024394.jpg"), age, "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, SessionState())
+    assert h.predictor.calls == [(None, "unknown", "unknown", None, "Grad-CAM")]
     report = out[v.report_json]
     assert report["metadata"] == {"age": None, "sex": "unknown", "site": "unknown"}
     assert report["reading"].startswith("No metadata entered")
@@ -68,19 +70,19 @@ def test_untouched_inputs_reach_the_predictor_as_not_entered(app, upload, age):
 
 def test_padded_values_are_normalised_before_the_predictor(app, upload):
     h, v = app
-    h.analyze(upload("ISIC_0024394.jpg"), " 63 ", " Male ", " back ", PREDICTED, OP, LEVEL, SessionState())
-    assert h.predictor.calls == [(63.0, "male", "back", None)]
+    h.analyze(upload("ISIC_0024394.jpg"), " 63 ", " Male ", " back ", PREDICTED, OP, LEVEL, METHOD, SessionState())
+    assert h.predictor.calls == [(63.0, "male", "back", None, "Grad-CAM")]
 
 
 def test_heatmap_class_change_uses_the_current_inputs(app, upload):
     h, v = app
     payload = upload("ISIC_0024403.jpg")
-    first = h.analyze(payload, "70", "male", "back", PREDICTED, OP, LEVEL, SessionState())
+    first = h.analyze(payload, "70", "male", "back", PREDICTED, OP, LEVEL, METHOD, SessionState())
     before = len(h.predictor.calls)
     # The age was cleared and the site changed after the analysis.
-    out = h.heatmap_class(payload, "", "male", "face", "Melanoma (mel)", OP, LEVEL, first[v.state])
+    out = h.heatmap_changed(payload, "", "male", "face", "Melanoma (mel)", OP, LEVEL, METHOD, first[v.state])
     later = h.predictor.calls[before:]
-    assert later[0] == (None, "male", "face", "mel") and all(c[:3] == (None, "male", "face") for c in later)
+    assert later[0] == (None, "male", "face", "mel", "Grad-CAM") and all(c[:3] == (None, "male", "face") for c in later)
     report = out[v.report_json]
     assert report["metadata"] == {"age": None, "sex": "male", "site": "face"}
     assert report["shap"]["class"] == "mel" and out[v.state].analysis.fusion.cam_class == "mel"
@@ -89,13 +91,13 @@ def test_heatmap_class_change_uses_the_current_inputs(app, upload):
 def test_a_new_image_invalidates_the_session(app, upload, predictor):
     h, v = app
     old, new = upload("ISIC_0024403.jpg"), upload("ISIC_0024370.jpg")
-    state = h.analyze(old, "", "unknown", "unknown", PREDICTED, OP, LEVEL, SessionState())[v.state]
+    state = h.analyze(old, "", "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, SessionState())[v.state]
     assert h.image_changed(old, state) == gr.skip()   # the analysed image itself: nothing to forget
     cleared = h.image_changed(new, state)
     assert cleared[v.state] == SessionState() and cleared[v.reading] == NEW_IMAGE
     assert cleared[v.report_json] is None
     # Even with the old state (events may arrive in any order), the new upload is what is analysed.
-    out = h.heatmap_class(new, "", "unknown", "unknown", PREDICTED, OP, LEVEL, state)
+    out = h.heatmap_changed(new, "", "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, state)
     expected = predictor.analyze(load_upload(EXAMPLES / "images" / "ISIC_0024370.jpg"))
     assert out[v.report_json]["fusion"] == expected.to_report()["fusion"]
     assert out[v.state].key == new["path"]
@@ -103,17 +105,17 @@ def test_a_new_image_invalidates_the_session(app, upload, predictor):
 
 def test_heatmap_class_before_any_upload_does_nothing(app):
     h, _ = app
-    assert h.heatmap_class(None, "", "unknown", "unknown", "Melanoma (mel)", OP, LEVEL, SessionState()) == gr.skip()
+    assert h.heatmap_changed(None, "", "unknown", "unknown", "Melanoma (mel)", OP, LEVEL, METHOD, SessionState()) == gr.skip()
     assert h.predictor.calls == []
 
 
 def test_the_reading_explains_the_fusion_top_class_whatever_the_heatmap_class(app, upload):
     h, v = app
     payload = upload("ISIC_0024403.jpg")
-    default = h.analyze(payload, "", "unknown", "back", PREDICTED, OP, LEVEL, SessionState())
+    default = h.analyze(payload, "", "unknown", "back", PREDICTED, OP, LEVEL, METHOD, SessionState())
     a = default[v.state].analysis
     other = next(c for c in ("akiec", "bcc", "bkl") if c != a.fusion.top)
-    out = h.heatmap_class(payload, "", "unknown", "back", other, OP, LEVEL, default[v.state])
+    out = h.heatmap_changed(payload, "", "unknown", "back", other, OP, LEVEL, METHOD, default[v.state])
     b = out[v.state].analysis
     assert b.shap.cls == other and b.top_explained.cls == a.fusion.top
     assert b.reading() == a.reading() and "no single input" not in b.reading()
@@ -126,7 +128,7 @@ def test_the_reading_explains_the_fusion_top_class_whatever_the_heatmap_class(ap
 def test_unknown_choices_are_clear_errors_before_any_work(app, upload, cam, op, message):
     h, _ = app
     with pytest.raises(gr.Error) as e:
-        h.analyze(upload("ISIC_0024403.jpg"), "", "unknown", "unknown", cam, op, LEVEL, SessionState())
+        h.analyze(upload("ISIC_0024403.jpg"), "", "unknown", "unknown", cam, op, LEVEL, METHOD, SessionState())
     assert e.value.message.startswith(message) and "expected" in e.value.message
     assert h.predictor.calls == []
 
@@ -145,14 +147,14 @@ def test_operating_point_choices(choice, spec):
 
 def test_a_metadata_change_reruns_only_the_fusion_side(app, upload, monkeypatch):
     h, v = app
-    first = h.analyze(upload("ISIC_0024394.jpg"), "", "unknown", "unknown", PREDICTED, OP, LEVEL, SessionState())
+    first = h.analyze(upload("ISIC_0024394.jpg"), "", "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, SessionState())
     state = first[v.state]
     # The backbones must not run again: the trunk is counted by its first layer.
     calls = []
     trunk = h.predictor.trunk.members[0].backbone.conv_stem
     hook = trunk.register_forward_hook(lambda *_: calls.append(1))
     try:
-        out = h.metadata_changed(state.key, "80", "male", "face", PREDICTED, OP, LEVEL, state)
+        out = h.metadata_changed(state.key, "80", "male", "face", PREDICTED, OP, LEVEL, METHOD, state)
     finally:
         hook.remove()
     assert calls == []
@@ -162,13 +164,13 @@ def test_a_metadata_change_reruns_only_the_fusion_side(app, upload, monkeypatch)
     fresh = h.predictor.analyze(state.image, 80, "male", "face").to_report()
     assert report["fusion"] == fresh["fusion"] and report["shap"] == fresh["shap"]
     # An unfinished age says so and changes nothing else.
-    bad = h.metadata_changed(state.key, "8a", "male", "face", PREDICTED, OP, LEVEL, out[v.state])
+    bad = h.metadata_changed(state.key, "8a", "male", "face", PREDICTED, OP, LEVEL, METHOD, out[v.state])
     assert list(bad) == [v.warnings] and "Age" in bad[v.warnings]
 
 
 def test_prediction_sets_follow_the_chosen_level(app, upload):
     h, v = app
-    out = h.analyze(upload("ISIC_0024394.jpg"), "", "unknown", "unknown", PREDICTED, OP, "95%", SessionState())
+    out = h.analyze(upload("ISIC_0024394.jpg"), "", "unknown", "unknown", PREDICTED, OP, "95%", METHOD, SessionState())
     a = out[v.state].analysis
     assert set(a.prediction_sets) == {"0.9", "0.95"}
     for kind in ("fusion", "image_only"):
@@ -177,3 +179,24 @@ def test_prediction_sets_follow_the_chosen_level(app, upload):
     assert h.level_changed("90%", out[v.state])[v.fusion_set].startswith("**90% prediction set:**")
     with pytest.raises(gr.Error, match="Unknown prediction set level"):
         h.level_changed("80%", out[v.state])
+
+
+def test_a_heatmap_method_change_redraws_both_heatmaps_from_the_kept_features(app, upload):
+    h, v = app
+    payload = upload("ISIC_0024394.jpg")
+    first = h.analyze(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, SessionState())
+    calls = []
+    hook = h.predictor.trunk.members[0].backbone.conv_stem.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        out = h.heatmap_changed(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, " layercam ", first[v.state])
+    finally:
+        hook.remove()
+    assert calls == []
+    a, before = out[v.state].analysis, first[v.state].analysis
+    assert a.fusion.probabilities == before.fusion.probabilities and a.fusion.cam_class == before.fusion.cam_class
+    for side, note in ((a.fusion, v.fusion_note), (a.image_only, v.image_only_note)):
+        assert side.cam_method == "LayerCAM" and out[note].startswith("LayerCAM for")
+    assert not np.allclose(a.fusion.cam, before.fusion.cam, atol=0.05)
+    assert not np.allclose(a.image_only.cam, before.image_only.cam, atol=0.05)
+    with pytest.raises(gr.Error, match="Unknown heatmap method 'ScoreCAM'"):
+        h.heatmap_changed(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, "ScoreCAM", out[v.state])

@@ -9,7 +9,7 @@ Every figure comes from images whose lesion the scoring model never trained on:
   points (thresholds chosen on these predictions), subgroups and reliability.
 - reports/heldout_logits.csv: every member on the held-out slice that no member trained on:
   the ensemble against its single members.
-- Grad-CAM localisation of the shipped ensembles against the lesion masks, on that slice.
+- Heatmap localisation (each CAM method) of the shipped ensembles against the lesion masks, on that slice.
 Writes reports/report.md (+ PNG figures) and reports/report.json, what the app's "Model
 report" tab, melanoma operating points and similar-patient rows read. Overwrites them.
 """
@@ -25,19 +25,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve  # noqa: E402
 
 from lesion_app.clinical_report import age_band  # noqa: E402
-from lesion_app.data import DEFAULT_DATA, labels, load_image, load_mask, load_metadata  # noqa: E402
-from lesion_app.gradcam import gradcam  # noqa: E402
+from lesion_app.data import DEFAULT_DATA, labels, load_metadata  # noqa: E402
 from lesion_app.predictor import Predictor  # noqa: E402
 from lesion_app.vocab import CLASSES  # noqa: E402
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR  # noqa: E402
 from train.bundle import coverage_markdown  # noqa: E402
+from train.cam_localisation import localisation, table as localisation_table  # noqa: E402
 from train.metrics import classification_metrics, expected_calibration_error, softmax  # noqa: E402
-from train.stats import (balanced_accuracy, bootstrap_ci, complementarity, energy_inside,  # noqa: E402
-                         macro_auc, macro_f1, mcnemar, paired_bootstrap, pointing_game, reliability,
+from train.stats import (balanced_accuracy, bootstrap_ci, complementarity,  # noqa: E402
+                         macro_auc, macro_f1, mcnemar, paired_bootstrap, reliability,
                          sensitivity_at_specificity)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,37 +87,6 @@ def subgroups(df: pd.DataFrame, y, probs: dict, min_n: int = 20) -> dict:
         out[key] = {"rows": sorted(rows, key=lambda r: -r["n"]), "largest_gap_fusion_bacc": gap,
                     "min_n_for_gap": min_n}
     return out
-
-
-def localisation(predictor: Predictor, data: Path, df: pd.DataFrame) -> dict:
-    """The shipped ensembles' Grad-CAM (each one's predicted class) vs the lesion mask:
-    energy inside and pointing-game hits, on df's images (the held-out slice)."""
-    spec = predictor.spec
-    size = (spec.height, spec.width)
-    res = {k: {"energy": [], "hits": [], "empty": 0} for k in MODEL_KEYS}
-    for i, image_id in enumerate(df["image_id"]):
-        mask = load_mask(data, image_id)
-        if mask is None:
-            continue
-        mask = np.asarray(Image.fromarray(mask).resize((spec.width, spec.height), Image.Resampling.NEAREST))
-        x = predictor.image_tensor(load_image(data, image_id))[None]
-        meta = predictor.encode(*df.loc[i, ["age", "sex", "localization"]])[None]
-        with predictor._lock:
-            low = predictor.trunk_features(x)
-            pooled = predictor.pooled_features(x, low)
-            for k in MODEL_KEYS:
-                m = meta if k == "fusion" else None
-                probs = predictor.head_probabilities(k, pooled[k], meta)[0]
-                heat, empty = gradcam(predictor.models[k], low[:1].clone(), m, int(probs.argmax()), size)
-                if empty:
-                    res[k]["empty"] += 1
-                    continue
-                res[k]["energy"].append(energy_inside(heat, mask))
-                res[k]["hits"].append(pointing_game(heat, mask))
-    return {k: {"n": len(v["hits"]) + v["empty"], "empty_maps": v["empty"],
-                "energy_inside_mask_mean": float(np.mean(v["energy"])) if v["energy"] else None,
-                "pointing_game_hit_rate": float(np.mean(v["hits"])) if v["hits"] else None}
-            for k, v in res.items()}
 
 
 def ensemble_vs_members(held: pd.DataFrame, y, groups, order, temperature: dict, n_boot: int) -> dict:
@@ -340,13 +308,10 @@ def markdown(r: dict) -> str:
                          f"{row['image_only_accuracy']:.3f} | {_opt(row['fusion_mel_recall'])} | "
                          f"{_opt(row['image_only_mel_recall'])} |")
         lines.append("")
-    lines += ["## Grad-CAM localisation against the lesion masks (held-out slice, shipped ensembles)", "",
-              "Heatmap for each ensemble's predicted class, one backward pass through its mean logit. Energy inside = "
-              "share of heatmap mass inside the mask; pointing game = the heatmap's maximum lies inside the mask.", "",
-              "| model | images | empty maps | energy inside mask | pointing-game hit rate |", "|---|---|---|---|---|"]
-    for k, v in r["localisation"].items():
-        lines.append(f"| {NAMES[k]} | {v['n']} | {v['empty_maps']} | {_opt(v['energy_inside_mask_mean'])} | "
-                     f"{_opt(v['pointing_game_hit_rate'])} |")
+    lines += ["## Heatmap localisation against the lesion masks (held-out slice, shipped ensembles)", "",
+              "Heatmap for each ensemble's predicted class, one backward pass through its mean logit, for each CAM "
+              "method the app offers. Energy inside = share of heatmap mass inside the mask; pointing game = the "
+              "heatmap's maximum lies inside the mask.", "", localisation_table(r["localisation"])]
     if r.get("prediction_sets"):
         lines += ["", coverage_markdown(r["prediction_sets"])]
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in r["figures"]]

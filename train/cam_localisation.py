@@ -1,0 +1,104 @@
+"""How well each CAM method's heatmap falls on the lesion: energy inside the mask and the
+pointing game, per method and ensemble, on images no member trained on.
+
+    python -m train.cam_localisation [--weights weights] [--data DIR] [--limit N] [--methods Grad-CAM ...]
+
+Each image's heatmaps are for its ensemble's predicted class (fusion with the image's own
+age, sex and site), as the app shows them by default; the trunk and pooled features run once
+per image, then one backward pass per method and ensemble. Prints a table; `localisation`
+is what train.report calls.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from lesion_app.data import DEFAULT_DATA, load_image, load_mask, load_metadata
+from lesion_app.gradcam import CAM_METHODS, gradcam
+from lesion_app.predictor import Predictor
+from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
+from train.stats import energy_inside, pointing_game
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def localisation(predictor: Predictor, data: Path, df: pd.DataFrame,
+                 methods=tuple(CAM_METHODS)) -> dict:
+    """{method: {kind: {n, empty_maps, energy_inside_mask_mean, pointing_game_hit_rate}}} over
+    df's images that have a mask (n counts them; an empty map counts in n and empty_maps and
+    in neither mean). The kind-level dicts have the keys of train.report's localisation."""
+    spec = predictor.spec
+    size = (spec.height, spec.width)
+    res = {m: {k: {"energy": [], "hits": [], "empty": 0} for k in MODEL_KEYS} for m in methods}
+    df = df.reset_index(drop=True)
+    for i, image_id in enumerate(df["image_id"]):
+        mask = load_mask(data, image_id)
+        if mask is None:
+            continue
+        mask = np.asarray(Image.fromarray(mask).resize((spec.width, spec.height), Image.Resampling.NEAREST))
+        x = predictor.image_tensor(load_image(data, image_id))[None]
+        meta = predictor.encode(*df.loc[i, ["age", "sex", "localization"]])[None]
+        with predictor._lock:
+            low = predictor.trunk_features(x)
+            pooled = predictor.pooled_features(x, low)
+            for k in MODEL_KEYS:
+                m = meta.to(predictor.device) if k == "fusion" else None
+                target = int(predictor.head_probabilities(k, pooled[k], meta)[0].argmax())
+                for method in methods:
+                    heat, empty = gradcam(predictor.models[k], low[:1].clone(), m, target, size, method=method)
+                    r = res[method][k]
+                    if empty:
+                        r["empty"] += 1
+                        continue
+                    r["energy"].append(energy_inside(heat, mask))
+                    r["hits"].append(pointing_game(heat, mask))
+    return {method: {k: {"n": len(v["hits"]) + v["empty"], "empty_maps": v["empty"],
+                         "energy_inside_mask_mean": float(np.mean(v["energy"])) if v["energy"] else None,
+                         "pointing_game_hit_rate": float(np.mean(v["hits"])) if v["hits"] else None}
+                     for k, v in by_kind.items()}
+            for method, by_kind in res.items()}
+
+
+def table(result: dict) -> str:
+    """A markdown table of localisation()'s result."""
+    names = {"fusion": "Fusion", "image_only": "Image-only"}
+    lines = ["| method | model | images | empty maps | energy inside mask | pointing-game hit rate |",
+             "|---|---|---|---|---|---|"]
+    for method, by_kind in result.items():
+        for k, v in by_kind.items():
+            e, p = v["energy_inside_mask_mean"], v["pointing_game_hit_rate"]
+            lines.append(f"| {method} | {names.get(k, k)} | {v['n']} | {v['empty_maps']} | "
+                         f"{'-' if e is None else f'{e:.3f}'} | {'-' if p is None else f'{p:.3f}'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--methods", nargs="+", default=list(CAM_METHODS), choices=list(CAM_METHODS))
+    p.add_argument("--limit", type=int, default=None, help="first N held-out images only (in file order)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    a = p.parse_args(argv)
+    predictor = Predictor(a.weights)
+    held_ids = pd.read_csv(REPO / predictor.manifest["heldout_file"], dtype=str)["image_id"]
+    md = load_metadata(a.data).set_index("image_id")
+    df = md.loc[[i for i in held_ids if i in md.index]].reset_index()
+    if a.limit:
+        df = df.head(a.limit)
+    t = time.perf_counter()
+    result = localisation(predictor, a.data, df, a.methods)
+    print(f"held-out slice: {len(df)} images, {time.perf_counter() - t:.0f} s\n")
+    print(table(result))
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
