@@ -1,6 +1,6 @@
 """Load benchmark: N concurrent users each make M /report calls against a running app.
 
-    python -m train.load_test [--url http://127.0.0.1:7860/] [--users 12] [--calls 3]
+    python -m train.load_test [--url http://127.0.0.1:7860/] [--users 32] [--calls 3]
 
 Prints p50 and p95 latency and the error count. Without --url it starts `python app.py`
 itself on a free port and stops it afterwards.
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "lesion_app" / "examples"
 
 
-def run_load(url: str, users: int = 12, calls: int = 3) -> dict:
+def run_load(url: str, users: int = 32, calls: int = 3) -> dict:
     """Returns {"latencies": [...], "errors": [...], "wall": s}; one Client per user."""
     from gradio_client import Client, handle_file
     images = sorted((EXAMPLES / "images").glob("*.jpg"))
@@ -78,7 +78,7 @@ def start_app() -> tuple[subprocess.Popen, str]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url")
-    p.add_argument("--users", type=int, default=12)
+    p.add_argument("--users", type=int, default=32)
     p.add_argument("--calls", type=int, default=3)
     a = p.parse_args(argv)
     proc, url = (None, a.url) if a.url else start_app()
