@@ -34,6 +34,7 @@ from lesion_app.models import SPLIT_BLOCK, LesionClassifier
 from lesion_app.preprocess import mean_over_views
 from train.curriculum import SAMPLERS, EpochPlan
 from train.features import DEFAULT_CACHE, N_VIEWS, build_cache, build_pooled_imagenet, cached_pooled
+from train.loop import run_epoch
 from train.make_split import DEFAULT_SPLIT, load_split
 from train.metrics import classification_metrics, fit_temperature, softmax
 from train.objectives import LOSSES, class_weights, drop_metadata, loss_fn
@@ -216,6 +217,14 @@ def train_member(cfg: Config, feats, meta: torch.Tensor, y: np.ndarray, unknown:
         history, first = restore_checkpoint(torch.load(ckpt, weights_only=False, map_location=device),
                                             cfg, model, opt, sched, log)
 
+    def loss_of(rows):
+        idx = np.sort(rows)
+        f = _views(feats, idx, np.random.randint(0, N_VIEWS, len(idx)), device)   # a random view each
+        m = meta[idx]
+        if model.uses_metadata and cfg.meta_dropout > 0:
+            m = drop_metadata(m, unknown, cfg.meta_dropout)
+        return criterion(model.head(model.upper(f.contiguous(memory_format=torch.channels_last)), m), y_t[idx])
+
     for epoch in range(first, cfg.epochs):
         t0 = time.time()
         # The frozen lower stages' BatchNorm stats are baked into the cache; only upper BN trains.
@@ -224,22 +233,9 @@ def train_member(cfg: Config, feats, meta: torch.Tensor, y: np.ndarray, unknown:
         # cases; none and balanced keep their historical draws from the global NumPy RNG (restored).
         order = plan.rows(epoch, EpochPlan.generator(cfg.seed, epoch) if cfg.sampler == "curriculum"
                           else np.random)
-        total = 0.0
-        for s in tqdm(range(0, n, cfg.batch), desc=f"epoch {epoch}", leave=False, mininterval=5,
-                      disable=None):
-            idx = np.sort(order[s:s + cfg.batch])
-            f = _views(feats, idx, np.random.randint(0, N_VIEWS, len(idx)), device)
-            m = meta[idx]
-            if model.uses_metadata and cfg.meta_dropout > 0:
-                m = drop_metadata(m, unknown, cfg.meta_dropout)
-            loss = criterion(model.head(model.upper(f.contiguous(memory_format=torch.channels_last)), m),
-                             y_t[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        row = {"epoch": epoch, "train_loss": total / n, **(after_epoch(model, epoch) if after_epoch else {}),
+        train_loss = run_epoch(order, cfg.batch, loss_of, opt, sched, progress=lambda r: tqdm(
+            r, desc=f"epoch {epoch}", leave=False, mininterval=5, disable=None))
+        row = {"epoch": epoch, "train_loss": train_loss, **(after_epoch(model, epoch) if after_epoch else {}),
                "seconds": time.time() - t0}
         history.append(row)
         save_checkpoint(ckpt, cfg, model, opt, sched, epoch, history, {})

@@ -14,8 +14,9 @@ from sklearn.model_selection import GroupKFold
 from lesion_app.models import HEADS, META_HIDDEN, Head
 from lesion_app.preprocess import mean_over_views
 from lesion_app.vocab import CLASSES
-from train.curriculum import CurriculumScheduler, difficulty, within_class_rank
+from train.curriculum import EpochPlan, difficulty, within_class_rank
 from train.features import N_VIEWS, TTA_VIEWS
+from train.loop import run_epoch
 from train.metrics import softmax
 from train.objectives import class_weights, drop_metadata, loss_fn
 
@@ -59,26 +60,16 @@ def train_head(head_kind: str, x: torch.Tensor, meta: torch.Tensor, y: np.ndarra
     steps = (n + hp.batch - 1) // hp.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=hp.epochs * steps,
                                                 pct_start=0.15)
-    balanced_p = weights.numpy()[y] / weights.numpy()[y].sum()
-    curriculum = CurriculumScheduler(y, rank, hp.epochs) if sampling == "curriculum" else None
+    plan = EpochPlan(sampling, y, hp.epochs, rank)
     y_t = torch.as_tensor(np.array(y), device=x.device)
+
+    def loss_of(idx):
+        f = x[idx, rng.integers(0, N_VIEWS, len(idx))]
+        m = drop_metadata(meta[idx], unknown, hp.meta_dropout) if head.uses_metadata else meta[idx]
+        return criterion(head(f, m), y_t[idx])
     head.train()
     for epoch in range(hp.epochs):
-        if sampling == "balanced":
-            order = rng.choice(n, n, p=balanced_p)
-        elif curriculum is not None:
-            order = curriculum.epoch_indices(epoch, rng)
-        else:
-            order = rng.permutation(n)
-        for s in range(0, n, hp.batch):
-            idx = order[s:s + hp.batch]
-            f = x[idx, rng.integers(0, N_VIEWS, len(idx))]
-            m = drop_metadata(meta[idx], unknown, hp.meta_dropout) if head.uses_metadata else meta[idx]
-            loss_value = criterion(head(f, m), y_t[idx])
-            opt.zero_grad(set_to_none=True)
-            loss_value.backward()
-            opt.step()
-            sched.step()
+        run_epoch(plan.rows(epoch, rng), hp.batch, loss_of, opt, sched)
     return head.eval()
 
 
