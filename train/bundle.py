@@ -219,6 +219,9 @@ def _ood(m: dict) -> str:
              f"| held-out slice (thresholds set here) | dermoscopic | {f['heldout']:.1%} of {f['n_heldout']} |"]
     if "dermoscopic_unused" in f:
         by_class = ", ".join(f"{k} {v:.1%}" for k, v in f["dermoscopic_unused_by_class"].items())
+        unmeasured = [c for c in CLASSES if c not in f["dermoscopic_unused_by_class"]]
+        if unmeasured:
+            by_class += f"; {', '.join(unmeasured)}: all in the fit sample, not measured here"
         lines.append(f"| other HAM10000 images, used for neither fit nor threshold | dermoscopic | "
                      f"{f['dermoscopic_unused']:.1%} of {f['dermoscopic_unused_n']} ({by_class}) |")
     lines.append(f"| synthetic (plain colours, gradients, text, cartoons, patterns, noise) | not dermoscopic | "
