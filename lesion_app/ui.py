@@ -192,13 +192,14 @@ def layout(clinical: ClinicalReport | None) -> View:
                 with gr.Accordion("How to read this", open=False, elem_id="how_to_read"):
                     gr.Markdown(HOW_TO_READ)
                 c["warnings"] = gr.Markdown(elem_id="warnings")
+                # min_width: three across at 1400 px, one per line at phone width (no clipped labels).
                 with gr.Row():
                     c["cam_class"] = gr.Dropdown([PREDICTED] + [class_label(k) for k in CLASSES], value=PREDICTED,
-                                                 label="Heatmap class", elem_id="cam_class")
+                                                 label="Heatmap class", elem_id="cam_class", min_width=220, scale=2)
                     c["cam_method"] = gr.Radio(list(CAM_METHODS), value=DEFAULT_CAM_METHOD, label="Heatmap method",
-                                               elem_id="cam_method")
+                                               elem_id="cam_method", min_width=220)
                     c["set_level"] = gr.Radio(list(SET_LEVELS), value="90%", label="Prediction set level",
-                                              elem_id="set_level")
+                                              elem_id="set_level", min_width=220)
                 gr.Markdown(SET_NOTE, elem_id="set_note")
                 with gr.Row():
                     for key, title in (("fusion", "Fusion model (image + age, sex, site)"),
