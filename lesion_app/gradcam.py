@@ -16,8 +16,7 @@ class FixedMetadata(nn.Module):
     """Presents a two-input ensemble as one-input, metadata held fixed (pytorch-grad-cam #115).
 
     Its input is the shared trunk's output, already computed for the prediction, so the
-    trunk never runs again and the backward pass covers only the members' upper stages,
-    where Grad-CAM's target layers sit. The output is the ensemble's mean logit.
+    trunk never runs again. The output is the ensemble's mean logit.
     """
 
     def __init__(self, model: Ensemble, meta: torch.Tensor | None):
@@ -26,8 +25,16 @@ class FixedMetadata(nn.Module):
 
     def forward(self, low):
         meta = None if self.meta is None else self.meta.expand(len(low), -1)
-        # A graph that starts here: the weights need no gradients, the activations do.
-        return self.model.head_logits(self.model.pooled(low.detach().requires_grad_()), meta)
+        return self.model.head_logits(self.model.pooled(low.detach()), meta)
+
+
+def graph_starts_here(module, inputs, output):
+    """A forward hook for the target layers, registered before the CAM's own: their output
+    becomes a leaf that requires grad. The weights need no gradients and the maps need only
+    d(logit)/d(target activation), so the backward pass covers pooling and heads, not the
+    upper stages below the target layers (about 40% of an analysis's Grad-CAM time here);
+    the maps are the same."""
+    return output.detach().requires_grad_()
 
 
 class ImageSizedCAM:
@@ -85,10 +92,15 @@ def gradcam(model: Ensemble, low: torch.Tensor, meta: torch.Tensor | None, class
     Returns (map in [0, 1] of size (H, W), empty)."""
     if method not in CAM_METHODS:
         raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
-    with torch.enable_grad(), CAM_METHODS[method](FixedMetadata(model, meta), model.cam_target_layers(),
-                                                  size) as cam:
-        heat = cam(low, targets=[ClassifierOutputTarget(class_index)])[0]
-        empty = cam.raw_peak <= 1e-7
+    layers = model.cam_target_layers()
+    cut = [layer.register_forward_hook(graph_starts_here) for layer in layers]
+    try:
+        with torch.enable_grad(), CAM_METHODS[method](FixedMetadata(model, meta), layers, size) as cam:
+            heat = cam(low, targets=[ClassifierOutputTarget(class_index)])[0]
+            empty = cam.raw_peak <= 1e-7
+    finally:
+        for handle in cut:
+            handle.remove()
     return (np.zeros_like(heat) if empty else heat), empty
 
 

@@ -96,7 +96,7 @@ def bench_metadata_change(repeats: int) -> None:
     med, p90 = timed(lambda: p.with_metadata(a, 20 + next(ages) % 60, "male", "back"), repeats)
     print(f"{'metadata change: Predictor.with_metadata':48s} {med:8.4f} {p90:8.4f}")
     med, p90 = timed(lambda: h.metadata_changed("x", str(20 + next(ages) % 60), "male", "back", None, "90% specificity",
-                                                "90%", state), repeats)
+                                                "90%", "Grad-CAM", state), repeats)
     print(f"{'metadata change: whole handler incl. plots':48s} {med:8.4f} {p90:8.4f}")
 
 
