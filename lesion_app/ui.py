@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -108,9 +108,24 @@ class SessionState:
     key: str | None = None
     image: Image.Image | None = None
     analysis: Analysis | None = None
+    # The last few heatmaps as inline images, by the map's bytes: a metadata change that
+    # leaves a map as it was does not encode it again.
+    heatmaps: dict = field(default_factory=dict, compare=False, repr=False)
 
     def holds(self, payload) -> bool:
         return self.image is not None and payload is not None and self.key == upload_key(payload)
+
+    def heatmap_html(self, rgb: np.ndarray, cam: np.ndarray, alt: str) -> str:
+        key = (hashlib.blake2b(cam.tobytes(), digest_size=16).hexdigest(), alt)
+        if key not in self.heatmaps:
+            while len(self.heatmaps) >= 4:
+                self.heatmaps.pop(next(iter(self.heatmaps)))
+            self.heatmaps[key] = image_html(gradcam_overlay(rgb, cam), alt)
+        return self.heatmaps[key]
+
+    def follow(self, analysis: Analysis) -> "SessionState":
+        """The same upload with a newer analysis (its heatmaps kept)."""
+        return SessionState(self.key, self.image, analysis, self.heatmaps)
 
 
 @dataclass
@@ -158,11 +173,6 @@ class View:
                 self.image_only_probs, self.image_only_cam, self.image_only_note, self.shap_plot,
                 self.report_json, self.melanoma, self.subgroup, self.what_if, self.fusion_set,
                 self.image_only_set, self.state]
-
-    @property
-    def image_side(self) -> list:
-        """Outputs that depend on the image alone: a metadata change leaves them as they are."""
-        return [self.warnings, self.image_only_probs, self.image_only_cam, self.image_only_note, self.image_only_set]
 
 
 def layout(clinical: ClinicalReport | None) -> View:
@@ -213,9 +223,10 @@ def layout(clinical: ClinicalReport | None) -> View:
                 c["shap_plot"] = gr.Plot(label="Metadata attribution (exact Shapley values)", elem_id="shap_plot")
                 gr.Markdown(f"Shapley values over three groups (age, sex, site), computed exactly over "
                             f"all 8 coalitions. Baseline: {ABSENT_BASELINE}.", elem_id="shap_baseline")
-                c["what_if"] = gr.Plot(label="What if? The fusion model for other patients with this image "
-                                             "(change age, sex or site above: the fusion side updates at once)",
-                                       elem_id="what_if")
+                c["what_if"] = gr.Plot(label="What if? Other patients with this image", elem_id="what_if")
+                gr.Markdown("The fusion model's answer for this same image as age, sex or site changes, the other "
+                            "two as entered. Change age, sex or site above and the whole fusion side updates at once.",
+                            elem_id="what_if_note")
                 c["operating_point"] = gr.Radio(list(OPERATING_POINTS), value=next(iter(OPERATING_POINTS)),
                                                 label="Melanoma operating point", elem_id="mel_operating_point")
                 c["melanoma"] = gr.Markdown(elem_id="melanoma_flag")
@@ -299,18 +310,24 @@ class Handlers:
         raise gr.Error(f"Unknown prediction set level {choice!r}; expected one of: {', '.join(SET_LEVELS)}.",
                        print_exception=False)
 
-    def render(self, a: Analysis, spec: str, state: SessionState, level: str = "0.9") -> dict:
+    def render(self, a: Analysis, spec: str, state: SessionState, level: str = "0.9",
+               image_side: bool = True) -> dict:
+        """Every output for analysis a; image_side=False leaves out the outputs that depend on
+        the image alone (a metadata change), and the warnings line is always set."""
         v = self.view
-        return {v.reading: f"### {a.reading()}", v.warnings: "\n".join(f"⚠️ {w}" for w in a.warnings),
-                v.fusion_probs: a.fusion.labelled(),
-                v.fusion_cam: image_html(gradcam_overlay(a.image, a.fusion.cam), f"Fusion {a.fusion.cam_method}"),
-                v.fusion_note: cam_note(a.fusion), v.image_only_probs: a.image_only.labelled(),
-                v.image_only_cam: image_html(gradcam_overlay(a.image, a.image_only.cam),
-                                             f"Image-only {a.image_only.cam_method}"),
-                v.image_only_note: cam_note(a.image_only), v.shap_plot: shap_figure(a), v.report_json: a.to_report(),
-                v.melanoma: melanoma_markdown(self.clinical, a, spec), v.subgroup: subgroup_markdown(self.clinical, a),
-                v.what_if: what_if_figure(a), v.fusion_set: set_markdown(a, level, "fusion"),
-                v.image_only_set: set_markdown(a, level, "image_only"), v.state: state}
+        out = {v.reading: f"### {a.reading()}", v.warnings: "\n".join(f"⚠️ {w}" for w in a.warnings),
+               v.fusion_probs: a.fusion.labelled(),
+               v.fusion_cam: state.heatmap_html(a.image, a.fusion.cam, f"Fusion {a.fusion.cam_method}"),
+               v.fusion_note: cam_note(a.fusion), v.shap_plot: shap_figure(a), v.report_json: a.to_report(),
+               v.melanoma: melanoma_markdown(self.clinical, a, spec), v.subgroup: subgroup_markdown(self.clinical, a),
+               v.what_if: what_if_figure(a), v.fusion_set: set_markdown(a, level, "fusion"), v.state: state}
+        if image_side:
+            out.update({v.image_only_probs: a.image_only.labelled(),
+                        v.image_only_cam: state.heatmap_html(a.image, a.image_only.cam,
+                                                             f"Image-only {a.image_only.cam_method}"),
+                        v.image_only_note: cam_note(a.image_only),
+                        v.image_only_set: set_markdown(a, level, "image_only")})
+        return out
 
     def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                 state: SessionState) -> dict:
@@ -323,7 +340,7 @@ class Handlers:
         same = state.holds(payload)
         image = state.image if same else self.decode(payload)
         a = self.run(image, age, sex, site, cam, state.analysis if same else None, method)
-        return self.render(a, spec, SessionState(upload_key(payload), image, a), level)
+        return self.render(a, spec, state.follow(a) if same else SessionState(upload_key(payload), image, a), level)
 
     def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                          state: SessionState):
@@ -338,10 +355,8 @@ class Handlers:
             return {self.view.warnings: f"⚠️ {e} The results below are for the last valid entry."}
         a = self.predictor.with_metadata(state.analysis, *meta, self.cam_code(cam_choice),
                                          self.cam_method(method_choice))
-        out = self.render(a, self.specificity(op_choice), SessionState(state.key, state.image, a),
-                          self.set_level(level_choice))
-        out = {k: v for k, v in out.items() if k not in self.view.image_side}
-        return {**out, self.view.warnings: "\n".join(f"⚠️ {w}" for w in a.warnings)}
+        return self.render(a, self.specificity(op_choice), state.follow(a), self.set_level(level_choice),
+                           image_side=False)
 
     def heatmap_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                         state: SessionState):

@@ -84,7 +84,7 @@ def test_upload_analyze_and_see_both_models_explained(page):
     for cam in ("#fusion_cam img", "#image_only_cam img"):
         page.wait_for_selector(cam, state="visible", timeout=30_000)
         assert page.locator(cam).evaluate("img => img.naturalWidth") > 0
-    page.wait_for_selector("#shap_plot img, #shap_plot svg, #shap_plot canvas", timeout=30_000)
+    page.wait_for_selector("#shap_plot .js-plotly-plot .main-svg", timeout=30_000)
     assert "agree" in page.locator("#reading").inner_text()
     assert "not a medical device" in page.locator("#notice").inner_text().lower()
     out = REPO / "test-artifacts"
@@ -175,7 +175,8 @@ def test_a_metadata_change_updates_the_fusion_side_without_a_new_analysis(page):
     open_report(page)
     analyze_and_wait(page)
     shown_report(page, "r.metadata.site === 'unknown'")
-    page.wait_for_selector("#what_if img, #what_if svg, #what_if canvas", timeout=30_000)
+    page.wait_for_selector("#what_if .js-plotly-plot .main-svg", timeout=30_000)
+    assert "image-only (ignores metadata)" in page.locator("#what_if").inner_text()
     image_only = page.locator("#image_only_probs").inner_text()
     page.locator("#site input").click()
     page.get_by_role("option", name="face", exact=True).click()
@@ -200,7 +201,10 @@ def test_phone_width_layout_has_no_sideways_scroll(browser, app_server):
         page.wait_for_selector("#analyze", timeout=60_000)
         upload(page)
         analyze_and_wait(page)
-        page.wait_for_selector("#what_if img, #what_if svg, #what_if canvas", timeout=30_000)
+        for plot in ("#shap_plot", "#what_if"):
+            page.wait_for_selector(f"{plot} .js-plotly-plot .main-svg", timeout=30_000)
+            # Drawn within the phone's width: no part of the plot sticks out of its panel.
+            assert page.locator(f"{plot} .main-svg").first.bounding_box()["width"] <= 390
         assert page.evaluate("document.documentElement.scrollWidth") <= 391
         out = REPO / "test-artifacts"
         out.mkdir(exist_ok=True)
