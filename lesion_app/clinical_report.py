@@ -1,4 +1,4 @@
-"""The clinical evaluation report (written by `python -m train.report`) as the app uses it:
+"""The clinical evaluation report (written by `python -m train.evaluation.report`) as the app uses it:
 the Markdown for the "Model report" tab, melanoma operating points and subgroup rows."""
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class ClinicalReport:
             text = text.replace(f"]({f})", f"](/gradio_api/file={(self.folder / f).resolve()})")
         if not self.matches_weights:
             text = ("> ⚠️ This report was made for other weights than the ones loaded; rerun "
-                    "`python -m train.report`.\n\n" + text)
+                    "`python -m train.evaluation.report`.\n\n" + text)
         return text
 
     def melanoma_flags(self, a: Analysis, specificity: str) -> dict[str, dict]:
@@ -84,7 +84,7 @@ class ClinicalReport:
 
 def melanoma_markdown(report: ClinicalReport | None, a: Analysis, specificity: str) -> str:
     if report is None:
-        return "No evaluation report found (run `python -m train.report`), so no operating points."
+        return "No evaluation report found (run `python -m train.evaluation.report`), so no operating points."
     names = {"fusion": "Fusion", "image_only": "Image-only"}
     lines = [f"**Melanoma at the {specificity}% specificity operating point** (threshold set on out-of-fold predictions):"]
     for key, f in report.melanoma_flags(a, specificity).items():

@@ -72,7 +72,7 @@ def set_markdown(a: Analysis, level: str, kind: str) -> str:
     """'90% prediction set: Melanoma (mel), Melanocytic nevus (nv)' for one model."""
     sets = a.prediction_sets.get(level, {})
     if kind not in sets:
-        return "No prediction-set thresholds in these weights (python -m train.prediction_sets)."
+        return "No prediction-set thresholds in these weights (python -m train.fitting.prediction_sets)."
     names = ", ".join(class_label(c) for c in sets[kind]) or "empty (no class reaches the threshold)"
     return f"**{float(level):.0%} prediction set:** {names}"
 
@@ -235,7 +235,7 @@ def layout(clinical: ClinicalReport | None) -> View:
                     c["report_json"] = gr.JSON(elem_id="report_json", open=True)  # every level shown, what_if too
     with gr.Tab("Model report"):
         gr.Markdown(clinical.markdown() if clinical else
-                    "No evaluation report yet: run `python -m train.report`.", elem_id="model_report")
+                    "No evaluation report yet: run `python -m train.evaluation.report`.", elem_id="model_report")
     c["state"] = gr.State(SessionState())  # this session's decoded image and analysis, in memory only
     c["report_button"] = gr.Button(visible=False)
     c["report_out"] = gr.JSON(visible=False)

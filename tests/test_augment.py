@@ -1,11 +1,11 @@
-"""train.augment: training and evaluation views keep their shapes and value ranges."""
+"""train.data.augment: training and evaluation views keep their shapes and value ranges."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from lesion_app.preprocess import InputSpec, to_tensor
-from train.augment import Augment, Normalise, shades_of_gray, train_view, warp, eval_view
+from train.data.augment import Augment, Normalise, shades_of_gray, train_view, warp, eval_view
 
 SPEC = InputSpec(128, 96)
 

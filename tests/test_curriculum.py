@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from train.curriculum import CurriculumScheduler, difficulty, within_class_rank
+from train.fitting.curriculum import CurriculumScheduler, difficulty, within_class_rank
 
 
 def test_difficulty_orders_agreeing_confident_then_complementary_then_neither():

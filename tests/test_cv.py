@@ -15,7 +15,7 @@ from lesion_app.image_input import load_upload
 from lesion_app.predictor import Predictor
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, load_manifest
-from train.make_folds import DEFAULT_FOLDS, heldout_path, load_folds, load_heldout
+from train.data.make_folds import DEFAULT_FOLDS, heldout_path, load_folds, load_heldout
 
 EXAMPLES = REPO / "lesion_app" / "examples"
 
@@ -140,14 +140,14 @@ def tiny(example_folder, tmp_path):
             im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(example_folder / "images" / f"{dst}.jpg")
     pd.concat([md, extra]).to_csv(example_folder / "metadata.csv", index=False)
     folds = tmp_path / "folds.csv"
-    r = run_module("train.make_folds", "--data", example_folder, "--out", folds, "--folds", 2,
+    r = run_module("train.data.make_folds", "--data", example_folder, "--out", folds, "--folds", 2,
                    "--heldout-share", 0.3)
     assert r.returncode == 0, r.stderr[-2000:]
     return {"data": example_folder, "folds": folds, "cache": tmp_path / "cache", "out": tmp_path / "cv"}
 
 
 def cv(tiny, *extra):
-    r = run_module("train.cv", "--data", tiny["data"], "--folds", tiny["folds"], "--cache", tiny["cache"],
+    r = run_module("train.fitting.cv", "--data", tiny["data"], "--folds", tiny["folds"], "--cache", tiny["cache"],
                    "--out", tiny["out"], "--epochs", 1, "--batch", 4, "--threads", 1, *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -186,5 +186,5 @@ def test_tiny_cross_validation_writes_out_of_fold_predictions_for_every_image(ti
 
 
 def test_cv_without_a_folds_file_says_how_to_make_one(tmp_path, example_folder):
-    r = run_module("train.cv", "--data", example_folder, "--folds", tmp_path / "none.csv", "--out", tmp_path / "cv")
-    assert r.returncode == 2 and "python -m train.make_folds" in r.stderr and "Traceback" not in r.stderr
+    r = run_module("train.fitting.cv", "--data", example_folder, "--folds", tmp_path / "none.csv", "--out", tmp_path / "cv")
+    assert r.returncode == 2 and "python -m train.data.make_folds" in r.stderr and "Traceback" not in r.stderr

@@ -1,10 +1,10 @@
-"""train.distributed: each rank's share of an epoch plan, and gathering across ranks."""
+"""train.fitting.distributed: each rank's share of an epoch plan, and gathering across ranks."""
 import numpy as np
 import pytest
 
-from train import distributed
-from train.curriculum import EpochPlan, within_class_rank
-from train.distributed import Dist, RankShare
+from train.fitting import distributed
+from train.fitting.curriculum import EpochPlan, within_class_rank
+from train.fitting.distributed import Dist, RankShare
 
 Y = np.array([0] * 40 + [1] * 12 + [2] * 5 + [3] * 2)      # 59 cases: 59 is prime, so shares are uneven
 RANK = within_class_rank(np.random.default_rng(0).random(len(Y)), Y)
@@ -61,7 +61,7 @@ def test_a_single_process_gathers_its_own_rows():
 
 def test_the_cached_path_keeps_its_historical_draws():
     """EpochPlan with the np.random module draws what train_member drew before it existed."""
-    from train.objectives import class_weights
+    from train.fitting.objectives import class_weights
     w = class_weights(Y)
     np.random.seed(3)
     old = np.random.choice(len(Y), len(Y), p=(w[Y] / w[Y].sum()).numpy())

@@ -29,7 +29,7 @@ def folder(example_folder):
 
 def test_evaluate_writes_the_json_and_csv_contract(folder, tmp_path):
     out, preds = tmp_path / "metrics.json", tmp_path / "predictions.csv"
-    r = run_module("train.evaluate", "--data", folder, "--out", out, "--predictions", preds)
+    r = run_module("train.evaluation.evaluate", "--data", folder, "--out", out, "--predictions", preds)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads(out.read_text())
     for k in ("fusion", "image_only"):
@@ -54,14 +54,14 @@ def test_evaluate_writes_the_json_and_csv_contract(folder, tmp_path):
 
 
 def test_evaluate_on_a_wrong_folder_says_what_is_wrong(tmp_path):
-    r = run_module("train.evaluate", "--data", tmp_path, "--out", tmp_path / "m.json",
+    r = run_module("train.evaluation.evaluate", "--data", tmp_path, "--out", tmp_path / "m.json",
                    "--predictions", tmp_path / "p.csv")
     assert r.returncode == 2 and "metadata.csv not found" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_evaluate_sets_writes_one_row_per_image_model_and_level(folder, tmp_path):
     out, preds, sets = tmp_path / "metrics.json", tmp_path / "predictions.csv", tmp_path / "sets.csv"
-    r = run_module("train.evaluate", "--data", folder, "--out", out, "--predictions", preds, "--sets", sets)
+    r = run_module("train.evaluation.evaluate", "--data", folder, "--out", out, "--predictions", preds, "--sets", sets)
     assert r.returncode == 0, r.stderr[-3000:]
     df = pd.read_csv(sets, dtype={"level": str}, keep_default_na=False)
     assert list(df.columns) == ["image_id", "model", "level", "set"]

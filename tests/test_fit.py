@@ -1,4 +1,4 @@
-"""A tiny end-to-end `python -m train.fit` on the committed example images."""
+"""A tiny end-to-end `python -m train.fitting.fit` on the committed example images."""
 import json
 
 import pandas as pd
@@ -19,7 +19,7 @@ def tiny(example_folder, tmp_path):
 
 
 def fit(tiny, out, *extra):
-    r = run_module("train.fit", "--model", "fusion", "--data", tiny["data"], "--split", tiny["split"],
+    r = run_module("train.fitting.fit", "--model", "fusion", "--data", tiny["data"], "--split", tiny["split"],
                    "--cache", tiny["cache"], "--out", out, *ARGS, *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -32,7 +32,7 @@ def test_fit_runs_end_to_end_and_writes_a_calibrated_model(tiny, tmp_path):
     assert run["config"]["model"] == "fusion" and run["fusion"] == "concat"
     assert run["config"]["sampler"] == "curriculum" and "curriculum difficulty ranked" in r.stdout
     assert 0.1 <= run["temperature"] <= 10.0
-    assert len(run["history"]) == 2 and run["command"].startswith("python -m train.fit")
+    assert len(run["history"]) == 2 and run["command"].startswith("python -m train.fitting.fit")
     weights = load_file(tmp_path / "run" / "model.safetensors")
     assert "head.fc.weight" in weights and "head.meta.0.weight" in weights
 
@@ -58,7 +58,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny, tmp_path)
 
 def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     fit(tiny, tmp_path / "run", "--stop-after", 1)
-    r = run_module("train.fit", "--model", "fusion", "--data", tiny["data"], "--split", tiny["split"],
+    r = run_module("train.fitting.fit", "--model", "fusion", "--data", tiny["data"], "--split", tiny["split"],
                    "--cache", tiny["cache"], "--out", tmp_path / "run", "--epochs", 3, "--batch", 4,
                    "--threads", 1, "--resume")
     assert r.returncode != 0 and "same settings" in r.stderr
@@ -66,6 +66,6 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
 
 def test_unknown_sampler_or_loss_is_a_clear_cli_error(tiny, tmp_path):
     for flag, value in (("--sampler", "oversample"), ("--loss", "hinge")):
-        r = run_module("train.fit", "--data", tiny["data"], "--split", tiny["split"], "--cache", tiny["cache"],
+        r = run_module("train.fitting.fit", "--data", tiny["data"], "--split", tiny["split"], "--cache", tiny["cache"],
                        "--out", tmp_path / "run", flag, value)
         assert r.returncode == 2 and flag in r.stderr

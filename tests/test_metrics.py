@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from train.metrics import classification_metrics, expected_calibration_error, fit_temperature, softmax
+from train.evaluation.metrics import classification_metrics, expected_calibration_error, fit_temperature, softmax
 
 
 def test_ece_known_case():

@@ -1,5 +1,5 @@
 """The out-of-distribution check: its mechanics on constructed features, and the bundled
-detector on real photographs (the evaluation set of train/real_photos.py, shipped inside
+detector on real photographs (the evaluation set of train/data/real_photos.py, shipped inside
 installed packages) and on the committed dermoscopic examples."""
 import json
 
@@ -11,7 +11,7 @@ from PIL import Image
 from lesion_app.ood import FEATURES, OODDetector
 from lesion_app.weights import WEIGHTS_DIR
 from tests.conftest import EXAMPLES
-from train.real_photos import EVALUATION, TUNING, SOURCES, available, real_photos
+from train.data.real_photos import EVALUATION, TUNING, SOURCES, available, real_photos
 
 
 def test_distance_is_mahalanobis_to_the_fitted_gaussian():
@@ -70,7 +70,7 @@ def test_real_photo_sets_are_split_by_photo_and_cover_every_kind():
 def bundled_detector():
     ood = json.loads((WEIGHTS_DIR / "manifest.json").read_text()).get("ood")
     if not ood or ood.get("features") != FEATURES:
-        pytest.skip("the bundled OOD detector predates the trunk-feature check: run python -m train.fit_ood")
+        pytest.skip("the bundled OOD detector predates the trunk-feature check: run python -m train.fitting.fit_ood")
     from lesion_app.predictor import Predictor
     return Predictor(WEIGHTS_DIR)
 

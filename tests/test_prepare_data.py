@@ -1,4 +1,4 @@
-"""`train.prepare_data` on a fake official download made from the example images."""
+"""`train.data.prepare_data` on a fake official download made from the example images."""
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -27,7 +27,7 @@ def make_official_download(example_folder, dst):
 def test_official_download_becomes_the_layout(example_folder, tmp_path):
     src, out = tmp_path / "download", tmp_path / "ham"
     md = make_official_download(example_folder, src)
-    r = run_module("train.prepare_data", "--src", src, "--out", out)
+    r = run_module("train.data.prepare_data", "--src", src, "--out", out)
     assert r.returncode == 0, r.stderr
     df = load_metadata(out)
     assert list(df["image_id"]) == list(md["image_id"])
@@ -39,7 +39,7 @@ def test_official_download_becomes_the_layout(example_folder, tmp_path):
 
 
 def test_missing_download_gives_a_clear_error(tmp_path):
-    r = run_module("train.prepare_data", "--src", tmp_path, "--out", tmp_path / "out")
+    r = run_module("train.data.prepare_data", "--src", tmp_path, "--out", tmp_path / "out")
     assert r.returncode == 2 and "HAM10000_metadata.csv not found" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -76,7 +76,7 @@ def make_isic2019_download(example_folder, dst):
 def test_isic2019_download_becomes_the_layout(example_folder, tmp_path):
     src, out = tmp_path / "isic2019", tmp_path / "layout"
     md = make_isic2019_download(example_folder, src)
-    r = run_module("train.prepare_data", "--data-format", "isic2019", "--src", src, "--out", out)
+    r = run_module("train.data.prepare_data", "--data-format", "isic2019", "--src", src, "--out", out)
     assert r.returncode == 0, r.stderr
     assert "dropped 1 SCC and 1 unlabelled" in r.stdout
     df = load_metadata(out).set_index("image_id")
@@ -97,12 +97,12 @@ def test_isic2019_download_becomes_the_layout(example_folder, tmp_path):
 def test_isic2019_scc_can_join_akiec(example_folder, tmp_path):
     src, out = tmp_path / "isic2019", tmp_path / "layout"
     make_isic2019_download(example_folder, src)
-    r = run_module("train.prepare_data", "--data-format", "isic2019", "--scc", "akiec", "--src", src, "--out", out)
+    r = run_module("train.data.prepare_data", "--data-format", "isic2019", "--scc", "akiec", "--src", src, "--out", out)
     assert r.returncode == 0, r.stderr
     assert load_metadata(out).set_index("image_id").loc["ISIC_9000001", "dx"] == "akiec"
 
 
 def test_isic2019_missing_files_give_a_clear_error(tmp_path):
-    r = run_module("train.prepare_data", "--data-format", "isic2019", "--src", tmp_path, "--out", tmp_path / "o")
+    r = run_module("train.data.prepare_data", "--data-format", "isic2019", "--src", tmp_path, "--out", tmp_path / "o")
     assert r.returncode == 2 and "ISIC_2019_Training_GroundTruth.csv not found" in r.stderr
     assert "Traceback" not in r.stderr

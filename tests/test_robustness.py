@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import EXAMPLES, AppServer, REPO
 from inputs import bad_files, example_image, odd_but_valid_files
-from train.load_test import run_load
+from train.evaluation.load_test import run_load
 
 META = (52, "male", "back")
 
@@ -120,7 +120,7 @@ def test_twelve_concurrent_users_three_calls_each_without_errors(app_server):
 
 
 def test_non_dermoscopic_images_are_flagged_and_examples_are_not(client, tmp_path):
-    from train.synthetic_images import non_dermoscopic_images
+    from train.data.synthetic_images import non_dermoscopic_images
     flagged = 0
     synth = non_dermoscopic_images()
     for name, im in synth.items():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from train.stats import (balanced_accuracy, bootstrap_ci, complementarity, energy_inside, macro_auc,
+from train.evaluation.stats import (balanced_accuracy, bootstrap_ci, complementarity, energy_inside, macro_auc,
                          mcnemar, paired_bootstrap, pointing_game, reliability,
                          sensitivity_at_specificity)
 
@@ -112,7 +112,7 @@ def test_reliability_bins():
 
 
 def test_confusion_metrics_known_case_and_row_weights():
-    from train.stats import confusion_metrics
+    from train.evaluation.stats import confusion_metrics
     y, pred = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
     m = confusion_metrics(y, pred, np.ones((1, 4)), n_classes=3, positive=0)
     # recalls 1/2 and 1 -> 0.75; F1 2/3 and 4/5 (class 2 absent, left out)
@@ -128,7 +128,7 @@ def test_confusion_metrics_known_case_and_row_weights():
 
 def test_resample_counts_match_the_bootstrap_samples_and_sklearn():
     from sklearn.metrics import balanced_accuracy_score, f1_score
-    from train.stats import _resamples, confusion_metrics, resample_counts
+    from train.evaluation.stats import _resamples, confusion_metrics, resample_counts
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, 60)
     pred = np.where(rng.random(60) < 0.6, y, rng.integers(0, 4, 60))

@@ -1,4 +1,4 @@
-"""`python -m train.study` end to end on the committed example images (tiny settings)."""
+"""`python -m train.study.compare` end to end on the committed example images (tiny settings)."""
 import json
 
 import numpy as np
@@ -7,16 +7,16 @@ import torch
 
 from conftest import run_module
 from lesion_app.metadata import META_DIM
-from train.objectives import LOSSES
-from train.pooled_heads import Hyper, head_probs, train_head
-from train.study import FUSIONS, SAMPLINGS, decision_fusion
+from train.fitting.objectives import LOSSES
+from train.fitting.pooled_heads import Hyper, head_probs, train_head
+from train.study.compare import FUSIONS, SAMPLINGS, decision_fusion
 
 
 def test_study_writes_the_table_with_every_arm_and_cis(example_folder, tmp_path):
     md = pd.read_csv(example_folder / "metadata.csv")
     split = md[["image_id", "lesion_id", "dx"]].assign(split=["train"] * 3 + ["val"] * 2 + ["test"] * 2)
     split.to_csv(tmp_path / "split.csv", index=False)
-    r = run_module("train.study", "--data", example_folder, "--split", tmp_path / "split.csv",
+    r = run_module("train.study.compare", "--data", example_folder, "--split", tmp_path / "split.csv",
                    "--cache", tmp_path / "cache", "--out", tmp_path / "out", "--seeds", 1,
                    "--epochs", 1, "--folds", 2, "--n-boot", 20, "--threads", 1)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -38,7 +38,7 @@ def test_manifest_records_what_the_issue_asks_for():
         assert key in m, key
     for k in MODEL_KEYS:
         e = m["models"][k]
-        assert e["training_command"].startswith("python -m train.cv")
+        assert e["training_command"].startswith("python -m train.fitting.cv")
         assert {"out_of_fold_metrics", "heldout_metrics", "temperature", "members", "ensemble"} <= e.keys()
     assert m["input"]["spec"]["mean"] == 0.5 and m["input"]["spec"]["std"] == 0.5
     assert len(m["selection"]["variants_compared"]) <= 3

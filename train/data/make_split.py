@@ -1,6 +1,6 @@
 """Lesion-grouped, dx-stratified train/val/test split with a fixed seed.
 
-    python -m train.make_split [--data DIR] [--out train/splits/ham10000.csv]
+    python -m train.data.make_split [--data DIR] [--out train/splits/ham10000.csv]
 
 Every image of a lesion lands in the same split (images of one lesion are near copies,
 so an image-level split would leak). The CSV is committed so the split is auditable.
@@ -14,8 +14,9 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from lesion_app.data import DEFAULT_DATA, load_metadata
+from train import SPLITS
 
-DEFAULT_SPLIT = Path(__file__).resolve().parent / "splits" / "ham10000.csv"
+DEFAULT_SPLIT = SPLITS / "ham10000.csv"
 
 
 def make_split(df: pd.DataFrame, val: float = 0.15, test: float = 0.15,

@@ -1,9 +1,9 @@
 """Writes the clinical evaluation report of the bundled ensembles from out-of-fold predictions.
 
-    python -m train.report [--weights weights] [--data DIR] [--out reports] [--n-boot 1000]
+    python -m train.evaluation.report [--weights weights] [--data DIR] [--out reports] [--n-boot 1000]
 
 Every figure comes from images whose lesion the scoring model never trained on:
-- reports/oof_logits.csv (written by train.bundle from the train.cv run): each image scored
+- reports/oof_logits.csv (written by train.fitting.bundle from the train.fitting.cv run): each image scored
   by the member of its own fold; calibrated with the manifest's temperatures. Metrics with
   lesion-bootstrap CIs, fusion vs image-only paired tests, per class, melanoma operating
   points (thresholds chosen on these predictions), subgroups and reliability.
@@ -32,14 +32,14 @@ from lesion_app.data import DEFAULT_DATA, labels, load_metadata  # noqa: E402
 from lesion_app.predictor import Predictor  # noqa: E402
 from lesion_app.vocab import CLASSES  # noqa: E402
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR  # noqa: E402
-from train.bundle import coverage_markdown  # noqa: E402
-from train.cam_localisation import localisation, table as localisation_table  # noqa: E402
-from train.metrics import classification_metrics, expected_calibration_error, softmax  # noqa: E402
-from train.stats import (balanced_accuracy, bootstrap_ci, complementarity,  # noqa: E402
+from train.fitting.bundle import coverage_markdown  # noqa: E402
+from train.evaluation.cam_localisation import localisation, table as localisation_table  # noqa: E402
+from train.evaluation.metrics import classification_metrics, expected_calibration_error, softmax  # noqa: E402
+from train.evaluation.stats import (balanced_accuracy, bootstrap_ci, complementarity,  # noqa: E402
                          macro_auc, macro_f1, mcnemar, paired_bootstrap, reliability,
                          sensitivity_at_specificity)
+from train import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 MEL = CLASSES.index("mel")
 NAMES = {"fusion": "Fusion", "image_only": "Image-only"}
 

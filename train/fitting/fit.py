@@ -1,8 +1,8 @@
 """Trains the image-only or the fusion model on cached lower-backbone features.
 
-    python -m train.fit --model fusion --fusion concat --out runs/fusion
-    python -m train.fit --model image_only --out runs/image_only
-    python -m train.fit --full ...    the whole network from decoded images (train.full, torchrun)
+    python -m train.fitting.fit --model fusion --fusion concat --out runs/fusion
+    python -m train.fitting.fit --model image_only --out runs/image_only
+    python -m train.fitting.fit --full ...    the whole network from decoded images (train.fitting.full, torchrun)
 
 Reads top to bottom: data and split -> metadata encoding -> cached features -> model ->
 loss and sampler -> a plain epoch loop (one log line per epoch, a checkpoint per epoch,
@@ -32,23 +32,23 @@ from lesion_app.data import DEFAULT_DATA, labels, load_metadata
 from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.models import SPLIT_BLOCK, LesionClassifier
 from lesion_app.preprocess import mean_over_views
-from train.curriculum import SAMPLERS, EpochPlan
-from train.features import DEFAULT_CACHE, N_VIEWS, build_cache, build_pooled_imagenet, cached_pooled
-from train.loop import run_epoch
-from train.make_split import DEFAULT_SPLIT, load_split
-from train.metrics import classification_metrics, fit_temperature, softmax
-from train.objectives import LOSSES, class_weights, drop_metadata, loss_fn
-from train.pooled_heads import Hyper, curriculum_rank
+from train.fitting.curriculum import SAMPLERS, EpochPlan
+from train.data.features import DEFAULT_CACHE, N_VIEWS, build_cache, build_pooled_imagenet, cached_pooled
+from train.fitting.loop import run_epoch
+from train.data.make_split import DEFAULT_SPLIT, load_split
+from train.evaluation.metrics import classification_metrics, fit_temperature, softmax
+from train.fitting.objectives import LOSSES, class_weights, drop_metadata, loss_fn
+from train.fitting.pooled_heads import Hyper, curriculum_rank
 
 
 @dataclass
 class Config:
-    # Defaults are the shipped recipe (train.cv runs it on every fold). A field's allowed
+    # Defaults are the shipped recipe (train.fitting.cv runs it on every fold). A field's allowed
     # values, where it has a fixed set, are in its metadata: the command lines check them.
     model: str = field(default="fusion", metadata={"choices": ("image_only", "fusion")})
     fusion: str = field(default="concat", metadata={"choices": ("concat", "film", "late")})  # fusion only
     loss: str = field(default="wce", metadata={"choices": LOSSES})  # wce = class-weighted; focal is weighted too
-    sampler: str = field(default="curriculum", metadata={"choices": SAMPLERS})  # see train.curriculum
+    sampler: str = field(default="curriculum", metadata={"choices": SAMPLERS})  # see train.fitting.curriculum
     epochs: int = 6
     batch: int = 64
     lr: float = 1e-3               # head; the fine-tuned backbone stages get lr * backbone_lr
@@ -315,7 +315,7 @@ def add_config_arguments(p: argparse.ArgumentParser, skip=()) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """train.fit's command line: the recipe (Config), data and run flags, and train.full's flags."""
+    """train.fitting.fit's command line: the recipe (Config), data and run flags, and train.fitting.full's flags."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(p)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -329,25 +329,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many epochs in this invocation (resume later)")
     p.add_argument("--full", action="store_true",
-                   help="fine-tune the whole network from images decoded on the fly (train.full); "
+                   help="fine-tune the whole network from images decoded on the fly (train.fitting.full); "
                         "runs under torchrun --nproc_per_node=N too")
-    from train import full   # here, not at the top: train.full builds on this module
+    from train.fitting import full   # here, not at the top: train.fitting.full builds on this module
     full.add_arguments(p.add_argument_group("--full only"))
     return p
 
 
 def main(argv=None):
     """Single-split training (the study's split): experiments only; the shipped ensembles
-    come from train.cv, which calls the same train_member on every fold."""
+    come from train.fitting.cv, which calls the same train_member on every fold."""
     p = parser()
     a = p.parse_args(argv)
     cfg = Config(**{k: getattr(a, k) for k in asdict(Config())})
-    from train import full
+    from train.fitting import full
     if a.full:
         return full.main(a, p, argv)
     full.refuse_full_flags(a, p)
     fusion = "none" if cfg.model == "image_only" else cfg.fusion
-    command = "python -m train.fit " + " ".join(shlex.quote(str(x)) for x in (argv or sys.argv[1:]))
+    command = "python -m train.fitting.fit " + " ".join(shlex.quote(str(x)) for x in (argv or sys.argv[1:]))
     t_start = time.time()
     torch.set_num_threads(cfg.threads)
 

@@ -1,6 +1,6 @@
 """Fits the out-of-distribution check on the shared trunk's features of dermoscopic images.
 
-    python -m train.fit_ood [--weights weights] [--data DIR] [--percentile 98] [--fit-per-class 200]
+    python -m train.fitting.fit_ood [--weights weights] [--data DIR] [--percentile 98] [--fit-per-class 200]
 
 Fitted (one Gaussian of the trunk's channel means) on a class-stratified sample of images
 outside the held-out slice, each as given and once more recompressed, re-exposed or
@@ -9,7 +9,7 @@ a percentile of the held-out slice's distances and saturation, images no member 
 (the only use of that slice). Then measures the share flagged there; on other dermoscopic
 images used for neither (the trunk is frozen ImageNet, so the detector has never seen them);
 on ~40 synthetic non-dermoscopic images; and on real photographs that installed packages
-ship (train/real_photos.py: tuning and evaluation sets, per kind).
+ship (train/data/real_photos.py: tuning and evaluation sets, per kind).
 Only the trunk runs (no member), so it takes a few minutes on a 2-core CPU.
 Writes weights/ood.safetensors, its manifest entry and the model card's OOD section
 (overwrites them).
@@ -34,7 +34,7 @@ from lesion_app.ood import FEATURES, OODDetector
 from lesion_app.predictor import Predictor
 from lesion_app.preprocess import unnormalise
 from lesion_app.weights import WEIGHTS_DIR, sha256_file
-from train.bundle import REPO, model_card
+from train.fitting.bundle import REPO, model_card
 
 
 def trunk_features(predictor: Predictor, images, batch: int = 16, views: bool = True
@@ -82,8 +82,8 @@ def flagged_by_kind(names, sources, flags) -> dict:
 
 def measure(predictor: Predictor, det: OODDetector) -> dict:
     """The detector's flags on synthetic and on real non-dermoscopic images."""
-    from train.real_photos import EVALUATION, SOURCES, TUNING, available, real_photos
-    from train.synthetic_images import non_dermoscopic_images
+    from train.data.real_photos import EVALUATION, SOURCES, TUNING, available, real_photos
+    from train.data.synthetic_images import non_dermoscopic_images
     synth = non_dermoscopic_images()
     f_syn, rgb_syn = trunk_features(predictor, list(synth.values()))
     synth_flags = det.flags(f_syn, rgb_syn).numpy()
@@ -163,7 +163,7 @@ def main(argv=None):
         "real_photos": {"tuning": tun, "evaluation": ev, "sources_missing": m["sources_missing"],
                         "about": "photos that scikit-image, scikit-learn, gradio and matplotlib ship in "
                                  "their wheels, whole and as 6 crops each; split by source photo "
-                                 "(train/real_photos.py)"},
+                                 "(train/data/real_photos.py)"},
         "fit_seconds": round(time.perf_counter() - t0, 1),
     }
     manifest_path.write_text(json.dumps(manifest, indent=1))

@@ -1,6 +1,6 @@
 """Heads trained on cached pooled features (seconds each on the CPU): the study's arms and
 the curriculum's out-of-fold difficulty scorers. The features are those of
-train.features.build_pooled_imagenet: (n, N_VIEWS, F) per split.
+train.data.features.build_pooled_imagenet: (n, N_VIEWS, F) per split.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from sklearn.model_selection import GroupKFold
 from lesion_app.models import HEADS, META_HIDDEN, Head
 from lesion_app.preprocess import mean_over_views
 from lesion_app.vocab import CLASSES
-from train.curriculum import EpochPlan, difficulty, within_class_rank
-from train.features import N_VIEWS, TTA_VIEWS
-from train.loop import run_epoch
-from train.metrics import softmax
-from train.objectives import class_weights, drop_metadata, loss_fn
+from train.fitting.curriculum import EpochPlan, difficulty, within_class_rank
+from train.data.features import N_VIEWS, TTA_VIEWS
+from train.fitting.loop import run_epoch
+from train.evaluation.metrics import softmax
+from train.fitting.objectives import class_weights, drop_metadata, loss_fn
 
 
 class MetadataOnlyHead(Head):
@@ -75,7 +75,7 @@ def train_head(head_kind: str, x: torch.Tensor, meta: torch.Tensor, y: np.ndarra
 
 @torch.inference_mode()
 def head_probs(head: Head, x: torch.Tensor, meta: torch.Tensor) -> np.ndarray:
-    """Softmax of the mean logits over the evaluation views, as train.fit evaluates."""
+    """Softmax of the mean logits over the evaluation views, as train.fitting.fit evaluates."""
     n, _, f = x.shape
     logits = head(x[:, :TTA_VIEWS].reshape(n * TTA_VIEWS, f), meta.repeat_interleave(TTA_VIEWS, 0))
     return softmax(mean_over_views(logits, TTA_VIEWS).cpu().numpy())

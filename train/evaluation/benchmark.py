@@ -1,13 +1,13 @@
 """Prints how long one full analysis takes, piece by piece, and the app's start-up and memory.
 
-    python -m train.benchmark [--repeats 30] [--app] [--training]
+    python -m train.evaluation.benchmark [--repeats 30] [--app] [--training]
 
 Pieces: preprocessing, the shared trunk (once, 4 flip views), the upper stages of every
 member of both ensembles, each ensemble's heads, SHAP (the fusion heads over 8 coalitions +
 exact Shapley), the OOD check, each ensemble's Grad-CAM, and the whole `Predictor.analyze`. Medians after warm-up. With --app it
 also starts `python app.py`, times its first HTTP answer, sends requests and reads its peak
 memory (VmHWM). Also the live what-if's server time. With --training it measures this
-CPU's cache and training-step rates and extrapolates a full train.cv run (cache + 10
+CPU's cache and training-step rates and extrapolates a full train.fitting.cv run (cache + 10
 members). The machine is shared and noisy: compare figures within one run.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from lesion_app.image_input import load_upload
 from lesion_app.ood import OODDetector
 from lesion_app.predictor import Predictor
 from lesion_app.shapley import coalition_rows, shapley_values
+from train import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "lesion_app" / "examples" / "images" / "ISIC_0024449.jpg"
 
 
@@ -109,13 +109,13 @@ def bench_metadata_change(repeats: int) -> None:
 
 
 def bench_training(threads: int = 2, steps: int = 6) -> None:
-    """Measures the CPU's cache and training rates and extrapolates one full train.cv run."""
+    """Measures the CPU's cache and training rates and extrapolates one full train.fitting.cv run."""
     import json
     import numpy as np
     from lesion_app.data import DEFAULT_DATA, load_image
     from lesion_app.models import LesionClassifier
     from lesion_app.preprocess import InputSpec
-    from train.features import N_VIEWS, image_views
+    from train.data.features import N_VIEWS, image_views
     torch.set_num_threads(threads)
     manifest = json.loads((REPO / "weights" / "manifest.json").read_text())
     split = manifest["trunk"]["split_block"]
@@ -195,7 +195,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--app", action="store_true", help="also time the app's start-up and memory")
-    ap.add_argument("--training", action="store_true", help="also estimate a full train.cv run on this CPU")
+    ap.add_argument("--training", action="store_true", help="also estimate a full train.fitting.cv run on this CPU")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     bench_predictor(a.repeats)

@@ -1,5 +1,5 @@
-"""One training epoch: the loop that train.fit (upper stages + head) and train.pooled_heads
-(heads on pooled features) share. Sampling is EpochPlan's (train.curriculum); each caller
+"""One training epoch: the loop that train.fitting.fit (upper stages + head) and train.fitting.pooled_heads
+(heads on pooled features) share. Sampling is EpochPlan's (train.fitting.curriculum); each caller
 keeps its own random source for the views, so both reproduce their earlier runs exactly.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Converts the official HAM10000 or ISIC 2019 download into the project's layout.
 
-    python -m train.prepare_data --src <official download> --out <folder> [--size 200x150]
-    python -m train.prepare_data --data-format isic2019 --src <ISIC 2019 download> --out <folder> [--size 600x450]
+    python -m train.data.prepare_data --src <official download> --out <folder> [--size 200x150]
+    python -m train.data.prepare_data --data-format isic2019 --src <ISIC 2019 download> --out <folder> [--size 600x450]
 
 HAM10000: HAM10000_metadata.csv and the images in HAM10000_images_part_1/ and
 HAM10000_images_part_2/ (600x450). Lesion masks (<image_id>_segmentation.png, e.g.

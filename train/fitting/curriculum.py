@@ -17,13 +17,13 @@ them by `full_at` of the way through.
 EpochPlan is what every training loop samples from: one epoch's rows in order for any of
 the three samplers (none, balanced, curriculum). It depends only on the epoch and the
 generator it is given, so the ranks of a distributed run that share a seed hold the same
-plan and each takes its own share of it (train.distributed.RankShare).
+plan and each takes its own share of it (train.fitting.distributed.RankShare).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from train.objectives import class_weights
+from train.fitting.objectives import class_weights
 
 BETA = 0.25      # weight of inter-modal complementarity in the difficulty
 START = 0.3      # share of each class's easiest cases eligible at the first epoch

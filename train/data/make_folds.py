@@ -1,6 +1,6 @@
 """The 5-fold cross-validation split of the whole data folder, and the held-out showcase slice.
 
-    python -m train.make_folds [--data DIR] [--out train/splits/ham10000_folds.csv] [--force]
+    python -m train.data.make_folds [--data DIR] [--out train/splits/ham10000_folds.csv] [--force]
 
 folds.csv: image_id,lesion_id,dx,fold. Folds are grouped by lesion_id (all images of a lesion
 in one fold) and stratified by dx, with a fixed seed. Member k of each ensemble trains on
@@ -22,8 +22,8 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, train_test_split
 
 from lesion_app.data import DEFAULT_DATA, load_metadata
+from train import SPLITS
 
-SPLITS = Path(__file__).resolve().parent / "splits"
 DEFAULT_FOLDS = SPLITS / "ham10000_folds.csv"
 N_FOLDS = 5
 HELDOUT_SHARE = 0.05   # of lesions: ~400 images, enough for a paired ensemble-vs-member check

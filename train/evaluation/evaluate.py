@@ -1,6 +1,6 @@
 """Scores the bundled models on any folder in the HAM10000 layout.
 
-    python -m train.evaluate --data DIR --out metrics.json --predictions predictions.csv [--weights DIR]
+    python -m train.evaluation.evaluate --data DIR --out metrics.json --predictions predictions.csv [--weights DIR]
 
 metrics.json: for `fusion` and `image_only`, balanced accuracy, macro-F1, accuracy, macro
 one-vs-rest AUC, per-class precision/recall/F1/AUC/support, the confusion matrix and ECE.
@@ -26,7 +26,7 @@ from lesion_app.metadata import MetadataError
 from lesion_app.predictor import Predictor
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError
-from train.metrics import classification_metrics
+from train.evaluation.metrics import classification_metrics
 
 
 def predict_folder(predictor: Predictor, data: Path, df: pd.DataFrame,
@@ -105,7 +105,7 @@ def main(argv=None):
     preds.to_csv(a.predictions, index=False, float_format="%.6f")
     if a.sets:
         if not predictor.set_thresholds:
-            print("error: these weights have no prediction-set thresholds (python -m train.prediction_sets)",
+            print("error: these weights have no prediction-set thresholds (python -m train.fitting.prediction_sets)",
                   file=sys.stderr)
             return 2
         sets_frame(predictor, preds).to_csv(a.sets, index=False)

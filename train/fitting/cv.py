@@ -1,10 +1,10 @@
 """5-fold cross-validated ensembles on one shared frozen trunk, with out-of-fold predictions.
 
-    python -m train.cv --out runs/cv [--data DIR] [--folds train/splits/ham10000_folds.csv]
+    python -m train.fitting.cv --out runs/cv [--data DIR] [--folds train/splits/ham10000_folds.csv]
                        [--kinds image_only fusion] [--device cpu] [--threads 2] [recipe flags]
 
 Reads top to bottom: the folds and the held-out slice -> the lower-stage cache of every
-image (train.features, computed once and shared by all members) -> per fold, the
+image (train.data.features, computed once and shared by all members) -> per fold, the
 curriculum's difficulty ranking of that fold's training cases -> per kind and fold, a member
 fine-tuned on every other fold (minus the held-out slice) with a fixed schedule, so no
 choice looks at the fold it will score -> its logits on its own fold (out-of-fold) and on
@@ -33,10 +33,11 @@ from lesion_app.data import DEFAULT_DATA, labels, load_metadata
 from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.models import SPLIT_BLOCK, LesionClassifier
 from lesion_app.vocab import CLASSES
-from train.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
-from train.fit import Config, add_config_arguments, difficulty_rank, train_member, tta_logits
-from train.make_folds import DEFAULT_FOLDS, load_folds, load_heldout
-from train.metrics import classification_metrics, fit_temperature, softmax
+from train import REPO
+from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
+from train.fitting.fit import Config, add_config_arguments, difficulty_rank, train_member, tta_logits
+from train.data.make_folds import DEFAULT_FOLDS, load_folds, load_heldout
+from train.evaluation.metrics import classification_metrics, fit_temperature, softmax
 
 KINDS = ("image_only", "fusion")
 LOGIT_COLUMNS = [f"logit_{c}" for c in CLASSES]
@@ -47,7 +48,7 @@ class Deadline(Exception):
 
 
 def repo_relative(path: Path) -> str:
-    p, repo = Path(path).resolve(), Path(__file__).resolve().parent.parent
+    p, repo = Path(path).resolve(), REPO
     return str(p.relative_to(repo)) if p.is_relative_to(repo) else str(path)
 
 
@@ -76,7 +77,7 @@ def fold_frames(md: pd.DataFrame, folds: pd.DataFrame, heldout: pd.DataFrame) ->
         extra, missing = set(folds["image_id"]) - set(md["image_id"]), set(md["image_id"]) - set(folds["image_id"])
         raise SystemExit(f"error: the folds file does not match the data folder ({len(missing)} images "
                          f"without a fold, {len(extra)} fold rows without an image); make folds for this "
-                         "folder with python -m train.make_folds --data DIR --out FILE")
+                         "folder with python -m train.data.make_folds --data DIR --out FILE")
     df = md.merge(folds[["image_id", "fold"]], on="image_id", how="left")
     df["heldout"] = df["image_id"].isin(set(heldout["image_id"]))
     return df
@@ -111,7 +112,7 @@ def main(argv=None):
         log_file.flush()
 
     if not a.folds.is_file():
-        p.error(f"{a.folds} not found: make it with python -m train.make_folds --data DIR --out {a.folds}")
+        p.error(f"{a.folds} not found: make it with python -m train.data.make_folds --data DIR --out {a.folds}")
     md = load_metadata(a.data)
     folds, heldout = load_folds(a.folds), load_heldout(a.folds)
     df = fold_frames(md, folds, heldout)
@@ -190,7 +191,7 @@ def main(argv=None):
             log(f"{kind} fold {fold}: trained in {seconds:.0f} s, out-of-fold balanced accuracy {bacc:.4f}")
 
     summary = collect(a.out, df, y, a.kinds, n_folds)
-    summary.update({"command": "python -m train.cv " + " ".join(sys.argv[1:] if argv is None else map(str, argv)),
+    summary.update({"command": "python -m train.fitting.cv " + " ".join(sys.argv[1:] if argv is None else map(str, argv)),
                     "recipe": {k: getattr(a, k) for k in asdict(Config()) if k not in ("model",)},
                     "split_block": a.split_block, "folds_file": repo_relative(a.folds), "age_scaler": asdict(scaler),
                     "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else

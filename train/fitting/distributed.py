@@ -1,11 +1,11 @@
-"""PyTorch's own distributed engine for train.full: process group, samplers and gathering.
+"""PyTorch's own distributed engine for train.fitting.full: process group, samplers and gathering.
 
 Under `torchrun --nproc_per_node=N` (RANK, WORLD_SIZE and LOCAL_RANK set), setup() joins the
 process group (NCCL on GPUs, gloo on CPU) and each rank trains its own share of the data in
 DistributedDataParallel; started plainly, it is one process and nothing here communicates.
 
 RankShare is the distributed-aware sampler: every rank builds the same epoch plan
-(train.curriculum.EpochPlan, from the epoch's own generator) and takes its own positions of
+(train.fitting.curriculum.EpochPlan, from the epoch's own generator) and takes its own positions of
 it, so the balanced and curriculum draws are those of a single process, split N ways.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.distributed as td
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-from train.curriculum import EpochPlan
+from train.fitting.curriculum import EpochPlan
 
 # Rank 0 alone prepares shared inputs (the curriculum's difficulty ranking) while the others
 # wait in a collective; the default 10-minute NCCL timeout is too short for a big folder.

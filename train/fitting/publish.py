@@ -1,13 +1,13 @@
 """Publishes the bundled weights as a Hugging Face model repo, and prints the commit sha to pin.
 
-    python -m train.publish --repo ORG/NAME [--out DIR] [--dry-run] [--revision-message TEXT]
+    python -m train.fitting.publish --repo ORG/NAME [--out DIR] [--dry-run] [--revision-message TEXT]
                             [--weights weights] [--report reports/report.json] [--private]
 
 Builds the repo's folder: every weights file the manifest names (the shared trunk, each
 member of both ensembles, the out-of-distribution detector), checked against its sha256,
 manifest.json as is, and README.md, the model card the Hub renders. The card is made with
 huggingface_hub's ModelCard, ModelCardData and EvalResult: licence, dataset, task, tags and a
-model-index of the headline out-of-fold metrics; its body is train.bundle.model_card(manifest),
+model-index of the headline out-of-fold metrics; its body is train.fitting.bundle.model_card(manifest),
 the same text as weights/MODEL_CARD.md, followed by what is specific to the Hub copy.
 
 --dry-run writes the folder and stops (no network, no token). Otherwise the folder is
@@ -25,9 +25,9 @@ from pathlib import Path
 from lesion_app.hub import manifest_entries
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_manifest, sha256_file, verify_file
-from train.bundle import model_card
+from train.fitting.bundle import model_card
+from train import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "reports" / "report.json"
 LICENSE = "cc-by-nc-4.0"
 DATASET = "HAM10000"   # the dataset's name (Tschandl et al. 2018), not the id of a Hub dataset
@@ -54,9 +54,9 @@ def evaluation(manifest: dict) -> str:
 
 
 def mel_sensitivity(manifest: dict, report_path: Path) -> tuple[dict, str | None]:
-    """Melanoma sensitivity at 90% specificity per kind, from train.report's report.json, when that
+    """Melanoma sensitivity at 90% specificity per kind, from train.evaluation.report's report.json, when that
     report is of these very weights (same member sha256s) and out-of-fold; else ({}, why not)."""
-    redo = "run `python -m train.report`, then publish again"
+    redo = "run `python -m train.evaluation.report`, then publish again"
     if not report_path.is_file():
         return {}, f"{report_path.name} is absent ({redo})"
     try:
@@ -107,14 +107,14 @@ def hub_section(repo: str, manifest: dict, entries: list[dict], mel: dict, mel_n
         ci = f.get("ci95")
         mel_line = (f"- Melanoma sensitivity at 90% specificity (fusion): {f['estimate']:.3f}"
                     + (f" (95% lesion-bootstrap CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
-                    + f", from `reports/report.json` of `python -m train.report` ({ev}; the threshold is "
+                    + f", from `reports/report.json` of `python -m train.evaluation.report` ({ev}; the threshold is "
                       f"chosen on the same out-of-fold predictions, so this is an optimistic figure).\n")
     if mel_note:
         mel_line += f"- Melanoma sensitivity at 90% specificity is left out of the model-index: {mel_note}.\n"
     files = "\n".join(f"| `{e['file']}` | `{e['sha256']}` |" for e in entries)
     return f"""
 ## This repository on the Hugging Face Hub
-Published by `python -m train.publish`. Serve one commit of it, never a branch: the app
+Published by `python -m train.fitting.publish`. Serve one commit of it, never a branch: the app
 refuses a branch name and loads only a full 40-hex commit sha.
 
     LESION_APP_WEIGHTS=hf://{repo}@<commit sha> python app.py
@@ -214,7 +214,7 @@ def main(argv=None) -> None:
     p.add_argument("--dry-run", action="store_true", help="write the folder only: no network, no token")
     p.add_argument("--revision-message", help="the commit message (default: the weights' version and commit)")
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
-    p.add_argument("--report", type=Path, default=REPORT, help="train.report's report.json (melanoma sensitivity)")
+    p.add_argument("--report", type=Path, default=REPORT, help="train.evaluation.report's report.json (melanoma sensitivity)")
     p.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
     a = p.parse_args(argv)
     from huggingface_hub.errors import HFValidationError

@@ -1,13 +1,13 @@
 """Which imbalance strategy and which fusion work best? A factorial study on cached features.
 
-    python -m train.study [--seeds 3] [--epochs 40] [--n-boot 1000] [--threads 1] [--out reports]
+    python -m train.study.compare [--seeds 3] [--epochs 40] [--n-boot 1000] [--threads 1] [--out reports]
 
 Every arm trains only a head, on the same frozen features: the whole backbone at its
-ImageNet weights, pooled, 8 augmented views per image, cached once by train.features.
+ImageNet weights, pooled, 8 augmented views per image, cached once by train.data.features.
 So a training takes seconds and arms differ only in what is studied:
 
-  loss      ce | wce (class-weighted) | focal (class-weighted, gamma 2)      as in train.fit
-  sampling  none | balanced (inverse frequency) | curriculum (train.curriculum)
+  loss      ce | wce (class-weighted) | focal (class-weighted, gamma 2)      as in train.fitting.fit
+  sampling  none | balanced (inverse frequency) | curriculum (train.fitting.curriculum)
   fusion    image-only | concat | film | late (joint sum of logits)       the app's heads
             | mean | max of the image-only and a metadata-only model's probabilities
 
@@ -30,13 +30,13 @@ import torch
 
 from lesion_app.data import DEFAULT_DATA
 from lesion_app.vocab import CLASSES
-from train.curriculum import BETA, FULL_AT, START
-from train.features import DEFAULT_CACHE, N_VIEWS, TTA_VIEWS, build_pooled_imagenet
-from train.fit import SplitData
-from train.make_split import DEFAULT_SPLIT
-from train.objectives import LOSSES
-from train.pooled_heads import Hyper, curriculum_rank, head_probs, train_head
-from train.stats import confusion_metrics, resample_counts
+from train.fitting.curriculum import BETA, FULL_AT, START
+from train.data.features import DEFAULT_CACHE, N_VIEWS, TTA_VIEWS, build_pooled_imagenet
+from train.fitting.fit import SplitData
+from train.data.make_split import DEFAULT_SPLIT
+from train.fitting.objectives import LOSSES
+from train.fitting.pooled_heads import Hyper, curriculum_rank, head_probs, train_head
+from train.evaluation.stats import confusion_metrics, resample_counts
 
 SAMPLINGS = ("none", "balanced", "curriculum")
 FUSIONS = ("image_only", "concat", "film", "late", "mean", "max")
@@ -175,7 +175,7 @@ def markdown(study: dict, shipped: dict | None) -> str:
     best = study["best_on_validation"]
     hp = study["hyper"]
     lines = [
-        "## Imbalance and fusion study (`python -m train.study`)", "",
+        "## Imbalance and fusion study (`python -m train.study.compare`)", "",
         f"Every arm trains a head on the same frozen features ({study['features']}), "
         f"{hp['epochs']} epochs, {study['seeds']} seeds, on the committed lesion-grouped split "
         f"(train {study['n']['train']}, validation {study['n']['val']}, test {study['n']['test']} images). "
@@ -237,7 +237,7 @@ def markdown(study: dict, shipped: dict | None) -> str:
               f"{study['seconds']['total'] / 60:.1f} min.",
               "", "Limits: these are heads on frozen ImageNet features, not fine-tuned backbones, so "
               "absolute figures are below the shipped models'; the study ranks recipes, and the shipped "
-              "models are fine-tuned with the winning recipe (`python -m train.fit`)."]
+              "models are fine-tuned with the winning recipe (`python -m train.fitting.fit`)."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,16 +1,16 @@
 """Fine-tunes the whole network (or everything above a chosen block) from decoded images.
 
-    python -m train.fit --full --data DIR --out runs/full [recipe flags] [--arch A] [--size WxH]
-    torchrun --standalone --nproc_per_node=N -m train.fit --full ...     N processes (DDP)
+    python -m train.fitting.fit --full --data DIR --out runs/full [recipe flags] [--arch A] [--size WxH]
+    torchrun --standalone --nproc_per_node=N -m train.fitting.fit --full ...     N processes (DDP)
 
-The cached path (train.fit) trains the upper stages on fixed views of a frozen trunk; this
-one decodes and augments every image on the fly (train.augment) in DataLoader workers, with
+The cached path (train.fitting.fit) trains the upper stages on fixed views of a frozen trunk; this
+one decodes and augments every image on the fly (train.data.augment) in DataLoader workers, with
 AMP on CUDA (bf16, or fp16 with a gradient scaler) and fp32 on the CPU. Everything else is
 the cached path's: Config's recipe, the heads, losses, metadata encoding and dropout, the
 samplers and curriculum (EpochPlan), the optimiser and schedule, checkpoints and --resume,
 the best epoch on validation balanced accuracy, the temperature and run.json.
 
-Reads top to bottom: process group (train.distributed) -> backbone and its weights -> split
+Reads top to bottom: process group (train.fitting.distributed) -> backbone and its weights -> split
 and metadata -> the curriculum's difficulty ranking (rank 0, shared) -> a plain epoch loop:
 each rank trains on its share of the epoch's plan, validation is sharded and gathered, rank 0
 logs, keeps the best epoch and writes a checkpoint -> rank 0 writes model.safetensors (the
@@ -36,15 +36,15 @@ from torch.utils.data import DataLoader, Dataset
 from lesion_app.data import image_path, load_image
 from lesion_app.models import ARCH, LesionClassifier, imagenet_state_dict
 from lesion_app.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
-from train import distributed
-from train.augment import Augment, Normalise, decode, eval_view, train_view
-from train.curriculum import EpochPlan
-from train.features import build_cache, build_pooled_imagenet
-from train.fit import (BestEpoch, Config, ResumeMismatch, SplitData, calibration, difficulty_rank, epoch_line,
+from train.fitting import distributed
+from train.data.augment import Augment, Normalise, decode, eval_view, train_view
+from train.fitting.curriculum import EpochPlan
+from train.data.features import build_cache, build_pooled_imagenet
+from train.fitting.fit import (BestEpoch, Config, ResumeMismatch, SplitData, calibration, difficulty_rank, epoch_line,
                        make_optimizer, resolve_split, restore_checkpoint, save_checkpoint, save_model,
                        summary_line)
-from train.metrics import classification_metrics, softmax
-from train.objectives import class_weights, drop_metadata, loss_fn
+from train.evaluation.metrics import classification_metrics, softmax
+from train.fitting.objectives import class_weights, drop_metadata, loss_fn
 
 import timm  # noqa: E402  (after lesion_app.models, which keeps timm off the Hub unless told otherwise)
 
@@ -68,7 +68,7 @@ class BackboneError(ValueError):
 
 
 def add_arguments(g) -> None:
-    """The --full flags (train.fit's parser adds the recipe, data and run flags)."""
+    """The --full flags (train.fitting.fit's parser adds the recipe, data and run flags)."""
     g.add_argument("--arch", default=ARCH, help="timm architecture (default %(default)s)")
     g.add_argument("--weights-file", type=Path, default=None,
                    help="backbone weights (a timm state dict, .safetensors or .pth, or a model.safetensors of "
@@ -337,7 +337,7 @@ def default_workers(dist) -> int:
 
 
 def main(a, p, argv=None) -> int:
-    """train.fit --full: a, p are train.fit's parsed arguments and parser."""
+    """train.fitting.fit --full: a, p are train.fitting.fit's parsed arguments and parser."""
     try:
         width, height = (int(v) for v in a.size.lower().split("x"))
     except ValueError:
@@ -427,7 +427,7 @@ def main(a, p, argv=None) -> int:
         args = argv if argv is not None else sys.argv[1:]
         norm = normalisation(model)
         run = {"config": asdict(cfg), "fusion": fusion, "full": True,
-               "command": f"{launcher} -m train.fit " + " ".join(shlex.quote(str(x)) for x in args),
+               "command": f"{launcher} -m train.fitting.fit " + " ".join(shlex.quote(str(x)) for x in args),
                "split": split_name, "world_size": dist.world, "backend": dist.backend, "device": device_name,
                "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
                "per_process_batch": cfg.batch // dist.world, "loader_workers_per_process": workers,

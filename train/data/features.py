@@ -1,6 +1,6 @@
 """Caches the frozen lower backbone's output for every image, once.
 
-    python -m train.features [--data DIR] [--cache .cache/features]
+    python -m train.data.features [--data DIR] [--cache .cache/features]
 
 The lower stages (conv_stem .. blocks[split_block-1]) never change during training, so
 their output for each image and each augmentation view is computed once and stored as
@@ -25,8 +25,8 @@ from tqdm import tqdm
 from lesion_app.data import DEFAULT_DATA, load_image, load_metadata
 from lesion_app.models import ARCH, SPLIT_BLOCK, LesionClassifier
 from lesion_app.preprocess import InputSpec, flip_views, to_tensor
+from train import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO / ".cache" / "features"
 ZOOM = 0.85  # the second scale: a centre crop keeping 85% of each side
 N_VIEWS = 8   # 4 flips of the full image, then 4 flips of the zoomed crop

@@ -1,4 +1,4 @@
-"""Augmentation of decoded images for whole-network fine-tuning (train.full).
+"""Augmentation of decoded images for whole-network fine-tuning (train.fitting.full).
 
 A training view is drawn from one torch.Generator, so the same seed gives the same view in
 any process:

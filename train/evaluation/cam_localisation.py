@@ -1,12 +1,12 @@
 """How well each CAM method's heatmap falls on the lesion: energy inside the mask and the
 pointing game, per method and ensemble, on images no member trained on.
 
-    python -m train.cam_localisation [--weights weights] [--data DIR] [--limit N] [--methods Grad-CAM ...]
+    python -m train.evaluation.cam_localisation [--weights weights] [--data DIR] [--limit N] [--methods Grad-CAM ...]
 
 Each image's heatmaps are for its ensemble's predicted class (fusion with the image's own
 age, sex and site), as the app shows them by default; the trunk and pooled features run once
 per image, then one backward pass per method and ensemble. Prints a table; `localisation`
-is what train.report calls.
+is what train.evaluation.report calls.
 """
 from __future__ import annotations
 
@@ -23,16 +23,16 @@ from lesion_app.data import DEFAULT_DATA, load_image, load_mask, load_metadata
 from lesion_app.gradcam import CAM_METHODS, gradcam
 from lesion_app.predictor import Predictor
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
-from train.stats import energy_inside, pointing_game
+from train.evaluation.stats import energy_inside, pointing_game
+from train import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def localisation(predictor: Predictor, data: Path, df: pd.DataFrame,
                  methods=tuple(CAM_METHODS)) -> dict:
     """{method: {kind: {n, empty_maps, energy_inside_mask_mean, pointing_game_hit_rate}}} over
     df's images that have a mask (n counts them; an empty map counts in n and empty_maps and
-    in neither mean). The kind-level dicts have the keys of train.report's localisation."""
+    in neither mean). The kind-level dicts have the keys of train.evaluation.report's localisation."""
     spec = predictor.spec
     size = (spec.height, spec.width)
     res = {m: {k: {"energy": [], "hits": [], "empty": 0} for k in MODEL_KEYS} for m in methods}
