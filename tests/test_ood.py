@@ -98,3 +98,13 @@ def test_bundled_detector_passes_the_committed_dermoscopic_examples():
     assert len(paths) >= 7
     got = flags(predictor, [Image.open(p) for p in paths])
     assert not any(got), [p.name for p, f in zip(paths, got) if f]
+
+
+def test_a_detector_fitted_on_other_features_is_refused_with_the_fix(tmp_path):
+    from safetensors.torch import save_file
+    from lesion_app.weights import WeightsError
+    t = {"mean": torch.zeros(4), "projection": torch.eye(4), "threshold": torch.tensor([1.0]),
+         "min_saturation": torch.tensor([0.1]), "class_means": torch.zeros(7, 4)}
+    save_file(t, tmp_path / "ood.safetensors")      # the previous format: no features recorded
+    with pytest.raises(WeightsError, match="train.fitting.fit_ood"):
+        OODDetector.load(tmp_path / "ood.safetensors")
