@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 # Nothing may reach the hub (an offline hub call hangs ~47 s); no analytics.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -122,3 +123,15 @@ def app_server():
 def client(app_server):
     from gradio_client import Client
     return Client(app_server.url, verbose=False)
+
+
+def model_with_class0_weight(sign: float):
+    """An untrained image-only classifier whose class-0 logit rises (sign > 0) or falls with
+    every pooled feature: its class-0 heatmap is known to be non-empty (or empty)."""
+    from lesion_app.models import LesionClassifier
+    torch.manual_seed(0)
+    m = LesionClassifier("none", pretrained=False).eval()
+    with torch.no_grad():
+        m.head.fc.weight.zero_()
+        m.head.fc.weight[0] = sign
+    return m

@@ -8,6 +8,7 @@ from pytorch_grad_cam import HiResCAM
 
 from lesion_app.ensemble import Ensemble
 from lesion_app.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FixedMetadata, ImageSizedCAM, gradcam
+from conftest import model_with_class0_weight
 from lesion_app.models import LesionClassifier
 from lesion_app.vocab import CLASSES
 
@@ -21,15 +22,6 @@ def test_the_selector_offers_grad_cam_first_and_two_more_library_methods():
     with pytest.raises(ValueError, match="method must be one of"):
         gradcam(Ensemble([model_with_class0_weight(1.0)]).eval(), torch.zeros(1, 112, 12, 16), None, 0, SIZE,
                 method="ScoreCAM")
-
-
-def model_with_class0_weight(sign: float) -> LesionClassifier:
-    torch.manual_seed(0)
-    m = LesionClassifier("none", pretrained=False).eval()
-    with torch.no_grad():
-        m.head.fc.weight.zero_()
-        m.head.fc.weight[0] = sign  # class 0's logit rises (or falls) with every feature
-    return m
 
 
 def trunk_output(ens: Ensemble, seed: int = 0) -> torch.Tensor:

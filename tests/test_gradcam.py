@@ -1,22 +1,13 @@
 import numpy as np
-import pytest
 import torch
 
 from lesion_app.ensemble import Ensemble
 from lesion_app.gradcam import gradcam, gradcam_overlay
 from lesion_app.metadata import META_DIM
+from conftest import model_with_class0_weight
 from lesion_app.models import LesionClassifier
 
 SIZE = (192, 256)
-
-
-def model_with_class0_weight(sign: float) -> LesionClassifier:
-    torch.manual_seed(0)
-    m = LesionClassifier("none", pretrained=False).eval()
-    with torch.no_grad():
-        m.head.fc.weight.zero_()
-        m.head.fc.weight[0] = sign  # class 0's logit rises (or falls) with every feature
-    return m
 
 
 def cam(model: LesionClassifier, x, meta, cls):
