@@ -37,7 +37,8 @@ def _vline(x: float, xref: str, yref: str, **line) -> dict:
 def shap_spec(a: Analysis) -> dict:
     """Waterfall: base (nothing entered) -> + age, sex, site -> the fusion probability.
 
-    Each value label sits just past the end of its own bar, never on it."""
+    The value labels sit in their own column right of the plot, so neither a bar nor a
+    reference line ever crosses one."""
     s = a.shap
     names = list(s.contributions)
     values = [s.contributions[n] for n in names]
@@ -46,18 +47,21 @@ def shap_spec(a: Analysis) -> dict:
         starts.append(end)
         end += v
     lo, hi = min([s.base, s.value] + starts), max([s.base, s.value] + starts)
-    pad = max(0.05, 0.35 * (hi - lo))     # room for the labels beyond the longest bar
-    bars = {"type": "bar", "orientation": "h", "y": [_metadata_label(a, n) for n in names], "x": values,
-            "base": starts, "marker": {"color": ["#2a9d8f" if v >= 0 else "#e76f51" for v in values]},
-            "text": [f"{v:+.3f}" for v in values], "textposition": "outside", "cliponaxis": False,
+    pad = max(0.05, 0.25 * (hi - lo))
+    labels = [_metadata_label(a, n) for n in names]
+    bars = {"type": "bar", "orientation": "h", "y": labels, "x": values, "base": starts,
+            "marker": {"color": ["#2a9d8f" if v >= 0 else "#e76f51" for v in values]},
             "hovertemplate": "%{y}: %{x:+.3f}<extra></extra>", "width": 0.6}
+    values_column = [{"text": f"{v:+.3f}", "xref": "paper", "x": 1.0, "xanchor": "left", "yref": "y", "y": label,
+                      "showarrow": False} for label, v in zip(labels, values)]
     layout = {
         "title": {"text": f"How age, sex and site moved P({s.cls})", "font": {"size": 14}},
-        "height": 260, "margin": {"l": 10, "r": 20, "t": 40, "b": 50}, "font": FONT, "showlegend": False,
+        "height": 260, "margin": {"l": 10, "r": 60, "t": 40, "b": 50}, "font": FONT, "showlegend": False,
         "xaxis": {"range": [max(0.0, lo - pad), min(1.0, hi + pad)], "zeroline": False,
                   "title": {"text": f"P({s.cls}) {s.base:.3f} (dotted) → {s.value:.3f} (solid)"}},
         "yaxis": {"autorange": "reversed", "automargin": True},
         "shapes": [_vline(s.base, "x", "y", color="grey", dash="dot"), _vline(s.value, "x", "y", color="black")],
+        "annotations": values_column,
     }
     return {"data": [bars], "layout": layout}
 
