@@ -60,7 +60,7 @@ def parse_hub_uri(uri: str) -> HubWeights:
         raise WeightsError(f"LESION_APP_WEIGHTS={uri} points inside the repo ('{parsed.path_in_repo}'); "
                            f"give the repo and its revision only: {EXAMPLE}.")
     pin = (f"Pin what you serve: hf://{parsed.id}@<the full 40-hex commit sha> (the one "
-           f"`python -m train.fitting.publish` printed, or the repo's commit history on the Hub).")
+           f"`python -m train.release.publish` printed, or the repo's commit history on the Hub).")
     if not rev:
         raise WeightsError(f"LESION_APP_WEIGHTS={uri} has no revision. {pin}")
     if FULL_SHA.fullmatch(rev.lower()):
@@ -133,10 +133,10 @@ def _fetch(ref: HubWeights, filename: str, offline: bool) -> Path:
                            f"repo log in (`hf auth login`, or set HF_TOKEN).") from None
     except RevisionNotFoundError:
         raise WeightsError(f"{where}: {ref.repo_id} has no commit {ref.revision}. Use the sha "
-                           f"`python -m train.fitting.publish` printed.") from None
+                           f"`python -m train.release.publish` printed.") from None
     except EntryNotFoundError:
         raise WeightsError(f"{where}: revision {ref.revision} of {ref.repo_id} has no {filename}; it was "
-                           f"not made by `python -m train.fitting.publish` (or the manifest names a file it lacks). "
+                           f"not made by `python -m train.release.publish` (or the manifest names a file it lacks). "
                            f"Publish again and pin the new sha.") from None
     except (HfHubHTTPError, OSError) as e:
         raise WeightsError(f"{where}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
@@ -158,7 +158,7 @@ def fetch_hub_weights(ref: HubWeights) -> Path:
     entries = manifest_entries(manifest)
     if not entries:
         raise WeightsError(f"{ref}: its manifest.json names no weights file; it was not made by "
-                           f"`python -m train.fitting.publish`.")
+                           f"`python -m train.release.publish`.")
     for entry in entries:
         path = _fetch(ref, entry["file"], offline)
         digest = sha256_file(path)

@@ -99,5 +99,5 @@ class OODDetector:
             t = {k: f.get_tensor(k) for k in f.keys()}
         if fitted_on != FEATURES:
             raise WeightsError(f"{path.name} was fitted on other features ({fitted_on or 'fine-tuned members'}), "
-                               f"not on the shared trunk's ({FEATURES}): run python -m train.fitting.fit_ood")
+                               f"not on the shared trunk's ({FEATURES}): run python -m train.release.fit_ood")
         return cls(t["mean"], t["projection"], float(t["threshold"][0]), float(t["min_saturation"][0]))

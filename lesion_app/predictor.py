@@ -37,7 +37,7 @@ class Predictor:
 
     def __init__(self, weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = None,
                  with_ood: bool = True):
-        """with_ood=False skips the bundled OOD check (train.fitting.fit_ood, which refits it)."""
+        """with_ood=False skips the bundled OOD check (train.release.fit_ood, which refits it)."""
         self.manifest, self.models = load_models(weights_dir)
         self.device = device or torch_device()
         for m in self.models.values():

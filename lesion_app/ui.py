@@ -72,7 +72,7 @@ def set_markdown(a: Analysis, level: str, kind: str) -> str:
     """'90% prediction set: Melanoma (mel), Melanocytic nevus (nv)' for one model."""
     sets = a.prediction_sets.get(level, {})
     if kind not in sets:
-        return "No prediction-set thresholds in these weights (python -m train.fitting.prediction_sets)."
+        return "No prediction-set thresholds in these weights (python -m train.release.prediction_sets)."
     names = ", ".join(class_label(c) for c in sets[kind]) or "empty (no class reaches the threshold)"
     return f"**{float(level):.0%} prediction set:** {names}"
 

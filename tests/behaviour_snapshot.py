@@ -33,9 +33,9 @@ DATA = REPO.parent / "shared" / "data" / "ham10000"
 COMMANDS = {
     "make_folds": "train.data.make_folds",
     "cv": "train.fitting.cv",
-    "bundle": "train.fitting.bundle",
-    "fit_ood": "train.fitting.fit_ood",
-    "prediction_sets": "train.fitting.prediction_sets",
+    "bundle": "train.release.bundle",
+    "fit_ood": "train.release.fit_ood",
+    "prediction_sets": "train.release.prediction_sets",
     "report": "train.evaluation.report",
     "evaluate": "train.evaluation.evaluate",
     "full": ["train.fitting.fit", "--full"],

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO, run_module
-from lesion_app.data import load_metadata
+from train.data.dataset import load_metadata
 from lesion_app.models import LesionClassifier
 from train.fitting.fit import resolve_split, validation_split
 from train.fitting.full import BackboneError, FullConfig, WholeNetwork, build_model

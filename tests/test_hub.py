@@ -104,7 +104,7 @@ print(resolve_weights(f"hf://{sys.argv[1]}@{sys.argv[2]}"), flush=True)
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """The dry-run publish folder served by a stand-in Hub and downloaded into a fresh HF_HUB_CACHE."""
-    from train.fitting.publish import build_folder
+    from train.release.publish import build_folder
     base = tmp_path_factory.mktemp("hub")
     folder = base / "repo"
     build_folder(REPO_ID, folder)

@@ -70,7 +70,7 @@ def test_real_photo_sets_are_split_by_photo_and_cover_every_kind():
 def bundled_detector():
     ood = json.loads((WEIGHTS_DIR / "manifest.json").read_text()).get("ood")
     if not ood or ood.get("features") != FEATURES:
-        pytest.skip("the bundled OOD detector predates the trunk-feature check: run python -m train.fitting.fit_ood")
+        pytest.skip("the bundled OOD detector predates the trunk-feature check: run python -m train.release.fit_ood")
     from lesion_app.predictor import Predictor
     return Predictor(WEIGHTS_DIR)
 
@@ -106,5 +106,5 @@ def test_a_detector_fitted_on_other_features_is_refused_with_the_fix(tmp_path):
     t = {"mean": torch.zeros(4), "projection": torch.eye(4), "threshold": torch.tensor([1.0]),
          "min_saturation": torch.tensor([0.1]), "class_means": torch.zeros(7, 4)}
     save_file(t, tmp_path / "ood.safetensors")      # the previous format: no features recorded
-    with pytest.raises(WeightsError, match="train.fitting.fit_ood"):
+    with pytest.raises(WeightsError, match="train.release.fit_ood"):
         OODDetector.load(tmp_path / "ood.safetensors")

@@ -4,7 +4,7 @@ import pandas as pd
 from PIL import Image
 
 from conftest import run_module
-from lesion_app.data import load_mask, load_metadata
+from train.data.dataset import load_mask, load_metadata
 
 
 def make_official_download(example_folder, dst):

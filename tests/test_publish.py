@@ -1,4 +1,4 @@
-"""python -m train.fitting.publish: the model-repo folder, its card, and the upload (mocked; offline)."""
+"""python -m train.release.publish: the model-repo folder, its card, and the upload (mocked; offline)."""
 import json
 import os
 import shutil
@@ -26,9 +26,9 @@ def no_token_env(tmp_path):
 
 def test_dry_run_writes_the_model_repo_folder(tmp_path):
     from huggingface_hub import ModelCard
-    from train.fitting.bundle import model_card
+    from train.release.bundle import model_card
     out = tmp_path / "repo"
-    r = subprocess.run([sys.executable, "-m", "train.fitting.publish", "--repo", REPO_ID, "--out", str(out), "--dry-run"],
+    r = subprocess.run([sys.executable, "-m", "train.release.publish", "--repo", REPO_ID, "--out", str(out), "--dry-run"],
                        cwd=REPO, env=no_token_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "dry run: nothing uploaded" in r.stdout
@@ -60,7 +60,7 @@ def test_dry_run_writes_the_model_repo_folder(tmp_path):
                                        ("macro_f1", "f1", "Macro-F1"), ("macro_auc", "roc_auc", "Macro AUC (one-vs-rest)")):
             r = by_name[f"{name}, {label} ({EVALUATION})"]
             assert r.metric_type == metric_type and r.metric_value == pytest.approx(oof[key], abs=1e-4)
-    # One source: the body carries train.fitting.bundle's card text as is.
+    # One source: the body carries train.release.bundle's card text as is.
     assert model_card(manifest) in card.text
     assert f"hf://{REPO_ID}@<commit sha>" in card.text
 
@@ -75,7 +75,7 @@ def report_of(manifest, **fusion_extra):
 
 def test_melanoma_sensitivity_comes_from_a_report_of_these_weights(tmp_path):
     from huggingface_hub import ModelCard
-    from train.fitting.publish import build_card
+    from train.release.publish import build_card
     manifest = load_manifest(WEIGHTS_DIR)
     entries = manifest_entries(manifest)
     path = tmp_path / "report.json"
@@ -112,7 +112,7 @@ def test_melanoma_sensitivity_comes_from_a_report_of_these_weights(tmp_path):
 
 def test_upload_offline_fails_at_once_with_a_clear_message(tmp_path):
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "train.fitting.publish", "--repo", REPO_ID, "--out", str(tmp_path / "repo")],
+    r = subprocess.run([sys.executable, "-m", "train.release.publish", "--repo", REPO_ID, "--out", str(tmp_path / "repo")],
                        cwd=REPO, env=no_token_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert r.stderr.startswith("error: HF_HUB_OFFLINE is set, so nothing can be uploaded"), r.stderr
@@ -156,7 +156,7 @@ def test_upload_commits_the_folder_once_and_prints_the_sha_to_pin(tmp_path, monk
 
 
 def test_refuses_what_it_must_not_publish(tmp_path):
-    from train.fitting.publish import PublishError, build_folder, main
+    from train.release.publish import PublishError, build_folder, main
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("not for the Hub")

@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import EXAMPLES, AppServer, REPO
 from inputs import bad_files, example_image, odd_but_valid_files
-from train.evaluation.load_test import run_load
+from train.evaluation.load_benchmark import run_load
 
 META = (52, "male", "back")
 

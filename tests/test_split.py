@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from conftest import DATA, needs_dataset
-from lesion_app.data import load_metadata
+from train.data.dataset import load_metadata
 from train.data.make_split import DEFAULT_SPLIT, load_split, make_split
 
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from lesion_app.data import DEFAULT_DATA, load_image, load_metadata
+from train.data.dataset import DEFAULT_DATA, load_image, load_metadata
 from lesion_app.models import ARCH, SPLIT_BLOCK, LesionClassifier
 from lesion_app.preprocess import InputSpec, flip_views, to_tensor
 from train import REPO

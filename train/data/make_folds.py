@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, train_test_split
 
-from lesion_app.data import DEFAULT_DATA, load_metadata
+from train.data.dataset import DEFAULT_DATA, load_metadata
 from train import SPLITS
 
 DEFAULT_FOLDS = SPLITS / "ham10000_folds.csv"

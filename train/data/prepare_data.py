@@ -28,7 +28,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from lesion_app.data import COLUMNS
+from train.data.dataset import COLUMNS
 from lesion_app.vocab import SEXES, SITES, UNKNOWN
 
 FORMATS = ("ham10000", "isic2019")

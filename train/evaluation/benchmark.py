@@ -112,7 +112,7 @@ def bench_training(threads: int = 2, steps: int = 6) -> None:
     """Measures the CPU's cache and training rates and extrapolates one full train.fitting.cv run."""
     import json
     import numpy as np
-    from lesion_app.data import DEFAULT_DATA, load_image
+    from train.data.dataset import DEFAULT_DATA, load_image
     from lesion_app.models import LesionClassifier
     from lesion_app.preprocess import InputSpec
     from train.data.features import N_VIEWS, image_views

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lesion_app.data import DEFAULT_DATA, load_image, load_mask, load_metadata
+from train.data.dataset import DEFAULT_DATA, load_image, load_mask, load_metadata
 from lesion_app.gradcam import CAM_METHODS, gradcam
 from lesion_app.predictor import Predictor
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from lesion_app.data import DEFAULT_DATA, DatasetError, labels, load_image, load_metadata
+from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_image, load_metadata
 from lesion_app.metadata import MetadataError
 from lesion_app.predictor import Predictor
 from lesion_app.vocab import CLASSES
@@ -105,7 +105,7 @@ def main(argv=None):
     preds.to_csv(a.predictions, index=False, float_format="%.6f")
     if a.sets:
         if not predictor.set_thresholds:
-            print("error: these weights have no prediction-set thresholds (python -m train.fitting.prediction_sets)",
+            print("error: these weights have no prediction-set thresholds (python -m train.release.prediction_sets)",
                   file=sys.stderr)
             return 2
         sets_frame(predictor, preds).to_csv(a.sets, index=False)

@@ -3,7 +3,7 @@
     python -m train.evaluation.report [--weights weights] [--data DIR] [--out reports] [--n-boot 1000]
 
 Every figure comes from images whose lesion the scoring model never trained on:
-- reports/oof_logits.csv (written by train.fitting.bundle from the train.fitting.cv run): each image scored
+- reports/oof_logits.csv (written by train.release.bundle from the train.fitting.cv run): each image scored
   by the member of its own fold; calibrated with the manifest's temperatures. Metrics with
   lesion-bootstrap CIs, fusion vs image-only paired tests, per class, melanoma operating
   points (thresholds chosen on these predictions), subgroups and reliability.
@@ -28,11 +28,11 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve  # noqa: E402
 
 from lesion_app.clinical_report import age_band  # noqa: E402
-from lesion_app.data import DEFAULT_DATA, labels, load_metadata  # noqa: E402
+from train.data.dataset import DEFAULT_DATA, labels, load_metadata  # noqa: E402
 from lesion_app.predictor import Predictor  # noqa: E402
 from lesion_app.vocab import CLASSES  # noqa: E402
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR  # noqa: E402
-from train.fitting.bundle import coverage_markdown  # noqa: E402
+from train.release.bundle import coverage_markdown  # noqa: E402
 from train.evaluation.cam_localisation import localisation, table as localisation_table  # noqa: E402
 from train.evaluation.metrics import classification_metrics, expected_calibration_error, softmax  # noqa: E402
 from train.evaluation.stats import (balanced_accuracy, bootstrap_ci, complementarity,  # noqa: E402

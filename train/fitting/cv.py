@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from lesion_app.data import DEFAULT_DATA, labels, load_metadata
+from train.data.dataset import DEFAULT_DATA, labels, load_metadata
 from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.models import SPLIT_BLOCK, LesionClassifier
 from lesion_app.vocab import CLASSES

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from tqdm import tqdm
 
-from lesion_app.data import DEFAULT_DATA, labels, load_metadata
+from train.data.dataset import DEFAULT_DATA, labels, load_metadata
 from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.models import SPLIT_BLOCK, LesionClassifier
 from lesion_app.preprocess import mean_over_views

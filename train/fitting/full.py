@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lesion_app.data import image_path, load_image
+from train.data.dataset import image_path, load_image
 from lesion_app.models import ARCH, LesionClassifier, imagenet_state_dict
 from lesion_app.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
 from train.fitting import distributed

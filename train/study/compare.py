@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lesion_app.data import DEFAULT_DATA
+from train.data.dataset import DEFAULT_DATA
 from lesion_app.vocab import CLASSES
 from train.fitting.curriculum import BETA, FULL_AT, START
 from train.data.features import DEFAULT_CACHE, N_VIEWS, TTA_VIEWS, build_pooled_imagenet

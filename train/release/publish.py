@@ -1,13 +1,13 @@
 """Publishes the bundled weights as a Hugging Face model repo, and prints the commit sha to pin.
 
-    python -m train.fitting.publish --repo ORG/NAME [--out DIR] [--dry-run] [--revision-message TEXT]
+    python -m train.release.publish --repo ORG/NAME [--out DIR] [--dry-run] [--revision-message TEXT]
                             [--weights weights] [--report reports/report.json] [--private]
 
 Builds the repo's folder: every weights file the manifest names (the shared trunk, each
 member of both ensembles, the out-of-distribution detector), checked against its sha256,
 manifest.json as is, and README.md, the model card the Hub renders. The card is made with
 huggingface_hub's ModelCard, ModelCardData and EvalResult: licence, dataset, task, tags and a
-model-index of the headline out-of-fold metrics; its body is train.fitting.bundle.model_card(manifest),
+model-index of the headline out-of-fold metrics; its body is train.release.bundle.model_card(manifest),
 the same text as weights/MODEL_CARD.md, followed by what is specific to the Hub copy.
 
 --dry-run writes the folder and stops (no network, no token). Otherwise the folder is
@@ -25,7 +25,7 @@ from pathlib import Path
 from lesion_app.hub import manifest_entries
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_manifest, sha256_file, verify_file
-from train.fitting.bundle import model_card
+from train.release.bundle import model_card
 from train import REPO
 
 REPORT = REPO / "reports" / "report.json"
@@ -114,7 +114,7 @@ def hub_section(repo: str, manifest: dict, entries: list[dict], mel: dict, mel_n
     files = "\n".join(f"| `{e['file']}` | `{e['sha256']}` |" for e in entries)
     return f"""
 ## This repository on the Hugging Face Hub
-Published by `python -m train.fitting.publish`. Serve one commit of it, never a branch: the app
+Published by `python -m train.release.publish`. Serve one commit of it, never a branch: the app
 refuses a branch name and loads only a full 40-hex commit sha.
 
     LESION_APP_WEIGHTS=hf://{repo}@<commit sha> python app.py

@@ -1,6 +1,6 @@
 """Load benchmark: N concurrent users each make M /report calls against a running app.
 
-    python -m train.evaluation.load_test [--url http://127.0.0.1:7860/] [--users 32] [--calls 3]
+    python -m train.evaluation.load_benchmark [--url http://127.0.0.1:7860/] [--users 32] [--calls 3]
 
 Prints p50 and p95 latency and the error count. Without --url it starts `python app.py`
 itself on a free port and stops it afterwards.

@@ -1,6 +1,6 @@
 """Fits the class-conditional prediction-set thresholds on out-of-fold predictions.
 
-    python -m train.fitting.prediction_sets [--weights weights] [--oof reports/oof_logits.csv]
+    python -m train.release.prediction_sets [--weights weights] [--oof reports/oof_logits.csv]
 
 Thresholds (lesion_app.conformal) per kind and level (90%, 95%) from the calibrated
 out-of-fold probabilities of every image outside the held-out slice. Their coverage is
@@ -21,7 +21,7 @@ import pandas as pd
 from lesion_app.conformal import LEVELS, class_thresholds, coverage_report, prediction_sets
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
-from train.fitting.bundle import REPO, model_card
+from train.release.bundle import REPO, model_card
 from train.evaluation.metrics import softmax
 
 LOGITS = [f"logit_{c}" for c in CLASSES]

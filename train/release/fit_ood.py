@@ -1,6 +1,6 @@
 """Fits the out-of-distribution check on the shared trunk's features of dermoscopic images.
 
-    python -m train.fitting.fit_ood [--weights weights] [--data DIR] [--percentile 98] [--fit-per-class 200]
+    python -m train.release.fit_ood [--weights weights] [--data DIR] [--percentile 98] [--fit-per-class 200]
 
 Fitted (one Gaussian of the trunk's channel means) on a class-stratified sample of images
 outside the held-out slice, each as given and once more recompressed, re-exposed or
@@ -29,12 +29,12 @@ import torch
 from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
-from lesion_app.data import DEFAULT_DATA, load_image, load_metadata
+from train.data.dataset import DEFAULT_DATA, load_image, load_metadata
 from lesion_app.ood import FEATURES, OODDetector
 from lesion_app.predictor import Predictor
 from lesion_app.preprocess import unnormalise
 from lesion_app.weights import WEIGHTS_DIR, sha256_file
-from train.fitting.bundle import REPO, model_card
+from train.release.bundle import REPO, model_card
 
 
 def trunk_features(predictor: Predictor, images, batch: int = 16, views: bool = True
