@@ -125,7 +125,7 @@ def test_upload_commits_the_folder_once_and_prints_the_sha_to_pin(tmp_path, monk
     """The online path with HfApi stood in for: repo created if absent, one commit of the folder."""
     import huggingface_hub
     from huggingface_hub import HfApi, constants
-    from train.fitting import publish
+    from train.release import publish
     calls = []
     sha = "a1b2c3d4" * 5
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
