@@ -122,6 +122,11 @@ class LateHead(Head):
 HEADS = {"none": ImageOnlyHead, "concat": ConcatHead, "film": FiLMHead, "late": LateHead}
 
 
+def head_name(kind: str, fusion: str) -> str:
+    """The head an ensemble kind uses: the image-only head for "image_only", else the named fusion."""
+    return "none" if kind == "image_only" else fusion
+
+
 class LesionClassifier(nn.Module):
     """Backbone (lower frozen, upper trained) -> pooled features -> head(features, meta)."""
 

@@ -38,7 +38,7 @@ COMMANDS = {
     "prediction_sets": "train.release.prediction_sets",
     "report": "train.evaluation.report",
     "evaluate": "train.evaluation.evaluate",
-    "full": ["train.fitting.fit", "--full"],
+    "full": "train.fitting.full",
     "cam_localisation": "train.evaluation.cam_localisation",
 }
 # Keys whose values are times, dates or the commit: blanked before comparing.

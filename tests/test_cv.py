@@ -15,7 +15,7 @@ from lesion_app.image_input import load_upload
 from lesion_app.predictor import Predictor
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, load_manifest
-from train.data.make_folds import DEFAULT_FOLDS, heldout_path, load_folds, load_heldout
+from train.data.splits import DEFAULT_FOLDS, heldout_path, load_folds, load_heldout
 
 EXAMPLES = REPO / "lesion_app" / "examples"
 

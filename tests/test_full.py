@@ -1,4 +1,4 @@
-"""`python -m train.fitting.fit --full`: whole-network fine-tuning, alone and under torchrun (2 ranks, gloo)."""
+"""`python -m train.fitting.full`: whole-network fine-tuning, alone and under torchrun (2 ranks, gloo)."""
 import json
 import os
 import subprocess
@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from conftest import REPO, run_module
 from train.data.dataset import load_metadata
 from lesion_app.models import LesionClassifier
-from train.fitting.fit import resolve_split, validation_split
+from train.data.splits import resolve_split, validation_split
 from train.fitting.full import BackboneError, FullConfig, WholeNetwork, build_model
 
 SMALL = ("--size", "96x72", "--workers", "1", "--threads", "1")
@@ -44,7 +44,7 @@ def test_torchrun_two_ranks_train_one_model(tiny, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "train.fitting.fit", "--full", "--data", str(tiny), "--epochs", "1", "--batch", "8",
+                        "-m", "train.fitting.full", "--data", str(tiny), "--epochs", "1", "--batch", "8",
                         "--out", str(out), "--cache", str(tmp_path / "cache"), *SMALL],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -61,30 +61,31 @@ def test_torchrun_two_ranks_train_one_model(tiny, tmp_path):
 
 
 def test_one_process_run_resumes_to_the_same_model(tiny, tmp_path):
-    args = ("--full", "--data", tiny, "--epochs", 2, "--batch", 4, "--sampler", "balanced", *SMALL)
-    straight = run_module("train.fitting.fit", *args, "--out", tmp_path / "straight")
+    args = ("--data", tiny, "--epochs", 2, "--batch", 4, "--sampler", "balanced", *SMALL)
+    straight = run_module("train.fitting.full", *args, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
-    first = run_module("train.fitting.fit", *args, "--out", tmp_path / "resumed", "--stop-after", 1)
+    first = run_module("train.fitting.full", *args, "--out", tmp_path / "resumed", "--stop-after", 1)
     assert first.returncode == 0 and "stopped after epoch 0" in first.stdout
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
-    second = run_module("train.fitting.fit", *args, "--out", tmp_path / "resumed", "--resume")
+    second = run_module("train.fitting.full", *args, "--out", tmp_path / "resumed", "--resume")
     assert second.returncode == 0 and "resumed after epoch 0" in second.stdout, second.stderr[-3000:]
     a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ra, rb = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("straight", "resumed"))
     assert ra["temperature"] == rb["temperature"] and ra["world_size"] == rb["world_size"] == 1
-    other = run_module("train.fitting.fit", *args[:-6], "--size", "64x48", "--workers", "1", "--threads", "1",
+    other = run_module("train.fitting.full", *args[:-6], "--size", "64x48", "--workers", "1", "--threads", "1",
                        "--out", tmp_path / "resumed", "--resume")
     assert other.returncode == 2 and "same settings" in other.stderr
 
 
 def test_backbones_without_reachable_weights_are_a_clear_error(tiny, tmp_path):
-    r = run_module("train.fitting.fit", "--full", "--data", tiny, "--arch", "tf_efficientnet_lite2", "--out", tmp_path / "o")
+    r = run_module("train.fitting.full", "--data", tiny, "--arch", "tf_efficientnet_lite2", "--out", tmp_path / "o")
     assert r.returncode == 2 and "--weights-file" in r.stderr and "Traceback" not in r.stderr
-    r = run_module("train.fitting.fit", "--full", "--data", tiny, "--arch", "no_such_net", "--out", tmp_path / "o")
+    r = run_module("train.fitting.full", "--data", tiny, "--arch", "no_such_net", "--out", tmp_path / "o")
     assert r.returncode == 2 and "no such architecture" in r.stderr
-    r = run_module("train.fitting.fit", "--data", tiny, "--arch", "tf_efficientnet_lite2", "--out", tmp_path / "o")
-    assert r.returncode == 2 and "--arch needs --full" in r.stderr
+    # The cross-validated members train on the shared trunk's cache: whole-network flags are not theirs.
+    r = run_module("train.fitting.cv", "--data", tiny, "--arch", "tf_efficientnet_lite2", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "--arch" in r.stderr
 
 
 def test_any_lite_backbone_starts_from_a_weights_file(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 
 from conftest import DATA, needs_dataset
 from train.data.dataset import load_metadata
-from train.data.make_split import DEFAULT_SPLIT, load_split, make_split
+from train.data.splits import DEFAULT_SPLIT, load_split, make_split
 
 
 def assert_no_lesion_crosses(split: pd.DataFrame):

@@ -17,13 +17,12 @@ from lesion_app.vocab import CLASSES
 LOGIT_COLUMNS = [f"logit_{c}" for c in CLASSES]
 
 
-def logits_frame(logits: np.ndarray, image_ids, model: str, **columns) -> pd.DataFrame:
-    """One kind's rows: image_id, the given columns (fold=... or member=...), model, then the logits."""
+def logits_frame(logits: np.ndarray, **columns) -> pd.DataFrame:
+    """Rows of one kind: the given columns in order (image_id, fold, model for the out-of-fold
+    file; image_id, model, member for the held-out file), then the logits."""
     f = pd.DataFrame(logits, columns=LOGIT_COLUMNS)
-    f.insert(0, "model", model)
-    for name, value in reversed(list(columns.items())):
-        f.insert(0, name, value)
-    f.insert(0, "image_id", np.asarray(image_ids))
+    for k, (name, value) in enumerate(columns.items()):
+        f.insert(k, name, value if np.isscalar(value) else np.asarray(value))
     return f
 
 

@@ -29,22 +29,19 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from train.data.dataset import DEFAULT_DATA, labels, load_metadata
 from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.models import SPLIT_BLOCK, LesionClassifier
 from lesion_app.vocab import CLASSES
 from train import REPO
+from train.data.dataset import DEFAULT_DATA, labels, load_metadata
 from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
-from train.fitting.fit import Config, add_config_arguments, difficulty_rank, train_member, tta_logits
-from train.data.make_folds import DEFAULT_FOLDS, load_folds, load_heldout
+from train.data.logits import logits_frame, write_logits
+from train.data.splits import DEFAULT_FOLDS, load_folds, load_heldout
 from train.evaluation.metrics import classification_metrics, fit_temperature, softmax
+from train.fitting.core import Config, Log, add_config_arguments, command_line, train_member, tta_logits
+from train.fitting.pooled_heads import difficulty_rank
 
 KINDS = ("image_only", "fusion")
-LOGIT_COLUMNS = [f"logit_{c}" for c in CLASSES]
-
-
-class Deadline(Exception):
-    """The time budget of this invocation ran out; the same command continues."""
 
 
 def repo_relative(path: Path) -> str:
@@ -103,13 +100,7 @@ def main(argv=None):
     deadline = t0 + a.minutes * 60 if a.minutes else None
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
-    log_file = open(a.out / "log.txt", "a")
-
-    def log(msg: str):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
+    log = Log(a.out)
 
     if not a.folds.is_file():
         p.error(f"{a.folds} not found: make it with python -m train.data.make_folds --data DIR --out {a.folds}")
@@ -191,7 +182,7 @@ def main(argv=None):
             log(f"{kind} fold {fold}: trained in {seconds:.0f} s, out-of-fold balanced accuracy {bacc:.4f}")
 
     summary = collect(a.out, df, y, a.kinds, n_folds)
-    summary.update({"command": "python -m train.fitting.cv " + " ".join(sys.argv[1:] if argv is None else map(str, argv)),
+    summary.update({"command": command_line("train.fitting.cv", argv),
                     "recipe": {k: getattr(a, k) for k in asdict(Config()) if k not in ("model",)},
                     "split_block": a.split_block, "folds_file": repo_relative(a.folds), "age_scaler": asdict(scaler),
                     "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else
@@ -221,11 +212,7 @@ def collect(out: Path, df: pd.DataFrame, y: np.ndarray, kinds, n_folds: int) -> 
         raw, cal = (classification_metrics(y, softmax(oof, t)) for t in (1.0, temperature))
         summary["out_of_fold"][kind] = {**{k: cal[k] for k in ("balanced_accuracy", "macro_f1", "macro_auc", "ece")},
                                         "ece_before_temperature": raw["ece"], "temperature": temperature}
-        f = pd.DataFrame(oof, columns=LOGIT_COLUMNS)
-        f.insert(0, "model", kind)
-        f.insert(0, "fold", df["fold"].to_numpy())
-        f.insert(0, "image_id", df["image_id"].to_numpy())
-        oof_frames.append(f)
+        oof_frames.append(logits_frame(oof, image_id=df["image_id"], fold=df["fold"], model=kind))
         if len(held_rows):
             stack = np.stack(held)                              # (folds, n_heldout, C)
             yh = y[held_rows]
@@ -233,15 +220,11 @@ def collect(out: Path, df: pd.DataFrame, y: np.ndarray, kinds, n_folds: int) -> 
             ens = classification_metrics(yh, softmax(stack.mean(0), temperature))["balanced_accuracy"]
             summary["heldout"][kind] = {"n": int(len(held_rows)), "member_balanced_accuracy": members,
                                         "ensemble_balanced_accuracy": ens}
-            for fold, s in enumerate(stack):
-                h = pd.DataFrame(s, columns=LOGIT_COLUMNS)
-                h.insert(0, "member", fold)
-                h.insert(0, "model", kind)
-                h.insert(0, "image_id", df["image_id"].to_numpy()[held_rows])
-                held_frames.append(h)
-    pd.concat(oof_frames).to_csv(out / "oof_logits.csv", index=False, float_format="%.5f")
+            held_frames += [logits_frame(s, image_id=df["image_id"].to_numpy()[held_rows], model=kind, member=fold)
+                            for fold, s in enumerate(stack)]
+    write_logits(oof_frames, out / "oof_logits.csv")
     if held_frames:
-        pd.concat(held_frames).to_csv(out / "heldout_logits.csv", index=False, float_format="%.5f")
+        write_logits(held_frames, out / "heldout_logits.csv")
     return summary
 
 

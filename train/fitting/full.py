@@ -1,28 +1,29 @@
 """Fine-tunes the whole network (or everything above a chosen block) from decoded images.
 
-    python -m train.fitting.fit --full --data DIR --out runs/full [recipe flags] [--arch A] [--size WxH]
-    torchrun --standalone --nproc_per_node=N -m train.fitting.fit --full ...     N processes (DDP)
+    python -m train.fitting.full --data DIR --out runs/full [recipe flags] [--arch A] [--size WxH]
+    torchrun --standalone --nproc_per_node=N -m train.fitting.full ...     N processes (DDP)
 
-The cached path (train.fitting.fit) trains the upper stages on fixed views of a frozen trunk; this
-one decodes and augments every image on the fly (train.data.augment) in DataLoader workers, with
-AMP on CUDA (bf16, or fp16 with a gradient scaler) and fp32 on the CPU. Everything else is
-the cached path's: Config's recipe, the heads, losses, metadata encoding and dropout, the
-samplers and curriculum (EpochPlan), the optimiser and schedule, checkpoints and --resume,
-the best epoch on validation balanced accuracy, the temperature and run.json.
+The cross-validated members (train.fitting.cv) train the upper stages on fixed views of a frozen
+trunk; this command decodes and augments every image on the fly (train.data.augment) in
+DataLoader workers, with AMP on CUDA (bf16, or fp16 with a gradient scaler) and fp32 on the CPU,
+on one split (train.data.splits.resolve_split). The recipe is train.fitting.core's: Config, the
+heads, losses, metadata encoding and dropout, the samplers and curriculum (EpochPlan), the
+optimiser and schedule, the epoch skeleton and loop, checkpoints and --resume, the best epoch on
+validation balanced accuracy, the temperature and the run record.
 
 Reads top to bottom: process group (train.fitting.distributed) -> backbone and its weights -> split
-and metadata -> the curriculum's difficulty ranking (rank 0, shared) -> a plain epoch loop:
+and metadata -> the curriculum's difficulty ranking (rank 0, shared) -> core.train_epochs:
 each rank trains on its share of the epoch's plan, validation is sharded and gathered, rank 0
 logs, keeps the best epoch and writes a checkpoint -> rank 0 writes model.safetensors (the
 best epoch) and run.json (with world_size and every rank's parameter checksum).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,18 +34,21 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from train.data.dataset import image_path, load_image
 from lesion_app.models import ARCH, LesionClassifier, imagenet_state_dict
 from lesion_app.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
-from train.fitting import distributed
 from train.data.augment import Augment, Normalise, decode, eval_view, train_view
-from train.fitting.curriculum import EpochPlan
-from train.data.features import build_cache, build_pooled_imagenet
-from train.fitting.fit import (BestEpoch, Config, ResumeMismatch, SplitData, calibration, difficulty_rank, epoch_line,
-                       make_optimizer, resolve_split, restore_checkpoint, save_checkpoint, save_model,
-                       summary_line)
+from train.data.dataset import DEFAULT_DATA, image_path, load_image
+from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
+from train.data.splits import SplitData, resolve_split
 from train.evaluation.metrics import classification_metrics, softmax
+from train.fitting import distributed
+from train.fitting.core import (BestEpoch, Config, Log, ResumeMismatch, add_config_arguments, calibration,
+                                command_line, make_optimizer, restore_checkpoint, save_checkpoint, save_model,
+                                summary_line, train_epochs)
+from train.fitting.curriculum import EpochPlan
+from train.fitting.loop import Step
 from train.fitting.objectives import class_weights, drop_metadata, loss_fn
+from train.fitting.pooled_heads import difficulty_rank
 
 import timm  # noqa: E402  (after lesion_app.models, which keeps timm off the Hub unless told otherwise)
 
@@ -67,36 +71,38 @@ class BackboneError(ValueError):
     """The backbone or its weights cannot be had: says what to pass instead."""
 
 
-def add_arguments(g) -> None:
-    """The --full flags (train.fitting.fit's parser adds the recipe, data and run flags)."""
-    g.add_argument("--arch", default=ARCH, help="timm architecture (default %(default)s)")
-    g.add_argument("--weights-file", type=Path, default=None,
+def parser() -> argparse.ArgumentParser:
+    """The command line: the recipe (Config), the data and run flags, and the whole-network flags."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_arguments(p)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--split", type=Path, default=None,
+                   help="split CSV (image_id, split); default: the committed split for the shared data "
+                        "folder, for any other folder a seeded lesion-grouped validation split made now")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of a split made on the fly")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many epochs in this invocation (resume later)")
+    p.add_argument("--arch", default=ARCH, help="timm architecture (default %(default)s)")
+    p.add_argument("--weights-file", type=Path, default=None,
                    help="backbone weights (a timm state dict, .safetensors or .pth, or a model.safetensors of "
                         "this project); default: packaged ImageNet weights for tf_efficientnet_lite0, timm's "
                         "pretrained weights (Hub cache, or the Hub with HF_HUB_OFFLINE=0) for others")
-    g.add_argument("--random-init", action="store_true", help="start the backbone from random weights")
-    g.add_argument("--freeze-blocks", type=int, default=0,
+    p.add_argument("--random-init", action="store_true", help="start the backbone from random weights")
+    p.add_argument("--freeze-blocks", type=int, default=0,
                    help="keep conv_stem and blocks[:N] at their starting weights (EfficientNets); 0 = none")
-    g.add_argument("--size", default="256x192", help="input WxH (default %(default)s, HAM10000's 4:3)")
-    g.add_argument("--shades-of-gray", type=float, default=0.0, metavar="P",
+    p.add_argument("--size", default="256x192", help="input WxH (default %(default)s, HAM10000's 4:3)")
+    p.add_argument("--shades-of-gray", type=float, default=0.0, metavar="P",
                    help="Shades-of-Gray colour constancy with this p (6 is usual) in training and validation")
-    g.add_argument("--amp", default="auto", choices=PRECISIONS,
+    p.add_argument("--amp", default="auto", choices=PRECISIONS,
                    help="CUDA precision: auto = bf16 where supported, else fp16 (CPU always fp32)")
-    g.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers per process (default: the CPU cores per process, at most 8)")
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: this rank's GPU when there is one")
-
-
-FULL_ONLY = {"arch": ARCH, "weights_file": None, "random_init": False, "freeze_blocks": 0, "size": "256x192",
-             "shades_of_gray": 0.0, "amp": "auto", "workers": None, "device": "auto"}
-
-
-def refuse_full_flags(a, p) -> None:
-    """The cached path does not take the --full flags: say so rather than ignore them."""
-    for dest, default in FULL_ONLY.items():
-        if getattr(a, dest) != default:
-            p.error(f"--{dest.replace('_', '-')} needs --full")
+    return p
 
 
 # ----------------------------------------------------------------------------- the model
@@ -287,57 +293,54 @@ def train_full(cfg: FullConfig, model: WholeNetwork, d: SplitData, data: Path, o
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
     best = BestEpoch(out, resume) if dist.main else None
 
-    for epoch in range(first, cfg.epochs):
-        t0 = time.time()
+    def start_epoch(epoch):
         # Dropout and metadata dropout draw from a generator of this epoch and rank: a resumed
         # run draws the same, and no RNG state has to travel between ranks.
         torch.manual_seed(distributed.rank_seed(cfg.seed, epoch, dist.rank))
         share.set_epoch(epoch)
-        model.train()
         for m in frozen:
             m.eval()    # frozen stages keep their BatchNorm statistics too
-        total = torch.zeros(2, dtype=torch.float64, device=dev)
-        for x, m, yb in train_loader:
-            x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            m, yb = m.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-            if model.uses_metadata and cfg.meta_dropout > 0:
-                m = drop_metadata(m, unknown, cfg.meta_dropout)
-            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = net(x, m)
-            loss = criterion(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            total[0] += loss.detach().double() * len(yb)
-            total[1] += len(yb)
-        loss_sum, seen = distributed.all_sum(total.tolist(), dist)
+        return train_loader
+
+    def loss_of(batch):
+        x, m, yb = batch
+        x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        m, yb = m.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+        if model.uses_metadata and cfg.meta_dropout > 0:
+            m = drop_metadata(m, unknown, cfg.meta_dropout)
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = net(x, m)
+        return criterion(logits.float(), yb), len(yb)
+
+    def end_epoch(epoch, loss_sum, seen, t0):
+        loss_sum, seen = distributed.all_sum([loss_sum, seen], dist)
         train_seconds = time.time() - t0
         distributed.sync_buffers(model, dist)      # validate (and save) rank 0's model everywhere
         val_logits = predict(model, val_loader, n_val, dist, dtype)
         vm = classification_metrics(d.y["val"], softmax(val_logits))
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "val_bacc": vm["balanced_accuracy"],
-               "val_f1": vm["macro_f1"], "val_auc": vm["macro_auc"],
-               "images_per_second": seen / train_seconds, "train_seconds": train_seconds,
-               "seconds": time.time() - t0}
-        history.append(row)
         if dist.main:
             best.update(model, epoch, vm["balanced_accuracy"], val_logits)
+        return {"train_loss": loss_sum / seen, "val_bacc": vm["balanced_accuracy"], "val_f1": vm["macro_f1"],
+                "val_auc": vm["macro_auc"], "images_per_second": seen / train_seconds,
+                "train_seconds": train_seconds}
+
+    def checkpoint(epoch, history):
+        if dist.main:
             save_checkpoint(ckpt, cfg, model, opt, sched, epoch, history, {"world_size": dist.world})
-            log(epoch_line(row))
-        if stop_after is not None and epoch + 1 - first >= stop_after and epoch + 1 < cfg.epochs:
-            log(f"stopped after epoch {epoch}; continue with --resume")
-            return None
-    return model, history
+
+    history = train_epochs(cfg, model, Step(opt, sched, scaler), first=first, history=history,
+                           start_epoch=start_epoch, loss_of=loss_of, end_epoch=end_epoch, checkpoint=checkpoint,
+                           log=log, stop_after=stop_after)
+    return None if history is None else (model, history)
 
 
 def default_workers(dist) -> int:
     return max(1, min(8, (os.cpu_count() or 1) // dist.local_world))
 
 
-def main(a, p, argv=None) -> int:
-    """train.fitting.fit --full: a, p are train.fitting.fit's parsed arguments and parser."""
+def main(argv=None) -> int:
+    p = parser()
+    a = p.parse_args(argv)
     try:
         width, height = (int(v) for v in a.size.lower().split("x"))
     except ValueError:
@@ -346,7 +349,7 @@ def main(a, p, argv=None) -> int:
     cfg = FullConfig(**{k: getattr(a, k) for k in asdict(Config())}, arch=a.arch, init=init,
                      freeze_blocks=a.freeze_blocks, width=width, height=height,
                      shades_of_gray=a.shades_of_gray, amp=a.amp)
-    fusion = "none" if cfg.model == "image_only" else cfg.fusion
+    fusion = cfg.head
     t_start = time.time()
     dist = distributed.setup(a.device)
     try:
@@ -359,16 +362,9 @@ def main(a, p, argv=None) -> int:
         torch.set_num_threads(threads)
         workers = default_workers(dist) if a.workers is None else a.workers
         out = a.out
-        log_file = None
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
-            log_file = open(out / "log.txt", "a")
-
-        def log(msg: str):
-            if dist.main:
-                print(msg, flush=True)
-                log_file.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
-                log_file.flush()
+        log = Log(out, enabled=dist.main, stamp_stdout=False)
 
         torch.manual_seed(cfg.seed)   # the head's initialisation (DDP then starts every rank from rank 0's)
         try:
@@ -424,10 +420,9 @@ def main(a, p, argv=None) -> int:
         save_model(model, out / "model.safetensors")
         launcher = (f"torchrun --nnodes={dist.world // dist.local_world} --nproc_per_node={dist.local_world}"
                     if dist.active else "python")
-        args = argv if argv is not None else sys.argv[1:]
         norm = normalisation(model)
         run = {"config": asdict(cfg), "fusion": fusion, "full": True,
-               "command": f"{launcher} -m train.fitting.fit " + " ".join(shlex.quote(str(x)) for x in args),
+               "command": command_line("train.fitting.full", argv, launcher),
                "split": split_name, "world_size": dist.world, "backend": dist.backend, "device": device_name,
                "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
                "per_process_batch": cfg.batch // dist.world, "loader_workers_per_process": workers,
@@ -444,3 +439,7 @@ def main(a, p, argv=None) -> int:
         return 0
     finally:
         distributed.teardown(dist)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Training objectives shared by train.fitting.fit and the study: class weights, the three losses
+"""Training objectives shared by train.fitting.core and the study: class weights, the three losses
 and metadata dropout."""
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from lesion_app.preprocess import mean_over_views
 from lesion_app.vocab import CLASSES
 from train.fitting.curriculum import EpochPlan, difficulty, within_class_rank
 from train.data.features import N_VIEWS, TTA_VIEWS
-from train.fitting.loop import run_epoch
+from train.fitting.loop import Step, batches_of, run_epoch
 from train.evaluation.metrics import softmax
 from train.fitting.objectives import class_weights, drop_metadata, loss_fn
 
@@ -66,16 +66,17 @@ def train_head(head_kind: str, x: torch.Tensor, meta: torch.Tensor, y: np.ndarra
     def loss_of(idx):
         f = x[idx, rng.integers(0, N_VIEWS, len(idx))]
         m = drop_metadata(meta[idx], unknown, hp.meta_dropout) if head.uses_metadata else meta[idx]
-        return criterion(head(f, m), y_t[idx])
+        return criterion(head(f, m), y_t[idx]), len(idx)
     head.train()
+    step = Step(opt, sched)
     for epoch in range(hp.epochs):
-        run_epoch(plan.rows(epoch, rng), hp.batch, loss_of, opt, sched)
+        run_epoch(batches_of(plan.rows(epoch, rng), hp.batch), loss_of, step)
     return head.eval()
 
 
 @torch.inference_mode()
 def head_probs(head: Head, x: torch.Tensor, meta: torch.Tensor) -> np.ndarray:
-    """Softmax of the mean logits over the evaluation views, as train.fitting.fit evaluates."""
+    """Softmax of the mean logits over the evaluation views, as the members are evaluated."""
     n, _, f = x.shape
     logits = head(x[:, :TTA_VIEWS].reshape(n * TTA_VIEWS, f), meta.repeat_interleave(TTA_VIEWS, 0))
     return softmax(mean_over_views(logits, TTA_VIEWS).cpu().numpy())
@@ -96,3 +97,13 @@ def curriculum_rank(x, meta, y, groups, unknown, hp: Hyper, seed: int) -> tuple[
     summary = {k: {"mean_true_class_confidence": float(v.mean())} for k, v in conf.items()}
     summary["difficulty_by_class"] = {c: float(d[y == k].mean()) for k, c in enumerate(CLASSES)}
     return within_class_rank(d, y), summary
+
+
+def difficulty_rank(pooled_imagenet: np.ndarray, meta: torch.Tensor, y: np.ndarray, lesion_ids,
+                    unknown: torch.Tensor, seed: int, device="cpu") -> np.ndarray:
+    """The curriculum's within-class difficulty of each training case, from out-of-fold
+    heads on frozen pooled features of these cases only (lesion-grouped inner folds)."""
+    x = torch.from_numpy(pooled_imagenet.astype(np.float32)).to(device)
+    rank, _ = curriculum_rank(x, meta.to(device), y, np.asarray(lesion_ids), unknown.to(device),
+                              Hyper(), seed)
+    return rank
