@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES
+from lesion_app.choices import PREDICTED
 from lesion_app.clinical_report import parse_operating_point
+from lesion_app.handlers import SessionState
 from lesion_app.image_input import load_upload
 from lesion_app.predictor import Predictor
-from lesion_app.ui import NEW_IMAGE, PREDICTED, Handlers, SessionState, layout
+from lesion_app.presentation import NEW_IMAGE
+from lesion_app.ui import Handlers, layout
 
 OP = "90% specificity"
 LEVEL = "90%"

@@ -1,0 +1,162 @@
+"""The page's events as plain functions: raw component values in, a `PageUpdate` out (what to show
+and the session's new state), None when an event has nothing to do. All model work is the
+Predictor's; all rendering is lesion_app.presentation's.
+
+Blank means not entered everywhere: an empty age box reaches the Predictor as None, an empty
+sex or site as 'unknown' (lesion_app.metadata.parse_metadata). A mistake the user can fix raises
+one of USER_ERRORS, whose message is meant to be shown as is.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, SET_LEVEL, ChoiceError
+from .clinical_report import ClinicalReport
+from .gradcam import DEFAULT_CAM_METHOD
+from .image_input import InputError, load_upload, take_upload
+from .metadata import MetadataError, parse_metadata
+from .predictor import Predictor
+from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heatmap_html, melanoma_content,
+                           metadata_warning, prediction_sets_content)
+from .result import Analysis
+
+USER_ERRORS = (ChoiceError, InputError, MetadataError)
+
+
+def upload_key(payload) -> str | None:
+    """Which upload a payload is: its server path (None when there is no image)."""
+    return payload.get("path") if isinstance(payload, dict) else payload
+
+
+class HeatmapCache:
+    """One image's last few heatmaps as inline images, by the map's bytes: a metadata change
+    that leaves a map as it was does not encode it again."""
+    SIZE = 4
+
+    def __init__(self):
+        self.entries: dict[tuple[str, str], str] = {}
+
+    def html(self, rgb: np.ndarray, cam: np.ndarray, alt: str) -> str:
+        """heatmap_html(rgb, cam, alt), drawn once per map; the oldest entry goes first."""
+        key = (hashlib.blake2b(cam.tobytes(), digest_size=16).hexdigest(), alt)
+        if key not in self.entries:
+            while len(self.entries) >= self.SIZE:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[key] = heatmap_html(rgb, cam, alt)
+        return self.entries[key]
+
+
+@dataclass
+class SessionState:
+    """One browser session's last analysed upload, decoded in memory, and its analysis.
+
+    Valid only for the upload named by `key`; any other image means start again.
+    """
+    key: str | None = None
+    image: Image.Image | None = None
+    analysis: Analysis | None = None
+    heatmaps: HeatmapCache = field(default_factory=HeatmapCache, compare=False, repr=False)
+
+    def holds(self, payload) -> bool:
+        return self.image is not None and payload is not None and self.key == upload_key(payload)
+
+    def follow(self, analysis: Analysis) -> "SessionState":
+        """The same upload with a newer analysis (its heatmaps kept)."""
+        return SessionState(self.key, self.image, analysis, self.heatmaps)
+
+
+@dataclass
+class PageUpdate:
+    """What one event changes: the page's content and the session's state (None: unchanged)."""
+    content: PageContent
+    state: SessionState | None = None
+
+
+class PageEvents:
+    """The event logic. `keep`: digests of uploads whose files are not deleted once read (the
+    bundled examples, which every example click uploads again)."""
+
+    def __init__(self, predictor: Predictor, clinical: ClinicalReport | None, keep: frozenset[str] = frozenset()):
+        self.predictor, self.clinical, self.keep = predictor, clinical, keep
+
+    def decode(self, payload) -> Image.Image:
+        """The upload as an in-memory image; its file is deleted before any analysis runs."""
+        return load_upload(take_upload(payload, self.keep))
+
+    def run(self, image: Image.Image, age, sex, site, cam: str | None,
+            previous: Analysis | None = None, method: str = DEFAULT_CAM_METHOD) -> Analysis:
+        """Predictor.analyze on parsed metadata (blank -> None / 'unknown'); with the previous
+        analysis of the same image, only the fusion side runs again (Predictor.with_metadata)."""
+        meta = parse_metadata(age, sex, site)
+        if previous is not None:
+            return self.predictor.with_metadata(previous, *meta, cam, method)
+        return self.predictor.analyze(image, *meta, cam, method)
+
+    def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
+                state: SessionState) -> PageUpdate:
+        """Analyses the current image with the current inputs (the Analyze button, /analyze)."""
+        # Refuse unknown choices before any work.
+        cam, spec = HEATMAP_CLASS.parse(cam_choice), OPERATING_POINT.parse(op_choice)
+        level, method = SET_LEVEL.parse(level_choice), HEATMAP_METHOD.parse(method_choice)
+        # Re-analysing the same upload (its file already deleted) uses the in-memory copy and,
+        # once analysed, its kept features: the backbones do not run again.
+        same = state.holds(payload)
+        image = state.image if same else self.decode(payload)
+        a = self.run(image, age, sex, site, cam, state.analysis if same else None, method)
+        state = state.follow(a) if same else SessionState(upload_key(payload), image, a)
+        return PageUpdate(analysis_content(a, self.clinical, spec, level, state.heatmaps.html), state)
+
+    def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
+                         state: SessionState) -> PageUpdate | None:
+        """Live what-if: new age, sex or site for the analysed image updates the fusion side at once,
+        from the kept features (fusion heads only). Before an analysis it does nothing; an
+        unfinished or invalid entry says so in the warnings line and changes nothing else."""
+        if state.analysis is None or not state.holds(payload):
+            return None
+        try:
+            meta = parse_metadata(age, sex, site)
+        except MetadataError as e:
+            return PageUpdate(PageContent(warnings=metadata_warning(e)))
+        a = self.predictor.with_metadata(state.analysis, *meta, HEATMAP_CLASS.parse(cam_choice),
+                                         HEATMAP_METHOD.parse(method_choice))
+        state = state.follow(a)
+        return PageUpdate(analysis_content(a, self.clinical, OPERATING_POINT.parse(op_choice),
+                                         SET_LEVEL.parse(level_choice), state.heatmaps.html, image_side=False), state)
+
+    def heatmap_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
+                        state: SessionState) -> PageUpdate | None:
+        """A new heatmap class or method: the current image and inputs again (once analysed, from
+        the kept features: heatmaps only); nothing before an upload."""
+        if payload is None:
+            return None
+        return self.analyze(payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice, state)
+
+    def level_changed(self, level_choice, state: SessionState) -> PageUpdate | None:
+        level = SET_LEVEL.parse(level_choice)
+        if state.analysis is None:
+            return None
+        return PageUpdate(prediction_sets_content(state.analysis, level))
+
+    def operating_point(self, op_choice, state: SessionState) -> PageUpdate | None:
+        spec = OPERATING_POINT.parse(op_choice)
+        if state.analysis is None:
+            return None
+        return PageUpdate(melanoma_content(self.clinical, state.analysis, spec))
+
+    def image_changed(self, payload, state: SessionState) -> PageUpdate | None:
+        """A new or cleared image: forget the old one and blank its results (already analysed: no-op)."""
+        if state.holds(payload):
+            return None
+        return PageUpdate(PageContent.blank(NEW_IMAGE if payload is not None else START), SessionState())
+
+    def report(self, image, age, sex, site) -> dict:
+        """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings.
+
+        Blank means not entered: age None or '' -> no age; sex or site None, '' or whitespace ->
+        'unknown'; values are stripped and lower-cased (' Back ' -> 'back').
+        """
+        return self.run(self.decode(image), age, sex, site, None).to_report()
