@@ -17,20 +17,6 @@ SPECIFICITIES = ("90", "95")
 OPERATING_POINTS = {f"{s}% specificity": s for s in SPECIFICITIES}
 
 
-def parse_operating_point(choice) -> str:
-    """'90% specificity' (a UI choice) or '90' -> '90'; blank -> the first (default) point.
-
-    Anything else raises ValueError naming the accepted choices.
-    """
-    if choice is None or (isinstance(choice, str) and not choice.strip()):
-        return SPECIFICITIES[0]
-    text = str(choice).strip()
-    if text in OPERATING_POINTS or text in SPECIFICITIES:
-        return OPERATING_POINTS.get(text, text)
-    raise ValueError(f"Unknown melanoma operating point {choice!r}; expected one of: "
-                     f"{', '.join(OPERATING_POINTS)}.")
-
-
 def age_band(age) -> str:
     """The report's age bands; 'missing' when no age was entered."""
     if age is None or pd.isna(age):

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES
-from lesion_app.choices import PREDICTED
-from lesion_app.clinical_report import parse_operating_point
+from lesion_app.choices import OPERATING_POINT, PREDICTED
 from lesion_app.handlers import SessionState
 from lesion_app.image_input import load_upload
 from lesion_app.predictor import Predictor
@@ -145,7 +144,7 @@ def test_heatmap_class_accepts_labels_codes_and_blank(app):
 @pytest.mark.parametrize("choice,spec", [("90% specificity", "90"), ("95% specificity", "95"), ("95", "95"),
                                          (None, "90"), (" ", "90")])
 def test_operating_point_choices(choice, spec):
-    assert parse_operating_point(choice) == spec
+    assert OPERATING_POINT.parse(choice) == spec
 
 
 def test_a_metadata_change_reruns_only_the_fusion_side(app, upload, monkeypatch):
