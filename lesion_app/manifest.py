@@ -1,0 +1,224 @@
+"""weights/manifest.json as one checked type: the only code that parses or writes it.
+
+The manifest describes everything inference needs (architecture, split point, input spec,
+class order, metadata vocabulary, age scaling, temperatures, every file and its sha256) and
+what the release stage adds (the OOD check, the prediction sets). `Manifest.load` checks it
+against this code's class order and vocabulary and checks every entry inference reads, so
+a bad file fails at once with a WeightsError naming it. A Manifest is never edited in place:
+`with_ood` / `with_prediction_sets` / `with_heldout` return a new one, and `save` writes it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from .metadata import AgeScaler
+from .paths import repo_path
+from .preprocess import InputSpec
+from .vocab import CLASSES, SEXES, SITES
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+MANIFEST = "manifest.json"
+MODEL_KEYS = ("fusion", "image_only")
+RESTORE_HINT = ("Restore the bundled files with `git checkout -- weights/`, or retrain them "
+                "with the commands in weights/MODEL_CARD.md.")
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing, corrupted or does not match the manifest."""
+
+
+class ManifestNotJSON(WeightsError):
+    """manifest.json is not JSON; `cause` is the decoder's error."""
+
+    def __init__(self, message: str, cause: Exception):
+        super().__init__(message)
+        self.cause = cause
+
+
+# The keys inference cannot do without; the rest are records of how the weights were made.
+REQUIRED = ("version", "architecture", "trunk", "input", "class_order", "metadata", "models")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """The manifest's top-level keys, in the order train.release.bundle writes them. Nested
+    parts are the JSON's own dicts; the methods below are how code reads into them."""
+    version: str
+    architecture: dict
+    trunk: dict                      # {"file", "sha256", "split_block", ...}
+    input: dict                      # {"spec": InputSpec fields, "tta_views", "crop"}
+    class_order: list
+    class_names: dict | None = None
+    metadata: dict                   # {"layout", "sexes", "sites", "age_scaler", ...}
+    models: dict                     # kind -> {"fusion", "members", "temperature", metrics, ...}
+    folds_file: str | None = None    # repo-relative (lesion_app.paths)
+    folds_sha256: str | None = None
+    heldout_file: str | None = None
+    heldout_sha256: str | None = None
+    selection: dict | None = None
+    git_commit: str | None = None
+    bundle_command: str | None = None
+    training_wall_time_seconds: dict | None = None
+    hardware: str | None = None
+    heldout_seconds: float | None = None
+    ood: dict | None = None          # train.release.fit_ood
+    prediction_sets: dict | None = None   # train.release.prediction_sets
+    extra: dict = field(default_factory=dict)   # keys this code does not know, kept as read
+    # The keys' order as read, so a rewrite keeps the file's own order (new keys go last).
+    key_order: tuple = field(default=(), repr=False, compare=False)
+
+    # ------------------------------------------------------------------ reading and writing
+
+    @classmethod
+    def load(cls, weights_dir: Path = WEIGHTS_DIR) -> "Manifest":
+        """weights_dir/manifest.json, checked; a WeightsError naming the file and the fix otherwise."""
+        path = Path(weights_dir) / MANIFEST
+        if not path.is_file():
+            raise WeightsError(f"{path} is missing. {RESTORE_HINT}")
+        return cls.from_text(path.read_text(), path)
+
+    @classmethod
+    def from_text(cls, text: str, source: Path | str) -> "Manifest":
+        """A manifest from its JSON text (source: the file it came from, for messages)."""
+        try:
+            manifest_json = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ManifestNotJSON(f"{source} is not valid JSON ({e}). {RESTORE_HINT}", e) from None
+        return cls.from_dict(manifest_json, source)
+
+    @classmethod
+    def from_dict(cls, data, source: Path | str) -> "Manifest":
+        meta = data.get("metadata") if isinstance(data, dict) else None
+        if not isinstance(meta, dict) or tuple(data.get("class_order", ())) != CLASSES \
+                or tuple(meta.get("sites", ())) != SITES or tuple(meta.get("sexes", ())) != SEXES:
+            raise WeightsError(f"{source} was made for another class order or metadata vocabulary "
+                               f"than this code's. {RESTORE_HINT}")
+        known = {f.name for f in fields(cls)} - {"extra", "key_order"}
+        try:
+            for key in REQUIRED:
+                data[key]
+            manifest = cls(**{k: v for k, v in data.items() if k in known},
+                           extra={k: v for k, v in data.items() if k not in known}, key_order=tuple(data))
+            manifest.check()
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"{source} lacks or mangles an entry ({type(e).__name__}: {e}). "
+                               f"{RESTORE_HINT}") from None
+        return manifest
+
+    def check(self) -> None:
+        """Reads every entry inference needs: KeyError, TypeError or ValueError for one that is
+        absent or malformed (WeightsError for an unusable input spec)."""
+        self.backbone, self.split_block, self.age_scaler, self.input_spec
+        for k in MODEL_KEYS:
+            self.fusion(k), self.temperature(k)
+        for entry in (self.trunk, *(m for k in MODEL_KEYS for m in self.members(k))):
+            entry["file"], entry["sha256"]
+
+    def to_dict(self) -> dict:
+        """The JSON object: keys in the order read, then any set since in field order."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "key_order")}
+        data = {**{k: v for k, v in data.items() if v is not None or k in self.key_order}, **self.extra}
+        order = [k for k in self.key_order if k in data] + [k for k in data if k not in self.key_order]
+        return {k: data[k] for k in order}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def save(self, weights_dir: Path) -> Path:
+        path = Path(weights_dir) / MANIFEST
+        path.write_text(self.to_json())
+        return path
+
+    # ------------------------------------------------------------------ extending
+
+    def with_ood(self, entry: dict) -> "Manifest":
+        """A copy with the out-of-distribution check's entry (train.release.fit_ood)."""
+        return replace(self, ood=entry)
+
+    def with_prediction_sets(self, entry: dict) -> "Manifest":
+        """A copy with the prediction sets' thresholds and coverage (train.release.prediction_sets)."""
+        return replace(self, prediction_sets=entry)
+
+    def with_heldout(self, metrics: dict, seconds: float) -> "Manifest":
+        """A copy with each kind's held-out metrics (metrics[kind]) and the scoring time."""
+        models = {k: {**v, "heldout_metrics": metrics[k]} if k in MODEL_KEYS else v
+                  for k, v in self.models.items()}
+        return replace(self, models=models, heldout_seconds=seconds)
+
+    # ------------------------------------------------------------------ what the readers need
+
+    @property
+    def backbone(self) -> str:
+        return self.architecture["backbone"]
+
+    @property
+    def split_block(self) -> int:
+        """The first block each member fine-tuned; the shared trunk is everything below it."""
+        return int(self.trunk["split_block"])
+
+    def fusion(self, kind: str) -> str:
+        return self.models[kind]["fusion"]
+
+    def members(self, kind: str) -> list[dict]:
+        """A kind's members ({"file", "sha256", "fold", ...}), in ensemble order."""
+        return self.models[kind]["members"]
+
+    def temperature(self, kind: str) -> float:
+        return float(self.models[kind]["temperature"])
+
+    def config(self, kind: str) -> dict:
+        """The training recipe of a kind's members (loss, sampler, epochs, ...)."""
+        return self.models[kind]["config"]
+
+    def out_of_fold_metrics(self, kind: str) -> dict:
+        """A kind's metrics on its calibrated out-of-fold predictions (n, balanced_accuracy, ...)."""
+        return self.models[kind]["out_of_fold_metrics"]
+
+    @property
+    def input_spec(self) -> InputSpec:
+        try:
+            return InputSpec(**self.input["spec"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"the manifest's input spec is unusable ({type(e).__name__}: {e}). "
+                               f"{RESTORE_HINT}") from None
+
+    @property
+    def age_scaler(self) -> AgeScaler:
+        return AgeScaler(**self.metadata["age_scaler"])
+
+    @property
+    def set_thresholds(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per level and kind, the prediction sets' class thresholds; {} when none were fitted."""
+        sets = (self.prediction_sets or {}).get("thresholds", {})
+        return {level: {k: np.asarray(v) for k, v in kinds.items()} for level, kinds in sets.items()}
+
+    def file_entries(self) -> list[dict]:
+        """Every weights file the manifest names ({"file", "sha256", ...}: the trunk, each member
+        of each ensemble, the OOD detector), in the manifest's order."""
+        entries = {"trunk": [self.trunk], "ood": [self.ood] if self.ood else [],
+                   "models": [m for v in self.models.values() for m in v.get("members", [])]}
+        return [e for key in self.to_dict() for e in entries.get(key, ())]
+
+    @property
+    def folds_path(self) -> Path:
+        """The folds file the members were trained on, as an absolute path."""
+        if not self.folds_file:
+            raise WeightsError(f"the manifest names no folds_file (version {self.version}). {RESTORE_HINT}")
+        return repo_path(self.folds_file)
+
+    @property
+    def heldout_path(self) -> Path:
+        """The held-out slice (no member trained on it), as an absolute path."""
+        if not self.heldout_file:
+            raise WeightsError(f"the manifest names no heldout_file (version {self.version}). {RESTORE_HINT}")
+        return repo_path(self.heldout_file)
+
+    @property
+    def model_info(self) -> dict:
+        """What an analysis reports about the weights: the version and each member's sha256."""
+        return {"version": self.version,
+                "sha256": {k: [m["sha256"] for m in self.members(k)] for k in MODEL_KEYS}}
