@@ -26,7 +26,7 @@ def no_token_env(tmp_path):
 
 def test_dry_run_writes_the_model_repo_folder(tmp_path):
     from huggingface_hub import ModelCard
-    from train.release.bundle import model_card
+    from train.release.model_card import model_card
     out = tmp_path / "repo"
     r = subprocess.run([sys.executable, "-m", "train.release.publish", "--repo", REPO_ID, "--out", str(out), "--dry-run"],
                        cwd=REPO, env=no_token_env(tmp_path), capture_output=True, text=True, timeout=300)
@@ -60,7 +60,7 @@ def test_dry_run_writes_the_model_repo_folder(tmp_path):
                                        ("macro_f1", "f1", "Macro-F1"), ("macro_auc", "roc_auc", "Macro AUC (one-vs-rest)")):
             r = by_name[f"{name}, {label} ({EVALUATION})"]
             assert r.metric_type == metric_type and r.metric_value == pytest.approx(oof[key], abs=1e-4)
-    # One source: the body carries train.release.bundle's card text as is.
+    # One source: the body carries train.release.model_card's text as is.
     assert model_card(manifest) in card.text
     assert f"hf://{REPO_ID}@<commit sha>" in card.text
 

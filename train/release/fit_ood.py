@@ -34,7 +34,8 @@ from lesion_app.ood import FEATURES, OODDetector
 from lesion_app.predictor import Predictor
 from lesion_app.preprocess import unnormalise
 from lesion_app.weights import WEIGHTS_DIR, sha256_file
-from train.release.bundle import REPO, model_card
+from train import REPO
+from train.release.model_card import model_card
 
 
 def trunk_features(predictor: Predictor, images, batch: int = 16, views: bool = True

@@ -21,7 +21,8 @@ import pandas as pd
 from lesion_app.conformal import LEVELS, class_thresholds, coverage_report, prediction_sets
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
-from train.release.bundle import REPO, model_card
+from train import REPO
+from train.release.model_card import model_card
 from train.evaluation.metrics import softmax
 
 LOGITS = [f"logit_{c}" for c in CLASSES]

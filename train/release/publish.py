@@ -7,7 +7,7 @@ Builds the repo's folder: every weights file the manifest names (the shared trun
 member of both ensembles, the out-of-distribution detector), checked against its sha256,
 manifest.json as is, and README.md, the model card the Hub renders. The card is made with
 huggingface_hub's ModelCard, ModelCardData and EvalResult: licence, dataset, task, tags and a
-model-index of the headline out-of-fold metrics; its body is train.release.bundle.model_card(manifest),
+model-index of the headline out-of-fold metrics; its body is train.release.model_card.model_card(manifest),
 the same text as weights/MODEL_CARD.md, followed by what is specific to the Hub copy.
 
 --dry-run writes the folder and stops (no network, no token). Otherwise the folder is
@@ -25,8 +25,8 @@ from pathlib import Path
 from lesion_app.hub import manifest_entries
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_manifest, sha256_file, verify_file
-from train.release.bundle import model_card
 from train import REPO
+from train.release.model_card import model_card
 
 REPORT = REPO / "reports" / "report.json"
 LICENSE = "cc-by-nc-4.0"

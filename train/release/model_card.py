@@ -1,0 +1,180 @@
+"""The model card (weights/MODEL_CARD.md, and the body of the Hub's README.md), drawn from the manifest.
+
+train.release.bundle writes it; fit_ood and prediction_sets rewrite it when they extend the
+manifest; publish puts it on the Hub. One text, so the copies never disagree.
+"""
+from __future__ import annotations
+
+from lesion_app.vocab import CLASS_NAMES, CLASSES
+from lesion_app.weights import MODEL_KEYS
+
+
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _table(models: dict, key: str) -> str:
+    rows = ["| metric | fusion | image-only |", "|---|---|---|"]
+    for k in ("balanced_accuracy", "macro_f1", "accuracy", "macro_auc", "ece"):
+        rows.append(f"| {k.replace('_', ' ')} | {_f(models['fusion'][key].get(k))} | "
+                    f"{_f(models['image_only'][key].get(k))} |")
+    return "\n".join(rows)
+
+
+def _per_class(models: dict, key: str) -> str:
+    rows = ["| class | support | fusion recall | image-only recall | fusion precision | "
+            "image-only precision | fusion F1 | image-only F1 | fusion AUC | image-only AUC |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    f, i = models["fusion"][key]["per_class"], models["image_only"][key]["per_class"]
+    for c in CLASSES:
+        rows.append(f"| {CLASS_NAMES[c]} ({c}) | {f[c]['support']} | {f[c]['recall']:.3f} | "
+                    f"{i[c]['recall']:.3f} | {f[c]['precision']:.3f} | {i[c]['precision']:.3f} | "
+                    f"{f[c]['f1']:.3f} | {i[c]['f1']:.3f} | {_f(f[c]['auc'])} | {_f(i[c]['auc'])} |")
+    return "\n".join(rows)
+
+
+def _variants(m: dict) -> str:
+    rows = ["| run | fine-tuned from | fusion OOF bal. acc. | fusion OOF macro-F1 | image-only OOF bal. acc. | "
+            "image-only OOF macro-F1 | shipped |", "|---|---|---|---|---|---|---|"]
+    for v in m["selection"]["variants_compared"]:
+        o = v["out_of_fold"]
+        rows.append(f"| {v['run']} | blocks[{v['split_block']}] | {o['fusion']['balanced_accuracy']:.3f} | "
+                    f"{o['fusion']['macro_f1']:.3f} | {o['image_only']['balanced_accuracy']:.3f} | "
+                    f"{o['image_only']['macro_f1']:.3f} | {'yes' if v['run'] == m['selection']['shipped'] else ''} |")
+    return "\n".join(rows)
+
+
+def _ood(m: dict) -> str:
+    o = m.get("ood")
+    if not o:
+        return ""
+    f = o["flagged_share"]
+    lines = ["## Out-of-distribution warning",
+             f"{o['method']}. Fitted on {o['fitted_on']}. Thresholds: {o['threshold_rule']}.", "",
+             "| images | kind | flagged |", "|---|---|---|",
+             f"| held-out slice (thresholds set here) | dermoscopic | {f['heldout']:.1%} of {f['n_heldout']} |"]
+    if "dermoscopic_unused" in f:
+        by_class = ", ".join(f"{k} {v:.1%}" for k, v in f["dermoscopic_unused_by_class"].items())
+        unmeasured = [c for c in CLASSES if c not in f["dermoscopic_unused_by_class"]]
+        if unmeasured:
+            by_class += f"; {', '.join(unmeasured)}: all in the fit sample, not measured here"
+        lines.append(f"| other HAM10000 images, used for neither fit nor threshold | dermoscopic | "
+                     f"{f['dermoscopic_unused']:.1%} of {f['dermoscopic_unused_n']} ({by_class}) |")
+    lines.append(f"| synthetic (plain colours, gradients, text, cartoons, patterns, noise) | not dermoscopic | "
+                 f"{f['synthetic_non_dermoscopic']:.0%} of {f['synthetic_n']} |")
+    for which in ("tuning", "evaluation"):
+        r = o.get("real_photos", {}).get(which)
+        if r:
+            kinds = ", ".join(f"{k} {v['flagged']}/{v['n']}" for k, v in r["by_kind"].items())
+            lines.append(f"| real photos, {which} set ({kinds}) | not dermoscopic | "
+                         f"{r['flagged'] / max(r['n'], 1):.0%} of {r['n']} |")
+    if o.get("real_photos"):
+        lines += ["", f"Real photos: {o['real_photos']['about']}. The evaluation set's photos were kept for measurement only."]
+    return "\n".join(lines) + "\n"
+
+
+def coverage_markdown(ps: dict | None) -> str:
+    """The prediction sets' measured coverage and size per class, for the card and the report."""
+    if not ps:
+        return ""
+    lines = ["## Prediction sets (class-conditional conformal)", "",
+             f"{ps['method']}. Calibrated on {ps['calibrated_on']}. Coverage measured on cases the "
+             "thresholds never saw: cross-fitted out-of-fold (single members, all images) and on the "
+             "held-out slice (the shipped ensembles).", "",
+             "| level | model | evaluation | coverage | mean size | " + " | ".join(f"{c} cov." for c in CLASSES) + " |",
+             "|---|---|---|---|---|" + "---|" * len(CLASSES)]
+    for level in ps["thresholds"]:
+        for kind in MODEL_KEYS:
+            for name, key in (("cross-fit OOF", "coverage_crossfit_out_of_fold"), ("held-out ensemble",
+                                                                                  "coverage_heldout_ensemble")):
+                r = ps[key][level][kind]
+                cells = " | ".join(_f(r["per_class"][c]["coverage"]) for c in CLASSES)
+                lines.append(f"| {float(level):.0%} | {kind} | {name} | {r['coverage']:.3f} | {r['mean_size']:.2f} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def model_card(m: dict) -> str:
+    models = m["models"]
+    fus = models["fusion"]
+    n_members = len(fus["members"])
+    wt = m["training_wall_time_seconds"]
+    held = fus.get("heldout_metrics", {})
+    return f"""# Model card: HAM10000 skin-lesion classifiers (fusion and image-only ensembles)
+
+Version {m['version']}; trained from commit `{m['git_commit']}`. Generated by `train/release/bundle.py`.
+
+## Intended use
+A **research and education demo**, not a medical device. It must not be used for
+diagnosis, triage or any clinical decision. It shows how adding a patient's age, sex and
+body site to a dermoscopic image changes a classifier's output, and explains both.
+
+## Models
+- Two ensembles of {n_members} members each, one member per fold of a {n_members}-fold lesion-grouped
+  cross-validation: `fusion_fold*.safetensors` ({m['architecture']['backbone']} + metadata
+  {m['architecture']['metadata_encoder']}, fused by **{fus['fusion']}**) and
+  `image_only_fold*.safetensors` (the same recipe, image only).
+- One shared frozen trunk, `trunk.safetensors`: the ImageNet lower stages
+  ({m['architecture']['frozen_lower_stages']}, {m['architecture']['imagenet_weights']}). It runs
+  once per image; each member fine-tuned only the stages above it and its head.
+- Ensemble rule: {fus['ensemble']}.
+- Input: {m['input']['spec']['width']}x{m['input']['spec']['height']} px, {m['input']['crop']},
+  mean = std = 0.5; 4 flip views.
+- Recipe: loss `{fus['config']['loss']}`, sampler `{fus['config']['sampler']}`, {fus['config']['epochs']}
+  epochs on a fixed schedule (no epoch is chosen on held-out data), AdamW, one-cycle.
+- Calibration: one temperature per ensemble, fitted on the out-of-fold logits of all
+  images: T = {fus['temperature']:.3f} (fusion), {models['image_only']['temperature']:.3f} (image-only).
+- Metadata: age standardised (mean {m['metadata']['age_scaler']['mean']:.1f}, sd
+  {m['metadata']['age_scaler']['std']:.1f}) with a missing flag; sex and site one-hot with
+  an `unknown` value. Missing values are normal inputs (trained with random dropping).
+
+## Data
+HAM10000: Tschandl P, Rosendahl C, Kittler H. "The HAM10000 dataset, a large collection of
+multi-source dermatoscopic images of common pigmented skin lesions." Sci Data 5, 180161
+(2018). Licence CC BY-NC 4.0 (non-commercial use, attribution required); the weights
+inherit the non-commercial restriction. Images used at 200x150.
+Folds: `{m['folds_file']}` (sha256 `{m['folds_sha256'][:12]}…`), grouped by `lesion_id`,
+stratified by diagnosis, seed 0. Held out from every member: `{m['heldout_file']}`
+(sha256 `{m['heldout_sha256'][:12]}…`, {held.get('n', 0)} images); the app's examples come from it.
+
+## Out-of-fold evaluation (every image scored by the member that never saw its lesion)
+{fus['out_of_fold_metrics']['n']} images. These figures are for single members (each image has one
+out-of-fold member); the ensembles are expected to do somewhat better (next section).
+Confidence intervals, paired tests, operating points and subgroups: `reports/report.md`.
+
+{_table(models, 'out_of_fold_metrics')}
+
+ECE before temperature: fusion {fus['out_of_fold_metrics']['ece_before_temperature']:.3f},
+image-only {models['image_only']['out_of_fold_metrics']['ece_before_temperature']:.3f}.
+
+Per class (out-of-fold):
+
+{_per_class(models, 'out_of_fold_metrics')}
+
+## Held-out slice: the shipped ensembles ({held.get('n', 0)} images no member trained on)
+Scored through the app's own inference path. Small (4 df and 4 vasc images), so noisy.
+
+{_table(models, 'heldout_metrics') if held else 'not scored'}
+
+## Recipe variants compared (out-of-fold)
+{_variants(m)}
+
+## Training
+- Command: `{fus['training_command']}`
+- Wall time ({m['hardware']}): feature cache {wt.get('feature_cache', 0):.0f} s, curriculum ranking
+  {sum(v for k, v in wt.items() if k.startswith('curriculum_rank')):.0f} s, fusion members
+  {wt['fusion_members']:.0f} s, image-only members {wt['image_only_members']:.0f} s; total {wt['total'] / 60:.1f} min.
+
+{_ood(m)}
+{coverage_markdown(m.get('prediction_sets'))}
+## Limitations
+- Dermoscopic images only; clinical (phone) photos are out of distribution.
+- HAM10000 comes from two sites (Vienna, Queensland), mostly light skin types; performance
+  on darker skin types is unknown and likely worse.
+- Seven diagnostic classes only; other lesions will be forced into one of them.
+- Rare classes (df, vasc, akiec) have few images, so their metrics are noisy.
+- Metadata priors learned from HAM10000 (e.g. age, site distributions) may not transfer
+  to other populations; the fusion model can be pushed by them.
+- Calibration was fitted on this dataset's out-of-fold predictions of single members;
+  probabilities elsewhere may be over- or under-confident.
+"""
+
