@@ -14,11 +14,11 @@ repo, the revision and the fix (the app prints it and exits; no traceback).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .manifest import Manifest, ManifestNotJSON
 from .weights import WeightsError, sha256_file
 
 PREFIX = "hf://"
@@ -74,25 +74,6 @@ def parse_hub_uri(uri: str) -> HubWeights:
     raise WeightsError(f"LESION_APP_WEIGHTS={uri}: {why} {pin}")
 
 
-def manifest_entries(manifest: dict) -> list[dict]:
-    """Every weights file the manifest names ({'file', 'sha256'} entries: the trunk, each member
-    of each ensemble, the out-of-distribution detector), in the manifest's order."""
-    out: list[dict] = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if isinstance(node.get("file"), str) and isinstance(node.get("sha256"), str):
-                out.append(node)
-                return
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-    walk(manifest)
-    return out
-
-
 def cache_dir() -> str:
     from huggingface_hub import constants
     return constants.HF_HUB_CACHE
@@ -144,22 +125,20 @@ def _fetch(ref: HubWeights, filename: str, offline: bool) -> Path:
 
 
 def fetch_hub_weights(ref: HubWeights) -> Path:
-    """The pinned revision's snapshot folder, holding manifest.json and every file it names,
-    each checked against the manifest's sha256 (the Predictor checks them again on load)."""
+    """The pinned revision's snapshot folder, holding manifest.json (checked as Manifest.load checks
+    it) and every file it names, each checked against the manifest's sha256 (the Predictor checks
+    them again on load)."""
     from huggingface_hub import constants
     offline = constants.is_offline_mode()
     manifest_path = _fetch(ref, "manifest.json", offline)
     folder = manifest_path.parent
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{ref}: its manifest.json ({manifest_path}) is unreadable ({type(e).__name__}). "
+        manifest = Manifest.from_text(manifest_path.read_text(), manifest_path)
+    except (OSError, UnicodeDecodeError, ManifestNotJSON) as e:
+        cause = e.cause if isinstance(e, ManifestNotJSON) else e
+        raise WeightsError(f"{ref}: its manifest.json ({manifest_path}) is unreadable ({type(cause).__name__}). "
                            f"{_refetch_hint(ref)}") from None
-    entries = manifest_entries(manifest)
-    if not entries:
-        raise WeightsError(f"{ref}: its manifest.json names no weights file; it was not made by "
-                           f"`python -m train.release.publish`.")
-    for entry in entries:
+    for entry in manifest.file_entries():
         path = _fetch(ref, entry["file"], offline)
         digest = sha256_file(path)
         if digest != entry["sha256"]:

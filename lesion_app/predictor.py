@@ -19,8 +19,7 @@ from .preprocess import flip_views, mean_over_views, to_tensor, unnormalise
 from .result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
 from .shapley import PLAYERS, coalition_rows, shapley_values
 from .vocab import CLASSES, SEXES, SITES
-from .weights import (MODEL_KEYS, WEIGHTS_DIR, age_scaler, input_spec, load_models, torch_device,
-                      verify_file)
+from .weights import MODEL_KEYS, WEIGHTS_DIR, load_models, torch_device, verify_file
 
 
 AGE_SWEEP = tuple(range(0, 91, 5))   # the what-if's ages, years
@@ -44,18 +43,15 @@ class Predictor:
             # Inference only (Grad-CAM needs activation grads, not weight grads); channels-last
             # convolutions run about twice as fast on CPU here.
             m.to(self.device, memory_format=torch.channels_last).requires_grad_(False)
-        self.spec = input_spec(self.manifest)
-        self.scaler = age_scaler(self.manifest)
-        self.temperature = {k: float(self.manifest["models"][k]["temperature"]) for k in MODEL_KEYS}
+        self.spec = self.manifest.input_spec
+        self.scaler = self.manifest.age_scaler
+        self.temperature = {k: self.manifest.temperature(k) for k in MODEL_KEYS}
         self.trunk = self.models[MODEL_KEYS[0]]   # every member's lower stages are the shared trunk
         self.absent_row = torch.from_numpy(unknown_row(self.scaler))
-        self.model_info = {"version": self.manifest["version"],
-                           "sha256": {k: [m["sha256"] for m in self.manifest["models"][k]["members"]]
-                                      for k in MODEL_KEYS}}
-        sets = self.manifest.get("prediction_sets", {}).get("thresholds", {})
-        self.set_thresholds = {level: {k: np.asarray(v) for k, v in kinds.items()} for level, kinds in sets.items()}
+        self.model_info = self.manifest.model_info
+        self.set_thresholds = self.manifest.set_thresholds
         self._lock = threading.RLock()
-        ood = self.manifest.get("ood")
+        ood = self.manifest.ood
         self.ood = OODDetector.load(verify_file(weights_dir, ood)) if ood and with_ood else None
 
     def encode(self, age, sex, site) -> torch.Tensor:

@@ -1,34 +1,26 @@
-"""The bundled weights: manifest, checksum verification and model loading.
+"""The bundled weights: checksum verification and model loading.
 
 weights/ holds one shared trunk (the frozen ImageNet lower stages) and, per kind, the
 members of a cross-validated ensemble (each member's fine-tuned upper stages and head).
 Everything inference needs (architecture, split point, input spec, class order, metadata
 vocabulary, age scaling, temperatures, members and their sha256) is read from
-weights/manifest.json, never restated. Every file is checked against its sha256 at load.
+weights/manifest.json (lesion_app.manifest.Manifest), never restated. Every file is checked
+against its sha256 at load.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from .metadata import AgeScaler
 from .ensemble import Ensemble
+from .manifest import MODEL_KEYS, RESTORE_HINT, WEIGHTS_DIR, Manifest, WeightsError
 from .models import LesionClassifier
-from .preprocess import InputSpec
-from .vocab import CLASSES, SEXES, SITES
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-MODEL_KEYS = ("fusion", "image_only")
-RESTORE_HINT = ("Restore the bundled files with `git checkout -- weights/`, or retrain them "
-                "with the commands in weights/MODEL_CARD.md.")
-
-
-class WeightsError(RuntimeError):
-    """A weights file is missing, corrupted or does not match the manifest."""
+__all__ = ["MODEL_KEYS", "RESTORE_HINT", "WEIGHTS_DIR", "Manifest", "WeightsError", "load_manifest",
+           "load_member", "load_models", "sha256_file", "torch_device", "verify_file"]
 
 
 def sha256_file(path: Path) -> str:
@@ -40,19 +32,8 @@ def sha256_file(path: Path) -> str:
 
 
 def load_manifest(weights_dir: Path = WEIGHTS_DIR) -> dict:
-    path = Path(weights_dir) / "manifest.json"
-    if not path.is_file():
-        raise WeightsError(f"{path} is missing. {RESTORE_HINT}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{path} is not valid JSON ({e}). {RESTORE_HINT}") from None
-    meta = manifest.get("metadata") if isinstance(manifest, dict) else None
-    if not isinstance(meta, dict) or tuple(manifest.get("class_order", ())) != CLASSES \
-            or tuple(meta.get("sites", ())) != SITES or tuple(meta.get("sexes", ())) != SEXES:
-        raise WeightsError(f"{path} was made for another class order or metadata vocabulary "
-                           f"than this code's. {RESTORE_HINT}")
-    return manifest
+    """The manifest as plain JSON data, checked as Manifest.load checks it (code reads Manifest)."""
+    return Manifest.load(weights_dir).to_dict()
 
 
 def verify_file(weights_dir: Path, entry: dict) -> Path:
@@ -65,17 +46,6 @@ def verify_file(weights_dir: Path, entry: dict) -> Path:
         raise WeightsError(f"{path} is corrupted or was replaced: its sha256 is {digest[:12]}…, "
                            f"the manifest expects {entry['sha256'][:12]}…. {RESTORE_HINT}")
     return path
-
-
-def input_spec(manifest: dict) -> InputSpec:
-    try:
-        return InputSpec(**manifest["input"]["spec"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"the manifest's input spec is unusable ({type(e).__name__}: {e}). {RESTORE_HINT}") from None
-
-
-def age_scaler(manifest: dict) -> AgeScaler:
-    return AgeScaler(**manifest["metadata"]["age_scaler"])
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -99,21 +69,18 @@ def load_member(path: Path, trunk: dict[str, torch.Tensor], fusion: str, arch: s
     return model.eval()
 
 
-def load_models(weights_dir: Path = WEIGHTS_DIR) -> tuple[dict, dict[str, Ensemble]]:
-    """The manifest and, per kind, its verified ensemble. Raises WeightsError naming the file
-    (or manifest key) at fault and the fix."""
-    manifest = load_manifest(weights_dir)
+def load_models(weights_dir: Path = WEIGHTS_DIR) -> tuple[Manifest, dict[str, Ensemble]]:
+    """The checked manifest and, per kind, its verified ensemble. Raises WeightsError naming
+    the file (or manifest key) at fault and the fix."""
+    manifest = Manifest.load(weights_dir)
+    trunk = _load_state(verify_file(weights_dir, manifest.trunk))
+    models = {}
     try:
-        arch = manifest["architecture"]["backbone"]
-        split_block = int(manifest["trunk"]["split_block"])
-        trunk = _load_state(verify_file(weights_dir, manifest["trunk"]))
-        models = {}
         for k in MODEL_KEYS:
-            entry = manifest["models"][k]
-            members = [load_member(verify_file(weights_dir, m), trunk, entry["fusion"], arch, split_block)
-                       for m in entry["members"]]
+            members = [load_member(verify_file(weights_dir, m), trunk, manifest.fusion(k), manifest.backbone,
+                                   manifest.split_block) for m in manifest.members(k)]
             models[k] = Ensemble(members).eval()
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:   # e.g. a fusion name no model has
         raise WeightsError(f"{Path(weights_dir) / 'manifest.json'} lacks or mangles an entry "
                            f"({type(e).__name__}: {e}). {RESTORE_HINT}") from None
     return manifest, models

@@ -64,7 +64,7 @@ def test_fp16_weights_load_as_fp32_on_the_gpu(predictors):
     from lesion_app.weights import WEIGHTS_DIR
     _, gpu = predictors
     assert gpu.device.type == "cuda"
-    with safe_open(WEIGHTS_DIR / gpu.manifest["trunk"]["file"], "pt") as f:
+    with safe_open(WEIGHTS_DIR / gpu.manifest.trunk["file"], "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} >= {"F16"}      # on disk: fp16
     for k, ens in gpu.models.items():
         tensors = [*ens.parameters(), *(b for b in ens.buffers() if b.is_floating_point())]

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES, REPO, AppServer
-from lesion_app.hub import manifest_entries, parse_hub_uri, resolve_weights
-from lesion_app.weights import WeightsError, load_manifest
+from lesion_app.hub import parse_hub_uri, resolve_weights
+from lesion_app.manifest import Manifest
+from lesion_app.weights import WeightsError
 
 REPO_ID = "demo-org/lesion-fusion"
 # Subprocesses import the repo first, and whatever the caller's PYTHONPATH holds (carried packages).
@@ -122,7 +123,7 @@ def hub(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     first, mark, second = r.stdout.split("\n")[:3]
     yield SimpleNamespace(sha=sha, cache=cache, folder=folder, stand_in=stand_in, first=first, second=second,
-                          mark=float(mark.split()[1]), manifest=load_manifest(folder), base=base)
+                          mark=float(mark.split()[1]), manifest=Manifest.load(folder), base=base)
 
 
 def test_parse_accepts_only_a_model_repo_at_a_full_commit_sha():
@@ -158,10 +159,10 @@ def test_the_cache_is_huggingface_hubs_own_layout(hub):
     assert (repo.repo_id, repo.repo_type, set(repo.refs)) == (REPO_ID, "model", {"main"})
     (revision,) = repo.revisions
     assert revision.commit_hash == hub.sha
-    entries = manifest_entries(hub.manifest)
+    entries = hub.manifest.file_entries()
     names = {e["file"] for e in entries}
     assert {"trunk.safetensors", *(m["file"] for k in ("fusion", "image_only")
-                                  for m in hub.manifest["models"][k]["members"])} <= names
+                                  for m in hub.manifest.members(k))} <= names
     assert {f.file_name for f in revision.files} == names | {"manifest.json"}
     for e in entries:   # snapshot links into blobs; LFS blobs are named by their sha256
         link = snapshot / e["file"]
@@ -257,9 +258,9 @@ def test_the_app_serves_report_from_a_pinned_hub_revision_offline(hub):
                                                       api_name="/report")
     finally:
         server.stop()
-    assert r["model"]["version"] == hub.manifest["version"]
+    assert r["model"]["version"] == hub.manifest.version
     for k in ("fusion", "image_only"):
-        assert r["model"]["sha256"][k] == [m["sha256"] for m in hub.manifest["models"][k]["members"]]
+        assert r["model"]["sha256"][k] == [m["sha256"] for m in hub.manifest.members(k)]
     local = Predictor().analyze(load_upload(path), float(row.age), row.sex, row.localization).to_report()
     for k in ("fusion", "image_only"):
         assert np.allclose(list(r[k]["probabilities"].values()), list(local[k]["probabilities"].values()), atol=1e-6)

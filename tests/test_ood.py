@@ -1,13 +1,13 @@
 """The out-of-distribution check: its mechanics on constructed features, and the bundled
 detector on real photographs (the evaluation set of train/data/real_photos.py, shipped inside
 installed packages) and on the committed dermoscopic examples."""
-import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from lesion_app.manifest import Manifest
 from lesion_app.ood import FEATURES, OODDetector
 from lesion_app.weights import WEIGHTS_DIR
 from tests.conftest import EXAMPLES
@@ -68,7 +68,7 @@ def test_real_photo_sets_are_split_by_photo_and_cover_every_kind():
 
 
 def bundled_detector():
-    ood = json.loads((WEIGHTS_DIR / "manifest.json").read_text()).get("ood")
+    ood = Manifest.load(WEIGHTS_DIR).ood
     if not ood or ood.get("features") != FEATURES:
         pytest.skip("the bundled OOD detector predates the trunk-feature check: run python -m train.release.fit_ood")
     from lesion_app.predictor import Predictor

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO
-from lesion_app.hub import manifest_entries
-from lesion_app.weights import WEIGHTS_DIR, WeightsError, load_manifest, sha256_file
+from lesion_app.manifest import Manifest
+from lesion_app.weights import WEIGHTS_DIR, WeightsError, sha256_file
 
 REPO_ID = "demo-org/lesion-fusion"
 EVALUATION = "out-of-fold, 5-fold lesion-grouped cross-validation"
@@ -32,8 +32,8 @@ def test_dry_run_writes_the_model_repo_folder(tmp_path):
                        cwd=REPO, env=no_token_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "dry run: nothing uploaded" in r.stdout
-    manifest = load_manifest(WEIGHTS_DIR)
-    entries = manifest_entries(manifest)
+    manifest = Manifest.load(WEIGHTS_DIR)
+    entries = manifest.file_entries()
     # Every file the manifest names, with its sha256; the manifest itself unchanged; nothing else.
     assert sorted(p.name for p in out.iterdir()) == sorted([e["file"] for e in entries] + ["manifest.json", "README.md"])
     for e in entries:
@@ -41,9 +41,9 @@ def test_dry_run_writes_the_model_repo_folder(tmp_path):
     assert (out / "manifest.json").read_bytes() == (WEIGHTS_DIR / "manifest.json").read_bytes()
     names = {e["file"] for e in entries}
     assert "trunk.safetensors" in names
-    assert {m["file"] for k in ("fusion", "image_only") for m in manifest["models"][k]["members"]} <= names
-    if "ood" in manifest:
-        assert manifest["ood"]["file"] in names
+    assert {m["file"] for k in ("fusion", "image_only") for m in manifest.members(k)} <= names
+    if manifest.ood:
+        assert manifest.ood["file"] in names
 
     card = ModelCard.load(out / "README.md")
     data = card.data
@@ -55,7 +55,7 @@ def test_dry_run_writes_the_model_repo_folder(tmp_path):
     assert results and all(EVALUATION in r.metric_name and r.dataset_split == EVALUATION for r in results)
     by_name = {r.metric_name: r for r in results}
     for k, label in (("fusion", "fusion"), ("image_only", "image-only")):
-        oof = manifest["models"][k]["out_of_fold_metrics"]
+        oof = manifest.out_of_fold_metrics(k)
         for key, metric_type, name in (("balanced_accuracy", "balanced_accuracy", "Balanced accuracy"),
                                        ("macro_f1", "f1", "Macro-F1"), ("macro_auc", "roc_auc", "Macro AUC (one-vs-rest)")):
             r = by_name[f"{name}, {label} ({EVALUATION})"]
@@ -66,8 +66,8 @@ def test_dry_run_writes_the_model_repo_folder(tmp_path):
 
 
 def report_of(manifest, **fusion_extra):
-    return {"weights": {"version": manifest["version"],
-                        "sha256": {k: [m["sha256"] for m in manifest["models"][k]["members"]]
+    return {"weights": {"version": manifest.version,
+                        "sha256": {k: [m["sha256"] for m in manifest.members(k)]
                                    for k in ("fusion", "image_only")}},
             "evaluation": "out-of-fold",
             "models": {"fusion": {"balanced_accuracy": {"estimate": 0.7}, **fusion_extra}, "image_only": {}}}
@@ -76,8 +76,8 @@ def report_of(manifest, **fusion_extra):
 def test_melanoma_sensitivity_comes_from_a_report_of_these_weights(tmp_path):
     from huggingface_hub import ModelCard
     from train.release.publish import build_card
-    manifest = load_manifest(WEIGHTS_DIR)
-    entries = manifest_entries(manifest)
+    manifest = Manifest.load(WEIGHTS_DIR)
+    entries = manifest.file_entries()
     path = tmp_path / "report.json"
     mel_name = f"Melanoma sensitivity at 90% specificity, fusion ({EVALUATION})"
 

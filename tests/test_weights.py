@@ -19,15 +19,14 @@ def bundled():
 
 def test_bundled_weights_load_and_match_their_manifest(bundled):
     manifest, models = bundled
-    assert manifest["class_order"] == list(CLASSES)
-    assert sha256_file(WEIGHTS_DIR / manifest["trunk"]["file"]) == manifest["trunk"]["sha256"]
+    assert manifest.class_order == list(CLASSES)
+    assert sha256_file(WEIGHTS_DIR / manifest.trunk["file"]) == manifest.trunk["sha256"]
     for k in MODEL_KEYS:
-        entry = manifest["models"][k]
-        for m in entry["members"]:
+        for m in manifest.members(k):
             assert sha256_file(WEIGHTS_DIR / m["file"]) == m["sha256"]
         assert isinstance(models[k], Ensemble) and not models[k].training
-        assert len(models[k].members) == len(entry["members"])
-        assert 0.1 <= entry["temperature"] <= 10
+        assert len(models[k].members) == len(manifest.members(k))
+        assert 0.1 <= manifest.temperature(k) <= 10
     assert models["fusion"].uses_metadata and not models["image_only"].uses_metadata
 
 

@@ -110,15 +110,15 @@ def bench_metadata_change(repeats: int) -> None:
 
 def bench_training(threads: int = 2, steps: int = 6) -> None:
     """Measures the CPU's cache and training rates and extrapolates one full train.fitting.cv run."""
-    import json
     import numpy as np
     from train.data.dataset import DEFAULT_DATA, load_image
+    from lesion_app.manifest import Manifest
     from lesion_app.models import LesionClassifier
     from lesion_app.preprocess import InputSpec
     from train.data.features import N_VIEWS, image_views
     torch.set_num_threads(threads)
-    manifest = json.loads((REPO / "weights" / "manifest.json").read_text())
-    split = manifest["trunk"]["split_block"]
+    manifest = Manifest.load(REPO / "weights")
+    split = manifest.split_block
     ids = [p.stem for p in sorted((DEFAULT_DATA / "images").glob("*.jpg"))[:8]] if DEFAULT_DATA.is_dir() else []
     images = [load_image(DEFAULT_DATA, i) for i in ids] or [load_upload(EXAMPLE)] * 8
     model = LesionClassifier("concat", split_block=split).to(memory_format=torch.channels_last)
@@ -142,9 +142,9 @@ def bench_training(threads: int = 2, steps: int = 6) -> None:
         opt.step()
         times.append(time.perf_counter() - t)
     step = statistics.median(times[1:])
-    n_train = statistics.mean(m["n_train"] for k in ("fusion", "image_only") for m in manifest["models"][k]["members"])
-    epochs = manifest["models"]["fusion"]["config"]["epochs"]
-    members = sum(len(manifest["models"][k]["members"]) for k in ("fusion", "image_only"))
+    n_train = statistics.mean(m["n_train"] for k in ("fusion", "image_only") for m in manifest.members(k))
+    epochs = manifest.config("fusion")["epochs"]
+    members = sum(len(manifest.members(k)) for k in ("fusion", "image_only"))
     member_s = epochs * np.ceil(n_train / 64) * step
     cache_s = 8480 * cache_per_image
     # The curriculum: pooled ImageNet features once (~5 min) and one out-of-fold ranking per fold

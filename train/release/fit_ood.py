@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -34,7 +33,6 @@ from lesion_app.ood import FEATURES, OODDetector
 from lesion_app.predictor import Predictor
 from lesion_app.preprocess import unnormalise
 from lesion_app.weights import WEIGHTS_DIR, sha256_file
-from train import REPO
 from train.release.model_card import model_card
 
 
@@ -111,10 +109,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     predictor = Predictor(a.weights, with_ood=False)   # the file it replaces may be stale
-    manifest_path = a.weights / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = predictor.manifest
     md = load_metadata(a.data)
-    held_ids = set(pd.read_csv(REPO / manifest["heldout_file"], dtype=str)["image_id"])
+    held_ids = set(pd.read_csv(manifest.heldout_path, dtype=str)["image_id"])
     held = md[md["image_id"].isin(held_ids)].reset_index(drop=True)
     rest = md[~md["image_id"].isin(held_ids)]
     fit = pd.concat([g.sample(min(len(g), a.fit_per_class), random_state=0)
@@ -142,7 +139,7 @@ def main(argv=None):
     path = a.weights / "ood.safetensors"
     det.save(path)
     syn, tun, ev = m["synthetic"], m["tuning"], m["evaluation"]
-    manifest["ood"] = {
+    manifest = manifest.with_ood({
         "file": path.name, "sha256": sha256_file(path), "features": FEATURES, "threshold": det.threshold,
         "min_saturation": det.min_saturation,
         "method": "Mahalanobis distance of the shared frozen trunk's output (ImageNet lower stages; each "
@@ -166,8 +163,8 @@ def main(argv=None):
                                  "their wheels, whole and as 6 crops each; split by source photo "
                                  "(train/data/real_photos.py)"},
         "fit_seconds": round(time.perf_counter() - t0, 1),
-    }
-    manifest_path.write_text(json.dumps(manifest, indent=1))
+    })
+    manifest.save(a.weights)
     (a.weights / "MODEL_CARD.md").write_text(model_card(manifest))   # its OOD section
     print(f"threshold {det.threshold:.2f}, min saturation {det.min_saturation:.3f}; flagged: held-out slice "
           f"{flagged_held:.1%} of {len(held)} (threshold set there), other dermoscopic images {flagged_check:.1%} "
@@ -178,7 +175,7 @@ def main(argv=None):
         print(f"real photos, {which}: {r['flagged']}/{r['n']} ({kinds}); missed: {', '.join(r['missed']) or 'none'}")
     if m["sources_missing"]:
         print("not installed, so not measured:", ", ".join(m["sources_missing"]))
-    print(f"{manifest['ood']['fit_seconds']:.0f} s")
+    print(f"{manifest.ood['fit_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -12,25 +12,19 @@ into weights/manifest.json ("prediction_sets") and the model card (overwrites th
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lesion_app.conformal import LEVELS, class_thresholds, coverage_report, prediction_sets
+from lesion_app.manifest import Manifest
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
 from train import REPO
-from train.release.model_card import model_card
+from train.data.logits import kind_logits, kind_rows, member_logits, read_logits
 from train.evaluation.metrics import softmax
-
-LOGITS = [f"logit_{c}" for c in CLASSES]
-
-
-def probabilities(frame: pd.DataFrame, kind: str, temperature: float) -> tuple[np.ndarray, pd.DataFrame]:
-    f = frame[frame["model"] == kind].reset_index(drop=True)
-    return softmax(f[LOGITS].to_numpy(np.float64), temperature), f
+from train.release.model_card import model_card
 
 
 def main(argv=None):
@@ -39,21 +33,20 @@ def main(argv=None):
     p.add_argument("--oof", type=Path, default=REPO / "reports" / "oof_logits.csv")
     p.add_argument("--heldout-logits", type=Path, default=REPO / "reports" / "heldout_logits.csv")
     a = p.parse_args(argv)
-    manifest_path = a.weights / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    dx = pd.read_csv(REPO / manifest["folds_file"], dtype={"image_id": str, "dx": str}).set_index("image_id")["dx"]
-    held_ids = set(pd.read_csv(REPO / manifest["heldout_file"], dtype=str)["image_id"])
-    oof, held = pd.read_csv(a.oof), pd.read_csv(a.heldout_logits)
+    manifest = Manifest.load(a.weights)
+    dx = pd.read_csv(manifest.folds_path, dtype={"image_id": str, "dx": str}).set_index("image_id")["dx"]
+    held_ids = set(pd.read_csv(manifest.heldout_path, dtype=str)["image_id"])
+    oof, held = read_logits(a.oof), read_logits(a.heldout_logits)
     thresholds, crossfit, on_heldout = {}, {}, {}
     for kind in MODEL_KEYS:
-        t = manifest["models"][kind]["temperature"]
-        probs, f = probabilities(oof, kind, t)
+        t = manifest.temperature(kind)
+        f = kind_rows(oof, kind)
+        probs = softmax(kind_logits(oof, kind), t)
         y = f["image_id"].map(dx).map(CLASSES.index).to_numpy()
         calib = ~f["image_id"].isin(held_ids).to_numpy()
-        h = held[held["model"] == kind]
-        members = [h[h["member"] == m].set_index("image_id") for m in sorted(h["member"].unique())]
-        order = members[0].index
-        ens = softmax(np.mean([m.loc[order, LOGITS].to_numpy(np.float64) for m in members], 0), t)
+        h = kind_rows(held, kind)
+        order = h.loc[h["member"] == h["member"].min(), "image_id"]   # the first member's image order
+        ens = softmax(np.mean(member_logits(held, kind, order), 0), t)
         yh = order.map(dx).map(CLASSES.index).to_numpy()
         for level in LEVELS:
             cov = float(level)
@@ -66,7 +59,7 @@ def main(argv=None):
             crossfit.setdefault(level, {})[kind] = coverage_report(sets, y, CLASSES)
             on_heldout.setdefault(level, {})[kind] = coverage_report(
                 prediction_sets(ens, np.array(thresholds[level][kind])), yh, CLASSES)
-    manifest["prediction_sets"] = {
+    manifest = manifest.with_prediction_sets({
         "method": "class-conditional (Mondrian) split conformal; score 1 - p(class); a class is in the set "
                   "when 1 - p <= its threshold",
         "calibrated_on": "calibrated out-of-fold probabilities (single members) of every image outside the "
@@ -74,8 +67,8 @@ def main(argv=None):
         "thresholds": thresholds,
         "coverage_crossfit_out_of_fold": crossfit,
         "coverage_heldout_ensemble": on_heldout,
-    }
-    manifest_path.write_text(json.dumps(manifest, indent=1))
+    })
+    manifest.save(a.weights)
     (a.weights / "MODEL_CARD.md").write_text(model_card(manifest))
     for level in LEVELS:
         for kind in MODEL_KEYS:

@@ -22,9 +22,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from lesion_app.hub import manifest_entries
+from lesion_app.manifest import Manifest
 from lesion_app.vocab import CLASSES
-from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_manifest, sha256_file, verify_file
+from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, sha256_file, verify_file
 from train import REPO
 from train.release.model_card import model_card
 
@@ -47,13 +47,13 @@ class PublishError(RuntimeError):
     """Publishing cannot go on; the message says why and what to do."""
 
 
-def evaluation(manifest: dict) -> str:
+def evaluation(manifest: Manifest) -> str:
     """Where the headline figures come from, stated with every metric."""
-    n_folds = len(manifest["models"]["fusion"]["members"])
+    n_folds = len(manifest.members("fusion"))
     return f"out-of-fold, {n_folds}-fold lesion-grouped cross-validation"
 
 
-def mel_sensitivity(manifest: dict, report_path: Path) -> tuple[dict, str | None]:
+def mel_sensitivity_from_report(manifest: Manifest, report_path: Path) -> tuple[dict, str | None]:
     """Melanoma sensitivity at 90% specificity per kind, from train.evaluation.report's report.json, when that
     report is of these very weights (same member sha256s) and out-of-fold; else ({}, why not)."""
     redo = "run `python -m train.evaluation.report`, then publish again"
@@ -63,8 +63,7 @@ def mel_sensitivity(manifest: dict, report_path: Path) -> tuple[dict, str | None
         report = json.loads(report_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         return {}, f"{report_path.name} is unreadable ({type(e).__name__}; {redo})"
-    ours = {k: [m["sha256"] for m in manifest["models"][k]["members"]] for k in MODEL_KEYS}
-    if (report.get("weights") or {}).get("sha256") != ours:
+    if (report.get("weights") or {}).get("sha256") != manifest.model_info["sha256"]:
         return {}, f"{report_path.name} is a report of other weights than these ({redo})"
     if report.get("evaluation") != "out-of-fold":
         return {}, f"{report_path.name} is not an out-of-fold evaluation ({redo})"
@@ -78,15 +77,15 @@ def mel_sensitivity(manifest: dict, report_path: Path) -> tuple[dict, str | None
     return out, None
 
 
-def eval_results(manifest: dict, mel: dict) -> list:
+def eval_results(manifest: Manifest, mel: dict) -> list:
     from huggingface_hub import EvalResult
     ev = evaluation(manifest)
-    n = manifest["models"]["fusion"]["out_of_fold_metrics"]["n"]
+    n = manifest.out_of_fold_metrics("fusion")["n"]
     common = dict(task_type="image-classification", task_name=f"Skin-lesion classification ({len(CLASSES)} classes)",
                   dataset_type=DATASET, dataset_name=f"{DATASET} ({n} images)", dataset_split=ev)
     results = []
     for k in MODEL_KEYS:
-        oof = manifest["models"][k]["out_of_fold_metrics"]
+        oof = manifest.out_of_fold_metrics(k)
         for key, metric_type, name, args in OOF_METRICS:
             results.append(EvalResult(**common, metric_type=metric_type, metric_value=round(float(oof[key]), 4),
                                       metric_name=f"{name}, {KIND_LABEL[k]} ({ev})", metric_args=args))
@@ -98,7 +97,7 @@ def eval_results(manifest: dict, mel: dict) -> list:
     return results
 
 
-def hub_section(repo: str, manifest: dict, entries: list[dict], mel: dict, mel_note: str | None) -> str:
+def hub_section(repo: str, manifest: Manifest, entries: list[dict], mel: dict, mel_note: str | None) -> str:
     """What only the Hub copy needs: how to pin it, where the model-index figures come from, the files."""
     ev = evaluation(manifest)
     mel_line = ""
@@ -125,7 +124,7 @@ the manifest's sha256 before loading it.
 
 Metadata: `datasets: [{DATASET}]` is the dataset's name, HAM10000 (Tschandl et al. 2018, above),
 not the id of a dataset on the Hub; no Hub copy of it was used. Every model-index figure is
-{ev} ({manifest['models']['fusion']['out_of_fold_metrics']['n']} images, each scored by the member
+{ev} ({manifest.out_of_fold_metrics('fusion')['n']} images, each scored by the member
 that never saw its lesion), for the fusion and the image-only members:
 - balanced accuracy, macro-F1 and macro one-vs-rest AUC from `manifest.json`
   (`models.<kind>.out_of_fold_metrics`), as in the table above;
@@ -136,10 +135,10 @@ that never saw its lesion), for the fusion and the image-only members:
 """
 
 
-def build_card(repo: str, manifest: dict, entries: list[dict], report_path: Path):
+def build_card(repo: str, manifest: Manifest, entries: list[dict], report_path: Path):
     """(ModelCard, note or None): YAML metadata from ModelCardData, body = model_card(manifest) + the Hub section."""
     from huggingface_hub import ModelCard, ModelCardData
-    mel, note = mel_sensitivity(manifest, report_path)
+    mel, note = mel_sensitivity_from_report(manifest, report_path)
     data = ModelCardData(license=LICENSE, datasets=[DATASET], pipeline_tag="image-classification", tags=TAGS,
                          metrics=["balanced_accuracy", "f1", "roc_auc", "sensitivity"],
                          model_name=repo.split("/")[-1], eval_results=eval_results(manifest, mel))
@@ -161,8 +160,8 @@ def prepare_out(out: Path, names: set[str]) -> None:
 
 def build_folder(repo: str, out: Path, weights_dir: Path = WEIGHTS_DIR, report_path: Path = REPORT) -> dict:
     """Writes the model repo's folder; returns {'files': [...], 'note': str | None}."""
-    manifest = load_manifest(weights_dir)
-    entries = manifest_entries(manifest)
+    manifest = Manifest.load(weights_dir)
+    entries = manifest.file_entries()
     if not entries:
         raise PublishError(f"{weights_dir / 'manifest.json'} names no weights file.")
     for e in entries:
@@ -176,8 +175,8 @@ def build_folder(repo: str, out: Path, weights_dir: Path = WEIGHTS_DIR, report_p
             raise PublishError(f"{dst} changed while being copied; publish again.")
     shutil.copyfile(Path(weights_dir) / "manifest.json", out / "manifest.json")
     card.save(out / "README.md")
-    return {"files": [e["file"] for e in entries] + list(OURS), "note": note, "version": manifest["version"],
-            "git_commit": manifest.get("git_commit", "unknown")}
+    return {"files": [e["file"] for e in entries] + list(OURS), "note": note, "version": manifest.version,
+            "git_commit": "unknown" if manifest.git_commit is None else manifest.git_commit}
 
 
 def upload_token(repo: str) -> str:

@@ -6,7 +6,7 @@ Every arm trains only a head, on the same frozen features: the whole backbone at
 ImageNet weights, pooled, 8 augmented views per image, cached once by train.data.features.
 So a training takes seconds and arms differ only in what is studied:
 
-  loss      ce | wce (class-weighted) | focal (class-weighted, gamma 2)      as in train.fitting.fit
+  loss      ce | wce (class-weighted) | focal (class-weighted, gamma 2)      as in train.fitting.core
   sampling  none | balanced (inverse frequency) | curriculum (train.fitting.curriculum)
   fusion    image-only | concat | film | late (joint sum of logits)       the app's heads
             | mean | max of the image-only and a metadata-only model's probabilities
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from train.data.dataset import DEFAULT_DATA
+from lesion_app.manifest import Manifest
 from lesion_app.vocab import CLASSES
 from train.fitting.curriculum import BETA, FULL_AT, START
 from train.data.features import DEFAULT_CACHE, N_VIEWS, TTA_VIEWS, build_pooled_imagenet
-from train.fitting.fit import SplitData
-from train.data.make_split import DEFAULT_SPLIT
+from train.data.splits import DEFAULT_SPLIT, SplitData
 from train.fitting.objectives import LOSSES
 from train.fitting.pooled_heads import Hyper, curriculum_rank, head_probs, train_head
 from train.evaluation.stats import confusion_metrics, resample_counts
@@ -237,15 +237,14 @@ def markdown(study: dict, shipped: dict | None) -> str:
               f"{study['seconds']['total'] / 60:.1f} min.",
               "", "Limits: these are heads on frozen ImageNet features, not fine-tuned backbones, so "
               "absolute figures are below the shipped models'; the study ranks recipes, and the shipped "
-              "models are fine-tuned with the winning recipe (`python -m train.fitting.fit`)."]
+              "models are fine-tuned with the winning recipe (`python -m train.fitting.cv`)."]
     return "\n".join(lines) + "\n"
 
 
 def shipped_recipe(weights: Path) -> dict | None:
-    path = weights / "manifest.json"
-    if not path.is_file():
+    if not (weights / "manifest.json").is_file():
         return None
-    cfg = json.loads(path.read_text())["models"]["fusion"]["config"]
+    cfg = Manifest.load(weights).config("fusion")
     return {"fusion": cfg["fusion"], "loss": cfg["loss"], "sampling": cfg["sampler"]}
 
 
