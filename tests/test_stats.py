@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from train.evaluation.stats import (balanced_accuracy, bootstrap_ci, complementarity, energy_inside, macro_auc,
-                         mcnemar, paired_bootstrap, pointing_game, reliability,
-                         sensitivity_at_specificity)
+from train.evaluation.metrics import balanced_accuracy, macro_auc
+from train.evaluation.stats import (bootstrap_ci, complementarity, energy_inside, mcnemar, paired_bootstrap,
+                                    pointing_game, reliability, sensitivity_at_specificity)
 
 
 def onehot_probs(pred, k=3, p=0.9):

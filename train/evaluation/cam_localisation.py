@@ -23,6 +23,7 @@ from train.data.dataset import DEFAULT_DATA, load_image, load_mask, load_metadat
 from lesion_app.gradcam import CAM_METHODS, gradcam
 from lesion_app.predictor import Predictor
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
+from train.evaluation.report_render import localisation_table
 from train.evaluation.stats import energy_inside, pointing_game
 
 
@@ -64,19 +65,6 @@ def localisation(predictor: Predictor, data: Path, df: pd.DataFrame,
             for method, by_kind in res.items()}
 
 
-def table(result: dict) -> str:
-    """A markdown table of localisation()'s result."""
-    names = {"fusion": "Fusion", "image_only": "Image-only"}
-    lines = ["| method | model | images | empty maps | energy inside mask | pointing-game hit rate |",
-             "|---|---|---|---|---|---|"]
-    for method, by_kind in result.items():
-        for k, v in by_kind.items():
-            e, p = v["energy_inside_mask_mean"], v["pointing_game_hit_rate"]
-            lines.append(f"| {method} | {names.get(k, k)} | {v['n']} | {v['empty_maps']} | "
-                         f"{'-' if e is None else f'{e:.3f}'} | {'-' if p is None else f'{p:.3f}'} |")
-    return "\n".join(lines)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
@@ -94,7 +82,7 @@ def main(argv=None):
     t = time.perf_counter()
     result = localisation(predictor, a.data, df, a.methods)
     print(f"held-out slice: {len(df)} images, {time.perf_counter() - t:.0f} s\n")
-    print(table(result))
+    print(localisation_table(result))
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))
 

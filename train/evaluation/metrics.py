@@ -1,12 +1,19 @@
-"""Classification metrics and calibration, shared by fit, evaluate and bundle."""
+"""Classification metrics and calibration: the one home of each metric, shared by fitting,
+evaluation (classification_metrics, the report's bootstraps) and release.
+
+Each per-metric function is metric(y, probs) -> float, the form stats.bootstrap_ci and
+stats.paired_bootstrap resample.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support, roc_auc_score)
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
 from lesion_app.vocab import CLASSES
+from train.evaluation.stats import sensitivity_at_specificity
+
+MEL = CLASSES.index("mel")
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -23,8 +30,48 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(ece)
 
 
-def _auc(y_bin: np.ndarray, score: np.ndarray) -> float | None:
-    return float(roc_auc_score(y_bin, score)) if 0 < y_bin.sum() < len(y_bin) else None
+def balanced_accuracy(y, probs) -> float:
+    """Mean recall of the top-label prediction over the classes present in y (with one class
+    present, its recall: the accuracy)."""
+    y, pred = np.asarray(y), np.asarray(probs).argmax(1)
+    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+
+
+def macro_f1(y, probs) -> float:
+    """Mean F1 of the top-label prediction over the classes present in y."""
+    y = np.asarray(y)
+    return float(f1_score(y, np.asarray(probs).argmax(1), average="macro", labels=sorted(set(y)),
+                          zero_division=0))
+
+
+def class_aucs(y, probs) -> list[float | None]:
+    """One-vs-rest ROC AUC of each class (column of probs); None where y has no positives or
+    no negatives of it."""
+    y, probs = np.asarray(y), np.asarray(probs)
+    return [float(roc_auc_score(y == k, probs[:, k])) if 0 < (y == k).sum() < len(y) else None
+            for k in range(probs.shape[1])]
+
+
+def macro_auc(y, probs) -> float | None:
+    """Mean one-vs-rest AUC over the classes with an AUC (see class_aucs); None if none has."""
+    present = [a for a in class_aucs(y, probs) if a is not None]
+    return float(np.mean(present)) if present else None
+
+
+def mel_sensitivity_at(specificity: float):
+    """metric(y, probs): melanoma sensitivity at the best threshold on P(mel) whose
+    specificity is at least the given one."""
+    def metric(y, probs):
+        return sensitivity_at_specificity(np.asarray(y) == MEL, np.asarray(probs)[:, MEL],
+                                          specificity)["sensitivity"]
+    metric.__name__ = f"mel_sensitivity_at_{int(specificity * 100)}_specificity"
+    return metric
+
+
+# The clinical report's headline metrics, under the names report.json gives them, in its order.
+HEADLINE_METRICS = {"balanced_accuracy": balanced_accuracy, "macro_f1": macro_f1, "macro_auc": macro_auc,
+                    "mel_sensitivity_at_90_specificity": mel_sensitivity_at(0.90),
+                    "mel_sensitivity_at_95_specificity": mel_sensitivity_at(0.95)}
 
 
 def classification_metrics(y: np.ndarray, probs: np.ndarray) -> dict:
@@ -36,15 +83,13 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray) -> dict:
     pred = probs.argmax(1)
     labels = list(range(len(CLASSES)))
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    aucs = [_auc((y == k).astype(int), probs[:, k]) for k in labels]
-    present = [a for a in aucs if a is not None]
+    aucs = class_aucs(y, probs)
     return {
         "n": int(len(y)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(set(y)) > 1
-        else float((pred == y).mean()),
-        "macro_f1": float(f1_score(y, pred, labels=sorted(set(y)), average="macro", zero_division=0)),
+        "balanced_accuracy": balanced_accuracy(y, probs),
+        "macro_f1": macro_f1(y, probs),
         "accuracy": float((pred == y).mean()),
-        "macro_auc": float(np.mean(present)) if present else None,
+        "macro_auc": macro_auc(y, probs),
         "ece": expected_calibration_error(probs, y),
         "per_class": {c: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]),
                           "auc": aucs[k], "support": int(s[k])} for k, c in enumerate(CLASSES)},

@@ -1,24 +1,14 @@
-"""Statistics for the clinical evaluation report; each is tested on a case with a known answer."""
+"""Statistics for the clinical evaluation report; each is tested on a case with a known answer.
+
+The metrics they resample (balanced accuracy, macro-F1, ...) live in train.evaluation.metrics.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
 from scipy.stats import binom, chi2
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
-
-
-def balanced_accuracy(y, probs) -> float:
-    return float(balanced_accuracy_score(y, probs.argmax(1)))
-
-
-def macro_f1(y, probs) -> float:
-    return float(f1_score(y, probs.argmax(1), average="macro", labels=sorted(set(y)), zero_division=0))
-
-
-def macro_auc(y, probs) -> float:
-    present = [k for k in range(probs.shape[1]) if 0 < (y == k).sum() < len(y)]
-    return float(np.mean([roc_auc_score(y == k, probs[:, k]) for k in present]))
+from sklearn.metrics import roc_curve
 
 
 def _cluster_resample(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
