@@ -36,7 +36,7 @@ from train.data.logits import kind_logits, kind_rows, read_logits
 from train.evaluation.evaluate import evaluate
 from train.data.splits import heldout_path
 from train.evaluation.metrics import classification_metrics, softmax
-from train.release.model_card import coverage_markdown, model_card  # noqa: F401  (coverage_markdown: report.py's, until it moves)
+from train.release.model_card import model_card
 from train import REPO
 
 ENSEMBLE_RULE = "mean of the members' logits (each over 4 flip views), divided by the temperature, softmax"

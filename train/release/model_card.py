@@ -5,8 +5,9 @@ manifest; publish puts it on the Hub. One text, so the copies never disagree.
 """
 from __future__ import annotations
 
-from lesion_app.manifest import MODEL_KEYS, Manifest
+from lesion_app.manifest import Manifest
 from lesion_app.vocab import CLASS_NAMES, CLASSES
+from train.evaluation.report_render import coverage_markdown
 
 
 def _f(x) -> str:
@@ -70,26 +71,6 @@ def _ood(m: Manifest) -> str:
                          f"{r['flagged'] / max(r['n'], 1):.0%} of {r['n']} |")
     if o.get("real_photos"):
         lines += ["", f"Real photos: {o['real_photos']['about']}. The evaluation set's photos were kept for measurement only."]
-    return "\n".join(lines) + "\n"
-
-
-def coverage_markdown(ps: dict | None) -> str:
-    """The prediction sets' measured coverage and size per class, for the card and the report."""
-    if not ps:
-        return ""
-    lines = ["## Prediction sets (class-conditional conformal)", "",
-             f"{ps['method']}. Calibrated on {ps['calibrated_on']}. Coverage measured on cases the "
-             "thresholds never saw: cross-fitted out-of-fold (single members, all images) and on the "
-             "held-out slice (the shipped ensembles).", "",
-             "| level | model | evaluation | coverage | mean size | " + " | ".join(f"{c} cov." for c in CLASSES) + " |",
-             "|---|---|---|---|---|" + "---|" * len(CLASSES)]
-    for level in ps["thresholds"]:
-        for kind in MODEL_KEYS:
-            for name, key in (("cross-fit OOF", "coverage_crossfit_out_of_fold"), ("held-out ensemble",
-                                                                                  "coverage_heldout_ensemble")):
-                r = ps[key][level][kind]
-                cells = " | ".join(_f(r["per_class"][c]["coverage"]) for c in CLASSES)
-                lines.append(f"| {float(level):.0%} | {kind} | {name} | {r['coverage']:.3f} | {r['mean_size']:.2f} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
