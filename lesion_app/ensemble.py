@@ -20,7 +20,7 @@ class Ensemble(nn.Module):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         first = members[0]
-        if any(m.fusion != first.fusion or m.split_block != first.split_block for m in members):
+        if any(m.head_kind != first.head_kind or m.split_block != first.split_block for m in members):
             raise ValueError("ensemble members must share the head kind and the split point")
         self.members = nn.ModuleList(members)
 
@@ -29,8 +29,8 @@ class Ensemble(nn.Module):
         return self.members[0].uses_metadata
 
     @property
-    def fusion(self) -> str:
-        return self.members[0].fusion
+    def head_kind(self) -> str:
+        return self.members[0].head_kind
 
     def lower(self, x: torch.Tensor) -> torch.Tensor:
         """The shared trunk (every member's lower stages hold the same frozen weights)."""

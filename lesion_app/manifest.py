@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .metadata import AgeScaler
+from .models import head_name
 from .paths import repo_path
 from .preprocess import InputSpec
 from .vocab import CLASSES, SEXES, SITES
@@ -114,7 +115,7 @@ class Manifest:
         absent or malformed (WeightsError for an unusable input spec)."""
         self.backbone, self.split_block, self.age_scaler, self.input_spec
         for k in MODEL_KEYS:
-            self.fusion(k), self.temperature(k)
+            self.head(k), self.temperature(k)
         for entry in (self.trunk, *(m for k in MODEL_KEYS for m in self.members(k))):
             entry["file"], entry["sha256"]
 
@@ -160,8 +161,9 @@ class Manifest:
         """The first block each member fine-tuned; the shared trunk is everything below it."""
         return int(self.trunk["split_block"])
 
-    def fusion(self, kind: str) -> str:
-        return self.models[kind]["fusion"]
+    def head(self, kind: str) -> str:
+        """The head a kind's members use (lesion_app.models.HEADS); the manifest records its fusion."""
+        return head_name(kind, self.models[kind]["fusion"])
 
     def members(self, kind: str) -> list[dict]:
         """A kind's members ({"file", "sha256", "fold", ...}), in ensemble order."""

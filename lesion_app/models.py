@@ -119,25 +119,26 @@ class LateHead(Head):
         return self.fc(feat) + self.meta_fc(meta)
 
 
-HEADS = {"none": ImageOnlyHead, "concat": ConcatHead, "film": FiLMHead, "late": LateHead}
+HEADS = {"image_only": ImageOnlyHead, "concat": ConcatHead, "film": FiLMHead, "late": LateHead}
 
 
 def head_name(kind: str, fusion: str) -> str:
-    """The head an ensemble kind uses: the image-only head for "image_only", else the named fusion."""
-    return "none" if kind == "image_only" else fusion
+    """The head an ensemble kind uses: the image-only head for "image_only", else its fusion's
+    (the manifest and Config record the fusion; "none" for the image-only kind)."""
+    return "image_only" if kind == "image_only" else fusion
 
 
 class LesionClassifier(nn.Module):
     """Backbone (lower frozen, upper trained) -> pooled features -> head(features, meta)."""
 
-    def __init__(self, fusion: str = "none", arch: str = ARCH, pretrained: bool = True,
+    def __init__(self, head: str = "image_only", arch: str = ARCH, pretrained: bool = True,
                  dropout: float = 0.3, num_classes: int = len(CLASSES), split_block: int = SPLIT_BLOCK):
         super().__init__()
-        if fusion not in HEADS:
-            raise ValueError(f"fusion must be one of {sorted(HEADS)}, got {fusion!r}")
-        self.fusion, self.split_block = fusion, split_block
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {sorted(HEADS)}, got {head!r}")
+        self.head_kind, self.split_block = head, split_block
         self.backbone = create_backbone(arch, pretrained)
-        self.head = HEADS[fusion](self.backbone.num_features, num_classes, dropout)
+        self.head = HEADS[head](self.backbone.num_features, num_classes, dropout)
 
     @property
     def uses_metadata(self) -> bool:

@@ -23,7 +23,7 @@ from .weights import MODEL_KEYS, WEIGHTS_DIR, load_models, torch_device, verify_
 
 
 AGE_SWEEP = tuple(range(0, 91, 5))   # the what-if's ages, years
-ADDITIVE_HEADS = ("none", "concat", "late")   # class-score gradients do not depend on the metadata
+ADDITIVE_HEADS = ("image_only", "concat", "late")   # class-score gradients do not depend on the metadata
 
 
 class Predictor:
@@ -159,7 +159,7 @@ class Predictor:
         only. Maps of heads whose gradients do not depend on the metadata (image-only, and
         additive fusion) are reused per class and method."""
         ens = self.models[key]
-        reusable = ens.fusion in ADDITIVE_HEADS
+        reusable = ens.head_kind in ADDITIVE_HEADS
         cache_key = (key, cls, method)
         if reusable and cache_key in f.cams:
             heat, empty = f.cams[cache_key]

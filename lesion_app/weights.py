@@ -56,15 +56,15 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path} cannot be read as safetensors ({type(e).__name__}). {RESTORE_HINT}") from None
 
 
-def load_member(path: Path, trunk: dict[str, torch.Tensor], fusion: str, arch: str,
+def load_member(path: Path, trunk: dict[str, torch.Tensor], head: str, arch: str,
                 split_block: int) -> LesionClassifier:
     """One member: the shared trunk's tensors plus the member's upper stages and head."""
-    model = LesionClassifier(fusion, arch=arch, pretrained=False, split_block=split_block)
+    model = LesionClassifier(head, arch=arch, pretrained=False, split_block=split_block)
     try:
         model.load_state_dict({**trunk, **_load_state(path)}, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise WeightsError(f"{path} does not fit a {arch} '{fusion}' model split at blocks[{split_block}] "
+        raise WeightsError(f"{path} does not fit a {arch} '{head}' model split at blocks[{split_block}] "
                            f"({first[:160]}). {RESTORE_HINT}") from None
     return model.eval()
 
@@ -77,7 +77,7 @@ def load_models(weights_dir: Path = WEIGHTS_DIR) -> tuple[Manifest, dict[str, En
     models = {}
     try:
         for k in MODEL_KEYS:
-            members = [load_member(verify_file(weights_dir, m), trunk, manifest.fusion(k), manifest.backbone,
+            members = [load_member(verify_file(weights_dir, m), trunk, manifest.head(k), manifest.backbone,
                                    manifest.split_block) for m in manifest.members(k)]
             models[k] = Ensemble(members).eval()
     except (KeyError, TypeError, ValueError) as e:   # e.g. a fusion name no model has

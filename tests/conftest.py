@@ -130,7 +130,7 @@ def model_with_class0_weight(sign: float):
     every pooled feature: its class-0 heatmap is known to be non-empty (or empty)."""
     from lesion_app.models import LesionClassifier
     torch.manual_seed(0)
-    m = LesionClassifier("none", pretrained=False).eval()
+    m = LesionClassifier("image_only", pretrained=False).eval()
     with torch.no_grad():
         m.head.fc.weight.zero_()
         m.head.fc.weight[0] = sign

@@ -70,7 +70,7 @@ def test_default_is_grad_cam_and_hirescam_would_add_nothing_here():
 class ToyMember(nn.Module):
     """A member whose 'last activation' is its input: 3 channels on a 4x4 grid, averaged and
     weighted linearly (class 0: +1, +1, -1), so each method's map has a closed form."""
-    fusion, split_block, uses_metadata = "none", 5, False
+    head_kind, split_block, uses_metadata = "image_only", 5, False
 
     def __init__(self):
         super().__init__()

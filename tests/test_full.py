@@ -89,7 +89,7 @@ def test_backbones_without_reachable_weights_are_a_clear_error(tiny, tmp_path):
 
 
 def test_any_lite_backbone_starts_from_a_weights_file(tmp_path):
-    donor = WholeNetwork("none", arch="tf_efficientnet_lite1", pretrained=False).backbone.state_dict()
+    donor = WholeNetwork("image_only", arch="tf_efficientnet_lite1", pretrained=False).backbone.state_dict()
     save_file({k: v.contiguous() for k, v in donor.items()}, tmp_path / "lite1.safetensors")
     cfg = FullConfig(arch="tf_efficientnet_lite1", init=str(tmp_path / "lite1.safetensors"))
     model, source = build_model(cfg, "concat", tmp_path / "lite1.safetensors")

@@ -43,13 +43,13 @@ def test_fusion_output_depends_on_metadata(fusion):
 
 
 def test_image_only_ignores_metadata():
-    model = LesionClassifier("none", pretrained=False).eval()
+    model = LesionClassifier("image_only", pretrained=False).eval()
     pooled = torch.randn(2, model.backbone.num_features)
     assert torch.equal(model.head(pooled, None), model.head(pooled, torch.ones(2, META_DIM)))
 
 
 def test_lower_parameters_are_the_stages_before_the_split():
-    model = LesionClassifier("none", pretrained=False)
+    model = LesionClassifier("image_only", pretrained=False)
     lower = set(map(id, model.lower_parameters()))
     assert all(id(p) in lower for p in model.backbone.blocks[SPLIT_BLOCK - 1].parameters())
     assert not any(id(p) in lower for p in model.backbone.blocks[SPLIT_BLOCK].parameters())
@@ -57,7 +57,7 @@ def test_lower_parameters_are_the_stages_before_the_split():
 
 
 def test_unknown_fusion_is_refused():
-    with pytest.raises(ValueError, match="fusion must be one of"):
+    with pytest.raises(ValueError, match="head must be one of"):
         LesionClassifier("attention", pretrained=False)
 
 

@@ -71,7 +71,7 @@ def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputS
     done = json.loads(progress_file.read_text())["done"] if progress_file.exists() else 0
     if done == len(image_ids):
         return np.load(array_file, mmap_mode="r")
-    model = (model or LesionClassifier("none", split_block=split_block)).eval()
+    model = (model or LesionClassifier("image_only", split_block=split_block)).eval()
     model = model.to(device, memory_format=torch.channels_last)
     c, h, w = model.lower(torch.zeros(1, 3, spec.height, spec.width, device=device)).shape[1:]
     mode = "r+" if done else "w+"
@@ -128,7 +128,7 @@ def build_pooled_imagenet(data: Path, image_ids, cache: Path = DEFAULT_CACHE,
     path = cache_dir(cache, image_ids, spec, split_block) / "pooled_imagenet.npy"
     if path.exists():
         return np.load(path)
-    model = LesionClassifier("none", split_block=split_block).to(device, memory_format=torch.channels_last)
+    model = LesionClassifier("image_only", split_block=split_block).to(device, memory_format=torch.channels_last)
     out = np.empty((len(image_ids), N_VIEWS, model.backbone.num_features), np.float16)
     for s in tqdm(range(0, len(image_ids), batch_images), desc="pooling ImageNet features",
                   mininterval=10):

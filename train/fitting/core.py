@@ -55,9 +55,15 @@ class Config:
     threads: int = 2
 
     @property
+    def fusion_used(self) -> str:
+        """The fusion this recipe trains, as run records and the manifest name it ("none" for the
+        image-only model, whose fusion field is unused)."""
+        return "none" if self.model == "image_only" else self.fusion
+
+    @property
     def head(self) -> str:
         """The head this recipe trains (lesion_app.models.HEADS)."""
-        return head_name(self.model, self.fusion)
+        return head_name(self.model, self.fusion_used)
 
 
 def add_config_arguments(p: argparse.ArgumentParser, skip=()) -> None:

@@ -31,8 +31,8 @@ from safetensors.torch import save_file
 
 from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.models import SPLIT_BLOCK, LesionClassifier
+from lesion_app.paths import repo_relative
 from lesion_app.vocab import CLASSES
-from train import REPO
 from train.data.dataset import DEFAULT_DATA, labels, load_metadata
 from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
 from train.data.logits import logits_frame, write_logits
@@ -42,11 +42,6 @@ from train.fitting.core import Config, Log, add_config_arguments, command_line, 
 from train.fitting.pooled_heads import difficulty_rank
 
 KINDS = ("image_only", "fusion")
-
-
-def repo_relative(path: Path) -> str:
-    p, repo = Path(path).resolve(), REPO
-    return str(p.relative_to(repo)) if p.is_relative_to(repo) else str(path)
 
 
 def member_dir(out: Path, kind: str, fold: int) -> Path:

@@ -135,12 +135,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_model(cfg: FullConfig, fusion: str, weights_file: Path | None = None) -> tuple[WholeNetwork, str]:
+def build_model(cfg: FullConfig, head: str, weights_file: Path | None = None) -> tuple[WholeNetwork, str]:
     """The classifier with its backbone's starting weights loaded; returns it and where the
     weights came from. BackboneError when the architecture or its weights cannot be had."""
     if not timm.is_model(cfg.arch):
         raise BackboneError(f"--arch {cfg.arch}: timm has no such architecture")
-    model = WholeNetwork(fusion, arch=cfg.arch, pretrained=False, split_block=max(cfg.freeze_blocks, 0))
+    model = WholeNetwork(head, arch=cfg.arch, pretrained=False, split_block=max(cfg.freeze_blocks, 0))
     if cfg.init == "random":
         return model, "random initialisation"
     if weights_file is not None:
@@ -349,7 +349,6 @@ def main(argv=None) -> int:
     cfg = FullConfig(**{k: getattr(a, k) for k in asdict(Config())}, arch=a.arch, init=init,
                      freeze_blocks=a.freeze_blocks, width=width, height=height,
                      shades_of_gray=a.shades_of_gray, amp=a.amp)
-    fusion = cfg.head
     t_start = time.time()
     dist = distributed.setup(a.device)
     try:
@@ -368,7 +367,7 @@ def main(argv=None) -> int:
 
         torch.manual_seed(cfg.seed)   # the head's initialisation (DDP then starts every rank from rank 0's)
         try:
-            model, weights_source = build_model(cfg, fusion, a.weights_file)
+            model, weights_source = build_model(cfg, cfg.head, a.weights_file)
         except BackboneError as e:
             p.error(str(e))
         dtype = precision(cfg.amp, dist.device)
@@ -421,7 +420,7 @@ def main(argv=None) -> int:
         launcher = (f"torchrun --nnodes={dist.world // dist.local_world} --nproc_per_node={dist.local_world}"
                     if dist.active else "python")
         norm = normalisation(model)
-        run = {"config": asdict(cfg), "fusion": fusion, "full": True,
+        run = {"config": asdict(cfg), "fusion": cfg.fusion_used, "full": True,
                "command": command_line("train.fitting.full", argv, launcher),
                "split": split_name, "world_size": dist.world, "backend": dist.backend, "device": device_name,
                "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",

@@ -30,7 +30,7 @@ class MetadataOnlyHead(Head):
         return self.fc(meta)
 
 
-HEAD_KINDS = {**HEADS, "image_only": HEADS["none"], "metadata_only": MetadataOnlyHead}
+HEAD_KINDS = {**HEADS, "metadata_only": MetadataOnlyHead}
 
 
 @dataclass

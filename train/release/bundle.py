@@ -36,6 +36,7 @@ from train.data.logits import kind_logits, kind_rows, read_logits
 from train.evaluation.evaluate import evaluate
 from train.data.splits import heldout_path
 from train.evaluation.metrics import classification_metrics, softmax
+from train.fitting.core import Config
 from train.release.model_card import model_card
 from train import REPO
 
@@ -72,7 +73,7 @@ def oof_metrics(cv_dir: Path, kind: str, folds_file: Path, temperature: float) -
 
 def trunk_state(split_block: int) -> dict[str, torch.Tensor]:
     """The frozen ImageNet lower stages every member shares, fp16."""
-    model = LesionClassifier("none", split_block=split_block)
+    model = LesionClassifier("image_only", split_block=split_block)
     return {k: (v.half() if v.is_floating_point() else v).contiguous()
             for k, v in model.state_dict().items() if model.is_lower_key(k)}
 
@@ -116,7 +117,7 @@ def main(argv=None):
         oof = {**oof_metrics(a.cv, k, folds_file, cv["out_of_fold"][k]["temperature"]),
                "ece_before_temperature": cv["out_of_fold"][k]["ece_before_temperature"],
                "temperature": cv["out_of_fold"][k]["temperature"]}
-        models[k] = {"fusion": "none" if k == "image_only" else config["fusion"], "members": members,
+        models[k] = {"fusion": Config(**config).fusion_used, "members": members,
                      "ensemble": ENSEMBLE_RULE, "temperature": oof["temperature"],
                      "temperature_fitted_on": "out-of-fold logits of all images",
                      "config": {kk: v for kk, v in config.items() if kk != "seed"},
