@@ -76,12 +76,17 @@ def load_folds(path: Path = DEFAULT_FOLDS) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"image_id": str, "lesion_id": str, "dx": str, "fold": int})
 
 
+def read_heldout(path: Path) -> pd.DataFrame:
+    """A held-out slice file (image_id, lesion_id, dx), such as the one a manifest names."""
+    return pd.read_csv(path, dtype=str)
+
+
 def load_heldout(folds_csv: Path = DEFAULT_FOLDS) -> pd.DataFrame:
     """The held-out slice next to a folds file; empty when there is none."""
     path = heldout_path(folds_csv)
     if not path.is_file():
         return pd.DataFrame(columns=["image_id", "lesion_id", "dx"])
-    return pd.read_csv(path, dtype=str)
+    return read_heldout(path)
 
 
 # ----------------------------------------------------------------------------- single splits

@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from train.data.dataset import DEFAULT_DATA, load_image, load_mask, load_metadata
+from train.data.splits import read_heldout
 from lesion_app.gradcam import CAM_METHODS, gradcam
 from lesion_app.predictor import Predictor
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
@@ -74,7 +75,7 @@ def main(argv=None):
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     a = p.parse_args(argv)
     predictor = Predictor(a.weights)
-    held_ids = pd.read_csv(predictor.manifest.heldout_path, dtype=str)["image_id"]
+    held_ids = read_heldout(predictor.manifest.heldout_path)["image_id"]
     md = load_metadata(a.data).set_index("image_id")
     df = md.loc[[i for i in held_ids if i in md.index]].reset_index()
     if a.limit:

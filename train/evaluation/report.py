@@ -32,6 +32,7 @@ from lesion_app.predictor import Predictor
 from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
 from train.data.logits import kind_logits, member_logits, read_logits
+from train.data.splits import read_heldout
 from train.evaluation.cam_localisation import localisation
 from train.evaluation.metrics import (HEADLINE_METRICS, MEL, balanced_accuracy, class_aucs,
                                       classification_metrics, expected_calibration_error, macro_f1, softmax)
@@ -157,7 +158,7 @@ def main(argv=None):
     report["complementarity"] = dict(zip(CLASSES, complementarity(y, P["image_only"].argmax(1),
                                                                   P["fusion"].argmax(1), len(CLASSES))))
     report["subgroups"] = subgroups(df, y, P)
-    held_ids = pd.read_csv(manifest.heldout_path, dtype=str)["image_id"]
+    held_ids = read_heldout(manifest.heldout_path)["image_id"]
     held_df = md[md["image_id"].isin(set(held_ids))].reset_index(drop=True)
     if a.heldout_logits.is_file():
         report["ensemble_vs_member"] = ensemble_vs_members(read_logits(a.heldout_logits), labels(held_df),

@@ -34,7 +34,7 @@ from lesion_app.vocab import CLASS_NAMES, CLASSES, SEXES, SITES
 from lesion_app.weights import MODEL_KEYS, sha256_file
 from train.data.logits import kind_logits, kind_rows, read_logits
 from train.evaluation.evaluate import evaluate
-from train.data.splits import heldout_path
+from train.data.splits import heldout_path, load_folds, read_heldout
 from train.evaluation.metrics import classification_metrics, softmax
 from train.fitting.core import Config
 from train.release.model_card import model_card
@@ -64,9 +64,8 @@ def variant_row(cv_dir: Path) -> dict:
 
 def oof_metrics(cv_dir: Path, kind: str, folds_file: Path, temperature: float) -> dict:
     """Full metrics (per class too) of a kind's calibrated out-of-fold predictions."""
-    import pandas as pd
     oof = read_logits(cv_dir / "oof_logits.csv")
-    dx = pd.read_csv(folds_file, dtype=str).set_index("image_id").loc[kind_rows(oof, kind)["image_id"], "dx"]
+    dx = load_folds(folds_file).set_index("image_id").loc[kind_rows(oof, kind)["image_id"], "dx"]
     y = dx.map(CLASSES.index).to_numpy()
     return classification_metrics(y, softmax(kind_logits(oof, kind), temperature))
 
@@ -157,8 +156,7 @@ def main(argv=None):
     manifest.save(a.out)
 
     # The held-out slice through the app's own inference path (no member trained on it).
-    import pandas as pd
-    ids = pd.read_csv(held, dtype=str)["image_id"]
+    ids = read_heldout(held)["image_id"]
     metrics, _ = evaluate(a.data, a.out, Predictor(a.out), image_ids=ids)
     manifest = manifest.with_heldout(metrics, metrics["seconds"])
     print("held-out slice: " + "  ".join(f"{k} bacc {metrics[k]['balanced_accuracy']:.4f} "

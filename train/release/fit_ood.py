@@ -29,6 +29,7 @@ from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
 from train.data.dataset import DEFAULT_DATA, load_image, load_metadata
+from train.data.splits import read_heldout
 from lesion_app.ood import FEATURES, OODDetector
 from lesion_app.predictor import Predictor
 from lesion_app.preprocess import unnormalise
@@ -111,7 +112,7 @@ def main(argv=None):
     predictor = Predictor(a.weights, with_ood=False)   # the file it replaces may be stale
     manifest = predictor.manifest
     md = load_metadata(a.data)
-    held_ids = set(pd.read_csv(manifest.heldout_path, dtype=str)["image_id"])
+    held_ids = set(read_heldout(manifest.heldout_path)["image_id"])
     held = md[md["image_id"].isin(held_ids)].reset_index(drop=True)
     rest = md[~md["image_id"].isin(held_ids)]
     fit = pd.concat([g.sample(min(len(g), a.fit_per_class), random_state=0)

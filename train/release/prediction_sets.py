@@ -15,7 +15,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from lesion_app.conformal import LEVELS, class_thresholds, coverage_report, prediction_sets
 from lesion_app.manifest import Manifest
@@ -23,6 +22,7 @@ from lesion_app.vocab import CLASSES
 from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
 from train import REPO
 from train.data.logits import kind_logits, kind_rows, member_logits, read_logits
+from train.data.splits import load_folds, read_heldout
 from train.evaluation.metrics import softmax
 from train.release.model_card import model_card
 
@@ -34,8 +34,8 @@ def main(argv=None):
     p.add_argument("--heldout-logits", type=Path, default=REPO / "reports" / "heldout_logits.csv")
     a = p.parse_args(argv)
     manifest = Manifest.load(a.weights)
-    dx = pd.read_csv(manifest.folds_path, dtype={"image_id": str, "dx": str}).set_index("image_id")["dx"]
-    held_ids = set(pd.read_csv(manifest.heldout_path, dtype=str)["image_id"])
+    dx = load_folds(manifest.folds_path).set_index("image_id")["dx"]
+    held_ids = set(read_heldout(manifest.heldout_path)["image_id"])
     oof, held = read_logits(a.oof), read_logits(a.heldout_logits)
     thresholds, crossfit, on_heldout = {}, {}, {}
     for kind in MODEL_KEYS:
