@@ -68,6 +68,7 @@ class Manifest:
     heldout_seconds: float | None = None
     ood: dict | None = None          # train.release.fit_ood
     prediction_sets: dict | None = None   # train.release.prediction_sets
+    archive: dict | None = None      # train.release.archive (similar confirmed cases)
     extra: dict = field(default_factory=dict)   # keys this code does not know, kept as read
     # The keys' order as read, so a rewrite keeps the file's own order (new keys go last).
     key_order: tuple = field(default=(), repr=False, compare=False)
@@ -144,6 +145,10 @@ class Manifest:
         """A copy with the prediction sets' thresholds and coverage (train.release.prediction_sets)."""
         return replace(self, prediction_sets=entry)
 
+    def with_archive(self, entry: dict) -> "Manifest":
+        """A copy with the similar-cases archive's entry (train.release.archive)."""
+        return replace(self, archive=entry)
+
     def with_heldout(self, metrics: dict, seconds: float) -> "Manifest":
         """A copy with each kind's held-out metrics (metrics[kind]) and the scoring time."""
         models = {k: {**v, "heldout_metrics": metrics[k]} if k in MODEL_KEYS else v
@@ -200,8 +205,9 @@ class Manifest:
 
     def file_entries(self) -> list[dict]:
         """Every weights file the manifest names ({"file", "sha256", ...}: the trunk, each member
-        of each ensemble, the OOD detector), in the manifest's order."""
+        of each ensemble, the OOD detector, the similar-cases archive), in the manifest's order."""
         entries = {"trunk": [self.trunk], "ood": [self.ood] if self.ood else [],
+                   "archive": [self.archive] if self.archive else [],
                    "models": [m for v in self.models.values() for m in v.get("members", [])]}
         return [e for key in self.to_dict() for e in entries.get(key, ())]
 

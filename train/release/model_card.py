@@ -74,6 +74,31 @@ def _ood(m: Manifest) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _archive(m: Manifest) -> str:
+    a = m.archive
+    if not a:
+        return ""
+    lines = ["## Similar confirmed cases (archive)",
+             f"`{a['file']}` holds {a['n_images']:,} images of {a['n_lesions']:,} lesions: {a['covers']}. Per image: "
+             f"a {a['thumbnail']} thumbnail, the confirmed diagnosis, age, sex and site, and a {a['dims']}-d "
+             f"`{a['embedding']}` embedding computed from the features every analysis already has (no extra "
+             f"network pass). A query returns the k most similar lesions (k = {a['default_k']} by default, each "
+             f"lesion once) and their {a['vote_weighting'].replace('_', '-')} vote, shown as a third opinion and "
+             "never mixed into the models' probabilities. Uploads never join the archive.",
+             f"{a['attribution']}: the archive's thumbnails are HAM10000 images and carry its licence."]
+    ev = a.get("evidence")
+    if ev:
+        lines += ["", f"Embedding chosen on fold-based retrieval ({ev['study']}); criterion: {ev['selection']}.", "",
+                  "| embedding | class-balanced mAP | mAP | P@1 | P@8 | vote (class-weighted, k=8) BA | macro AUC | mel AUC |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, s in ev["out_of_fold"].items():
+            v = s["vote_class_weighted_k8"]
+            lines.append(f"| {name}{' (shipped)' if name == a['embedding'] else ''} | {s['class_balanced_mAP']:.3f} | "
+                         f"{s['mAP']:.3f} | {s['precision@1']:.3f} | {s['precision@8']:.3f} | "
+                         f"{v['balanced_accuracy']:.3f} | {v['macro_auc']:.3f} | {v['mel_auc']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def model_card(m: Manifest) -> str:
     models = m.models
     fus = models["fusion"]
@@ -146,6 +171,7 @@ Scored through the app's own inference path. Small (4 df and 4 vasc images), so 
   {wt['fusion_members']:.0f} s, image-only members {wt['image_only_members']:.0f} s; total {wt['total'] / 60:.1f} min.
 
 {_ood(m)}
+{_archive(m)}
 {coverage_markdown(m.prediction_sets)}
 ## Limitations
 - Dermoscopic images only; clinical (phone) photos are out of distribution.
