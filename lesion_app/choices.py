@@ -1,9 +1,10 @@
-"""The page's four choice inputs (heatmap class, heatmap method, prediction-set level, melanoma
-operating point) and the one rule that parses them: blank means the default; otherwise a label
+"""The page's choice inputs (heatmap class, heatmap method, prediction-set level, melanoma
+operating point, the similar cases' number and filters) and the one rule that parses them: blank means the default; otherwise a label
 or an accepted alias, surrounding whitespace ignored, means its value; anything else is a
 ChoiceError naming what is accepted."""
 from __future__ import annotations
 
+from .archive import DEFAULT_K, K_CHOICES
 from .clinical_report import OPERATING_POINTS, SPECIFICITIES
 from .gradcam import CAM_METHODS, DEFAULT_CAM_METHOD
 from .vocab import CLASSES, class_label
@@ -55,3 +56,7 @@ SET_LEVEL = Choice("prediction set level", SET_LEVELS, SET_LEVELS["90%"],
                    aliases={v: v for v in SET_LEVELS.values()})
 OPERATING_POINT = Choice("melanoma operating point", OPERATING_POINTS, SPECIFICITIES[0],
                          aliases={s: s for s in SPECIFICITIES})
+SIMILAR_K = Choice("number of similar cases", {str(k): k for k in K_CHOICES}, DEFAULT_K)
+_ON_OFF = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+SAME_SITE = Choice("'same body site' filter", {"on": True, "off": False}, False, aliases=_ON_OFF, ignore_case=True)
+SAME_SEX = Choice("'same sex' filter", {"on": True, "off": False}, False, aliases=_ON_OFF, ignore_case=True)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .archive import Archive, SimilarCases, SimilarQuery, raw_embedding
 from .conformal import prediction_sets as conformal_sets
 from .gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, gradcam
 from .metadata import encode_metadata, parse_age, parse_choice, unknown_row
@@ -19,7 +20,7 @@ from .preprocess import flip_views, mean_over_views, to_tensor, unnormalise
 from .result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
 from .shapley import PLAYERS, coalition_rows, shapley_values
 from .vocab import CLASSES, SEXES, SITES
-from .weights import MODEL_KEYS, WEIGHTS_DIR, load_models, torch_device, verify_file
+from .weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_models, torch_device, verify_file
 
 
 AGE_SWEEP = tuple(range(0, 91, 5))   # the what-if's ages, years
@@ -53,6 +54,17 @@ class Predictor:
         self._lock = threading.RLock()
         ood = self.manifest.ood
         self.ood = OODDetector.load(verify_file(weights_dir, ood)) if ood and with_ood else None
+        self.archive = self._load_archive(weights_dir) if self.manifest.archive else None
+
+    def _load_archive(self, weights_dir: Path) -> Archive:
+        entry = self.manifest.archive
+        path = verify_file(weights_dir, entry)
+        archive = Archive.load(path)
+        if archive.embedding != entry.get("embedding") or archive.vectors.shape[1] != entry.get("dims"):
+            raise WeightsError(f"{path} holds {archive.embedding} vectors of {archive.vectors.shape[1]} values, "
+                               f"the manifest says {entry.get('embedding')} of {entry.get('dims')}: rebuild it "
+                               "with python -m train.release.archive")
+        return archive
 
     def encode(self, age, sex, site) -> torch.Tensor:
         """One encoded metadata row; raises MetadataError on invalid values."""
@@ -93,21 +105,44 @@ class Predictor:
         return {level: {k: conformal_sets(probs[k], q[k]) for k in probs if k in q}
                 for level, q in self.set_thresholds.items()}
 
-    def probabilities(self, images: list[Image.Image], metadata: list[tuple]) -> dict[str, np.ndarray]:
-        """Batch prediction: per kind an (N, 7) array of calibrated probabilities."""
+    def probabilities(self, images: list[Image.Image], metadata: list[tuple],
+                      knn: bool = False) -> dict[str, np.ndarray]:
+        """Batch prediction: per kind an (N, 7) array of calibrated probabilities; knn=True adds
+        "knn", the archive's vote over each image's DEFAULT_K most similar lesions (no filters),
+        when these weights have an archive."""
         x = torch.stack([self.image_tensor(im) for im in images])
         meta = torch.stack([self.encode(*m) for m in metadata])
         with self._lock:
-            pooled = self.pooled_features(x)
-            return {k: self.head_probabilities(k, pooled[k], meta).cpu().numpy() for k in MODEL_KEYS}
+            low = self.trunk_features(x)
+            pooled = self.pooled_features(x, low)
+            out = {k: self.head_probabilities(k, pooled[k], meta).cpu().numpy() for k in MODEL_KEYS}
+            if knn and self.archive is not None:
+                raw = self.embedding(low, pooled, len(x))
+                rows, _ = self.archive.search(self.archive.project(raw), SimilarQuery().k)
+                out["knn"] = self.archive.vote_of(rows)
+            return out
+
+    def embedding(self, low: torch.Tensor, pooled: dict[str, torch.Tensor], n_images: int) -> torch.Tensor:
+        """The archive's raw embedding of n_images images from their trunk output (all flip views)
+        and pooled member features: no network pass of its own."""
+        return raw_embedding(self.archive.embedding, OODDetector.trunk_features(low, n_images),
+                             {k: v.cpu() for k, v in pooled.items()})
+
+    def similar_cases(self, features: ImageFeatures, query: SimilarQuery, sex: str, site: str) -> SimilarCases | None:
+        """The archive's most similar lesions for an analysed image (None without an archive)."""
+        if self.archive is None:
+            return None
+        return self.archive.similar(features.embedding, query, sex=sex, site=site)
 
     def analyze(self, image: Image.Image, age=None, sex=None, site=None,
-                cam_class: str | None = None, cam_method: str = DEFAULT_CAM_METHOD) -> Analysis:
+                cam_class: str | None = None, cam_method: str = DEFAULT_CAM_METHOD,
+                similar: SimilarQuery = SimilarQuery()) -> Analysis:
         """Both ensembles' probabilities, heatmaps and the exact Shapley values of the metadata.
 
         cam_class: the class whose heatmaps (and Shapley values) to show; by default each
         heatmap shows its own model's top class and the Shapley values the fusion top class.
         cam_method: a key of lesion_app.gradcam.CAM_METHODS (Grad-CAM by default).
+        similar: how many similar archive cases to return, and their filters.
         The result keeps the image's features (in memory) for `with_metadata`.
         Raises MetadataError for invalid metadata.
         """
@@ -116,7 +151,9 @@ class Predictor:
         x = self.image_tensor(image)[None]
         with self._lock:
             low = self.trunk_features(x)                 # the trunk's only run for this image
-            features = ImageFeatures(low[:1].clone(), self.pooled_features(x, low))
+            pooled = self.pooled_features(x, low)
+            features = ImageFeatures(low[:1].clone(), pooled,
+                                     embedding=self.embedding(low, pooled, 1) if self.archive is not None else None)
             image_only = self.head_probabilities("image_only", features.pooled["image_only"], meta[None])[0]
             image_only = image_only.cpu().numpy()
             rgb = unnormalise(x, self.spec)  # what the models saw, for the colour check and display
@@ -129,10 +166,11 @@ class Predictor:
                                             *self._cam(features, "image_only", target, None, cam_method))
             image_rgb = (rgb[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
             return self._fusion_side(features, image_rgb, image_only_result, warnings, meta,
-                                     (age, sex, site), cam_class, cam_method)
+                                     (age, sex, site), cam_class, cam_method, similar)
 
     def with_metadata(self, previous: Analysis, age=None, sex=None, site=None,
-                      cam_class: str | None = None, cam_method: str = DEFAULT_CAM_METHOD) -> Analysis:
+                      cam_class: str | None = None, cam_method: str = DEFAULT_CAM_METHOD,
+                      similar: SimilarQuery = SimilarQuery()) -> Analysis:
         """The same image's analysis for other metadata (or another heatmap class or method),
         without running the backbones again: only the fusion heads, and heatmaps not already
         kept from the kept trunk output (upper stages only)."""
@@ -146,7 +184,7 @@ class Predictor:
                 image_only = ModelResult(image_only.probabilities,
                                          *self._cam(f, "image_only", target, None, cam_method))
             return self._fusion_side(f, previous.image, image_only, previous.warnings, meta,
-                                     (age, sex, site), cam_class, cam_method)
+                                     (age, sex, site), cam_class, cam_method, similar)
 
     def _check_cam(self, cam_class, cam_method):
         if cam_class is not None and cam_class not in CLASSES:
@@ -171,8 +209,9 @@ class Predictor:
         return heat, cls, empty, method
 
     def _fusion_side(self, f: ImageFeatures, image_rgb, image_only: ModelResult, warnings, meta,
-                     entered: tuple, cam_class, cam_method) -> Analysis:
-        """Fusion probabilities, Shapley values, heatmap and what-if sweeps for one metadata row."""
+                     entered: tuple, cam_class, cam_method, similar: SimilarQuery) -> Analysis:
+        """Fusion probabilities, Shapley values, heatmap and what-if sweeps for one metadata row,
+        and the similar cases (whose filters use the entered sex and site)."""
         age, sex, site = entered
         # The 8 coalitions (the last has everything entered) and the what-if rows, one head pass.
         rows = coalition_rows(meta, self.absent_row)
@@ -194,12 +233,13 @@ class Predictor:
                                     *self._cam(f, "fusion", cam_class or top, meta[None], cam_method))
         image_only_p = np.array([image_only.probabilities[c] for c in CLASSES])
         sets = self.prediction_sets({"fusion": fusion[None], "image_only": image_only_p[None]})
+        parsed = {"age": parse_age(age), "sex": parse_choice(sex, SEXES, "sex"), "site": parse_choice(site, SITES, "site")}
         return Analysis(
             image=image_rgb, warnings=list(warnings), fusion=fusion_result, image_only=image_only, shap=shap,
             top_shap=shapley_for(top) if shap.cls != top else None,
             no_metadata_top=CLASSES[int(by_coalition[0].argmax())],
-            metadata={"age": parse_age(age), "sex": parse_choice(sex, SEXES, "sex"),
-                      "site": parse_choice(site, SITES, "site")},
+            metadata=parsed,
+            similar_cases=self.similar_cases(f, similar, parsed["sex"], parsed["site"]),
             what_if=self._what_if(swept), model_info=self.model_info, features=f,
             prediction_sets={level: {k: [c for c, inside in zip(CLASSES, m[0]) if inside] for k, m in kinds.items()}
                              for level, kinds in sets.items()})

@@ -50,6 +50,7 @@ class ImageFeatures:
     low: object                      # torch.Tensor (1, C, h, w)
     pooled: dict                     # kind -> torch.Tensor (members, 1, views, F)
     cams: dict = field(default_factory=dict)
+    embedding: object = None         # torch.Tensor (1, D): the similar-cases query (lesion_app.archive)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Analysis:
     top_shap: ShapleyResult | None = None  # for the fusion top class, when `shap` is for another
     what_if: dict = field(default_factory=dict)  # the fusion model's answer for other ages, sexes, sites
     prediction_sets: dict = field(default_factory=dict)  # level -> kind -> classes (conformal, per class)
+    similar_cases: object = None     # lesion_app.archive.SimilarCases, when the weights have an archive
     features: ImageFeatures | None = field(default=None, repr=False)  # for a metadata change
 
     @property
@@ -127,6 +129,7 @@ class Analysis:
             "prediction_sets": self.prediction_sets,
             "what_if": self.what_if,
             "model": self.model_info,
+            **({"similar_cases": self.similar_cases.to_report()} if self.similar_cases is not None else {}),
         }
 
 
