@@ -9,22 +9,29 @@ one of USER_ERRORS, whose message is meant to be shown as is.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
-from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, SET_LEVEL, ChoiceError
+from .archive import SimilarQuery
+from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, SAME_SEX, SAME_SITE, SET_LEVEL, SIMILAR_K, \
+    ChoiceError
 from .clinical_report import ClinicalReport
 from .gradcam import DEFAULT_CAM_METHOD
 from .image_input import InputError, load_upload, take_upload
 from .metadata import MetadataError, parse_metadata
 from .predictor import Predictor
 from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heatmap_html, melanoma_content,
-                           metadata_warning, prediction_sets_content)
+                           metadata_warning, prediction_sets_content, similar_content)
 from .result import Analysis
 
 USER_ERRORS = (ChoiceError, InputError, MetadataError)
+
+
+def similar_query(k_choice=None, same_site=None, same_sex=None) -> SimilarQuery:
+    """The similar cases asked for (blank: 8 cases, no filters); ChoiceError for anything else."""
+    return SimilarQuery(SIMILAR_K.parse(k_choice), SAME_SITE.parse(same_site), SAME_SEX.parse(same_sex))
 
 
 def upload_key(payload) -> str | None:
@@ -88,30 +95,32 @@ class PageEvents:
         return load_upload(take_upload(payload, self.keep))
 
     def run(self, image: Image.Image, age, sex, site, cam: str | None,
-            previous: Analysis | None = None, method: str = DEFAULT_CAM_METHOD) -> Analysis:
+            previous: Analysis | None = None, method: str = DEFAULT_CAM_METHOD,
+            similar: SimilarQuery = SimilarQuery()) -> Analysis:
         """Predictor.analyze on parsed metadata (blank -> None / 'unknown'); with the previous
         analysis of the same image, only the fusion side runs again (Predictor.with_metadata)."""
         meta = parse_metadata(age, sex, site)
         if previous is not None:
-            return self.predictor.with_metadata(previous, *meta, cam, method)
-        return self.predictor.analyze(image, *meta, cam, method)
+            return self.predictor.with_metadata(previous, *meta, cam, method, similar)
+        return self.predictor.analyze(image, *meta, cam, method, similar)
 
     def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                state: SessionState) -> PageUpdate:
+                state: SessionState, k_choice=None, same_site=None, same_sex=None) -> PageUpdate:
         """Analyses the current image with the current inputs (the Analyze button, /analyze)."""
         # Refuse unknown choices before any work.
         cam, spec = HEATMAP_CLASS.parse(cam_choice), OPERATING_POINT.parse(op_choice)
         level, method = SET_LEVEL.parse(level_choice), HEATMAP_METHOD.parse(method_choice)
+        similar = similar_query(k_choice, same_site, same_sex)
         # Re-analysing the same upload (its file already deleted) uses the in-memory copy and,
         # once analysed, its kept features: the backbones do not run again.
         same = state.holds(payload)
         image = state.image if same else self.decode(payload)
-        a = self.run(image, age, sex, site, cam, state.analysis if same else None, method)
+        a = self.run(image, age, sex, site, cam, state.analysis if same else None, method, similar)
         state = state.follow(a) if same else SessionState(upload_key(payload), image, a)
         return PageUpdate(analysis_content(a, self.clinical, spec, level, state.heatmaps.html), state)
 
     def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                         state: SessionState) -> PageUpdate | None:
+                         state: SessionState, k_choice=None, same_site=None, same_sex=None) -> PageUpdate | None:
         """Live what-if: new age, sex or site for the analysed image updates the fusion side at once,
         from the kept features (fusion heads only). Before an analysis it does nothing; an
         unfinished or invalid entry says so in the warnings line and changes nothing else."""
@@ -122,18 +131,31 @@ class PageEvents:
         except MetadataError as e:
             return PageUpdate(PageContent(warnings=metadata_warning(e)))
         a = self.predictor.with_metadata(state.analysis, *meta, HEATMAP_CLASS.parse(cam_choice),
-                                         HEATMAP_METHOD.parse(method_choice))
+                                         HEATMAP_METHOD.parse(method_choice),
+                                         similar_query(k_choice, same_site, same_sex))
         state = state.follow(a)
         return PageUpdate(analysis_content(a, self.clinical, OPERATING_POINT.parse(op_choice),
                                          SET_LEVEL.parse(level_choice), state.heatmaps.html, image_side=False), state)
 
     def heatmap_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                        state: SessionState) -> PageUpdate | None:
+                        state: SessionState, k_choice=None, same_site=None, same_sex=None) -> PageUpdate | None:
         """A new heatmap class or method: the current image and inputs again (once analysed, from
         the kept features: heatmaps only); nothing before an upload."""
         if payload is None:
             return None
-        return self.analyze(payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice, state)
+        return self.analyze(payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice, state,
+                            k_choice, same_site, same_sex)
+
+    def similar_changed(self, k_choice, same_site, same_sex, state: SessionState) -> PageUpdate | None:
+        """Another number of similar cases or other filters: the archive is searched again from the
+        kept query (no model runs); nothing before an analysis."""
+        query = similar_query(k_choice, same_site, same_sex)
+        a = state.analysis
+        if a is None or a.features is None:
+            return None
+        a = replace(a, similar_cases=self.predictor.similar_cases(a.features, query, a.metadata["sex"],
+                                                                  a.metadata["site"]))
+        return PageUpdate(similar_content(a), state.follow(a))
 
     def level_changed(self, level_choice, state: SessionState) -> PageUpdate | None:
         level = SET_LEVEL.parse(level_choice)
@@ -153,10 +175,12 @@ class PageEvents:
             return None
         return PageUpdate(PageContent.blank(NEW_IMAGE if payload is not None else START), SessionState())
 
-    def report(self, image, age, sex, site) -> dict:
-        """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings.
+    def report(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None) -> dict:
+        """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings,
+        and the similar confirmed cases (k: 4, 8 or 16, default 8; filters off by default).
 
         Blank means not entered: age None or '' -> no age; sex or site None, '' or whitespace ->
         'unknown'; values are stripped and lower-cased (' Back ' -> 'back').
         """
-        return self.run(self.decode(image), age, sex, site, None).to_report()
+        similar = similar_query(k_choice, same_site, same_sex)
+        return self.run(self.decode(image), age, sex, site, None, similar=similar).to_report()

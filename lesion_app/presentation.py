@@ -10,11 +10,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from .archive import ATTRIBUTION, DESCRIPTIONS, SimilarCases
 from .clinical_report import ClinicalReport, melanoma_markdown, subgroup_markdown
 from .figures import shap_figure, what_if_figure
 from .gradcam import gradcam_overlay
 from .result import Analysis, ModelResult
-from .vocab import class_label
+from .vocab import CLASSES, class_label
 
 START = "Upload an image or pick an example, then press **Analyze**."
 NEW_IMAGE = "New image: press **Analyze** to analyse it."
@@ -46,6 +47,8 @@ class PageContent:
     what_if: object = KEEP
     fusion_set: object = KEEP
     image_only_set: object = KEEP
+    similar_vote: object = KEEP
+    similar_cases: object = KEEP
 
     def shown(self) -> dict[str, object]:
         """{output name: value} for the outputs this content changes."""
@@ -108,13 +111,80 @@ def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: 
         fusion_cam=heatmap(a.image, a.fusion.cam, f"Fusion {a.fusion.cam_method}"),
         fusion_note=cam_note(a.fusion), shap_plot=shap_figure(a), report_json=a.to_report(),
         melanoma=melanoma_markdown(clinical, a, specificity), subgroup=subgroup_markdown(clinical, a),
-        what_if=what_if_figure(a), fusion_set=set_markdown(a, level, "fusion"))
+        what_if=what_if_figure(a), fusion_set=set_markdown(a, level, "fusion"),
+        similar_vote=similar_markdown(a.similar_cases), similar_cases=similar_html(a.similar_cases))
     if image_side:
         page.image_only_probs = a.image_only.labelled()
         page.image_only_cam = heatmap(a.image, a.image_only.cam, f"Image-only {a.image_only.cam_method}")
         page.image_only_note = cam_note(a.image_only)
         page.image_only_set = set_markdown(a, level, "image_only")
     return page
+
+
+NO_ARCHIVE = "No similar-cases archive in these weights (python -m train.release.archive builds one)."
+# Click a case to enlarge it, click again to close: a checkbox per case, no script (the page's
+# HTML runs none), and the thumbnails are inline data, never files on the server.
+GALLERY_STYLE = """<style>
+#similar_cases .sc-grid{display:grid;grid-template-columns:repeat(4,1fr);gap:10px}
+@media (max-width:600px){#similar_cases .sc-grid{grid-template-columns:repeat(2,1fr)}}
+#similar_cases figure{margin:0;font-size:0.85em;line-height:1.3}
+#similar_cases input{display:none}
+#similar_cases label{cursor:zoom-in;display:block}
+#similar_cases img{width:100%;aspect-ratio:4/3;object-fit:cover;border-radius:6px;display:block}
+#similar_cases input:checked+label{position:fixed;inset:0;z-index:1000;background:rgba(0,0,0,.85);cursor:zoom-out;
+  display:flex;align-items:center;justify-content:center}
+#similar_cases input:checked+label img{width:min(94vw,120vh,720px);height:auto;aspect-ratio:4/3;object-fit:contain}
+</style>"""
+
+
+def _case_html(i: int, case) -> str:
+    age = "age not recorded" if case.age is None else f"{case.age:g} y"
+    label = class_label(case.dx)
+    data = base64.b64encode(case.thumbnail).decode()
+    return (f'<figure class="sc-case" data-dx="{case.dx}"><input type="checkbox" id="sc-{i}">'
+            f'<label for="sc-{i}" title="Click to enlarge"><img src="data:image/webp;base64,{data}" '
+            f'alt="Confirmed {label}"></label><figcaption><b>{label}</b><br>{age} · {case.sex} · {case.site}'
+            f'<br>similarity {case.similarity:.2f} · {case.image_id}</figcaption></figure>')
+
+
+def similar_html(similar: SimilarCases | None) -> str:
+    """The similar cases as a grid of captioned thumbnails (inline images)."""
+    if similar is None:
+        return ""
+    if not similar.cases:
+        return "<p>No archive lesion matches these filters.</p>"
+    return GALLERY_STYLE + '<div class="sc-grid">' + "".join(_case_html(i, c) for i, c in enumerate(similar.cases)) \
+        + "</div>"
+
+
+def similar_markdown(similar: SimilarCases | None) -> str:
+    """The k-NN vote as a third, separate opinion, with what the archive is."""
+    if similar is None:
+        return NO_ARCHIVE
+    n = len(similar.cases)
+    counts = {c: sum(case.dx == c for case in similar.cases) for c in CLASSES}
+    ranked = sorted(CLASSES, key=lambda c: -similar.vote[c]) if n else []
+    shares = ", ".join(f"{class_label(c)} {similar.vote[c]:.0%} ({counts[c]} of {n})"
+                       for c in ranked if counts[c])
+    weighting = ("class-weighted: each diagnosis's count divided by its share of the archive, so rare "
+                 "diagnoses are not outvoted by the many nevi" if similar.weighting == "class_weighted" else "plain counts")
+    filters = [f"{k} = {v}" for k, v in similar.filters.items() if v]
+    lines = [f"**Vote of the {n} most similar confirmed cases** (a third opinion, separate from both models; "
+             f"{weighting}): {shares or 'no cases'}."]
+    if filters:
+        lines.append(f"Only archive cases with {' and '.join(filters)}.")
+    if similar.note:
+        lines.append(f"⚠️ {similar.note}")
+    lines.append(f"Archive: the {similar.archive_images:,} images of {similar.archive_lesions:,} lesions the shipped "
+                 f"models trained on, each lesion shown once with its confirmed HAM10000 diagnosis; similarity is "
+                 f"the cosine of {DESCRIPTIONS[similar.embedding]}. Uploads never join the archive. {ATTRIBUTION}.")
+    return "\n\n".join(lines)
+
+
+def similar_content(a: Analysis) -> PageContent:
+    """The similar-cases panel and the report JSON (which holds them) for analysis a."""
+    return PageContent(similar_vote=similar_markdown(a.similar_cases),
+                       similar_cases=similar_html(a.similar_cases), report_json=a.to_report())
 
 
 def prediction_sets_content(a: Analysis, level: str) -> PageContent:

@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, PREDICTED, SET_LEVEL
+from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, PREDICTED, SET_LEVEL, SIMILAR_K
 from .clinical_report import ClinicalReport
 from .gradcam import DEFAULT_CAM_METHOD
 from .handlers import USER_ERRORS, PageEvents, SessionState
@@ -85,6 +85,11 @@ class View:
     melanoma: gr.Markdown
     subgroup: gr.Markdown
     report_json: gr.JSON
+    similar_k: gr.Radio
+    same_site: gr.Checkbox
+    same_sex: gr.Checkbox
+    similar_vote: gr.Markdown
+    similar_cases: gr.HTML
     state: gr.State
     report_button: gr.Button   # hidden: carries the /report endpoint
     report_out: gr.JSON        # hidden
@@ -93,7 +98,12 @@ class View:
     def inputs(self) -> list:
         """What an analysis reads, in /analyze's parameter order (the state is not an API parameter)."""
         return [self.image, self.age, self.sex, self.site, self.cam_class, self.operating_point, self.set_level,
-                self.cam_method, self.state]
+                self.cam_method, self.state, *self.similar_inputs]
+
+    @property
+    def similar_inputs(self) -> list:
+        """The similar cases' number and filters (the last /analyze and /report parameters)."""
+        return [self.similar_k, self.same_site, self.same_sex]
 
     @property
     def outputs(self) -> list:
@@ -101,7 +111,7 @@ class View:
         return [self.reading, self.warnings, self.fusion_probs, self.fusion_cam, self.fusion_note,
                 self.image_only_probs, self.image_only_cam, self.image_only_note, self.shap_plot,
                 self.report_json, self.melanoma, self.subgroup, self.what_if, self.fusion_set,
-                self.image_only_set, self.state]
+                self.image_only_set, self.similar_vote, self.similar_cases, self.state]
 
 
 def layout(clinical: ClinicalReport | None) -> View:
@@ -149,6 +159,16 @@ def layout(clinical: ClinicalReport | None) -> View:
                             c[f"{key}_set"] = gr.Markdown(elem_id=f"{key}_set")
                             c[f"{key}_cam"] = gr.HTML(elem_id=f"{key}_cam")
                             c[f"{key}_note"] = gr.Markdown(elem_id=f"{key}_cam_note")
+                gr.Markdown("### Similar confirmed cases", elem_id="similar_title")
+                with gr.Row():
+                    c["similar_k"] = gr.Radio(list(SIMILAR_K.labels), value=str(SIMILAR_K.default),
+                                              label="Cases shown", elem_id="similar_k", min_width=160)
+                    c["same_site"] = gr.Checkbox(False, label="Same body site as entered", elem_id="similar_same_site",
+                                                 min_width=160)
+                    c["same_sex"] = gr.Checkbox(False, label="Same sex as entered", elem_id="similar_same_sex",
+                                                min_width=160)
+                c["similar_vote"] = gr.Markdown(elem_id="similar_vote")
+                c["similar_cases"] = gr.HTML(elem_id="similar_cases")
                 c["shap_plot"] = gr.Plot(label="Metadata attribution (exact Shapley values)", elem_id="shap_plot")
                 gr.Markdown(f"Shapley values over three groups (age, sex, site), computed exactly over "
                             f"all 8 coalitions. Baseline: {ABSENT_BASELINE}.", elem_id="shap_baseline")
@@ -204,20 +224,23 @@ class Handlers:
         return for_user(HEATMAP_CLASS.parse, choice)
 
     def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                state: SessionState) -> dict:
+                state: SessionState, k_choice=None, same_site=None, same_sex=None) -> dict:
         """Analyses the current image with the current inputs (the Analyze button, /analyze)."""
         return self._show(self.events.analyze, payload, age, sex, site, cam_choice, op_choice, level_choice,
-                          method_choice, state)
+                          method_choice, state, k_choice, same_site, same_sex)
 
     def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                         state: SessionState):
+                         state: SessionState, k_choice=None, same_site=None, same_sex=None):
         return self._show(self.events.metadata_changed, payload, age, sex, site, cam_choice, op_choice,
-                          level_choice, method_choice, state)
+                          level_choice, method_choice, state, k_choice, same_site, same_sex)
 
     def heatmap_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                        state: SessionState):
+                        state: SessionState, k_choice=None, same_site=None, same_sex=None):
         return self._show(self.events.heatmap_changed, payload, age, sex, site, cam_choice, op_choice,
-                          level_choice, method_choice, state)
+                          level_choice, method_choice, state, k_choice, same_site, same_sex)
+
+    def similar_changed(self, k_choice, same_site, same_sex, state: SessionState):
+        return self._show(self.events.similar_changed, k_choice, same_site, same_sex, state)
 
     def level_changed(self, level_choice, state: SessionState):
         return self._show(self.events.level_changed, level_choice, state)
@@ -228,13 +251,14 @@ class Handlers:
     def image_changed(self, payload, state: SessionState):
         return self._show(self.events.image_changed, payload, state)
 
-    def report(self, image, age, sex, site) -> dict:
-        """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings.
+    def report(self, image, age, sex, site, k=None, same_site=None, same_sex=None) -> dict:
+        """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings,
+        and the similar confirmed cases (k: 4, 8 or 16, default 8; same_site / same_sex filters, off).
 
         Blank means not entered: age None or '' -> no age; sex or site None, '' or whitespace ->
         'unknown'; values are stripped and lower-cased (' Back ' -> 'back').
         """
-        return for_user(self.events.report, image, age, sex, site)
+        return for_user(self.events.report, image, age, sex, site, k, same_site, same_sex)
 
 
 def wire(v: View, h: Handlers) -> None:
@@ -254,8 +278,11 @@ def wire(v: View, h: Handlers) -> None:
     v.image.input(h.image_changed, [v.image, v.state], v.outputs, **private, **MODEL_QUEUE)
     v.operating_point.input(h.operating_point, [v.operating_point, v.state], [v.melanoma], **private)
     v.set_level.input(h.level_changed, [v.set_level, v.state], [v.fusion_set, v.image_only_set], **private)
+    # Other similar cases: the archive only (no model), from the kept query.
+    gr.on([v.similar_k.input, v.same_site.input, v.same_sex.input], h.similar_changed,
+          [*v.similar_inputs, v.state], [v.similar_vote, v.similar_cases, v.report_json, v.state], **private)
     # /report: the same inputs and the same Predictor.analyze, returned as JSON only.
-    v.report_button.click(h.report, [v.image, v.age, v.sex, v.site], v.report_out, api_name="report",
+    v.report_button.click(h.report, [v.image, v.age, v.sex, v.site, *v.similar_inputs], v.report_out, api_name="report",
                           preprocess=False, **MODEL_QUEUE)
 
 

@@ -211,3 +211,46 @@ def test_phone_width_layout_has_no_sideways_scroll(browser, app_server):
         page.screenshot(path=str(out / "analysis_390.png"), full_page=True)
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_similar_cases_gallery_after_the_untouched_default_flow(browser, app_server, width):
+    """Upload, Analyze, touching nothing: 8 captioned thumbnails of confirmed cases; a click
+    enlarges one and another click closes it; 4 cases on request; nothing sticks out at 390 px."""
+    context = browser.new_context(viewport={"width": width, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(app_server.url, wait_until="load")
+        page.wait_for_selector("#analyze", timeout=60_000)
+        upload(page)
+        analyze_and_wait(page)
+        figures = page.locator("#similar_cases figure")
+        figures.first.wait_for(timeout=30_000)
+        assert figures.count() == 8
+        names = {"Actinic keratosis", "Basal cell carcinoma", "Benign keratosis", "Dermatofibroma", "Melanoma",
+                 "Melanocytic nevus", "Vascular lesion"}
+        for k in range(8):
+            caption = figures.nth(k).locator("figcaption").inner_text()
+            assert any(n in caption for n in names) and "similarity" in caption, caption
+            img = figures.nth(k).locator("img")
+            assert img.evaluate("i => i.complete && i.naturalWidth >= 120"), "a thumbnail did not load"
+        assert "Vote of the 8 most similar confirmed cases" in page.locator("#similar_vote").inner_text()
+        assert "CC BY-NC 4.0" in page.locator("#similar_vote").inner_text()
+        first = figures.first.locator("img")
+        small = first.bounding_box()["width"]
+        first.click()
+        page.wait_for_function("document.querySelector('#similar_cases img').getBoundingClientRect().width > "
+                               f"{small * 1.5}", timeout=10_000)
+        out = REPO / "test-artifacts"
+        out.mkdir(exist_ok=True)
+        page.screenshot(path=str(out / f"similar_enlarged_{width}.png"))
+        first.click()
+        page.wait_for_function("document.querySelector('#similar_cases img').getBoundingClientRect().width < "
+                               f"{small * 1.2}", timeout=10_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        page.locator("#similar_k").get_by_text("4", exact=True).click()
+        page.wait_for_function("document.querySelectorAll('#similar_cases figure').length === 4", timeout=30_000)
+        page.locator("#similar_cases").scroll_into_view_if_needed()
+        page.screenshot(path=str(out / f"similar_cases_{width}.png"), full_page=True)
+    finally:
+        context.close()

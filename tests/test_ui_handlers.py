@@ -27,11 +27,11 @@ class Recording:
         self.predictor, self.calls = predictor, []
 
     def analyze(self, *args):
-        self.calls.append(args[1:])
+        self.calls.append(args[1:6])   # age, sex, site, heatmap class, heatmap method
         return self.predictor.analyze(*args)
 
     def with_metadata(self, *args):
-        self.calls.append(args[1:])
+        self.calls.append(args[1:6])
         return self.predictor.with_metadata(*args)
 
     def __getattr__(self, name):
