@@ -42,15 +42,22 @@ def test_evaluate_writes_the_json_and_csv_contract(folder, tmp_path):
         assert 0 <= m["balanced_accuracy"] <= 1 and 0 <= m["ece"] <= 1
     df = pd.read_csv(preds)
     assert list(df.columns) == ["image_id", "model", *CLASSES]
-    assert len(df) == 28 and set(df["model"]) == {"fusion", "image_only"}
-    assert df.groupby("model")["image_id"].apply(set).map(len).tolist() == [14, 14]
+    # The similar cases' vote is a third model, knn, scored and written like the other two.
+    assert len(df) == 42 and set(df["model"]) == {"fusion", "image_only", "knn"}
+    assert df.groupby("model")["image_id"].apply(set).map(len).tolist() == [14, 14, 14]
     assert np.allclose(df[list(CLASSES)].sum(axis=1), 1.0, atol=1e-4)
+    assert METRIC_KEYS <= metrics["knn"].keys()
     # The CLI's numbers are the app's numbers: the same Predictor, the same calibration.
     md = pd.read_csv(folder / "metadata.csv").iloc[0]
     with Image.open(folder / "images" / f"{md.image_id}.jpg") as im:
         direct = Predictor().probabilities([im.convert("RGB")], [(md.age, md.sex, md.localization)])
     row = df[(df.image_id == md.image_id) & (df.model == "fusion")][list(CLASSES)].to_numpy()
     assert np.allclose(row, direct["fusion"], atol=1e-5)
+    # knn rows are the vote the app shows for that image (default k, no filters).
+    with Image.open(folder / "images" / f"{md.image_id}.jpg") as im:
+        shown = Predictor().analyze(im.convert("RGB"), md.age, md.sex, md.localization).similar_cases.vote
+    knn = df[(df.image_id == md.image_id) & (df.model == "knn")][list(CLASSES)].to_numpy()[0]
+    assert np.allclose(knn, [shown[c] for c in CLASSES], atol=1e-6)
 
 
 def test_evaluate_on_a_wrong_folder_says_what_is_wrong(tmp_path):
@@ -78,4 +85,4 @@ def test_evaluate_sets_writes_one_row_per_image_model_and_level(folder, tmp_path
         row = df[(df.image_id == md.image_id) & (df.model == k) & (df.level == "0.9")]["set"].iloc[0]
         assert row.split("|") == a.prediction_sets["0.9"][k] or (row == "" and not a.prediction_sets["0.9"][k])
     # The other outputs are as without --sets.
-    assert len(pd.read_csv(preds)) == 28 and json.loads(out.read_text())["fusion"]["confusion_matrix"]
+    assert len(pd.read_csv(preds)) == 42 and json.loads(out.read_text())["fusion"]["confusion_matrix"]

@@ -149,3 +149,27 @@ def test_what_if_sweeps_a_blank_age_like_any_other_value(client):
     for field in ("sex", "site"):
         i = w[field]["values"].index("unknown")
         assert np.allclose([w[field]["probabilities"][c][i] for c in CLASSES], fusion, atol=1e-6)
+
+
+def test_report_gives_k_similar_cases_from_the_archive_each_lesion_once(client):
+    """Default k = 8 and no filters; k and the filters are optional parameters."""
+    held = set(CASES["lesion_id"])
+    path, age, sex, site = example(2)
+    r = report(client, path, age, sex, site)["similar_cases"]
+    assert r["k"] == 8 and len(r["cases"]) == 8 and r["embedding"] == load_manifest()["archive"]["embedding"]
+    assert set(r["vote"]) == set(CLASSES) and sum(r["vote"].values()) == pytest.approx(1.0)
+    assert r["filters"] == {"site": None, "sex": None}
+    for c in r["cases"]:
+        assert set(c) == {"image_id", "lesion_id", "dx", "age", "sex", "site", "similarity"}
+        assert c["dx"] in CLASSES and c["lesion_id"] not in held
+    assert len({c["lesion_id"] for c in r["cases"]}) == 8
+    sims = [c["similarity"] for c in r["cases"]]
+    assert sims == sorted(sims, reverse=True)
+    more = client.predict(handle_file(path), age, sex, site, 16, True, True, api_name="/report")["similar_cases"]
+    assert more["k"] == 16 and len(more["cases"]) == 16 and more["filters"] == {"site": site, "sex": sex}
+    assert all(c["site"] == site and c["sex"] == sex for c in more["cases"])
+    # The same vote and cases as an in-process Predictor.
+    local = Predictor().analyze(load_upload(path), age, sex, site).to_report()["similar_cases"]
+    assert [c["image_id"] for c in local["cases"]] == [c["image_id"] for c in r["cases"]]
+    with pytest.raises(AppError, match="Unknown number of similar cases"):
+        client.predict(handle_file(path), age, sex, site, 5, api_name="/report")

@@ -4,7 +4,8 @@
 
 Pieces: preprocessing, the shared trunk (once, 4 flip views), the upper stages of every
 member of both ensembles, each ensemble's heads, SHAP (the fusion heads over 8 coalitions +
-exact Shapley), the OOD check, each ensemble's Grad-CAM, and the whole `Predictor.analyze`. Medians after warm-up. With --app it
+exact Shapley), the OOD check, each ensemble's Grad-CAM, the similar-cases retrieval over the whole
+archive (embedding from the kept features + search, no network pass), and the whole `Predictor.analyze`. Medians after warm-up. With --app it
 also starts `python app.py`, times its first HTTP answer, sends requests and reads its peak
 memory (VmHWM). Also the live what-if's server time. With --training it measures this
 CPU's cache and training-step rates and extrapolates a full train.fitting.cv run (cache + 10
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lesion_app.archive import SimilarQuery
 from lesion_app.gradcam import gradcam
 from lesion_app.image_input import load_upload
 from lesion_app.ood import OODDetector
@@ -53,6 +55,7 @@ def bench_predictor(repeats: int) -> None:
     pooled = p.pooled_features(x, low)
     rows = coalition_rows(meta, p.absent_row)
     size = (p.spec.height, p.spec.width)
+    raw = p.embedding(low, pooled, 1) if p.archive is not None else None
 
     def shap():
         probs = p.head_probabilities("fusion", pooled["fusion"].expand(-1, len(rows), -1, -1), rows)
@@ -71,6 +74,11 @@ def bench_predictor(repeats: int) -> None:
             lambda: gradcam(p.models["fusion"], low[:1].clone(), meta[None], 4, size),
         f"Grad-CAM image-only ({n['image_only']} members, 1 backward)":
             lambda: gradcam(p.models["image_only"], low[:1].clone(), None, 4, size),
+        **({f"similar cases: embed + search {len(p.archive)} archive images, k=8":
+            lambda: p.archive.similar(p.embedding(low, pooled, 1)),
+            "similar cases: search only, k=16, same site and sex":
+            lambda: p.archive.similar(raw, SimilarQuery(16, True, True), sex="female", site="ear")}
+           if p.archive is not None else {}),
         "TOTAL Predictor.analyze": lambda: p.analyze(image, 35, "female", "ear"),
     }
     print(f"device {p.device}, torch threads {torch.get_num_threads()}, {repeats} repeats, seconds")

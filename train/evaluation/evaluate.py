@@ -5,6 +5,9 @@
 metrics.json: for `fusion` and `image_only`, balanced accuracy, macro-F1, accuracy, macro
 one-vs-rest AUC, per-class precision/recall/F1/AUC/support, the confusion matrix and ECE.
 predictions.csv: image_id,model,akiec,bcc,bkl,df,mel,nv,vasc (calibrated probabilities).
+When the weights have a similar-cases archive, a third model, `knn`, is scored and written
+the same way: the vote of each image's 8 most similar archive lesions, as the app shows it
+(lesion_app.archive; its "probabilities" are vote shares, not calibrated).
 --sets sets.csv (optional): image_id,model,level,set - each model's class-conditional
 conformal prediction set at each level (90%, 95%), classes joined by '|'.
 """
@@ -31,21 +34,22 @@ from train.evaluation.metrics import classification_metrics
 
 def predict_folder(predictor: Predictor, data: Path, df: pd.DataFrame,
                    batch: int = 16) -> dict[str, np.ndarray]:
-    """Calibrated probabilities of both models for every row of df, in order."""
-    out = {k: [] for k in MODEL_KEYS}
+    """Calibrated probabilities of both models (and the archive's vote, `knn`, when the weights
+    have an archive) for every row of df, in order."""
+    out = {}
     for s in tqdm(range(0, len(df), batch), desc="scoring", unit="batch", mininterval=5,
                   disable=None):
         rows = df.iloc[s:s + batch]
         images = [load_image(data, i) for i in rows["image_id"]]
         meta = list(zip(rows["age"], rows["sex"], rows["localization"]))
-        for k, p in predictor.probabilities(images, meta).items():
-            out[k].append(p)
+        for k, p in predictor.probabilities(images, meta, knn=True).items():
+            out.setdefault(k, []).append(p)
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def predictions_frame(image_ids, probs: dict[str, np.ndarray]) -> pd.DataFrame:
     frames = []
-    for k in MODEL_KEYS:
+    for k in probs:
         f = pd.DataFrame(probs[k], columns=list(CLASSES))
         f.insert(0, "model", k)
         f.insert(0, "image_id", list(image_ids))
@@ -74,7 +78,7 @@ def evaluate(data: Path, weights: Path, predictor: Predictor | None = None,
     t0 = time.time()
     probs = predict_folder(predictor, data, df)
     y = labels(df)
-    metrics = {k: classification_metrics(y, probs[k]) for k in MODEL_KEYS}
+    metrics = {k: classification_metrics(y, p) for k, p in probs.items()}
     metrics["data"] = {"folder": str(data), "n_images": int(len(df)),
                        "n_lesions": int(df["lesion_id"].nunique())}
     metrics["weights"] = predictor.model_info   # version and every member's sha256
@@ -109,7 +113,7 @@ def main(argv=None):
                   file=sys.stderr)
             return 2
         sets_frame(predictor, preds).to_csv(a.sets, index=False)
-    for k in MODEL_KEYS:
+    for k in (*MODEL_KEYS, *(["knn"] if "knn" in metrics else [])):
         m = metrics[k]
         print(f"{k:10s} bacc {m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
               f"acc {m['accuracy']:.4f}  AUC {m['macro_auc']:.4f}  ECE {m['ece']:.4f}")
