@@ -39,16 +39,20 @@ def main() -> None:
     except WeightsError as e:
         sys.exit(f"error: cannot start the app: {e}")
     from lesion_app.clinical_report import REPORTS_DIR, ClinicalReport
+    from lesion_app.report_files import ReportFiles, app_kwargs
     from lesion_app.ui import build_app, example_digests
-    demo = build_app(predictor, ClinicalReport.load(predictor.model_info))
-    # Uploads that are never analysed are deleted after ttl seconds (analysed ones are deleted
-    # as soon as they are read); the bundled examples' cached copies stay for example clicks.
-    uploads.start_sweeper(ttl, example_digests())
+    # Case-report PDFs live in the same private folder, and are removed once served.
+    reports = ReportFiles(uploads.path)
+    demo = build_app(predictor, ClinicalReport.load(predictor.model_info), reports)
     # One analysis at a time: each already uses every CPU core; others wait in the queue.
     demo.queue(default_concurrency_limit=1, max_size=64)
     demo.launch(footer_links=["api"], max_file_size="40mb", allowed_paths=[str(REPORTS_DIR)],
-                prevent_thread_lock=True)
+                app_kwargs=app_kwargs(reports), prevent_thread_lock=True)
     uploads.install_exit_cleanup()  # again: Gradio's SSR mode installs its own handlers in launch()
+    # Uploads that are never analysed are deleted after ttl seconds (analysed ones are deleted
+    # as soon as they are read); the bundled examples' cached copies stay for example clicks.
+    # Started after launch: a sweep removes empty folders, and must not race Gradio making its own.
+    uploads.start_sweeper(ttl, example_digests())
     demo.block_thread()
 
 

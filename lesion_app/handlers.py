@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .archive import SimilarQuery
+from .case_report import case_report_pdf
 from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, SAME_SEX, SAME_SITE, SET_LEVEL, SIMILAR_K, \
     ChoiceError
 from .clinical_report import ClinicalReport
@@ -26,7 +27,13 @@ from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heat
                            metadata_warning, prediction_sets_content, similar_content)
 from .result import Analysis
 
-USER_ERRORS = (ChoiceError, InputError, MetadataError)
+
+
+class NothingToReport(ValueError):
+    """A case report asked for before any analysis; the message is shown to the user as is."""
+
+
+USER_ERRORS = (ChoiceError, InputError, MetadataError, NothingToReport)
 
 
 def similar_query(k_choice=None, same_site=None, same_sex=None) -> SimilarQuery:
@@ -184,3 +191,17 @@ class PageEvents:
         """
         similar = similar_query(k_choice, same_site, same_sex)
         return self.run(self.decode(image), age, sex, site, None, similar=similar).to_report()
+
+    def case_report(self, state: SessionState, op_choice=None, level_choice=None) -> bytes:
+        """The one-page PDF of the session's current analysis, at the page's melanoma operating
+        point and prediction-set level (the "Download case report" button)."""
+        spec, level = OPERATING_POINT.parse(op_choice), SET_LEVEL.parse(level_choice)
+        if state.analysis is None:
+            raise NothingToReport("Analyze an image first: the case report describes the current analysis.")
+        return case_report_pdf(state.analysis, self.clinical, spec, level)
+
+    def case_report_for(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None) -> bytes:
+        """/case_report: the PDF for the same inputs as /report (90% specificity, 90% sets)."""
+        similar = similar_query(k_choice, same_site, same_sex)
+        a = self.run(self.decode(image), age, sex, site, None, similar=similar)
+        return case_report_pdf(a, self.clinical, OPERATING_POINT.default, SET_LEVEL.default)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from gradio.utils import get_upload_folder
 
 from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, PREDICTED, SET_LEVEL, SIMILAR_K
 from .clinical_report import ClinicalReport
@@ -17,6 +18,7 @@ from .gradcam import DEFAULT_CAM_METHOD
 from .handlers import USER_ERRORS, PageEvents, SessionState
 from .predictor import Predictor
 from .presentation import START
+from .report_files import ReportFiles
 from .result import ABSENT_BASELINE
 from .vocab import CLASSES, SEXES, SITES, class_label
 
@@ -38,6 +40,15 @@ several separate regions. An empty map is said so, never shown blank.
 sex and site, exactly (all 8 combinations). They describe this model, not medicine.
 - **What if?** re-runs only the fusion model for other ages, sexes and sites with this same image: it shows \
 how much the model leans on metadata, which is a property of the model and its training data."""
+# Fetches the case report the hidden File was handed, as a download under its own name.
+DOWNLOAD_JS = """(f) => {
+  if (f && f.url) {
+    const a = document.createElement("a");
+    a.href = f.url; a.download = f.orig_name || "case_report.pdf";
+    document.body.appendChild(a); a.click(); a.remove();
+  }
+  return [];
+}"""
 # Every event that runs the models: one at a time in one queue, whoever launches the app
 # (Predictor and its Grad-CAM hooks are not safe to run concurrently).
 MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
@@ -91,8 +102,12 @@ class View:
     similar_vote: gr.Markdown
     similar_cases: gr.HTML
     state: gr.State
+    case_report: gr.Button
+    case_report_file: gr.File  # hidden: the PDF the browser is handed, then downloads
     report_button: gr.Button   # hidden: carries the /report endpoint
     report_out: gr.JSON        # hidden
+    case_report_api: gr.Button  # hidden: carries the /case_report endpoint
+    case_report_api_out: gr.File  # hidden
 
     @property
     def inputs(self) -> list:
@@ -176,6 +191,8 @@ def layout(clinical: ClinicalReport | None) -> View:
                 gr.Markdown("The fusion model's answer for this same image as age, sex or site changes, the other "
                             "two as entered. Change age, sex or site above and the whole fusion side updates at once.",
                             elem_id="what_if_note")
+                c["case_report"] = gr.Button("Download case report (PDF)", elem_id="case_report")
+                c["case_report_file"] = gr.File(visible="hidden", elem_id="case_report_file", interactive=False)
                 c["operating_point"] = gr.Radio(list(OPERATING_POINT.labels), value=next(iter(OPERATING_POINT.labels)),
                                                 label="Melanoma operating point", elem_id="mel_operating_point")
                 c["melanoma"] = gr.Markdown(elem_id="melanoma_flag")
@@ -188,6 +205,8 @@ def layout(clinical: ClinicalReport | None) -> View:
     c["state"] = gr.State(SessionState())  # this session's decoded image and analysis, in memory only
     c["report_button"] = gr.Button(visible=False)
     c["report_out"] = gr.JSON(visible=False)
+    c["case_report_api"] = gr.Button(visible=False)
+    c["case_report_api_out"] = gr.File(visible=False)
     return View(**c)
 
 
@@ -203,8 +222,10 @@ class Handlers:
     """The page's events as Gradio calls them: each PageUpdate from PageEvents becomes {component: value}
     (gr.skip() for none), each user error a gr.Error (for_user)."""
 
-    def __init__(self, predictor: Predictor, clinical: ClinicalReport | None, view: View):
+    def __init__(self, predictor: Predictor, clinical: ClinicalReport | None, view: View,
+                 files: ReportFiles | None = None):
         self.events, self.view = PageEvents(predictor, clinical, example_digests()), view
+        self.files = files or ReportFiles(get_upload_folder())
 
     @property
     def predictor(self) -> Predictor:
@@ -260,6 +281,21 @@ class Handlers:
         """
         return for_user(self.events.report, image, age, sex, site, k, same_site, same_sex)
 
+    def case_report(self, state: SessionState, op_choice, level_choice, request: gr.Request) -> str:
+        """The current analysis as a PDF in the private folder (removed once served); its path."""
+        pdf = for_user(self.events.case_report, state, op_choice, level_choice)
+        return str(self.files.write(pdf, request.session_hash if request else None))
+
+    def case_report_for(self, image, age, sex, site, k=None, same_site=None, same_sex=None,
+                        request: gr.Request = None) -> str:
+        """/case_report: the same inputs as /report; the one-page PDF (90% specificity, 90% sets)."""
+        pdf = for_user(self.events.case_report_for, image, age, sex, site, k, same_site, same_sex)
+        return str(self.files.write(pdf, request.session_hash if request else None))
+
+    def session_ended(self, request: gr.Request) -> None:
+        """A closed or reloaded page: its PDFs that were never fetched go."""
+        self.files.end_session(request.session_hash if request else None)
+
 
 def wire(v: View, h: Handlers) -> None:
     """Connects events to handlers. preprocess=False: the upload reaches our own checks as is
@@ -284,11 +320,24 @@ def wire(v: View, h: Handlers) -> None:
     # /report: the same inputs and the same Predictor.analyze, returned as JSON only.
     v.report_button.click(h.report, [v.image, v.age, v.sex, v.site, *v.similar_inputs], v.report_out, api_name="report",
                           preprocess=False, **MODEL_QUEUE)
+    # The case report: the PDF is written, handed to the hidden File, fetched by the browser as a
+    # download (which removes it, lesion_app.report_files.ServeOnce).
+    v.case_report.click(h.case_report, [v.state, v.operating_point, v.set_level], v.case_report_file,
+                        api_name="case_report_download", **private).success(None, v.case_report_file, None, js=DOWNLOAD_JS)
+    v.case_report_api.click(h.case_report_for, [v.image, v.age, v.sex, v.site, *v.similar_inputs],
+                            v.case_report_api_out, api_name="case_report", preprocess=False, **MODEL_QUEUE)
 
 
-def build_app(predictor: Predictor, clinical: ClinicalReport | None = None) -> gr.Blocks:
-    """The whole app. Safe to launch as is: every event that runs the models has concurrency_limit=1."""
+def build_app(predictor: Predictor, clinical: ClinicalReport | None = None,
+              files: ReportFiles | None = None) -> gr.Blocks:
+    """The whole app. Safe to launch as is: every event that runs the models has concurrency_limit=1.
+
+    files: where case-report PDFs go (default: in Gradio's upload folder); launch with
+    `app_kwargs=lesion_app.report_files.app_kwargs(files)` so that each is removed once served.
+    """
     with gr.Blocks(title="Skin-lesion fusion demo", delete_cache=(60, 300)) as demo:
         view = layout(clinical)
-        wire(view, Handlers(predictor, clinical, view))
+        handlers = Handlers(predictor, clinical, view, files)
+        wire(view, handlers)
+        demo.unload(handlers.session_ended)
     return demo

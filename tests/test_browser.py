@@ -1,6 +1,7 @@
 """A real browser (Debian's Chromium, driven by Playwright) uses the running app."""
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -254,3 +255,67 @@ def test_similar_cases_gallery_after_the_untouched_default_flow(browser, app_ser
         page.screenshot(path=str(out / f"similar_cases_{width}.png"), full_page=True)
     finally:
         context.close()
+
+
+def held_pdfs(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.pdf"))
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_case_report_downloads_as_a_pdf_and_leaves_nothing_behind(browser, app_server, width, tmp_path):
+    """Before an analysis the button says what to do; after the untouched default flow it downloads
+    a one-page PDF holding the fusion model's top class and the disclaimer, and the server's copy
+    is gone once served."""
+    from pypdf import PdfReader
+    context = browser.new_context(viewport={"width": width, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    try:
+        page.goto(app_server.url, wait_until="load")
+        page.wait_for_selector("#analyze", timeout=60_000)
+        page.locator("#case_report").click()
+        page.get_by_text("Analyze an image first").first.wait_for(timeout=30_000)
+        upload(page)
+        analyze_and_wait(page)
+        # The Label shows its title, then the top class, as "Full name (code)".
+        lines = [line.strip() for line in page.locator("#fusion_probs").inner_text().split("\n")]
+        top = next(line for line in lines[1:] if line.endswith(")") and "(" in line)
+        with page.expect_download(timeout=60_000) as info:
+            page.locator("#case_report").click()
+        download = info.value
+        assert download.suggested_filename.startswith("case_report_") and download.suggested_filename.endswith(".pdf")
+        path = tmp_path / download.suggested_filename
+        download.save_as(path)
+        reader = PdfReader(path)
+        text = " ".join(reader.pages[0].extract_text().split())
+        # Every class is named on the page (the probability bars); the top class is named as such.
+        assert len(reader.pages) == 1 and f"Top class: fusion {top}" in text, (top, text)
+        assert "Research demo, not a medical device" in text
+        assert "Age: not entered" in text
+        page.wait_for_timeout(500)
+        assert held_pdfs(app_server.temp_dir) == []
+    finally:
+        context.close()
+
+
+def test_a_case_report_never_fetched_goes_when_the_page_is_closed(browser, app_server):
+    """The download is blocked, so the PDF is never served: closing the page ends the session,
+    and with it the PDF (long before the upload lifetime would)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    try:
+        page.goto(app_server.url, wait_until="load")
+        page.wait_for_selector("#analyze", timeout=60_000)
+        page.route("**/*case_report_*.pdf", lambda route: route.abort())
+        upload(page)
+        analyze_and_wait(page)
+        page.locator("#case_report").click()
+        deadline = time.time() + 30
+        while not held_pdfs(app_server.temp_dir) and time.time() < deadline:
+            page.wait_for_timeout(200)
+        assert len(held_pdfs(app_server.temp_dir)) == 1
+    finally:
+        context.close()
+    t0 = time.time()
+    while held_pdfs(app_server.temp_dir) and time.time() - t0 < 30:
+        time.sleep(0.2)
+    assert held_pdfs(app_server.temp_dir) == [], "the PDF outlived its session"

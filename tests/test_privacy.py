@@ -140,3 +140,59 @@ def test_remove_stale_checks_the_process_start_time_not_just_the_pid(tmp_path):
     elsewhere = fake_folder(tmp_path, "lesion-app-other-ns", {**me, "pid": dead_pid(), "pidns": "pid:[1]"})
     assert remove_stale(tmp_path) == [reused]
     assert mine.is_dir() and garbled.is_dir() and group.is_dir() and elsewhere.is_dir()
+
+
+def case_report(app: AppServer, image: Path, download_to: Path | None):
+    """/case_report for image through gradio_client; download_to None: the PDF is not fetched."""
+    from gradio_client import Client, handle_file
+    client = Client(app.url, verbose=False, download_files=str(download_to) if download_to else False)
+    return client.predict(handle_file(str(image)), "61", "female", "back", api_name="/case_report")
+
+
+def server_pdfs(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.pdf") if "lesion-app-" in str(p))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_case_report_never_fetched_goes_with_the_app(tmp_path, sig):
+    image = tmp_path / "client" / "patient.png"
+    image.parent.mkdir()
+    image.write_bytes(patient_bytes())
+    host = tmp_path / "host"
+    host.mkdir()
+    app = AppServer({"LESION_UPLOAD_TTL_S": "600"}, tmpdir=host)
+    try:
+        case_report(app, image, None)
+        [pdf] = server_pdfs(host)
+        assert pdf.read_bytes().startswith(b"%PDF") and "case-reports" in pdf.parts
+        assert files_holding(host, image.read_bytes()) == []  # the upload went once read
+    finally:
+        code = app.stop(sig)
+    assert server_pdfs(host) == [] and list(host.glob("lesion-app-*")) == []
+    assert code == 0, app.output[-2000:]
+
+
+def test_a_case_report_is_removed_once_served(tmp_path):
+    image = tmp_path / "patient.png"
+    image.write_bytes(patient_bytes())
+    host, downloads = tmp_path / "host", tmp_path / "downloads"
+    host.mkdir()
+    app = AppServer({"LESION_UPLOAD_TTL_S": "600"}, tmpdir=host)
+    try:
+        path = Path(case_report(app, image, downloads))
+        assert path.is_relative_to(downloads) and path.read_bytes().startswith(b"%PDF")
+        assert server_pdfs(host) == []  # within the long upload lifetime: the serving removed it
+    finally:
+        app.stop()
+
+
+def test_a_case_report_never_fetched_is_deleted_after_the_upload_lifetime(swept_app, tmp_path):
+    app, _ = swept_app
+    image = tmp_path / "patient.png"
+    image.write_bytes(patient_bytes())
+    t0 = time.time()
+    case_report(app, image, None)
+    assert len(server_pdfs(app.temp_dir)) == 1
+    while server_pdfs(app.temp_dir) and time.time() - t0 < 30:
+        time.sleep(0.2)
+    assert server_pdfs(app.temp_dir) == [], f"still there {time.time() - t0:.1f} s later (lifetime 3 s)"
