@@ -24,6 +24,7 @@ from .weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_models, torch_d
 
 
 AGE_SWEEP = tuple(range(0, 91, 5))   # the what-if's ages, years
+MAX_IMAGES = 4   # images of one lesion that one analysis combines
 ADDITIVE_HEADS = ("image_only", "concat", "late")   # class-score gradients do not depend on the metadata
 
 
@@ -122,6 +123,30 @@ class Predictor:
                 out["knn"] = self.archive.vote_of(rows)
             return out
 
+    def lesion_probabilities(self, lesions: list[list[Image.Image]], metadata: list[tuple],
+                             knn: bool = False) -> dict[str, np.ndarray]:
+        """Like `probabilities`, one row per lesion: each ensemble averages its logits over all of
+        a lesion's images and flip views (then divides by its temperature and applies softmax);
+        "knn" votes with the lesion's mean embedding."""
+        flat = [im for images in lesions for im in images]
+        x = torch.stack([self.image_tensor(im) for im in flat])
+        meta = torch.stack([self.encode(*m) for m in metadata])
+        starts = np.cumsum([0] + [len(images) for images in lesions])
+        with self._lock:
+            low = self.trunk_features(x)
+            pooled = self.pooled_features(x, low)
+            out = {k: [] for k in MODEL_KEYS}
+            for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+                for k in MODEL_KEYS:
+                    out[k].append(self.head_probabilities(k, combined(pooled[k][:, a:b]), meta[i:i + 1]))
+            out = {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
+            if knn and self.archive is not None:
+                raw = self.embedding(low, pooled, len(x))
+                lesion_raw = torch.cat([raw[a:b].mean(0, keepdim=True) for a, b in zip(starts[:-1], starts[1:])])
+                rows, _ = self.archive.search(self.archive.project(lesion_raw), SimilarQuery().k)
+                out["knn"] = self.archive.vote_of(rows)
+            return out
+
     def embedding(self, low: torch.Tensor, pooled: dict[str, torch.Tensor], n_images: int) -> torch.Tensor:
         """The archive's raw embedding of n_images images from their trunk output (all flip views)
         and pooled member features: no network pass of its own."""
@@ -134,11 +159,15 @@ class Predictor:
             return None
         return self.archive.similar(features.embedding, query, sex=sex, site=site)
 
-    def analyze(self, image: Image.Image, age=None, sex=None, site=None,
+    def analyze(self, image: Image.Image | list[Image.Image], age=None, sex=None, site=None,
                 cam_class: str | None = None, cam_method: str = DEFAULT_CAM_METHOD,
                 similar: SimilarQuery = SimilarQuery()) -> Analysis:
         """Both ensembles' probabilities, heatmaps and the exact Shapley values of the metadata.
 
+        image: one image, or a list of 1 to MAX_IMAGES images of the same lesion: each ensemble
+        then averages its logits over all of them (and their flip views), so the probabilities,
+        prediction sets, Shapley values, what-if and similar cases describe the lesion, while
+        the heatmaps and the OOD check are per image.
         cam_class: the class whose heatmaps (and Shapley values) to show; by default each
         heatmap shows its own model's top class and the Shapley values the fusion top class.
         cam_method: a key of lesion_app.gradcam.CAM_METHODS (Grad-CAM by default).
@@ -146,26 +175,34 @@ class Predictor:
         The result keeps the image's features (in memory) for `with_metadata`.
         Raises MetadataError for invalid metadata.
         """
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not 1 <= len(images) <= MAX_IMAGES:
+            raise ValueError(f"analyze takes 1 to {MAX_IMAGES} images of one lesion, not {len(images)}")
         self._check_cam(cam_class, cam_method)
         meta = self.encode(age, sex, site)
-        x = self.image_tensor(image)[None]
+        x = torch.stack([self.image_tensor(im) for im in images])
+        n = len(x)
         with self._lock:
-            low = self.trunk_features(x)                 # the trunk's only run for this image
-            pooled = self.pooled_features(x, low)
-            features = ImageFeatures(low[:1].clone(), pooled,
-                                     embedding=self.embedding(low, pooled, 1) if self.archive is not None else None)
+            low = self.trunk_features(x)                 # the trunk's only run for these images
+            per_image = self.pooled_features(x, low)
+            unflipped = low.view(n, len(low) // n, *low.shape[1:])[:, 0].clone()
+            embedding = (self.embedding(low, per_image, n).mean(0, keepdim=True)
+                         if self.archive is not None else None)
+            features = ImageFeatures(unflipped, {k: combined(p) for k, p in per_image.items()}, embedding=embedding)
             image_only = self.head_probabilities("image_only", features.pooled["image_only"], meta[None])[0]
             image_only = image_only.cpu().numpy()
             rgb = unnormalise(x, self.spec)  # what the models saw, for the colour check and display
             warnings = []
             if self.ood is not None:
-                w = self.ood.warning(OODDetector.trunk_features(low, 1), rgb)
-                warnings += [w] if w else []
+                trunk = OODDetector.trunk_features(low, n)
+                for i in range(n):
+                    w = self.ood.warning(trunk[i], rgb[i:i + 1])
+                    warnings += [w if n == 1 else f"Image {i + 1} of {n}: {w}"] if w else []
             target = cam_class or CLASSES[int(image_only.argmax())]
             image_only_result = ModelResult(probabilities_dict(image_only),
                                             *self._cam(features, "image_only", target, None, cam_method))
-            image_rgb = (rgb[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-            return self._fusion_side(features, image_rgb, image_only_result, warnings, meta,
+            shown = (rgb.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+            return self._fusion_side(features, list(shown), image_only_result, warnings, meta,
                                      (age, sex, site), cam_class, cam_method, similar)
 
     def with_metadata(self, previous: Analysis, age=None, sex=None, site=None,
@@ -183,7 +220,7 @@ class Predictor:
             if (target, cam_method) != (image_only.cam_class, image_only.cam_method):
                 image_only = ModelResult(image_only.probabilities,
                                          *self._cam(f, "image_only", target, None, cam_method))
-            return self._fusion_side(f, previous.image, image_only, previous.warnings, meta,
+            return self._fusion_side(f, previous.images, image_only, previous.warnings, meta,
                                      (age, sex, site), cam_class, cam_method, similar)
 
     def _check_cam(self, cam_class, cam_method):
@@ -192,23 +229,26 @@ class Predictor:
         if cam_method not in CAM_METHODS:
             raise ValueError(f"cam_method must be one of {list(CAM_METHODS)}")
 
-    def _cam(self, f: ImageFeatures, key: str, cls: str, meta, method: str) -> tuple[np.ndarray, str, bool, str]:
-        """(heatmap, class, empty, method) from the kept trunk output: the members' upper stages
-        only. Maps of heads whose gradients do not depend on the metadata (image-only, and
-        additive fusion) are reused per class and method."""
+    def _cam(self, f: ImageFeatures, key: str, cls: str, meta, method: str) -> tuple:
+        """(heatmap of the first image, class, empty, method, [(heatmap, empty) of each further
+        image]) from the kept trunk output: the members' upper stages only. Maps of heads whose
+        gradients do not depend on the metadata (image-only, and additive fusion) are reused per
+        class and method."""
         ens = self.models[key]
         reusable = ens.head_kind in ADDITIVE_HEADS
         cache_key = (key, cls, method)
         if reusable and cache_key in f.cams:
-            heat, empty = f.cams[cache_key]
-            return heat, cls, empty, method
-        heat, empty = gradcam(ens, f.low, None if meta is None else meta.to(self.device),
-                              CLASSES.index(cls), (self.spec.height, self.spec.width), method=method)
-        if reusable:
-            f.cams[cache_key] = (heat, empty)
-        return heat, cls, empty, method
+            maps = f.cams[cache_key]
+        else:
+            maps = [gradcam(ens, f.low[i:i + 1], None if meta is None else meta.to(self.device),
+                            CLASSES.index(cls), (self.spec.height, self.spec.width), method=method)
+                    for i in range(len(f.low))]
+            if reusable:
+                f.cams[cache_key] = maps
+        (heat, empty), rest = maps[0], maps[1:]
+        return heat, cls, empty, method, list(rest)
 
-    def _fusion_side(self, f: ImageFeatures, image_rgb, image_only: ModelResult, warnings, meta,
+    def _fusion_side(self, f: ImageFeatures, images_rgb: list, image_only: ModelResult, warnings, meta,
                      entered: tuple, cam_class, cam_method, similar: SimilarQuery) -> Analysis:
         """Fusion probabilities, Shapley values, heatmap and what-if sweeps for one metadata row,
         and the similar cases (whose filters use the entered sex and site)."""
@@ -235,7 +275,7 @@ class Predictor:
         sets = self.prediction_sets({"fusion": fusion[None], "image_only": image_only_p[None]})
         parsed = {"age": parse_age(age), "sex": parse_choice(sex, SEXES, "sex"), "site": parse_choice(site, SITES, "site")}
         return Analysis(
-            image=image_rgb, warnings=list(warnings), fusion=fusion_result, image_only=image_only, shap=shap,
+            image=images_rgb[0], extra_images=list(images_rgb[1:]), warnings=list(warnings), fusion=fusion_result, image_only=image_only, shap=shap,
             top_shap=shapley_for(top) if shap.cls != top else None,
             no_metadata_top=CLASSES[int(by_coalition[0].argmax())],
             metadata=parsed,
@@ -260,3 +300,10 @@ class Predictor:
             out[name] = {"values": values,
                          "probabilities": {c: [float(v) for v in block[:, k]] for k, c in enumerate(CLASSES)}}
         return out
+
+
+def combined(pooled: torch.Tensor) -> torch.Tensor:
+    """(M, N, V, F) pooled features of N images of one lesion -> (M, 1, N * V, F): every image's
+    views as views of one input, so the heads' mean over views averages the logits over them all."""
+    m, n, v, f = pooled.shape
+    return pooled.reshape(m, 1, n * v, f)

@@ -19,6 +19,7 @@ class ModelResult:
     cam_class: str
     cam_empty: bool
     cam_method: str = "Grad-CAM"    # a key of lesion_app.gradcam.CAM_METHODS
+    extra_cams: list = field(default_factory=list)  # [(cam, empty)] of each further image of the lesion
 
     @property
     def top(self) -> str:
@@ -44,11 +45,12 @@ class ShapleyResult:
 
 @dataclass
 class ImageFeatures:
-    """What a metadata change needs from one image's analysis, kept in the session's memory
-    only (never on disk): the trunk's output for the unflipped view, each member's pooled
-    features per kind, and heatmaps already computed, by (kind, class, method)."""
-    low: object                      # torch.Tensor (1, C, h, w)
-    pooled: dict                     # kind -> torch.Tensor (members, 1, views, F)
+    """What a metadata change needs from one analysis (one image, or several of one lesion), kept
+    in the session's memory only (never on disk): the trunk's output for each image's unflipped
+    view, each member's pooled features per kind (every image's views as views of one input), and
+    heatmaps already computed, by (kind, class, method)."""
+    low: object                      # torch.Tensor (images, C, h, w)
+    pooled: dict                     # kind -> torch.Tensor (members, 1, images * views, F)
     cams: dict = field(default_factory=dict)
     embedding: object = None         # torch.Tensor (1, D): the similar-cases query (lesion_app.archive)
 
@@ -68,6 +70,15 @@ class Analysis:
     prediction_sets: dict = field(default_factory=dict)  # level -> kind -> classes (conformal, per class)
     similar_cases: object = None     # lesion_app.archive.SimilarCases, when the weights have an archive
     features: ImageFeatures | None = field(default=None, repr=False)  # for a metadata change
+    extra_images: list = field(default_factory=list)  # further images of the same lesion, as `image`
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        return [self.image, *self.extra_images]
+
+    @property
+    def n_images(self) -> int:
+        return 1 + len(self.extra_images)
 
     @property
     def agree(self) -> bool:
@@ -86,10 +97,15 @@ class Analysis:
         return None
 
     def reading(self) -> str:
-        """Do the models agree, and what did the entered metadata do to the fusion top class.
+        """Do the models agree, and what did the entered metadata do to the fusion top class;
+        from how many images, when more than one.
 
         Credits only fields that were entered; with none entered it says so and nothing more.
         """
+        line = self._reading()
+        return line if self.n_images == 1 else f"From {self.n_images} images of this lesion: {line}"
+
+    def _reading(self) -> str:
         f, i = self.fusion, self.image_only
         top, pf, pi = class_label(f.top), f.probabilities[f.top], i.probabilities[i.top]
         verdict = (f"Both models agree: {top} (fusion {pf:.0%}, image-only {pi:.0%})." if self.agree else
@@ -130,6 +146,7 @@ class Analysis:
             "what_if": self.what_if,
             "model": self.model_info,
             **({"similar_cases": self.similar_cases.to_report()} if self.similar_cases is not None else {}),
+            **({"n_images": self.n_images} if self.n_images > 1 else {}),
         }
 
 
