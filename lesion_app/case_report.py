@@ -76,7 +76,9 @@ def case_report_pdf(a: Analysis, clinical: ClinicalReport | None, specificity: s
                    f"{name}: {r.cam_method} for {class_label(r.cam_class)}{note}")
         ax = fig.add_subplot(grid[0, 7])
         ax.axis("off")
-        ax.text(0, 1, _wrap(entered_metadata(a).replace("   ", "\n"), 24), va="top", fontsize=7)
+        images = (f"\n\nImages of this lesion: {a.n_images}; the models combined them (image 1 and its "
+                  "heatmaps shown)" if a.n_images > 1 else "")
+        ax.text(0, 1, _wrap(entered_metadata(a).replace("   ", "\n") + images, 24), va="top", fontsize=7)
 
         # Row 2: both models' probabilities and prediction sets at the chosen level.
         ax = fig.add_subplot(grid[1, 2:6])

@@ -22,7 +22,7 @@ from .clinical_report import ClinicalReport
 from .gradcam import DEFAULT_CAM_METHOD
 from .image_input import InputError, load_upload, take_upload
 from .metadata import MetadataError, parse_metadata
-from .predictor import Predictor
+from .predictor import MAX_IMAGES, Predictor
 from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heatmap_html, melanoma_content,
                            metadata_warning, prediction_sets_content, similar_content)
 from .result import Analysis
@@ -41,9 +41,19 @@ def similar_query(k_choice=None, same_site=None, same_sex=None) -> SimilarQuery:
     return SimilarQuery(SIMILAR_K.parse(k_choice), SAME_SITE.parse(same_site), SAME_SEX.parse(same_sex))
 
 
-def upload_key(payload) -> str | None:
-    """Which upload a payload is: its server path (None when there is no image)."""
-    return payload.get("path") if isinstance(payload, dict) else payload
+def upload_key(payload, extra=None):
+    """Which upload a payload is: its server path (None when there is no image); with further
+    images of the lesion, the tuple of all their paths."""
+    key = payload.get("path") if isinstance(payload, dict) else payload
+    extra = extra_payloads(extra)
+    return key if not extra else (key, *(upload_key(e) for e in extra))
+
+
+def extra_payloads(extra) -> list:
+    """The further images of the lesion as a list of payloads (blank: none)."""
+    if extra is None or extra == "":
+        return []
+    return list(extra) if isinstance(extra, (list, tuple)) else [extra]
 
 
 class HeatmapCache:
@@ -71,12 +81,12 @@ class SessionState:
     Valid only for the upload named by `key`; any other image means start again.
     """
     key: str | None = None
-    image: Image.Image | None = None
+    image: Image.Image | list[Image.Image] | None = None   # a list: several images of one lesion
     analysis: Analysis | None = None
     heatmaps: HeatmapCache = field(default_factory=HeatmapCache, compare=False, repr=False)
 
-    def holds(self, payload) -> bool:
-        return self.image is not None and payload is not None and self.key == upload_key(payload)
+    def holds(self, payload, extra=None) -> bool:
+        return self.image is not None and payload is not None and self.key == upload_key(payload, extra)
 
     def follow(self, analysis: Analysis) -> "SessionState":
         """The same upload with a newer analysis (its heatmaps kept)."""
@@ -97,9 +107,23 @@ class PageEvents:
     def __init__(self, predictor: Predictor, clinical: ClinicalReport | None, keep: frozenset[str] = frozenset()):
         self.predictor, self.clinical, self.keep = predictor, clinical, keep
 
-    def decode(self, payload) -> Image.Image:
-        """The upload as an in-memory image; its file is deleted before any analysis runs."""
-        return load_upload(take_upload(payload, self.keep))
+    def decode(self, payload, extra=None) -> Image.Image | list[Image.Image]:
+        """The upload as an in-memory image (with further images of the lesion, the list of
+        all); every file is deleted before any analysis runs."""
+        extra = extra_payloads(extra)
+        data, error = [], None
+        for p in [payload, *extra]:   # every file is read and deleted, even when one is refused
+            try:
+                data.append(take_upload(p, self.keep))
+            except InputError as e:
+                error = error or e
+        if len(extra) > MAX_IMAGES - 1:
+            raise InputError(f"At most {MAX_IMAGES - 1} more images of the same lesion ({MAX_IMAGES} in all); "
+                             f"{len(extra)} were given.")
+        if error is not None:
+            raise error
+        images = [load_upload(d) for d in data]
+        return images if extra else images[0]
 
     def run(self, image: Image.Image, age, sex, site, cam: str | None,
             previous: Analysis | None = None, method: str = DEFAULT_CAM_METHOD,
@@ -112,26 +136,28 @@ class PageEvents:
         return self.predictor.analyze(image, *meta, cam, method, similar)
 
     def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                state: SessionState, k_choice=None, same_site=None, same_sex=None) -> PageUpdate:
-        """Analyses the current image with the current inputs (the Analyze button, /analyze)."""
+                state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None) -> PageUpdate:
+        """Analyses the current image (and further images of the lesion) with the current inputs
+        (the Analyze button, /analyze)."""
         # Refuse unknown choices before any work.
         cam, spec = HEATMAP_CLASS.parse(cam_choice), OPERATING_POINT.parse(op_choice)
         level, method = SET_LEVEL.parse(level_choice), HEATMAP_METHOD.parse(method_choice)
         similar = similar_query(k_choice, same_site, same_sex)
         # Re-analysing the same upload (its file already deleted) uses the in-memory copy and,
         # once analysed, its kept features: the backbones do not run again.
-        same = state.holds(payload)
-        image = state.image if same else self.decode(payload)
+        same = state.holds(payload, extra)
+        image = state.image if same else self.decode(payload, extra)
         a = self.run(image, age, sex, site, cam, state.analysis if same else None, method, similar)
-        state = state.follow(a) if same else SessionState(upload_key(payload), image, a)
+        state = state.follow(a) if same else SessionState(upload_key(payload, extra), image, a)
         return PageUpdate(analysis_content(a, self.clinical, spec, level, state.heatmaps.html), state)
 
     def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                         state: SessionState, k_choice=None, same_site=None, same_sex=None) -> PageUpdate | None:
+                         state: SessionState, k_choice=None, same_site=None, same_sex=None,
+                         extra=None) -> PageUpdate | None:
         """Live what-if: new age, sex or site for the analysed image updates the fusion side at once,
         from the kept features (fusion heads only). Before an analysis it does nothing; an
         unfinished or invalid entry says so in the warnings line and changes nothing else."""
-        if state.analysis is None or not state.holds(payload):
+        if state.analysis is None or not state.holds(payload, extra):
             return None
         try:
             meta = parse_metadata(age, sex, site)
@@ -145,13 +171,14 @@ class PageEvents:
                                          SET_LEVEL.parse(level_choice), state.heatmaps.html, image_side=False), state)
 
     def heatmap_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                        state: SessionState, k_choice=None, same_site=None, same_sex=None) -> PageUpdate | None:
+                        state: SessionState, k_choice=None, same_site=None, same_sex=None,
+                        extra=None) -> PageUpdate | None:
         """A new heatmap class or method: the current image and inputs again (once analysed, from
         the kept features: heatmaps only); nothing before an upload."""
         if payload is None:
             return None
         return self.analyze(payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice, state,
-                            k_choice, same_site, same_sex)
+                            k_choice, same_site, same_sex, extra)
 
     def similar_changed(self, k_choice, same_site, same_sex, state: SessionState) -> PageUpdate | None:
         """Another number of similar cases or other filters: the archive is searched again from the
@@ -176,21 +203,23 @@ class PageEvents:
             return None
         return PageUpdate(melanoma_content(self.clinical, state.analysis, spec))
 
-    def image_changed(self, payload, state: SessionState) -> PageUpdate | None:
-        """A new or cleared image: forget the old one and blank its results (already analysed: no-op)."""
-        if state.holds(payload):
+    def image_changed(self, payload, state: SessionState, extra=None) -> PageUpdate | None:
+        """A new or cleared image (or other further images): forget the old ones and blank their
+        results (already analysed: no-op)."""
+        if state.holds(payload, extra):
             return None
         return PageUpdate(PageContent.blank(NEW_IMAGE if payload is not None else START), SessionState())
 
-    def report(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None) -> dict:
+    def report(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
         """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings,
         and the similar confirmed cases (k: 4, 8 or 16, default 8; filters off by default).
+        extra: up to 3 further images of the same lesion (the answer is then the lesion's).
 
         Blank means not entered: age None or '' -> no age; sex or site None, '' or whitespace ->
         'unknown'; values are stripped and lower-cased (' Back ' -> 'back').
         """
         similar = similar_query(k_choice, same_site, same_sex)
-        return self.run(self.decode(image), age, sex, site, None, similar=similar).to_report()
+        return self.run(self.decode(image, extra), age, sex, site, None, similar=similar).to_report()
 
     def case_report(self, state: SessionState, op_choice=None, level_choice=None) -> bytes:
         """The one-page PDF of the session's current analysis, at the page's melanoma operating
@@ -200,8 +229,9 @@ class PageEvents:
             raise NothingToReport("Analyze an image first: the case report describes the current analysis.")
         return case_report_pdf(state.analysis, self.clinical, spec, level)
 
-    def case_report_for(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None) -> bytes:
+    def case_report_for(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None,
+                        extra=None) -> bytes:
         """/case_report: the PDF for the same inputs as /report (90% specificity, 90% sets)."""
         similar = similar_query(k_choice, same_site, same_sex)
-        a = self.run(self.decode(image), age, sex, site, None, similar=similar)
+        a = self.run(self.decode(image, extra), age, sex, site, None, similar=similar)
         return case_report_pdf(a, self.clinical, OPERATING_POINT.default, SET_LEVEL.default)

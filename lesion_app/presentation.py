@@ -91,6 +91,20 @@ def heatmap_html(rgb: np.ndarray, cam: np.ndarray, alt: str) -> str:
     return image_html(gradcam_overlay(rgb, cam), alt)
 
 
+def cam_strip(a: Analysis, r: ModelResult, name: str,
+              heatmap: Callable[[np.ndarray, np.ndarray, str], str] = heatmap_html) -> str:
+    """One model's heatmap; for several images of a lesion, a strip of one map per image."""
+    alt = f"{name} {r.cam_method}"
+    if a.n_images == 1:
+        return heatmap(a.image, r.cam, alt)
+    maps = [r.cam, *(cam for cam, _ in r.extra_cams)]
+    cells = [f'<figure style="flex:1 1 45%;min-width:140px;margin:0">'
+             f'{heatmap(rgb, cam, f"{alt}, image {i + 1} of {a.n_images}")}'
+             f'<figcaption style="font-size:0.85em">Image {i + 1} of {a.n_images}</figcaption></figure>'
+             for i, (rgb, cam) in enumerate(zip(a.images, maps))]
+    return f'<div class="cam_strip" style="display:flex;flex-wrap:wrap;gap:6px">{"".join(cells)}</div>'
+
+
 def metadata_warning(error: Exception) -> str:
     """The warnings line for an unfinished or invalid age, sex or site."""
     return f"⚠️ {error} The results below are for the last valid entry."
@@ -108,14 +122,14 @@ def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: 
     page = PageContent(
         reading=f"### {a.reading()}", warnings="\n".join(f"⚠️ {w}" for w in a.warnings),
         fusion_probs=a.fusion.labelled(),
-        fusion_cam=heatmap(a.image, a.fusion.cam, f"Fusion {a.fusion.cam_method}"),
+        fusion_cam=cam_strip(a, a.fusion, "Fusion", heatmap),
         fusion_note=cam_note(a.fusion), shap_plot=shap_figure(a), report_json=a.to_report(),
         melanoma=melanoma_markdown(clinical, a, specificity), subgroup=subgroup_markdown(clinical, a),
         what_if=what_if_figure(a), fusion_set=set_markdown(a, level, "fusion"),
         similar_vote=similar_markdown(a.similar_cases), similar_cases=similar_html(a.similar_cases))
     if image_side:
         page.image_only_probs = a.image_only.labelled()
-        page.image_only_cam = heatmap(a.image, a.image_only.cam, f"Image-only {a.image_only.cam_method}")
+        page.image_only_cam = cam_strip(a, a.image_only, "Image-only", heatmap)
         page.image_only_note = cam_note(a.image_only)
         page.image_only_set = set_markdown(a, level, "image_only")
     return page

@@ -16,7 +16,7 @@ from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, PREDICTED, 
 from .clinical_report import ClinicalReport
 from .gradcam import DEFAULT_CAM_METHOD
 from .handlers import USER_ERRORS, PageEvents, SessionState
-from .predictor import Predictor
+from .predictor import MAX_IMAGES, Predictor
 from .presentation import START
 from .report_files import ReportFiles
 from .result import ABSENT_BASELINE
@@ -72,6 +72,7 @@ def example_digests() -> frozenset[str]:
 class View:
     """The app's components, as `layout` placed them."""
     image: gr.Image
+    extra_images: gr.File
     age: gr.Textbox
     sex: gr.Radio
     site: gr.Dropdown
@@ -113,7 +114,7 @@ class View:
     def inputs(self) -> list:
         """What an analysis reads, in /analyze's parameter order (the state is not an API parameter)."""
         return [self.image, self.age, self.sex, self.site, self.cam_class, self.operating_point, self.set_level,
-                self.cam_method, self.state, *self.similar_inputs]
+                self.cam_method, self.state, *self.similar_inputs, self.extra_images]
 
     @property
     def similar_inputs(self) -> list:
@@ -139,6 +140,9 @@ def layout(clinical: ClinicalReport | None) -> View:
             with gr.Column(scale=1, min_width=300):
                 c["image"] = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"],
                                       label="Dermoscopic image", elem_id="lesion_image", height=260)
+                c["extra_images"] = gr.File(file_count="multiple", file_types=["image"], height=90,
+                                            label=f"More images of the same lesion (optional, up to {MAX_IMAGES - 1}: "
+                                                  "other zooms or angles)", elem_id="extra_images")
                 # A Textbox, not gr.Number: Number shows and sends 0 when untouched (a newborn).
                 c["age"] = gr.Textbox(label="Age (years, optional)", elem_id="age", value="", lines=1,
                                       max_lines=1, placeholder="blank = not entered")
@@ -245,20 +249,21 @@ class Handlers:
         return for_user(HEATMAP_CLASS.parse, choice)
 
     def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                state: SessionState, k_choice=None, same_site=None, same_sex=None) -> dict:
-        """Analyses the current image with the current inputs (the Analyze button, /analyze)."""
+                state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
+        """Analyses the current image (and further images of the lesion) with the current inputs
+        (the Analyze button, /analyze)."""
         return self._show(self.events.analyze, payload, age, sex, site, cam_choice, op_choice, level_choice,
-                          method_choice, state, k_choice, same_site, same_sex)
+                          method_choice, state, k_choice, same_site, same_sex, extra)
 
     def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                         state: SessionState, k_choice=None, same_site=None, same_sex=None):
+                         state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None):
         return self._show(self.events.metadata_changed, payload, age, sex, site, cam_choice, op_choice,
-                          level_choice, method_choice, state, k_choice, same_site, same_sex)
+                          level_choice, method_choice, state, k_choice, same_site, same_sex, extra)
 
     def heatmap_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                        state: SessionState, k_choice=None, same_site=None, same_sex=None):
+                        state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None):
         return self._show(self.events.heatmap_changed, payload, age, sex, site, cam_choice, op_choice,
-                          level_choice, method_choice, state, k_choice, same_site, same_sex)
+                          level_choice, method_choice, state, k_choice, same_site, same_sex, extra)
 
     def similar_changed(self, k_choice, same_site, same_sex, state: SessionState):
         return self._show(self.events.similar_changed, k_choice, same_site, same_sex, state)
@@ -269,27 +274,28 @@ class Handlers:
     def operating_point(self, op_choice, state: SessionState):
         return self._show(self.events.operating_point, op_choice, state)
 
-    def image_changed(self, payload, state: SessionState):
-        return self._show(self.events.image_changed, payload, state)
+    def image_changed(self, payload, state: SessionState, extra=None):
+        return self._show(self.events.image_changed, payload, state, extra)
 
-    def report(self, image, age, sex, site, k=None, same_site=None, same_sex=None) -> dict:
+    def report(self, image, age, sex, site, k=None, same_site=None, same_sex=None, extra_images=None) -> dict:
         """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings,
         and the similar confirmed cases (k: 4, 8 or 16, default 8; same_site / same_sex filters, off).
+        extra_images: up to 3 further images of the same lesion; the answer is then the lesion's.
 
         Blank means not entered: age None or '' -> no age; sex or site None, '' or whitespace ->
         'unknown'; values are stripped and lower-cased (' Back ' -> 'back').
         """
-        return for_user(self.events.report, image, age, sex, site, k, same_site, same_sex)
+        return for_user(self.events.report, image, age, sex, site, k, same_site, same_sex, extra_images)
 
     def case_report(self, state: SessionState, op_choice, level_choice, request: gr.Request) -> str:
         """The current analysis as a PDF in the private folder (removed once served); its path."""
         pdf = for_user(self.events.case_report, state, op_choice, level_choice)
         return str(self.files.write(pdf, request.session_hash if request else None))
 
-    def case_report_for(self, image, age, sex, site, k=None, same_site=None, same_sex=None,
+    def case_report_for(self, image, age, sex, site, k=None, same_site=None, same_sex=None, extra_images=None,
                         request: gr.Request = None) -> str:
         """/case_report: the same inputs as /report; the one-page PDF (90% specificity, 90% sets)."""
-        pdf = for_user(self.events.case_report_for, image, age, sex, site, k, same_site, same_sex)
+        pdf = for_user(self.events.case_report_for, image, age, sex, site, k, same_site, same_sex, extra_images)
         return str(self.files.write(pdf, request.session_hash if request else None))
 
     def session_ended(self, request: gr.Request) -> None:
@@ -304,27 +310,32 @@ def wire(v: View, h: Handlers) -> None:
     private = {"api_visibility": "private", "preprocess": False}
     v.button.click(h.analyze, v.inputs, v.outputs, api_name="analyze", preprocess=False, **MODEL_QUEUE)
     # One click on an example loads it and analyses it.
-    v.examples.load_input_event.then(h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
+    # (An example is another lesion: further images of the previous one are cleared first.)
+    v.examples.load_input_event.then(None, None, v.extra_images, js="() => null").then(
+        h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
     gr.on([v.cam_class.input, v.cam_method.input], h.heatmap_changed, v.inputs, v.outputs, **private, **MODEL_QUEUE)
     # Live what-if: a new age, sex or site re-runs only the fusion heads on the kept features.
     # always_last: keystrokes that arrive while one update runs collapse into one more with the final value.
     gr.on([v.age.input, v.sex.input, v.site.input], h.metadata_changed, v.inputs, v.outputs,
           trigger_mode="always_last", **private, **MODEL_QUEUE)
     # Same queue as the analyses, so a new upload is forgotten before the Analyze that follows it.
-    v.image.input(h.image_changed, [v.image, v.state], v.outputs, **private, **MODEL_QUEUE)
+    v.image.input(h.image_changed, [v.image, v.state, v.extra_images], v.outputs, **private, **MODEL_QUEUE)
+    gr.on([v.extra_images.upload, v.extra_images.clear, v.extra_images.delete], h.image_changed,
+          [v.image, v.state, v.extra_images], v.outputs, **private, **MODEL_QUEUE)
     v.operating_point.input(h.operating_point, [v.operating_point, v.state], [v.melanoma], **private)
     v.set_level.input(h.level_changed, [v.set_level, v.state], [v.fusion_set, v.image_only_set], **private)
     # Other similar cases: the archive only (no model), from the kept query.
     gr.on([v.similar_k.input, v.same_site.input, v.same_sex.input], h.similar_changed,
           [*v.similar_inputs, v.state], [v.similar_vote, v.similar_cases, v.report_json, v.state], **private)
     # /report: the same inputs and the same Predictor.analyze, returned as JSON only.
-    v.report_button.click(h.report, [v.image, v.age, v.sex, v.site, *v.similar_inputs], v.report_out, api_name="report",
+    v.report_button.click(h.report, [v.image, v.age, v.sex, v.site, *v.similar_inputs, v.extra_images], v.report_out,
+                          api_name="report",
                           preprocess=False, **MODEL_QUEUE)
     # The case report: the PDF is written, handed to the hidden File, fetched by the browser as a
     # download (which removes it, lesion_app.report_files.ServeOnce).
     v.case_report.click(h.case_report, [v.state, v.operating_point, v.set_level], v.case_report_file,
                         api_name="case_report_download", **private).success(None, v.case_report_file, None, js=DOWNLOAD_JS)
-    v.case_report_api.click(h.case_report_for, [v.image, v.age, v.sex, v.site, *v.similar_inputs],
+    v.case_report_api.click(h.case_report_for, [v.image, v.age, v.sex, v.site, *v.similar_inputs, v.extra_images],
                             v.case_report_api_out, api_name="case_report", preprocess=False, **MODEL_QUEUE)
 
 

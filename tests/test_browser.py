@@ -319,3 +319,21 @@ def test_a_case_report_never_fetched_goes_when_the_page_is_closed(browser, app_s
     while held_pdfs(app_server.temp_dir) and time.time() - t0 < 30:
         time.sleep(0.2)
     assert held_pdfs(app_server.temp_dir) == [], "the PDF outlived its session"
+
+
+def test_several_images_of_one_lesion_give_one_answer_and_a_heatmap_per_image(page, tmp_path):
+    from PIL import Image
+    im = Image.open(EXAMPLES / "images" / "ISIC_0024394.jpg")
+    extra = [tmp_path / "mirrored.png", tmp_path / "flipped.png"]
+    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(extra[0])
+    im.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(extra[1])
+    upload(page)
+    page.set_input_files("#extra_images input[type=file]", [str(p) for p in extra])
+    page.wait_for_function("document.querySelector('#extra_images').innerText.includes('flipped')", timeout=30_000)
+    page.locator("#analyze").click()
+    page.wait_for_function("document.querySelector('#reading').innerText.includes('From 3 images of this lesion')",
+                           timeout=60_000)
+    for panel in ("#fusion_cam", "#image_only_cam"):
+        assert page.locator(f"{panel} .cam_strip img").count() == 3
+        assert "Image 3 of 3" in page.locator(panel).inner_text()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1401

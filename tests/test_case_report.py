@@ -105,3 +105,10 @@ def test_ending_a_session_removes_its_reports_only(tmp_path):
     files.end_session("mine")
     assert files.held() == [theirs] and not mine.exists()
     assert not files.owns(tmp_path / "elsewhere.pdf") and not files.owns(shutil.__file__)
+
+
+def test_a_lesion_of_several_images_says_so(predictor, clinical, tmp_path):
+    image = Image.open(next((EXAMPLES / "images").glob("*.jpg"))).convert("RGB")
+    a = predictor.analyze([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], 40, "female", "back")
+    text = text_of(case_report_pdf(a, clinical), tmp_path)
+    assert "Images of this lesion: 2; the models combined them" in text and "From 2 images of this lesion" in text

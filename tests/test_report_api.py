@@ -173,3 +173,30 @@ def test_report_gives_k_similar_cases_from_the_archive_each_lesion_once(client):
     assert [c["image_id"] for c in local["cases"]] == [c["image_id"] for c in r["cases"]]
     with pytest.raises(AppError, match="Unknown number of similar cases"):
         client.predict(handle_file(path), age, sex, site, 5, api_name="/report")
+
+
+def test_report_with_further_images_of_the_lesion_is_the_lesions_answer(client, tmp_path):
+    """Extra images come after the similar-cases parameters; the answer is the Predictor's for all
+    of them; more than 3 extra images are refused with a plain message."""
+    from PIL import Image
+    path, age, sex, site = example(3)
+    im = load_upload(path)
+    extra = []
+    for k, t in enumerate((Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM)):
+        extra.append(tmp_path / f"view{k}.png")
+        im.transpose(t).save(extra[-1])
+    r = client.predict(handle_file(path), age, sex, site, None, None, None, [handle_file(str(e)) for e in extra],
+                       api_name="/report")
+    assert r["n_images"] == 3 and r["reading"].startswith("From 3 images of this lesion: ")
+    local = Predictor().analyze([im, *(load_upload(e) for e in extra)], age, sex, site).to_report()
+    for k in ("fusion", "image_only"):
+        assert np.allclose(list(r[k]["probabilities"].values()), list(local[k]["probabilities"].values()), atol=1e-6)
+    assert len(r["similar_cases"]["cases"]) == 8
+    for k in range(2, 4):
+        extra.append(tmp_path / f"view{k}.png")
+        im.rotate(90 * k).save(extra[-1])
+    with pytest.raises(AppError, match="At most 3 more images of the same lesion"):
+        client.predict(handle_file(path), age, sex, site, None, None, None, [handle_file(str(e)) for e in extra],
+                       api_name="/report")
+    # The single-image call, parameters omitted, is today's contract: no n_images.
+    assert "n_images" not in report(client, path, age, sex, site)
