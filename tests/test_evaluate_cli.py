@@ -86,3 +86,27 @@ def test_evaluate_sets_writes_one_row_per_image_model_and_level(folder, tmp_path
         assert row.split("|") == a.prediction_sets["0.9"][k] or (row == "" and not a.prediction_sets["0.9"][k])
     # The other outputs are as without --sets.
     assert len(pd.read_csv(preds)) == 42 and json.loads(out.read_text())["fusion"]["confusion_matrix"]
+
+
+def test_by_lesion_writes_one_row_per_lesion_from_all_of_its_images(folder, tmp_path):
+    """Each example and its flipped copy become one lesion: 7 rows per model, named by the first
+    image id, each the app's combined answer for both images."""
+    md = pd.read_csv(folder / "metadata.csv")
+    md.loc[md["image_id"].str.endswith("_flip"), "lesion_id"] = md["lesion_id"].iloc[:7].to_numpy()
+    md.to_csv(folder / "metadata.csv", index=False)
+    out, preds = tmp_path / "metrics.json", tmp_path / "predictions.csv"
+    r = run_module("train.evaluation.evaluate", "--data", folder, "--out", out, "--predictions", preds, "--by-lesion")
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_csv(preds)
+    assert list(df.columns) == ["image_id", "model", *CLASSES]
+    assert len(df) == 21 and set(df["image_id"]) == set(md["image_id"].iloc[:7])  # "X" sorts before "X_flip"
+    metrics = json.loads(out.read_text())
+    assert metrics["data"]["n_lesions"] == 7 and metrics["data"]["n_images"] == 14
+    first = md.iloc[0]
+    images = []
+    for name in (first.image_id, first.image_id + "_flip"):
+        with Image.open(folder / "images" / f"{name}.jpg") as im:
+            images.append(im.convert("RGB"))
+    shown = Predictor().analyze(images, first.age, first.sex, first.localization)
+    row = df[(df.image_id == first.image_id) & (df.model == "fusion")][list(CLASSES)].to_numpy()[0]
+    assert np.allclose(row, [shown.fusion.probabilities[c] for c in CLASSES], atol=1e-5)

@@ -8,6 +8,9 @@ predictions.csv: image_id,model,akiec,bcc,bkl,df,mel,nv,vasc (calibrated probabi
 When the weights have a similar-cases archive, a third model, `knn`, is scored and written
 the same way: the vote of each image's 8 most similar archive lesions, as the app shows it
 (lesion_app.archive; its "probabilities" are vote shares, not calibrated).
+--by-lesion: one prediction row per lesion_id from all of its images (each ensemble averages its
+logits over them, as the app does with several images of one lesion); the columns stay the same
+and image_id holds the lesion's first image (by image_id).
 --sets sets.csv (optional): image_id,model,level,set - each model's class-conditional
 conformal prediction set at each level (90%, 95%), classes joined by '|'.
 """
@@ -47,6 +50,28 @@ def predict_folder(predictor: Predictor, data: Path, df: pd.DataFrame,
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def lesion_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per lesion_id (in order of first appearance), the row of its first image by
+    image_id, with `images`: all of its image ids, in that order."""
+    order = df.sort_values("image_id", kind="stable")
+    images = order.groupby("lesion_id", sort=False)["image_id"].agg(list)
+    first = order.drop_duplicates("lesion_id").set_index("lesion_id")
+    lesions = first.loc[df["lesion_id"].drop_duplicates()].reset_index()
+    return lesions.assign(images=lesions["lesion_id"].map(images))
+
+
+def predict_lesions(predictor: Predictor, data: Path, lesions: pd.DataFrame, batch: int = 16) -> dict[str, np.ndarray]:
+    """predict_folder for lesion_rows(df): each lesion from all of its images."""
+    out = {}
+    for s in tqdm(range(0, len(lesions), batch), desc="scoring", unit="batch", mininterval=5, disable=None):
+        rows = lesions.iloc[s:s + batch]
+        images = [[load_image(data, i) for i in ids] for ids in rows["images"]]
+        meta = list(zip(rows["age"], rows["sex"], rows["localization"]))
+        for k, p in predictor.lesion_probabilities(images, meta, knn=True).items():
+            out.setdefault(k, []).append(p)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def predictions_frame(image_ids, probs: dict[str, np.ndarray]) -> pd.DataFrame:
     frames = []
     for k in probs:
@@ -69,21 +94,25 @@ def sets_frame(predictor: Predictor, preds: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate(data: Path, weights: Path, predictor: Predictor | None = None,
-             image_ids=None) -> tuple[dict, pd.DataFrame]:
-    """Metrics and predictions of both models on DIR (or on its rows in image_ids)."""
+             image_ids=None, by_lesion: bool = False) -> tuple[dict, pd.DataFrame]:
+    """Metrics and predictions of both models on DIR (or on its rows in image_ids); by_lesion:
+    one row per lesion, from all of its images."""
     df = load_metadata(data)
     if image_ids is not None:
         df = df[df["image_id"].isin(set(image_ids))].reset_index(drop=True)
     predictor = predictor or Predictor(weights)
     t0 = time.time()
-    probs = predict_folder(predictor, data, df)
-    y = labels(df)
+    rows = lesion_rows(df) if by_lesion else df
+    probs = predict_lesions(predictor, data, rows) if by_lesion else predict_folder(predictor, data, df)
+    y = labels(rows)
     metrics = {k: classification_metrics(y, p) for k, p in probs.items()}
     metrics["data"] = {"folder": str(data), "n_images": int(len(df)),
                        "n_lesions": int(df["lesion_id"].nunique())}
+    if by_lesion:
+        metrics["data"]["rows"] = "one per lesion, from all of its images"
     metrics["weights"] = predictor.model_info   # version and every member's sha256
     metrics["seconds"] = round(time.time() - t0, 1)
-    return metrics, predictions_frame(df["image_id"], probs)
+    return metrics, predictions_frame(rows["image_id"], probs)
 
 
 def main(argv=None):
@@ -94,12 +123,14 @@ def main(argv=None):
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--sets", type=Path, default=None, help="also write each model's prediction sets here")
+    p.add_argument("--by-lesion", action="store_true",
+                   help="one row per lesion_id from all of its images (image_id: its first image)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
         predictor = Predictor(a.weights)
-        metrics, preds = evaluate(a.data, a.weights, predictor)
+        metrics, preds = evaluate(a.data, a.weights, predictor, by_lesion=a.by_lesion)
     except (DatasetError, WeightsError, MetadataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -117,7 +148,8 @@ def main(argv=None):
         m = metrics[k]
         print(f"{k:10s} bacc {m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
               f"acc {m['accuracy']:.4f}  AUC {m['macro_auc']:.4f}  ECE {m['ece']:.4f}")
-    print(f"scored {metrics['data']['n_images']} images in {metrics['seconds']} s; "
+    what = f"{metrics['data']['n_lesions']} lesions from " if a.by_lesion else ""
+    print(f"scored {what}{metrics['data']['n_images']} images in {metrics['seconds']} s; "
           f"wrote {a.out} and {a.predictions}")
     return 0
 
