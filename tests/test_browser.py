@@ -291,6 +291,7 @@ def test_case_report_downloads_as_a_pdf_and_leaves_nothing_behind(browser, app_s
         assert len(reader.pages) == 1 and f"Top class: fusion {top}" in text, (top, text)
         assert "Research demo, not a medical device" in text
         assert "Age: not entered" in text
+        path.unlink()   # the downloaded report, once read: nothing of it stays under the temp folder
         page.wait_for_timeout(500)
         assert held_pdfs(app_server.temp_dir) == []
     finally:

@@ -1,6 +1,7 @@
 """The one-page PDF case report, made from real analyses with the shipped weights and read back
 with pypdf; and the life of its file (written, served once, gone)."""
 import asyncio
+import io
 import shutil
 from datetime import datetime, timezone
 
@@ -30,10 +31,8 @@ def clinical(predictor):
     return ClinicalReport.load(predictor.model_info)
 
 
-def text_of(pdf: bytes, tmp_path) -> str:
-    path = tmp_path / "report.pdf"
-    path.write_bytes(pdf)
-    reader = PdfReader(path)
+def text_of(pdf: bytes) -> str:
+    reader = PdfReader(io.BytesIO(pdf))   # read from memory: no patient's report left on disk
     assert len(reader.pages) == 1
     box = reader.pages[0].mediabox
     assert (round(float(box.width)), round(float(box.height))) == A4_POINTS
@@ -41,12 +40,12 @@ def text_of(pdf: bytes, tmp_path) -> str:
 
 
 def test_the_pdf_holds_every_class_the_metadata_as_entered_the_version_and_the_disclaimer(
-        predictor, clinical, tmp_path):
+        predictor, clinical):
     case = pd.read_csv(EXAMPLES / "metadata.csv").iloc[2]
     image = Image.open(EXAMPLES / "images" / f"{case.image_id}.jpg")
     a = predictor.analyze(image, float(case.age), case.sex, case.localization)
     when = datetime(2026, 12, 3, 14, 5, tzinfo=timezone.utc)
-    text = text_of(case_report_pdf(a, clinical, "95", "0.95", when), tmp_path)
+    text = text_of(case_report_pdf(a, clinical, "95", "0.95", when))
     for c in CLASSES:
         assert class_label(c) in text
     assert f"Age: {case.age:g} years" in text and f"Sex: {case.sex}" in text and f"Body site: {case.localization}" in text
@@ -63,9 +62,9 @@ def test_the_pdf_holds_every_class_the_metadata_as_entered_the_version_and_the_d
     assert "CC BY-NC 4.0" in text
 
 
-def test_blank_metadata_reads_not_entered(predictor, clinical, tmp_path):
+def test_blank_metadata_reads_not_entered(predictor, clinical):
     image = Image.open(next((EXAMPLES / "images").glob("*.jpg")))
-    text = text_of(case_report_pdf(predictor.analyze(image, None, "unknown", "unknown"), clinical), tmp_path)
+    text = text_of(case_report_pdf(predictor.analyze(image, None, "unknown", "unknown"), clinical))
     assert "Age: not entered Sex: not entered Body site: not entered" in text
 
 
@@ -105,10 +104,12 @@ def test_ending_a_session_removes_its_reports_only(tmp_path):
     files.end_session("mine")
     assert files.held() == [theirs] and not mine.exists()
     assert not files.owns(tmp_path / "elsewhere.pdf") and not files.owns(shutil.__file__)
+    files.end_session("theirs")
+    assert files.held() == []
 
 
-def test_a_lesion_of_several_images_says_so(predictor, clinical, tmp_path):
+def test_a_lesion_of_several_images_says_so(predictor, clinical):
     image = Image.open(next((EXAMPLES / "images").glob("*.jpg"))).convert("RGB")
     a = predictor.analyze([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], 40, "female", "back")
-    text = text_of(case_report_pdf(a, clinical), tmp_path)
+    text = text_of(case_report_pdf(a, clinical))
     assert "Images of this lesion: 2; the models combined them" in text and "From 2 images of this lesion" in text

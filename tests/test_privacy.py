@@ -181,6 +181,7 @@ def test_a_case_report_is_removed_once_served(tmp_path):
     try:
         path = Path(case_report(app, image, downloads))
         assert path.is_relative_to(downloads) and path.read_bytes().startswith(b"%PDF")
+        path.unlink()   # the client's copy, once checked
         assert server_pdfs(host) == []  # within the long upload lifetime: the serving removed it
     finally:
         app.stop()
