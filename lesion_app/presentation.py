@@ -97,12 +97,15 @@ def cam_strip(a: Analysis, r: ModelResult, name: str,
     alt = f"{name} {r.cam_method}"
     if a.n_images == 1:
         return heatmap(a.image, r.cam, alt)
-    maps = [r.cam, *(cam for cam, _ in r.extra_cams)]
-    cells = [f'<figure style="flex:1 1 45%;min-width:140px;margin:0">'
+    maps = [(r.cam, r.cam_empty), *r.extra_cams]
+    cells = [f'<figure style="margin:0;min-width:0">'
              f'{heatmap(rgb, cam, f"{alt}, image {i + 1} of {a.n_images}")}'
-             f'<figcaption style="font-size:0.85em">Image {i + 1} of {a.n_images}</figcaption></figure>'
-             for i, (rgb, cam) in enumerate(zip(a.images, maps))]
-    return f'<div class="cam_strip" style="display:flex;flex-wrap:wrap;gap:6px">{"".join(cells)}</div>'
+             f'<figcaption style="font-size:0.85em">Image {i + 1} of {a.n_images}'
+             f'{": empty map, plain image shown" if empty else ""}</figcaption></figure>'
+             for i, (rgb, (cam, empty)) in enumerate(zip(a.images, maps))]
+    # Two maps a row, each the same size, on a desktop and a phone alike.
+    return f'<div class="cam_strip" style="display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:6px">' \
+           f'{"".join(cells)}</div>'
 
 
 def metadata_warning(error: Exception) -> str:

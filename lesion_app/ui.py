@@ -140,7 +140,7 @@ def layout(clinical: ClinicalReport | None) -> View:
             with gr.Column(scale=1, min_width=300):
                 c["image"] = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"],
                                       label="Dermoscopic image", elem_id="lesion_image", height=260)
-                c["extra_images"] = gr.File(file_count="multiple", file_types=["image"], height=90,
+                c["extra_images"] = gr.File(file_count="multiple", file_types=["image"], height=150,
                                             label=f"More images of the same lesion (optional, up to {MAX_IMAGES - 1}: "
                                                   "other zooms or angles)", elem_id="extra_images")
                 # A Textbox, not gr.Number: Number shows and sends 0 when untouched (a newborn).
@@ -195,12 +195,13 @@ def layout(clinical: ClinicalReport | None) -> View:
                 gr.Markdown("The fusion model's answer for this same image as age, sex or site changes, the other "
                             "two as entered. Change age, sex or site above and the whole fusion side updates at once.",
                             elem_id="what_if_note")
-                c["case_report"] = gr.Button("Download case report (PDF)", elem_id="case_report")
-                c["case_report_file"] = gr.File(visible="hidden", elem_id="case_report_file", interactive=False)
                 c["operating_point"] = gr.Radio(list(OPERATING_POINT.labels), value=next(iter(OPERATING_POINT.labels)),
                                                 label="Melanoma operating point", elem_id="mel_operating_point")
                 c["melanoma"] = gr.Markdown(elem_id="melanoma_flag")
                 c["subgroup"] = gr.Markdown(elem_id="subgroup")
+                # After the operating point and sets it uses: the PDF shows the page's current choices.
+                c["case_report"] = gr.Button("Download case report (PDF)", elem_id="case_report")
+                c["case_report_file"] = gr.File(visible="hidden", elem_id="case_report_file", interactive=False)
                 with gr.Accordion("Report JSON (what the /report API returns)", open=False, elem_id="report_accordion"):
                     c["report_json"] = gr.JSON(elem_id="report_json", open=True)  # every level shown, what_if too
     with gr.Tab("Model report"):
