@@ -28,7 +28,6 @@ from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heat
 from .result import Analysis
 
 
-
 class NothingToReport(ValueError):
     """A case report asked for before any analysis; the message is shown to the user as is."""
 
@@ -80,7 +79,7 @@ class SessionState:
 
     Valid only for the upload named by `key`; any other image means start again.
     """
-    key: str | None = None
+    key: str | tuple | None = None   # upload_key of the upload (and its further images)
     image: Image.Image | list[Image.Image] | None = None   # a list: several images of one lesion
     analysis: Analysis | None = None
     heatmaps: HeatmapCache = field(default_factory=HeatmapCache, compare=False, repr=False)
