@@ -2,6 +2,7 @@
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +40,19 @@ def page(browser, app_server):
     page.wait_for_selector("#analyze", timeout=60_000)
     yield page
     context.close()
+
+
+@contextmanager
+def opened(browser, app_server, width: int, height: int = 1000, **options):
+    """A fresh page of the app at this viewport, ready for an upload; closed afterwards."""
+    context = browser.new_context(viewport={"width": width, "height": height}, **options)
+    page = context.new_page()
+    try:
+        page.goto(app_server.url, wait_until="load")
+        page.wait_for_selector("#analyze", timeout=60_000)
+        yield page
+    finally:
+        context.close()
 
 
 def upload(page, name="ISIC_0024394.jpg"):
@@ -218,11 +232,7 @@ def test_phone_width_layout_has_no_sideways_scroll(browser, app_server):
 def test_similar_cases_gallery_after_the_untouched_default_flow(browser, app_server, width):
     """Upload, Analyze, touching nothing: 8 captioned thumbnails of confirmed cases; a click
     enlarges one and another click closes it; 4 cases on request; nothing sticks out at 390 px."""
-    context = browser.new_context(viewport={"width": width, "height": 1000})
-    page = context.new_page()
-    try:
-        page.goto(app_server.url, wait_until="load")
-        page.wait_for_selector("#analyze", timeout=60_000)
+    with opened(browser, app_server, width) as page:
         upload(page)
         analyze_and_wait(page)
         figures = page.locator("#similar_cases figure")
@@ -253,8 +263,6 @@ def test_similar_cases_gallery_after_the_untouched_default_flow(browser, app_ser
         page.wait_for_function("document.querySelectorAll('#similar_cases figure').length === 4", timeout=30_000)
         page.locator("#similar_cases").scroll_into_view_if_needed()
         page.screenshot(path=str(out / f"similar_cases_{width}.png"), full_page=True)
-    finally:
-        context.close()
 
 
 def held_pdfs(root: Path) -> list[Path]:
