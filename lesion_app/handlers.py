@@ -20,7 +20,7 @@ from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, SAME_SEX, S
     ChoiceError
 from .clinical_report import ClinicalReport
 from .gradcam import DEFAULT_CAM_METHOD
-from .image_input import InputError, load_upload, take_upload
+from .image_input import InputError, load_upload, take_uploads
 from .metadata import MetadataError, parse_metadata
 from .predictor import MAX_IMAGES, Predictor
 from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heatmap_html, melanoma_content,
@@ -108,19 +108,13 @@ class PageEvents:
 
     def decode(self, payload, extra=None) -> Image.Image | list[Image.Image]:
         """The upload as an in-memory image (with further images of the lesion, the list of
-        all); every file is deleted before any analysis runs."""
+        all); every file is read, then deleted, before any analysis runs."""
         extra = extra_payloads(extra)
-        data, error = [], None
-        for p in [payload, *extra]:   # every file is read and deleted, even when one is refused
-            try:
-                data.append(take_upload(p, self.keep))
-            except InputError as e:
-                error = error or e
         if len(extra) > MAX_IMAGES - 1:
+            take_uploads([payload, *extra], self.keep, raise_errors=False)   # deleted all the same
             raise InputError(f"At most {MAX_IMAGES - 1} more images of the same lesion ({MAX_IMAGES} in all); "
                              f"{len(extra)} were given.")
-        if error is not None:
-            raise error
+        data = take_uploads([payload, *extra], self.keep)
         images = [load_upload(d) for d in data]
         return images if extra else images[0]
 

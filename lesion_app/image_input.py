@@ -59,6 +59,30 @@ def take_upload(payload, keep_digests: frozenset[str] = frozenset()) -> bytes:
     Files whose sha256 is in keep_digests (the bundled examples) are left alone. Raises
     InputError (a plain message) for no upload, a file that is gone, or a bad data URL.
     """
+    return take_uploads([payload], keep_digests)[0]
+
+
+def take_uploads(payloads, keep_digests: frozenset[str] = frozenset(), raise_errors: bool = True) -> list[bytes]:
+    """take_upload for every upload of one request: each file is read before any is deleted,
+    the same file given twice (Gradio stores identical uploads at one path) is read once and
+    answers for both, and every file read is deleted even when another is refused; then the
+    first InputError, if any, is raised (raise_errors=False: the readable ones are returned)."""
+    data, read, error = [], {}, None
+    for payload in payloads:
+        try:
+            data.append(_read_upload(payload, read))
+        except InputError as e:
+            error = error or e
+    for path, content in read.items():
+        if hashlib.sha256(content).hexdigest() not in keep_digests:
+            path.unlink(missing_ok=True)
+    if error is not None and raise_errors:
+        raise error
+    return data
+
+
+def _read_upload(payload, read: dict[Path, bytes]) -> bytes:
+    """One upload's bytes; a file already in `read` (path -> bytes) is not read again."""
     if payload is None:
         raise InputError("Please upload a dermoscopic image first.")
     if isinstance(payload, dict):
@@ -67,13 +91,12 @@ def take_upload(payload, keep_digests: frozenset[str] = frozenset()) -> bytes:
             return _decode_data_url(url)
         payload = payload.get("path")
     path = Path(str(payload))
-    try:
-        data = path.read_bytes()
-    except OSError:
-        raise InputError("The uploaded file is no longer available; please upload the image again.") from None
-    if hashlib.sha256(data).hexdigest() not in keep_digests:
-        path.unlink(missing_ok=True)
-    return data
+    if path not in read:
+        try:
+            read[path] = path.read_bytes()
+        except OSError:
+            raise InputError("The uploaded file is no longer available; please upload the image again.") from None
+    return read[path]
 
 
 def load_upload(source: str | Path | bytes | None) -> Image.Image:

@@ -4,6 +4,7 @@ The UI, the /report API and the evaluation CLI all go through `Predictor`.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -178,6 +179,7 @@ class Predictor:
         images = list(image) if isinstance(image, (list, tuple)) else [image]
         if not 1 <= len(images) <= MAX_IMAGES:
             raise ValueError(f"analyze takes 1 to {MAX_IMAGES} images of one lesion, not {len(images)}")
+        images, repeated = distinct_images(images)
         self._check_cam(cam_class, cam_method)
         meta = self.encode(age, sex, site)
         x = torch.stack([self.image_tensor(im) for im in images])
@@ -203,7 +205,7 @@ class Predictor:
                                             *self._cam(features, "image_only", target, None, cam_method))
             shown = (rgb.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
             return self._fusion_side(features, list(shown), image_only_result, warnings, meta,
-                                     (age, sex, site), cam_class, cam_method, similar)
+                                     (age, sex, site), cam_class, cam_method, similar, repeated)
 
     def with_metadata(self, previous: Analysis, age=None, sex=None, site=None,
                       cam_class: str | None = None, cam_method: str = DEFAULT_CAM_METHOD,
@@ -221,7 +223,7 @@ class Predictor:
                 image_only = ModelResult(image_only.probabilities,
                                          *self._cam(f, "image_only", target, None, cam_method))
             return self._fusion_side(f, previous.images, image_only, previous.warnings, meta,
-                                     (age, sex, site), cam_class, cam_method, similar)
+                                     (age, sex, site), cam_class, cam_method, similar, previous.repeated)
 
     def _check_cam(self, cam_class, cam_method):
         if cam_class is not None and cam_class not in CLASSES:
@@ -249,9 +251,11 @@ class Predictor:
         return heat, cls, empty, method, list(rest)
 
     def _fusion_side(self, f: ImageFeatures, images_rgb: list, image_only: ModelResult, warnings, meta,
-                     entered: tuple, cam_class, cam_method, similar: SimilarQuery) -> Analysis:
+                     entered: tuple, cam_class, cam_method, similar: SimilarQuery,
+                     repeated: list[int]) -> Analysis:
         """Fusion probabilities, Shapley values, heatmap and what-if sweeps for one metadata row,
-        and the similar cases (whose filters use the entered sex and site)."""
+        and the similar cases (whose filters use the entered sex and site); `repeated` says how
+        often each image given more than once was given (distinct_images)."""
         age, sex, site = entered
         # The 8 coalitions (the last has everything entered) and the what-if rows, one head pass.
         rows = coalition_rows(meta, self.absent_row)
@@ -275,7 +279,7 @@ class Predictor:
         sets = self.prediction_sets({"fusion": fusion[None], "image_only": image_only_p[None]})
         parsed = {"age": parse_age(age), "sex": parse_choice(sex, SEXES, "sex"), "site": parse_choice(site, SITES, "site")}
         return Analysis(
-            image=images_rgb[0], extra_images=list(images_rgb[1:]), warnings=list(warnings), fusion=fusion_result, image_only=image_only, shap=shap,
+            image=images_rgb[0], extra_images=list(images_rgb[1:]), repeated=list(repeated), warnings=list(warnings), fusion=fusion_result, image_only=image_only, shap=shap,
             top_shap=shapley_for(top) if shap.cls != top else None,
             no_metadata_top=CLASSES[int(by_coalition[0].argmax())],
             metadata=parsed,
@@ -300,6 +304,22 @@ class Predictor:
             out[name] = {"values": values,
                          "probabilities": {c: [float(v) for v in block[:, k]] for k, c in enumerate(CLASSES)}}
         return out
+
+
+def distinct_images(images: list[Image.Image]) -> tuple[list[Image.Image], list[int]]:
+    """The images with pixel-identical repeats dropped (the first of each kept, in order),
+    whatever their file name or path, and how often each repeated image was given."""
+    first: dict[bytes, int] = {}
+    distinct, given = [], []
+    for im in images:
+        key = hashlib.blake2b(f"{im.mode} {im.size}".encode() + im.tobytes(), digest_size=32).digest()
+        if key in first:
+            given[first[key]] += 1
+        else:
+            first[key] = len(distinct)
+            distinct.append(im)
+            given.append(1)
+    return distinct, [g for g in given if g > 1]
 
 
 def combined(pooled: torch.Tensor) -> torch.Tensor:

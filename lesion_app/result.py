@@ -71,6 +71,7 @@ class Analysis:
     similar_cases: object = None     # lesion_app.archive.SimilarCases, when the weights have an archive
     features: ImageFeatures | None = field(default=None, repr=False)  # for a metadata change
     extra_images: list = field(default_factory=list)  # further images of the same lesion, as `image`
+    repeated: list = field(default_factory=list)  # how often each image given more than once was given
 
     @property
     def images(self) -> list[np.ndarray]:
@@ -103,7 +104,17 @@ class Analysis:
         Credits only fields that were entered; with none entered it says so and nothing more.
         """
         line = self._reading()
-        return line if self.n_images == 1 else f"From {self.n_images} images of this lesion: {line}"
+        line = line if self.n_images == 1 else f"From {self.n_images} images of this lesion: {line}"
+        return f"{line} Note: {self.repeat_note}." if self.repeated else line
+
+    @property
+    def repeat_note(self) -> str:
+        """What was counted once: '2 of the images were the same; counted once' ('' if nothing)."""
+        if not self.repeated:
+            return ""
+        first, *rest = self.repeated
+        same = " and ".join([f"{first} of the images were the same", *(f"{g} others were the same" for g in rest)])
+        return f"{same}; {'counted once' if not rest else 'each counted once'}"
 
     def _reading(self) -> str:
         f, i = self.fusion, self.image_only
@@ -146,7 +157,8 @@ class Analysis:
             "what_if": self.what_if,
             "model": self.model_info,
             **({"similar_cases": self.similar_cases.to_report()} if self.similar_cases is not None else {}),
-            **({"n_images": self.n_images} if self.n_images > 1 else {}),
+            **({"n_images": self.n_images} if self.n_images > 1 or self.repeated else {}),
+            **({"note": self.repeat_note} if self.repeated else {}),
         }
 
 

@@ -346,3 +346,22 @@ def test_several_images_of_one_lesion_give_one_answer_and_a_heatmap_per_image(pa
         assert page.locator(f"{panel} .cam_strip img").count() == 3
         assert "Image 3 of 3" in page.locator(panel).inner_text()
     assert page.evaluate("document.documentElement.scrollWidth") <= 1401
+
+
+def test_one_photo_dropped_into_both_boxes_counts_once(page, tmp_path):
+    """A patient's photo (not a bundled example, so its upload is deleted once read) as the main
+    image and again as a further image: one image, said so, no 'no longer available'."""
+    from PIL import Image
+    photo = tmp_path / "patient.png"
+    Image.open(EXAMPLES / "images" / "ISIC_0024394.jpg").transpose(Image.Transpose.ROTATE_180).save(photo)
+    page.set_input_files("#lesion_image input[type=file]", str(photo))
+    page.wait_for_function("document.querySelector('#reading').innerText.includes('New image')", timeout=30_000)
+    page.set_input_files("#extra_images input[type=file]", [str(photo)])
+    page.wait_for_function("document.querySelector('#extra_images').innerText.includes('patient')", timeout=30_000)
+    page.locator("#analyze").click()
+    page.wait_for_function("document.querySelector('#reading').innerText.includes('counted once')", timeout=60_000)
+    reading = page.locator("#reading").inner_text()
+    assert "2 of the images were the same; counted once" in reading and "From " not in reading
+    assert "no longer available" not in page.locator("body").inner_text()
+    for panel in ("#fusion_cam", "#image_only_cam"):
+        assert page.locator(f"{panel} .cam_strip img").count() == 0 and page.locator(f"{panel} img").count() == 1

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from inputs import bad_files, example_image
-from lesion_app.image_input import InputError, load_upload, take_upload
+from lesion_app.image_input import InputError, load_upload, take_upload, take_uploads
 from lesion_app.preprocess import InputSpec, to_tensor
 
 
@@ -62,3 +62,16 @@ def test_the_spec_interpolation_is_used():
 def test_an_unknown_interpolation_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown interpolation 'cubic'.*bicubic"):
         InputSpec(interpolation="cubic")
+
+
+def test_the_same_file_given_twice_is_read_once_and_every_file_goes(tmp_path):
+    """Gradio stores identical uploads at one path: both answer with its bytes, then it goes;
+    a missing file is refused only after every other file was read and deleted."""
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(b"A"), b.write_bytes(b"B")
+    assert take_uploads([str(a), {"path": str(a)}, str(b), str(b)]) == [b"A", b"A", b"B", b"B"]
+    assert not a.exists() and not b.exists()
+    a.write_bytes(b"A")
+    with pytest.raises(InputError, match="no longer available"):
+        take_uploads([str(tmp_path / "gone.png"), str(a), str(a)])
+    assert not a.exists()

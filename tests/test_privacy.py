@@ -197,3 +197,27 @@ def test_a_case_report_never_fetched_is_deleted_after_the_upload_lifetime(swept_
     while server_pdfs(app.temp_dir) and time.time() - t0 < 30:
         time.sleep(0.2)
     assert server_pdfs(app.temp_dir) == [], f"still there {time.time() - t0:.1f} s later (lifetime 3 s)"
+
+
+def test_the_same_image_given_twice_leaves_nothing_after_sigterm(tmp_path):
+    """One file as the main image and again as a further image (stored once by Gradio): /report
+    and /case_report answer, and after SIGTERM nothing of it, nor any PDF, is left."""
+    from gradio_client import Client, handle_file
+    image = tmp_path / "client" / "patient.png"
+    image.parent.mkdir()
+    image.write_bytes(patient_bytes())
+    host = tmp_path / "host"
+    host.mkdir()
+    app = AppServer({"LESION_UPLOAD_TTL_S": "600"}, tmpdir=host)
+    try:
+        client = Client(app.url, verbose=False, download_files=False)
+        args = (handle_file(str(image)), "61", "female", "back", None, None, None, [handle_file(str(image))])
+        assert client.predict(*args, api_name="/report")["n_images"] == 1
+        client.predict(*args, api_name="/case_report")
+        assert len(server_pdfs(host)) == 1
+        assert files_holding(host, image.read_bytes()) == []
+    finally:
+        code = app.stop(signal.SIGTERM)
+    assert server_pdfs(host) == [] and list(host.glob("lesion-app-*")) == []
+    assert files_holding(host, image.read_bytes()) == []
+    assert code == 0, app.output[-2000:]

@@ -200,3 +200,36 @@ def test_report_with_further_images_of_the_lesion_is_the_lesions_answer(client, 
                        api_name="/report")
     # The single-image call, parameters omitted, is today's contract: no n_images.
     assert "n_images" not in report(client, path, age, sex, site)
+
+
+def test_the_same_image_given_twice_counts_once(client, tmp_path):
+    """Main A with further [A] is A alone, said so; further [B, B] is one B, and the same bytes
+    under another name count once too; /case_report takes A with [A]."""
+    from pathlib import Path
+    from pypdf import PdfReader
+    path, age, sex, site = example(3)
+    other = example(4)[0]
+    renamed = tmp_path / "renamed.jpg"
+    renamed.write_bytes(Path(other).read_bytes())
+    note = "2 of the images were the same; counted once"
+
+    def further(*files):
+        return client.predict(handle_file(path), age, sex, site, None, None, None,
+                              [handle_file(str(f)) for f in files], api_name="/report")
+    alone, twice = report(client, path, age, sex, site), further(path)
+    assert twice["n_images"] == 1 and twice["note"] == note
+    assert twice["reading"] == f"{alone['reading']} Note: {note}."
+    for k in ("fusion", "image_only", "shap", "prediction_sets", "what_if", "similar_cases", "warnings"):
+        assert twice[k] == alone[k], k
+    for files in ((other, other), (other, renamed)):
+        r = further(*files)
+        assert r["n_images"] == 2 and r["note"] == note and r["reading"].startswith("From 2 images of this lesion: ")
+        assert r["fusion"] == further(other)["fusion"]
+    assert "note" not in further(other) and "note" not in alone
+    pdf = client.predict(handle_file(path), age, sex, site, None, None, None, [handle_file(path)],
+                         api_name="/case_report")
+    try:
+        text = " ".join(PdfReader(pdf).pages[0].extract_text().split())
+        assert "counted once" in text
+    finally:
+        Path(pdf).unlink()
