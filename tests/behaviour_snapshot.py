@@ -3,14 +3,15 @@
     python tests/behaviour_snapshot.py --out /tmp/snap_before      # on the old code
     python tests/behaviour_snapshot.py --out /tmp/snap_after       # on the new code
     python tests/behaviour_snapshot.py --compare /tmp/snap_before /tmp/snap_after
+    python tests/behaviour_snapshot.py --app-only --out DIR          # the served app's outputs only
 
 Runs each command as a person would (a subprocess, the shipped weights copied to a scratch
 folder), then writes every output file, with wall-clock times, dates and the git commit blanked
 (they differ between any two runs), under --out. --compare prints every file that differs and
 exits 1 if any does. Not a pytest test (it takes about 15 minutes and needs the shared data).
 
-The commands are named in COMMANDS; where a refactor moves a command, change its module there,
-in the same commit, so the diff shows exactly what moved.
+The commands are named in COMMANDS and the app's modules in APP_MODULES; where a refactor moves
+one, change its module there, in the same commit, so the diff shows exactly what moved.
 """
 from __future__ import annotations
 
@@ -41,6 +42,64 @@ COMMANDS = {
     "full": "train.fitting.full",
     "cam_localisation": "train.evaluation.cam_localisation",
 }
+# The app's modules the page probe imports (where a refactor moves one, change it here).
+APP_MODULES = {
+    "predictor": "lesion_app.predictor",
+    "handlers": "lesion_app.handlers",
+    "clinical_report": "lesion_app.clinical_report",
+    "case_report": "lesion_app.case_report",
+}
+# The page as a person uses it, for each example: the handlers' outputs for Analyze, a metadata
+# change, another heatmap class and method, other similar cases; every heatmap method's maps;
+# the case report's bytes at a fixed time (SOURCE_DATE_EPOCH fixes the PDF's own date).
+PAGE_PROBE = """
+import hashlib, importlib, io, json, sys
+from datetime import datetime, timezone
+import numpy as np, pandas as pd
+M = {k: importlib.import_module(v) for k, v in json.loads(sys.argv[1]).items()}
+p = M["predictor"].Predictor()
+clin = M["clinical_report"].ClinicalReport.load(p.model_info)
+d = "lesion_app/examples"
+files = {r.image_id: f"{d}/images/{r.image_id}.jpg" for r in pd.read_csv(d + "/metadata.csv").itertuples()}
+keep = frozenset(hashlib.sha256(open(f, "rb").read()).hexdigest() for f in files.values())
+events = M["handlers"].PageEvents(p, clin, keep)
+
+def digest(v):
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    if hasattr(v, "savefig"):
+        buf = io.BytesIO()
+        v.savefig(buf, format="png", metadata={"Software": None})
+        return "png " + hashlib.sha256(buf.getvalue()).hexdigest()
+    if isinstance(v, np.ndarray):
+        return f"array {v.shape} " + hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
+    if isinstance(v, dict):
+        return {str(k): digest(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [digest(x) for x in v]
+    return repr(v)
+
+out = {}
+for r in pd.read_csv(d + "/metadata.csv", dtype=str).itertuples():
+    path, one = files[r.image_id], {}
+    u = events.analyze(path, r.age, r.sex, r.localization, None, None, None, None, M["handlers"].SessionState())
+    one["analyze"] = digest(u.content.shown())
+    state = u.state
+    u = events.metadata_changed(path, "70", "female", "face", None, None, None, None, state)
+    one["metadata_changed"], state = digest(u.content.shown()), u.state
+    u = events.heatmap_changed(path, "70", "female", "face", "mel", None, "95%", "Grad-CAM++", state)
+    one["heatmap_changed"], state = digest(u.content.shown()), u.state
+    u = events.similar_changed("16", True, True, state)
+    one["similar_changed"] = digest(u.content.shown())
+    one["case_report"] = hashlib.sha256(M["case_report"].case_report_pdf(
+        state.analysis, clin, "90", "0.9", when=datetime(2026, 1, 1, tzinfo=timezone.utc))).hexdigest()
+    for method in ("Grad-CAM", "Grad-CAM++", "LayerCAM"):
+        for cls in (None, "mel"):
+            a = p.analyze(events.decode(path), r.age, r.sex, r.localization, cls, method)
+            one[f"cams {method} {cls}"] = digest([a.fusion.cam, a.image_only.cam])
+    out[r.image_id] = one
+print(json.dumps(out, indent=1, sort_keys=True))
+"""
 # Keys whose values are times, dates or the commit: blanked before comparing.
 VOLATILE = re.compile(r"(seconds|wall_time|git_commit|^version$|^date$|images_per_second|fit_seconds|"
                       r"^folder$|bundle_command|^command$|training_command)")
@@ -107,7 +166,8 @@ def keep(src: Path, out: Path, name: str) -> None:
         dst.with_suffix(dst.suffix + ".sha256").write_text(hashlib.sha256(src.read_bytes()).hexdigest() + "\n")
 
 
-def snapshot(out: Path, scratch: Path) -> None:
+def snapshot(out: Path, scratch: Path, app_only: bool = False) -> None:
+    """Every step, or (app_only) the served app's only: the evaluate CLI, /report and the page."""
     out.mkdir(parents=True, exist_ok=True)
     if scratch.exists():
         shutil.rmtree(scratch)
@@ -123,7 +183,8 @@ def snapshot(out: Path, scratch: Path) -> None:
             keep(scratch / f"{name}_{f}", out, f"evaluate/{name}_{f}")
 
     # 2. /report's JSON for each example, through the app's own handler path.
-    code = ("import json,sys; from PIL import Image; import pandas as pd; from lesion_app.predictor import Predictor;"
+    code = ("import json,sys; from PIL import Image; import pandas as pd;"
+            f" from {APP_MODULES['predictor']} import Predictor;"
             "p=Predictor(); d='lesion_app/examples'; md=pd.read_csv(d+'/metadata.csv', dtype=str);"
             "print(json.dumps({r.image_id: p.analyze(Image.open(f'{d}/images/{r.image_id}.jpg').convert('RGB'),"
             " r.age, r.sex, r.localization).to_report() for r in md.itertuples()}, sort_keys=True))")
@@ -133,6 +194,17 @@ def snapshot(out: Path, scratch: Path) -> None:
         raise SystemExit(r.stderr[-3000:])
     (scratch / "reports.json").write_text(r.stdout)
     keep(scratch / "reports.json", out, "report_api/examples.json")
+
+    # 2b. The page: the handlers' outputs, every heatmap method, the case report's bytes.
+    r = subprocess.run([sys.executable, "-c", PAGE_PROBE, json.dumps(APP_MODULES)], cwd=REPO, capture_output=True,
+                       text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
+                                       "SOURCE_DATE_EPOCH": "1767225600"})
+    if r.returncode:
+        raise SystemExit(r.stderr[-3000:])
+    (scratch / "page.json").write_text(r.stdout)
+    keep(scratch / "page.json", out, "page/examples.json")
+    if app_only:
+        return
 
     # 3. Release steps on a copy of the shipped weights: prediction sets, then the OOD check.
     w = scratch / "weights"
@@ -192,12 +264,14 @@ def main():
     p.add_argument("--out", type=Path)
     p.add_argument("--scratch", type=Path, default=Path("/tmp/behaviour_snapshot_scratch"))
     p.add_argument("--compare", type=Path, nargs=2)
+    p.add_argument("--app-only", action="store_true",
+                   help="only the served app's outputs (evaluate CLI, /report, the page): a few minutes")
     a = p.parse_args()
     if a.compare:
         return compare(*a.compare)
     if not a.out:
         p.error("--out or --compare")
-    snapshot(a.out, a.scratch)
+    snapshot(a.out, a.scratch, a.app_only)
     return 0
 
 
