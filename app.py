@@ -16,7 +16,7 @@ def private_upload_dir():
 
     Must run before gradio is imported: gradio reads GRADIO_TEMP_DIR at import time.
     """
-    from lesion_app.upload_dir import UploadDir
+    from lesion_app.files.upload_dir import UploadDir
     uploads = UploadDir(os.environ.get("GRADIO_TEMP_DIR"))
     os.environ["GRADIO_TEMP_DIR"] = str(uploads.path)
     uploads.install_exit_cleanup()
@@ -24,23 +24,23 @@ def private_upload_dir():
 
 
 def main() -> None:
-    from lesion_app.upload_dir import upload_ttl
+    from lesion_app.files.upload_dir import upload_ttl
     try:
         ttl = upload_ttl()
     except ValueError as e:
         sys.exit(f"error: cannot start the app: {e}")
     uploads = private_upload_dir()
-    from lesion_app.predictor import Predictor
-    from lesion_app.hub import resolve_weights
-    from lesion_app.weights import WEIGHTS_DIR, WeightsError
+    from lesion_app.analysis.predictor import Predictor
+    from lesion_app.classifier.hub import resolve_weights
+    from lesion_app.classifier.weights import WEIGHTS_DIR, WeightsError
     try:
         # A folder, or hf://ORG/NAME@SHA -> that revision's snapshot in the Hub cache.
         predictor = Predictor(resolve_weights(os.environ.get("LESION_APP_WEIGHTS") or WEIGHTS_DIR))
     except WeightsError as e:
         sys.exit(f"error: cannot start the app: {e}")
-    from lesion_app.clinical_report import REPORTS_DIR, ClinicalReport
-    from lesion_app.report_files import ReportFiles, app_kwargs
-    from lesion_app.ui import build_app, example_digests
+    from lesion_app.evidence.clinical_report import REPORTS_DIR, ClinicalReport
+    from lesion_app.files.report_files import ReportFiles, app_kwargs
+    from lesion_app.page.ui import build_app, example_digests
     # Case-report PDFs live in the same private folder, and are removed once served.
     reports = ReportFiles(uploads.path)
     demo = build_app(predictor, ClinicalReport.load(predictor.model_info), reports)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent   # lesion_app/
+REPO = PACKAGE.parent
 
 
 def repo_relative(path: Path | str) -> str:

@@ -44,10 +44,10 @@ COMMANDS = {
 }
 # The app's modules the page probe imports (where a refactor moves one, change it here).
 APP_MODULES = {
-    "predictor": "lesion_app.predictor",
-    "handlers": "lesion_app.handlers",
-    "clinical_report": "lesion_app.clinical_report",
-    "case_report": "lesion_app.case_report",
+    "predictor": "lesion_app.analysis.predictor",
+    "handlers": "lesion_app.page.handlers",
+    "clinical_report": "lesion_app.evidence.clinical_report",
+    "case_report": "lesion_app.page.case_report",
 }
 # The page as a person uses it, for each example: the handlers' outputs for Analyze, a metadata
 # change, another heatmap class and method, other similar cases; every heatmap method's maps;

@@ -128,7 +128,7 @@ def client(app_server):
 def model_with_class0_weight(sign: float):
     """An untrained image-only classifier whose class-0 logit rises (sign > 0) or falls with
     every pooled feature: its class-0 heatmap is known to be non-empty (or empty)."""
-    from lesion_app.models import LesionClassifier
+    from lesion_app.classifier.models import LesionClassifier
     torch.manual_seed(0)
     m = LesionClassifier("image_only", pretrained=False).eval()
     with torch.no_grad():

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from conftest import DATA, EXAMPLES, needs_dataset
-from lesion_app.archive import Archive, Projection, SimilarQuery, lesion_groups, lesion_similarity, vote
-from lesion_app.predictor import Predictor
-from lesion_app.vocab import CLASSES
-from lesion_app.weights import WEIGHTS_DIR, WeightsError, sha256_file
+from lesion_app.evidence.archive import Archive, Projection, SimilarQuery, lesion_groups, lesion_similarity, vote
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.vocab import CLASSES
+from lesion_app.classifier.weights import WEIGHTS_DIR, WeightsError, sha256_file
 from train.data.dataset import load_image
 from train.data.splits import read_heldout
 from train.evaluation.retrieval import ranking_scores
@@ -121,7 +121,7 @@ def test_a_corrupted_archive_refuses_to_start_naming_the_file(tmp_path):
 
 
 def test_an_archive_that_the_manifest_describes_differently_refuses_to_start(tmp_path):
-    from lesion_app.manifest import Manifest
+    from lesion_app.classifier.manifest import Manifest
     weights = tmp_path / "weights"
     shutil.copytree(WEIGHTS_DIR, weights)
     m = Manifest.load(weights)

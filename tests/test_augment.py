@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lesion_app.preprocess import InputSpec, to_tensor
+from lesion_app.classifier.preprocess import InputSpec, to_tensor
 from train.data.augment import Augment, Normalise, shades_of_gray, train_view, warp, eval_view
 
 SPEC = InputSpec(128, 96)

@@ -6,11 +6,11 @@ import torch
 import torch.nn as nn
 from pytorch_grad_cam import HiResCAM
 
-from lesion_app.ensemble import Ensemble
-from lesion_app.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FixedMetadata, ImageSizedCAM, gradcam
+from lesion_app.classifier.ensemble import Ensemble
+from lesion_app.evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FixedMetadata, ImageSizedCAM, gradcam
 from conftest import model_with_class0_weight
-from lesion_app.models import LesionClassifier
-from lesion_app.vocab import CLASSES
+from lesion_app.classifier.models import LesionClassifier
+from lesion_app.classifier.vocab import CLASSES
 
 SIZE = (192, 256)
 METHODS = list(CAM_METHODS)

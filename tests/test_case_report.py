@@ -11,12 +11,12 @@ from PIL import Image
 from pypdf import PdfReader
 
 from conftest import EXAMPLES
-from lesion_app.case_report import DISCLAIMER, case_report_pdf
-from lesion_app.clinical_report import ClinicalReport
-from lesion_app.handlers import NothingToReport, PageEvents, SessionState
-from lesion_app.predictor import Predictor
-from lesion_app.report_files import ReportFiles, ServeOnce
-from lesion_app.vocab import CLASSES, class_label
+from lesion_app.page.case_report import DISCLAIMER, case_report_pdf
+from lesion_app.evidence.clinical_report import ClinicalReport
+from lesion_app.page.handlers import NothingToReport, PageEvents, SessionState
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.files.report_files import ReportFiles, ServeOnce
+from lesion_app.classifier.vocab import CLASSES, class_label
 
 A4_POINTS = (595, 842)
 

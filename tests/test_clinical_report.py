@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from lesion_app.clinical_report import ClinicalReport, age_band, melanoma_markdown
-from lesion_app.result import Analysis, ModelResult, ShapleyResult
-from lesion_app.vocab import CLASSES
+from lesion_app.evidence.clinical_report import ClinicalReport, age_band, melanoma_markdown
+from lesion_app.classifier.result import Analysis, ModelResult, ShapleyResult
+from lesion_app.classifier.vocab import CLASSES
 
 
 @pytest.mark.parametrize("age,band", [(None, "missing"), (float("nan"), "missing"), (0, "<30"), (29.9, "<30"),

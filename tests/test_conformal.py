@@ -1,7 +1,7 @@
 """Class-conditional split-conformal sets: known quantiles, and the coverage promise per class."""
 import numpy as np
 
-from lesion_app.conformal import class_thresholds, coverage_report, prediction_sets
+from lesion_app.evidence.conformal import class_thresholds, coverage_report, prediction_sets
 
 
 def test_thresholds_are_the_finite_sample_quantile_of_each_class():

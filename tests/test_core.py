@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import run_module
-from lesion_app.metadata import META_DIM
-from lesion_app.models import LesionClassifier
+from lesion_app.classifier.metadata import META_DIM
+from lesion_app.classifier.models import LesionClassifier
 from train.fitting.core import Config, ResumeMismatch, train_member
 from train.fitting.curriculum import within_class_rank
 from train.data.features import N_VIEWS

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from conftest import DATA, REPO, needs_dataset, run_module
-from lesion_app.image_input import load_upload
-from lesion_app.predictor import Predictor
-from lesion_app.vocab import CLASSES
-from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, load_manifest
+from lesion_app.files.image_input import load_upload
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.vocab import CLASSES
+from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR, load_manifest
 from train.data.splits import DEFAULT_FOLDS, heldout_path, load_folds, load_heldout
 
 EXAMPLES = REPO / "lesion_app" / "examples"
@@ -57,7 +57,7 @@ def predictor():
 def test_manifest_names_every_member_the_folds_and_the_ensemble_rule(predictor):
     m = load_manifest(WEIGHTS_DIR)
     assert m["folds_file"] == "train/splits/ham10000_folds.csv"
-    from lesion_app.weights import sha256_file
+    from lesion_app.classifier.weights import sha256_file
     assert m["folds_sha256"] == sha256_file(REPO / m["folds_file"])
     assert m["heldout_sha256"] == sha256_file(heldout_path(REPO / m["folds_file"]))
     sizes = []

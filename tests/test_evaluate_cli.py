@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_module
-from lesion_app.predictor import Predictor
-from lesion_app.vocab import CLASSES
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.vocab import CLASSES
 
 METRIC_KEYS = {"balanced_accuracy", "macro_f1", "accuracy", "macro_auc", "per_class",
                "confusion_matrix", "ece"}

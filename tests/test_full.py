@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import REPO, run_module
 from train.data.dataset import load_metadata
-from lesion_app.models import LesionClassifier
+from lesion_app.classifier.models import LesionClassifier
 from train.data.splits import resolve_split, validation_split
 from train.fitting.full import BackboneError, FullConfig, WholeNetwork, build_model
 

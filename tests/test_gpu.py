@@ -26,16 +26,16 @@ PYTHONPATH = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPA
 
 
 def case(i):
-    from lesion_app.image_input import load_upload
+    from lesion_app.files.image_input import load_upload
     r = CASES.iloc[i]
     return load_upload(str(EXAMPLES / "images" / f"{r.image_id}.jpg")), float(r.age), r.sex, r.localization
 
 
 def test_importing_the_app_does_no_cuda_work():
-    modules = ["app", "lesion_app.weights", "lesion_app.models", "lesion_app.ensemble", "lesion_app.predictor",
-               "lesion_app.gradcam", "lesion_app.ood", "lesion_app.hub", "lesion_app.image_input"]
+    modules = ["app", "lesion_app.classifier.weights", "lesion_app.classifier.models", "lesion_app.classifier.ensemble", "lesion_app.analysis.predictor",
+               "lesion_app.evidence.gradcam", "lesion_app.evidence.ood", "lesion_app.classifier.hub", "lesion_app.files.image_input"]
     code = ("import importlib, importlib.util, sys, torch\n"
-            f"mods = {modules!r} + (['lesion_app.ui'] if importlib.util.find_spec('gradio') else [])\n"
+            f"mods = {modules!r} + (['lesion_app.page.ui'] if importlib.util.find_spec('gradio') else [])\n"
             "for m in mods: importlib.import_module(m)\n"
             "print(torch.cuda.is_initialized(), len(mods))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -47,7 +47,7 @@ def test_importing_the_app_does_no_cuda_work():
 
 @pytest.fixture(scope="module")
 def predictors():
-    from lesion_app.predictor import Predictor
+    from lesion_app.analysis.predictor import Predictor
     t0 = time.perf_counter()
     cpu = Predictor(device=torch.device("cpu"))
     t1 = time.perf_counter()
@@ -61,7 +61,7 @@ def predictors():
 
 def test_fp16_weights_load_as_fp32_on_the_gpu(predictors):
     from safetensors import safe_open
-    from lesion_app.weights import WEIGHTS_DIR
+    from lesion_app.classifier.weights import WEIGHTS_DIR
     _, gpu = predictors
     assert gpu.device.type == "cuda"
     with safe_open(WEIGHTS_DIR / gpu.manifest.trunk["file"], "pt") as f:

@@ -1,11 +1,11 @@
 import numpy as np
 import torch
 
-from lesion_app.ensemble import Ensemble
-from lesion_app.gradcam import gradcam, gradcam_overlay
-from lesion_app.metadata import META_DIM
+from lesion_app.classifier.ensemble import Ensemble
+from lesion_app.evidence.gradcam import gradcam, gradcam_overlay
+from lesion_app.classifier.metadata import META_DIM
 from conftest import model_with_class0_weight
-from lesion_app.models import LesionClassifier
+from lesion_app.classifier.models import LesionClassifier
 
 SIZE = (192, 256)
 

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES, REPO, AppServer
-from lesion_app.hub import parse_hub_uri, resolve_weights
-from lesion_app.manifest import Manifest
-from lesion_app.weights import WeightsError
+from lesion_app.classifier.hub import parse_hub_uri, resolve_weights
+from lesion_app.classifier.manifest import Manifest
+from lesion_app.classifier.weights import WeightsError
 
 REPO_ID = "demo-org/lesion-fusion"
 # Subprocesses import the repo first, and whatever the caller's PYTHONPATH holds (carried packages).
@@ -94,7 +94,7 @@ class StandInHub:
 POPULATE = """
 import sys, time
 from huggingface_hub import hf_hub_download
-from lesion_app.hub import resolve_weights
+from lesion_app.classifier.hub import resolve_weights
 hf_hub_download(sys.argv[1], "manifest.json", revision="main")
 print(resolve_weights(f"hf://{sys.argv[1]}@{sys.argv[2]}"), flush=True)
 print("MARK", time.time(), flush=True)
@@ -206,7 +206,7 @@ def corrupted_copy(hub, dst: Path, file: str) -> Path:
 
 def test_a_corrupted_cached_file_is_refused(hub, monkeypatch, tmp_path):
     from huggingface_hub import constants
-    from lesion_app.predictor import Predictor
+    from lesion_app.analysis.predictor import Predictor
     cache = corrupted_copy(hub, tmp_path / "cache", "fusion_fold2.safetensors")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     with pytest.raises(WeightsError, match="the cached fusion_fold2.safetensors .* is corrupted") as e:
@@ -247,8 +247,8 @@ def test_the_app_serves_report_from_a_pinned_hub_revision_offline(hub):
     with what the bundled weights answer (they are the same files)."""
     import pandas as pd
     from gradio_client import Client, handle_file
-    from lesion_app.image_input import load_upload
-    from lesion_app.predictor import Predictor
+    from lesion_app.files.image_input import load_upload
+    from lesion_app.analysis.predictor import Predictor
     server = AppServer(env_extra={"LESION_APP_WEIGHTS": f"hf://{REPO_ID}@{hub.sha}",
                                   "HF_HUB_CACHE": str(hub.cache), "HF_HUB_OFFLINE": "1"})
     try:

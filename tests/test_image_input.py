@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from inputs import bad_files, example_image
-from lesion_app.image_input import InputError, load_upload, take_upload, take_uploads
-from lesion_app.preprocess import InputSpec, to_tensor
+from lesion_app.files.image_input import InputError, load_upload, take_upload, take_uploads
+from lesion_app.classifier.preprocess import InputSpec, to_tensor
 
 
 def data_url(payload: str) -> dict:

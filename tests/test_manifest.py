@@ -1,11 +1,11 @@
-"""lesion_app.manifest.Manifest: the one reader and writer of weights/manifest.json."""
+"""lesion_app.classifier.manifest.Manifest: the one reader and writer of weights/manifest.json."""
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from lesion_app.manifest import MODEL_KEYS, WEIGHTS_DIR, Manifest, ManifestNotJSON, WeightsError
+from lesion_app.classifier.manifest import MODEL_KEYS, WEIGHTS_DIR, Manifest, ManifestNotJSON, WeightsError
 from lesion_app.paths import REPO, repo_path, repo_relative
 
 

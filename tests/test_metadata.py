@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from lesion_app.metadata import (GROUPS, META_DIM, AgeScaler, MetadataError, encode_metadata,
+from lesion_app.classifier.metadata import (GROUPS, META_DIM, AgeScaler, MetadataError, encode_metadata,
                                  parse_age, parse_metadata, unknown_row)
-from lesion_app.vocab import SEXES, SITES
+from lesion_app.classifier.vocab import SEXES, SITES
 
 SCALER = AgeScaler(mean=50.0, std=20.0)
 

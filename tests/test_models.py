@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from lesion_app.metadata import META_DIM
-from lesion_app.models import HEADS, SPLIT_BLOCK, LesionClassifier, imagenet_state_dict
-from lesion_app.vocab import CLASSES
+from lesion_app.classifier.metadata import META_DIM
+from lesion_app.classifier.models import HEADS, SPLIT_BLOCK, LesionClassifier, imagenet_state_dict
+from lesion_app.classifier.vocab import CLASSES
 
 
 def test_imagenet_weights_pair_with_every_timm_tensor():

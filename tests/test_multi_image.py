@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from conftest import EXAMPLES
-from lesion_app.predictor import MAX_IMAGES, Predictor
-from lesion_app.vocab import CLASSES
+from lesion_app.analysis.predictor import MAX_IMAGES, Predictor
+from lesion_app.classifier.vocab import CLASSES
 
 
 @pytest.fixture(scope="module")

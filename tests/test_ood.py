@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lesion_app.manifest import Manifest
-from lesion_app.ood import FEATURES, OODDetector
-from lesion_app.weights import WEIGHTS_DIR
+from lesion_app.classifier.manifest import Manifest
+from lesion_app.evidence.ood import FEATURES, OODDetector
+from lesion_app.classifier.weights import WEIGHTS_DIR
 from tests.conftest import EXAMPLES
 from train.data.real_photos import EVALUATION, TUNING, SOURCES, available, real_photos
 
@@ -71,7 +71,7 @@ def bundled_detector():
     ood = Manifest.load(WEIGHTS_DIR).ood
     if not ood or ood.get("features") != FEATURES:
         pytest.skip("the bundled OOD detector predates the trunk-feature check: run python -m train.release.fit_ood")
-    from lesion_app.predictor import Predictor
+    from lesion_app.analysis.predictor import Predictor
     return Predictor(WEIGHTS_DIR)
 
 
@@ -80,7 +80,7 @@ def flags(predictor, images):
     x = torch.stack([predictor.image_tensor(im) for im in images])
     with predictor._lock:
         low = predictor.trunk_features(x)
-    from lesion_app.preprocess import unnormalise
+    from lesion_app.classifier.preprocess import unnormalise
     return det.flags(OODDetector.trunk_features(low, len(x)), unnormalise(x, predictor.spec)).tolist()
 
 
@@ -102,7 +102,7 @@ def test_bundled_detector_passes_the_committed_dermoscopic_examples():
 
 def test_a_detector_fitted_on_other_features_is_refused_with_the_fix(tmp_path):
     from safetensors.torch import save_file
-    from lesion_app.weights import WeightsError
+    from lesion_app.classifier.weights import WeightsError
     t = {"mean": torch.zeros(4), "projection": torch.eye(4), "threshold": torch.tensor([1.0]),
          "min_saturation": torch.tensor([0.1]), "class_means": torch.zeros(7, 4)}
     save_file(t, tmp_path / "ood.safetensors")      # the previous format: no features recorded

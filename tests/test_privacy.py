@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import EXAMPLES, AppServer
 from inputs import example_image
-from lesion_app.upload_dir import OWNER_FILE, identity, remove_stale
+from lesion_app.files.upload_dir import OWNER_FILE, identity, remove_stale
 
 
 def patient_bytes() -> bytes:

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO
-from lesion_app.manifest import Manifest
-from lesion_app.weights import WEIGHTS_DIR, WeightsError, sha256_file
+from lesion_app.classifier.manifest import Manifest
+from lesion_app.classifier.weights import WEIGHTS_DIR, WeightsError, sha256_file
 
 REPO_ID = "demo-org/lesion-fusion"
 EVALUATION = "out-of-fold, 5-fold lesion-grouped cross-validation"

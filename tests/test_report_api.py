@@ -6,11 +6,11 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 from conftest import EXAMPLES
-from lesion_app.choices import PREDICTED
-from lesion_app.image_input import load_upload
-from lesion_app.predictor import Predictor
-from lesion_app.vocab import CLASSES
-from lesion_app.weights import load_manifest
+from lesion_app.page.choices import PREDICTED
+from lesion_app.files.image_input import load_upload
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.vocab import CLASSES
+from lesion_app.classifier.weights import load_manifest
 
 CASES = pd.read_csv(EXAMPLES / "metadata.csv")
 

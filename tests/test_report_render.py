@@ -5,8 +5,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from lesion_app.vocab import CLASSES
-from lesion_app.weights import MODEL_KEYS
+from lesion_app.classifier.vocab import CLASSES
+from lesion_app.classifier.weights import MODEL_KEYS
 from train import REPO
 from train.evaluation.metrics import softmax
 from train.evaluation.report import figure_data

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from lesion_app.metadata import GROUPS, AgeScaler, encode_metadata, unknown_row
-from lesion_app.shapley import N_COALITIONS, PLAYERS, coalition_rows, shapley_values
+from lesion_app.classifier.metadata import GROUPS, AgeScaler, encode_metadata, unknown_row
+from lesion_app.evidence.shapley import N_COALITIONS, PLAYERS, coalition_rows, shapley_values
 
 
 def permutation_shapley(v):

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from conftest import run_module
-from lesion_app.metadata import META_DIM
+from lesion_app.classifier.metadata import META_DIM
 from train.fitting.objectives import LOSSES
 from train.fitting.pooled_heads import Hyper, head_probs, train_head
 from train.study.compare import FUSIONS, SAMPLINGS, decision_fusion

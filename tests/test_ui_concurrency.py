@@ -9,8 +9,8 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from conftest import EXAMPLES, free_port
-from lesion_app.predictor import Predictor
-from lesion_app.ui import build_app
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.page.ui import build_app
 
 META = [(60, "male", "back"), ("", "unknown", "unknown"), (50, "female", "lower extremity"),
         (30, "male", "lower extremity"), (35, "female", "ear"), (None, "female", "back")]

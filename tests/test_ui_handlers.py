@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES
-from lesion_app.choices import OPERATING_POINT, PREDICTED
-from lesion_app.handlers import SessionState
-from lesion_app.image_input import load_upload
-from lesion_app.predictor import Predictor
-from lesion_app.presentation import NEW_IMAGE
-from lesion_app.ui import Handlers, layout
+from lesion_app.page.choices import OPERATING_POINT, PREDICTED
+from lesion_app.page.handlers import SessionState
+from lesion_app.files.image_input import load_upload
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.page.presentation import NEW_IMAGE
+from lesion_app.page.ui import Handlers, layout
 
 OP = "90% specificity"
 LEVEL = "90%"

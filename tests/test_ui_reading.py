@@ -2,8 +2,8 @@
 top class whatever the heatmap class is."""
 import numpy as np
 
-from lesion_app.result import Analysis, ModelResult, ShapleyResult
-from lesion_app.vocab import CLASSES
+from lesion_app.classifier.result import Analysis, ModelResult, ShapleyResult
+from lesion_app.classifier.vocab import CLASSES
 
 NOTHING = {"age": None, "sex": "unknown", "site": "unknown"}
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lesion_app.ensemble import Ensemble
-from lesion_app.vocab import CLASSES
-from lesion_app.weights import (MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_manifest, load_models,
+from lesion_app.classifier.ensemble import Ensemble
+from lesion_app.classifier.vocab import CLASSES
+from lesion_app.classifier.weights import (MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_manifest, load_models,
                                 sha256_file)
 
 

@@ -8,7 +8,7 @@ any process:
   - colour jitter (brightness, contrast, saturation, hue);
   - optionally Shades-of-Gray colour constancy first (Finlayson & Trezzi 2004; used by the
     ISIC 2019 winners), which divides out each image's estimate of the illuminant.
-An evaluation view is the app's own preprocessing (lesion_app.preprocess.fit_to_aspect),
+An evaluation view is the app's own preprocessing (lesion_app.classifier.preprocess.fit_to_aspect),
 with Shades-of-Gray when the run uses it. Both return a normalised (3, height, width) float
 tensor; pixels are in [0, 1] before normalisation.
 """
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from lesion_app.preprocess import InputSpec, fit_to_aspect
+from lesion_app.classifier.preprocess import InputSpec, fit_to_aspect
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def eval_view(image: Image.Image, spec: InputSpec, normalise: Normalise = Normal
               sog: float = 0.0) -> torch.Tensor:
     """The evaluation view: the app's resize (fit_to_aspect), Shades-of-Gray if sog > 0,
     normalised; (3, spec.height, spec.width). With the default Normalise and no Shades-of-Gray
-    this is exactly lesion_app.preprocess.to_tensor."""
+    this is exactly lesion_app.classifier.preprocess.to_tensor."""
     x = to_unit(fit_to_aspect(image, spec))
     if sog:
         x = shades_of_gray(x, sog)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lesion_app.vocab import CLASSES, SEXES, SITES, UNKNOWN
+from lesion_app.classifier.vocab import CLASSES, SEXES, SITES, UNKNOWN
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ham10000"
 COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")

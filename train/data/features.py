@@ -23,8 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from train.data.dataset import DEFAULT_DATA, load_image, load_metadata
-from lesion_app.models import ARCH, SPLIT_BLOCK, LesionClassifier
-from lesion_app.preprocess import InputSpec, flip_views, to_tensor
+from lesion_app.classifier.models import ARCH, SPLIT_BLOCK, LesionClassifier
+from lesion_app.classifier.preprocess import InputSpec, flip_views, to_tensor
 from train import REPO
 
 DEFAULT_CACHE = REPO / ".cache" / "features"

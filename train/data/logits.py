@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lesion_app.vocab import CLASSES
+from lesion_app.classifier.vocab import CLASSES
 
 LOGIT_COLUMNS = [f"logit_{c}" for c in CLASSES]
 

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from train.data.dataset import COLUMNS
-from lesion_app.vocab import SEXES, SITES, UNKNOWN
+from lesion_app.classifier.vocab import SEXES, SITES, UNKNOWN
 
 FORMATS = ("ham10000", "isic2019")
 ISIC2019_CLASSES = {"AK": "akiec", "BCC": "bcc", "BKL": "bkl", "DF": "df", "MEL": "mel", "NV": "nv", "VASC": "vasc"}

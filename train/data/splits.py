@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
-from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
+from lesion_app.classifier.metadata import AgeScaler, encode_frame, unknown_row
 from train import SPLITS
 from train.data.dataset import DEFAULT_DATA, labels, load_metadata
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from lesion_app.archive import SimilarQuery
-from lesion_app.gradcam import gradcam
-from lesion_app.image_input import load_upload
-from lesion_app.ood import OODDetector
-from lesion_app.predictor import Predictor
-from lesion_app.shapley import coalition_rows, shapley_values
+from lesion_app.evidence.archive import SimilarQuery
+from lesion_app.evidence.gradcam import gradcam
+from lesion_app.files.image_input import load_upload
+from lesion_app.evidence.ood import OODDetector
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.evidence.shapley import coalition_rows, shapley_values
 from train import REPO
 
 EXAMPLE = REPO / "lesion_app" / "examples" / "images" / "ISIC_0024449.jpg"
@@ -92,11 +92,11 @@ def bench_metadata_change(repeats: int) -> None:
     """Server time of a live what-if update: Predictor.with_metadata on the kept features,
     then the whole handler (the fusion side's figures, heatmap and tables) and Gradio's
     postprocessing of its outputs."""
-    from lesion_app.ui import Handlers, SessionState, layout
+    from lesion_app.page.ui import Handlers, SessionState, layout
     import gradio as gr
     p = Predictor()
     image = load_upload(EXAMPLE)
-    from lesion_app.clinical_report import ClinicalReport
+    from lesion_app.evidence.clinical_report import ClinicalReport
     clinical = ClinicalReport.load(p.model_info)   # as app.py: operating points and similar patients
     with gr.Blocks():
         view = layout(clinical)
@@ -120,9 +120,9 @@ def bench_training(threads: int = 2, steps: int = 6) -> None:
     """Measures the CPU's cache and training rates and extrapolates one full train.fitting.cv run."""
     import numpy as np
     from train.data.dataset import DEFAULT_DATA, load_image
-    from lesion_app.manifest import Manifest
-    from lesion_app.models import LesionClassifier
-    from lesion_app.preprocess import InputSpec
+    from lesion_app.classifier.manifest import Manifest
+    from lesion_app.classifier.models import LesionClassifier
+    from lesion_app.classifier.preprocess import InputSpec
     from train.data.features import N_VIEWS, image_views
     torch.set_num_threads(threads)
     manifest = Manifest.load(REPO / "weights")

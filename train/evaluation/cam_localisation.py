@@ -21,9 +21,9 @@ from PIL import Image
 
 from train.data.dataset import DEFAULT_DATA, load_image, load_mask, load_metadata
 from train.data.splits import read_heldout
-from lesion_app.gradcam import CAM_METHODS, gradcam
-from lesion_app.predictor import Predictor
-from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
+from lesion_app.evidence.gradcam import CAM_METHODS, gradcam
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR
 from train.evaluation.report_render import localisation_table
 from train.evaluation.stats import energy_inside, pointing_game
 

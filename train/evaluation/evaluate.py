@@ -7,7 +7,7 @@ one-vs-rest AUC, per-class precision/recall/F1/AUC/support, the confusion matrix
 predictions.csv: image_id,model,akiec,bcc,bkl,df,mel,nv,vasc (calibrated probabilities).
 When the weights have a similar-cases archive, a third model, `knn`, is scored and written
 the same way: the vote of each image's 8 most similar archive lesions, as the app shows it
-(lesion_app.archive; its "probabilities" are vote shares, not calibrated).
+(lesion_app.evidence.archive; its "probabilities" are vote shares, not calibrated).
 --by-lesion: one prediction row per lesion_id from all of its images (each ensemble averages its
 logits over them, as the app does with several images of one lesion); the columns stay the same
 and image_id holds the lesion's first image (by image_id).
@@ -28,10 +28,10 @@ import torch
 from tqdm import tqdm
 
 from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_image, load_metadata
-from lesion_app.metadata import MetadataError
-from lesion_app.predictor import Predictor
-from lesion_app.vocab import CLASSES
-from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError
+from lesion_app.classifier.metadata import MetadataError
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.vocab import CLASSES
+from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError
 from train.evaluation.metrics import classification_metrics
 
 

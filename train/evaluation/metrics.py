@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from lesion_app.vocab import CLASSES
+from lesion_app.classifier.vocab import CLASSES
 from train.evaluation.stats import sensitivity_at_specificity
 
 MEL = CLASSES.index("mel")

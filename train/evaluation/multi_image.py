@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lesion_app.manifest import MODEL_KEYS, WEIGHTS_DIR, Manifest
+from lesion_app.classifier.manifest import MODEL_KEYS, WEIGHTS_DIR, Manifest
 from lesion_app.paths import REPO
-from lesion_app.vocab import CLASSES
+from lesion_app.classifier.vocab import CLASSES
 from train.data.dataset import DEFAULT_DATA, labels, load_metadata
 from train.data.logits import kind_logits, read_logits
 from train.evaluation.metrics import balanced_accuracy, class_aucs, macro_f1, softmax

@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_curve
 
-from lesion_app.clinical_report import age_band
+from lesion_app.evidence.clinical_report import age_band
 from train.data.dataset import DEFAULT_DATA, labels, load_metadata
-from lesion_app.predictor import Predictor
-from lesion_app.vocab import CLASSES
-from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.vocab import CLASSES
+from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR
 from train.data.logits import kind_logits, member_logits, read_logits
 from train.data.splits import read_heldout
 from train.evaluation.cam_localisation import localisation

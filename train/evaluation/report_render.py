@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lesion_app.vocab import CLASSES  # noqa: E402
-from lesion_app.weights import MODEL_KEYS  # noqa: E402
+from lesion_app.classifier.vocab import CLASSES  # noqa: E402
+from lesion_app.classifier.weights import MODEL_KEYS  # noqa: E402
 from train.evaluation.metrics import HEADLINE_METRICS  # noqa: E402
 
 NAMES = {"fusion": "Fusion", "image_only": "Image-only"}

@@ -2,7 +2,7 @@
 
     python -m train.evaluation.retrieval [--data DIR] [--weights DIR] [--out reports/retrieval.json]
 
-Candidates (lesion_app.archive.EMBEDDINGS), all computed from what an analysis already has:
+Candidates (lesion_app.evidence.archive.EMBEDDINGS), all computed from what an analysis already has:
   trunk_mean   the shared frozen trunk's channel means (ImageNet features, 112-d)
   image_only   the image-only members' pooled features before the head
   fusion       the fusion members' pooled image features before the head
@@ -35,12 +35,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from lesion_app.archive import EMBEDDINGS, K_CHOICES, VOTES, Projection, lesion_groups, lesion_similarity, \
+from lesion_app.evidence.archive import EMBEDDINGS, K_CHOICES, VOTES, Projection, lesion_groups, lesion_similarity, \
     raw_embedding, vote
-from lesion_app.ood import OODDetector
-from lesion_app.predictor import Predictor
-from lesion_app.vocab import CLASSES
-from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
+from lesion_app.evidence.ood import OODDetector
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.vocab import CLASSES
+from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR
 from train.data.dataset import DEFAULT_DATA, labels, load_image, load_metadata
 from train.data.logits import kind_logits, read_logits
 from train.data.splits import load_folds, read_heldout

@@ -27,8 +27,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from lesion_app.models import SPLIT_BLOCK, LesionClassifier, head_name
-from lesion_app.preprocess import mean_over_views
+from lesion_app.classifier.models import SPLIT_BLOCK, LesionClassifier, head_name
+from lesion_app.classifier.preprocess import mean_over_views
 from train.data.features import N_VIEWS, cached_pooled
 from train.evaluation.metrics import classification_metrics, fit_temperature, softmax
 from train.fitting.curriculum import SAMPLERS, EpochPlan
@@ -62,7 +62,7 @@ class Config:
 
     @property
     def head(self) -> str:
-        """The head this recipe trains (lesion_app.models.HEADS)."""
+        """The head this recipe trains (lesion_app.classifier.models.HEADS)."""
         return head_name(self.model, self.fusion_used)
 
 

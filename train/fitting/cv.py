@@ -29,10 +29,10 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from lesion_app.metadata import AgeScaler, encode_frame, unknown_row
-from lesion_app.models import SPLIT_BLOCK, LesionClassifier
+from lesion_app.classifier.metadata import AgeScaler, encode_frame, unknown_row
+from lesion_app.classifier.models import SPLIT_BLOCK, LesionClassifier
 from lesion_app.paths import repo_relative
-from lesion_app.vocab import CLASSES
+from lesion_app.classifier.vocab import CLASSES
 from train.data.dataset import DEFAULT_DATA, labels, load_metadata
 from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
 from train.data.logits import logits_frame, write_logits

@@ -34,8 +34,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lesion_app.models import ARCH, LesionClassifier, imagenet_state_dict
-from lesion_app.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
+from lesion_app.classifier.models import ARCH, LesionClassifier, imagenet_state_dict
+from lesion_app.classifier.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
 from train.data.augment import Augment, Normalise, decode, eval_view, train_view
 from train.data.dataset import DEFAULT_DATA, image_path, load_image
 from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
@@ -50,7 +50,7 @@ from train.fitting.loop import Step
 from train.fitting.objectives import class_weights, drop_metadata, loss_fn
 from train.fitting.pooled_heads import difficulty_rank
 
-import timm  # noqa: E402  (after lesion_app.models, which keeps timm off the Hub unless told otherwise)
+import timm  # noqa: E402  (after lesion_app.classifier.models, which keeps timm off the Hub unless told otherwise)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 

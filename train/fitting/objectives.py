@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lesion_app.metadata import GROUPS
-from lesion_app.vocab import CLASSES
+from lesion_app.classifier.metadata import GROUPS
+from lesion_app.classifier.vocab import CLASSES
 
 LOSSES = ("ce", "wce", "focal")
 

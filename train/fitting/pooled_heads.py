@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 from sklearn.model_selection import GroupKFold
 
-from lesion_app.models import HEADS, META_HIDDEN, Head
-from lesion_app.preprocess import mean_over_views
-from lesion_app.vocab import CLASSES
+from lesion_app.classifier.models import HEADS, META_HIDDEN, Head
+from lesion_app.classifier.preprocess import mean_over_views
+from lesion_app.classifier.vocab import CLASSES
 from train.fitting.curriculum import EpochPlan, difficulty, within_class_rank
 from train.data.features import N_VIEWS, TTA_VIEWS
 from train.fitting.loop import Step, batches_of, run_epoch

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lesion_app.archive import ATTRIBUTION, DEFAULT_K, EMBEDDINGS, Archive, Projection, lesion_groups, \
+from lesion_app.evidence.archive import ATTRIBUTION, DEFAULT_K, EMBEDDINGS, Archive, Projection, lesion_groups, \
     thumbnail_bytes
-from lesion_app.manifest import Manifest
-from lesion_app.predictor import Predictor
-from lesion_app.weights import WEIGHTS_DIR, sha256_file
+from lesion_app.classifier.manifest import Manifest
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.weights import WEIGHTS_DIR, sha256_file
 from train.data.dataset import DEFAULT_DATA, load_image, load_metadata
 from train.data.splits import read_heldout
 from train.evaluation.retrieval import DEFAULT_OUT as DEFAULT_STUDY, DIMS, cached_features, embed

@@ -24,14 +24,14 @@ import torch
 from safetensors.torch import save_file
 
 from train.data.dataset import DEFAULT_DATA
-from lesion_app.manifest import Manifest
-from lesion_app.metadata import GROUPS, META_DIM
-from lesion_app.models import ARCH, META_HIDDEN, LesionClassifier
+from lesion_app.classifier.manifest import Manifest
+from lesion_app.classifier.metadata import GROUPS, META_DIM
+from lesion_app.classifier.models import ARCH, META_HIDDEN, LesionClassifier
 from lesion_app.paths import repo_path, repo_relative
-from lesion_app.predictor import Predictor
-from lesion_app.preprocess import VIEWS, InputSpec
-from lesion_app.vocab import CLASS_NAMES, CLASSES, SEXES, SITES
-from lesion_app.weights import MODEL_KEYS, sha256_file
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.preprocess import VIEWS, InputSpec
+from lesion_app.classifier.vocab import CLASS_NAMES, CLASSES, SEXES, SITES
+from lesion_app.classifier.weights import MODEL_KEYS, sha256_file
 from train.data.logits import kind_logits, kind_rows, read_logits
 from train.evaluation.evaluate import evaluate
 from train.data.splits import heldout_path, load_folds, read_heldout

@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from train.data.dataset import DEFAULT_DATA, load_image, load_metadata
 from train.data.splits import read_heldout
-from lesion_app.ood import FEATURES, OODDetector
-from lesion_app.predictor import Predictor
-from lesion_app.preprocess import unnormalise
-from lesion_app.weights import WEIGHTS_DIR, sha256_file
+from lesion_app.evidence.ood import FEATURES, OODDetector
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.preprocess import unnormalise
+from lesion_app.classifier.weights import WEIGHTS_DIR, sha256_file
 from train.release.model_card import model_card
 
 

@@ -5,8 +5,8 @@ manifest; publish puts it on the Hub. One text, so the copies never disagree.
 """
 from __future__ import annotations
 
-from lesion_app.manifest import Manifest
-from lesion_app.vocab import CLASS_NAMES, CLASSES
+from lesion_app.classifier.manifest import Manifest
+from lesion_app.classifier.vocab import CLASS_NAMES, CLASSES
 from train.evaluation.report_render import coverage_markdown
 
 

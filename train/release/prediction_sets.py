@@ -2,7 +2,7 @@
 
     python -m train.release.prediction_sets [--weights weights] [--oof reports/oof_logits.csv]
 
-Thresholds (lesion_app.conformal) per kind and level (90%, 95%) from the calibrated
+Thresholds (lesion_app.evidence.conformal) per kind and level (90%, 95%) from the calibrated
 out-of-fold probabilities of every image outside the held-out slice. Their coverage is
 measured twice, on cases the thresholds never saw: cross-fitted (thresholds from four
 folds, sets on the fifth, over all folds) with single members, and on the held-out slice
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lesion_app.conformal import LEVELS, class_thresholds, coverage_report, prediction_sets
-from lesion_app.manifest import Manifest
-from lesion_app.vocab import CLASSES
-from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR
+from lesion_app.evidence.conformal import LEVELS, class_thresholds, coverage_report, prediction_sets
+from lesion_app.classifier.manifest import Manifest
+from lesion_app.classifier.vocab import CLASSES
+from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR
 from train import REPO
 from train.data.logits import kind_logits, kind_rows, member_logits, read_logits
 from train.data.splits import load_folds, read_heldout

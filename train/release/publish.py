@@ -22,9 +22,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from lesion_app.manifest import Manifest
-from lesion_app.vocab import CLASSES
-from lesion_app.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, sha256_file, verify_file
+from lesion_app.classifier.manifest import Manifest
+from lesion_app.classifier.vocab import CLASSES
+from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, sha256_file, verify_file
 from train import REPO
 from train.release.model_card import model_card
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from train.data.dataset import DEFAULT_DATA
-from lesion_app.manifest import Manifest
-from lesion_app.vocab import CLASSES
+from lesion_app.classifier.manifest import Manifest
+from lesion_app.classifier.vocab import CLASSES
 from train.fitting.curriculum import BETA, FULL_AT, START
 from train.data.features import DEFAULT_CACHE, N_VIEWS, TTA_VIEWS, build_pooled_imagenet
 from train.data.splits import DEFAULT_SPLIT, SplitData

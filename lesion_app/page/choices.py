@@ -4,10 +4,10 @@ or an accepted alias, surrounding whitespace ignored, means its value; anything 
 ChoiceError naming what is accepted."""
 from __future__ import annotations
 
-from .archive import DEFAULT_K, K_CHOICES
-from .clinical_report import OPERATING_POINTS, SPECIFICITIES
-from .gradcam import CAM_METHODS, DEFAULT_CAM_METHOD
-from .vocab import CLASSES, class_label
+from ..classifier.vocab import CLASSES, class_label
+from ..evidence.archive import DEFAULT_K, K_CHOICES
+from ..evidence.clinical_report import OPERATING_POINTS, SPECIFICITIES
+from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD
 
 PREDICTED = "Predicted class (each model's own)"
 SET_LEVELS = {"90%": "0.9", "95%": "0.95"}   # the page's label -> the manifest's level key

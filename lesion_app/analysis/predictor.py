@@ -12,16 +12,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .archive import Archive, SimilarCases, SimilarQuery, raw_embedding
-from .conformal import prediction_sets as conformal_sets
-from .gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, gradcam
-from .metadata import encode_metadata, parse_age, parse_choice, unknown_row
-from .ood import OODDetector
-from .preprocess import flip_views, mean_over_views, to_tensor, unnormalise
-from .result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
-from .shapley import PLAYERS, coalition_rows, shapley_values
-from .vocab import CLASSES, SEXES, SITES
-from .weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_models, torch_device, verify_file
+from ..classifier.metadata import encode_metadata, parse_age, parse_choice, unknown_row
+from ..classifier.preprocess import flip_views, mean_over_views, to_tensor, unnormalise
+from ..classifier.result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
+from ..classifier.vocab import CLASSES, SEXES, SITES
+from ..classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_models, torch_device, verify_file
+from ..evidence.archive import Archive, SimilarCases, SimilarQuery, raw_embedding
+from ..evidence.conformal import prediction_sets as conformal_sets
+from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, gradcam
+from ..evidence.ood import OODDetector
+from ..evidence.shapley import PLAYERS, coalition_rows, shapley_values
 
 
 AGE_SWEEP = tuple(range(0, 91, 5))   # the what-if's ages, years
@@ -171,7 +171,7 @@ class Predictor:
         the heatmaps and the OOD check are per image.
         cam_class: the class whose heatmaps (and Shapley values) to show; by default each
         heatmap shows its own model's top class and the Shapley values the fusion top class.
-        cam_method: a key of lesion_app.gradcam.CAM_METHODS (Grad-CAM by default).
+        cam_method: a key of lesion_app.evidence.gradcam.CAM_METHODS (Grad-CAM by default).
         similar: how many similar archive cases to return, and their filters.
         The result keeps the image's features (in memory) for `with_metadata`.
         Raises MetadataError for invalid metadata.

@@ -1,28 +1,28 @@
 """The Gradio app, as layout and wiring only: `layout` places the components, `Handlers` maps each
-event's plain PageUpdate (lesion_app.handlers) to its components, `wire` connects the two. Model work
-is the Predictor's, rendering lesion_app.presentation's, choice parsing lesion_app.choices'.
+event's plain PageUpdate (lesion_app.page.handlers) to its components, `wire` connects the two. Model work
+is the Predictor's, rendering lesion_app.page.presentation's, choice parsing lesion_app.page.choices'.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 from gradio.utils import get_upload_folder
 
+from ..analysis.predictor import MAX_IMAGES, Predictor
+from ..classifier.result import ABSENT_BASELINE
+from ..classifier.vocab import CLASSES, SEXES, SITES, class_label
+from ..evidence.clinical_report import ClinicalReport
+from ..evidence.gradcam import DEFAULT_CAM_METHOD
+from ..files.report_files import ReportFiles
+from ..paths import PACKAGE
 from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, PREDICTED, SET_LEVEL, SIMILAR_K
-from .clinical_report import ClinicalReport
-from .gradcam import DEFAULT_CAM_METHOD
 from .handlers import USER_ERRORS, PageEvents, SessionState
-from .predictor import MAX_IMAGES, Predictor
 from .presentation import START
-from .report_files import ReportFiles
-from .result import ABSENT_BASELINE
-from .vocab import CLASSES, SEXES, SITES, class_label
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EXAMPLES_DIR = PACKAGE / "examples"
 NOTICE = ("**Research demo, not a medical device. Not for diagnosis.** Outputs are from models "
           "trained on one public dataset (HAM10000) and can be wrong; they must not guide care.")
 SET_NOTE = ("A **90% prediction set** contains the true class for at least 90% of images *of each class*, "
@@ -333,7 +333,7 @@ def wire(v: View, h: Handlers) -> None:
                           api_name="report",
                           preprocess=False, **MODEL_QUEUE)
     # The case report: the PDF is written, handed to the hidden File, fetched by the browser as a
-    # download (which removes it, lesion_app.report_files.ServeOnce).
+    # download (which removes it, lesion_app.files.report_files.ServeOnce).
     v.case_report.click(h.case_report, [v.state, v.operating_point, v.set_level], v.case_report_file,
                         api_name="case_report_download", **private).success(None, v.case_report_file, None, js=DOWNLOAD_JS)
     v.case_report_api.click(h.case_report_for, [v.image, v.age, v.sex, v.site, *v.similar_inputs, v.extra_images],
@@ -345,7 +345,7 @@ def build_app(predictor: Predictor, clinical: ClinicalReport | None = None,
     """The whole app. Safe to launch as is: every event that runs the models has concurrency_limit=1.
 
     files: where case-report PDFs go (default: in Gradio's upload folder); launch with
-    `app_kwargs=lesion_app.report_files.app_kwargs(files)` so that each is removed once served.
+    `app_kwargs=lesion_app.files.report_files.app_kwargs(files)` so that each is removed once served.
     """
     with gr.Blocks(title="Skin-lesion fusion demo", delete_cache=(60, 300)) as demo:
         view = layout(clinical)

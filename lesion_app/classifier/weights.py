@@ -4,7 +4,7 @@ weights/ holds one shared trunk (the frozen ImageNet lower stages) and, per kind
 members of a cross-validated ensemble (each member's fine-tuned upper stages and head).
 Everything inference needs (architecture, split point, input spec, class order, metadata
 vocabulary, age scaling, temperatures, members and their sha256) is read from
-weights/manifest.json (lesion_app.manifest.Manifest), never restated. Every file is checked
+weights/manifest.json (lesion_app.classifier.manifest.Manifest), never restated. Every file is checked
 against its sha256 at load.
 """
 from __future__ import annotations

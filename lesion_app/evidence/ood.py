@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .weights import WeightsError
+from ..classifier.weights import WeightsError
 
 OOD_WARNING = ("This image does not look like the dermoscopic images the models were trained on "
                "({reason}). The predictions below are unreliable: use a dermoscope image of a "

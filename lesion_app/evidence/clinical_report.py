@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .result import Analysis
+from ..classifier.result import Analysis
+from ..paths import REPO
 
-REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
+REPORTS_DIR = REPO / "reports"
 AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
 SPECIFICITIES = ("90", "95")
 # The UI's operating-point choices -> the report's specificity keys.

@@ -26,8 +26,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .manifest import RESTORE_HINT, WeightsError
-from .vocab import CLASSES, UNKNOWN
+from ..classifier.manifest import RESTORE_HINT, WeightsError
+from ..classifier.vocab import CLASSES, UNKNOWN
 
 EMBEDDINGS = ("trunk_mean", "image_only", "fusion")   # the candidates train.evaluation.retrieval compares
 DESCRIPTIONS = {"trunk_mean": "the shared frozen ImageNet trunk's features",
@@ -46,7 +46,7 @@ def raw_embedding(name: str, trunk_mean: torch.Tensor, pooled: dict[str, torch.T
     """One image's vector before projection, (B, D).
 
     trunk_mean: (B, C) the shared trunk's channel means over positions and flip views
-    (lesion_app.ood.OODDetector.trunk_features); pooled: kind -> (M, B, V, F) each member's
+    (lesion_app.evidence.ood.OODDetector.trunk_features); pooled: kind -> (M, B, V, F) each member's
     pooled features (Predictor.pooled_features). An ensemble's vector joins its members'
     view-averaged features, each scaled to unit length and by 1/sqrt(M), so the cosine of
     two vectors is the mean of the members' cosines.

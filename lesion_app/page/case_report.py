@@ -18,10 +18,10 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from .clinical_report import ClinicalReport, melanoma_markdown
-from .gradcam import gradcam_overlay
-from .result import Analysis
-from .vocab import CLASSES, UNKNOWN, class_label
+from ..classifier.result import Analysis
+from ..classifier.vocab import CLASSES, UNKNOWN, class_label
+from ..evidence.clinical_report import ClinicalReport, melanoma_markdown
+from ..evidence.gradcam import gradcam_overlay
 
 A4_INCHES = (8.27, 11.69)
 DISCLAIMER = ("Research demo, not a medical device. Not for diagnosis. Outputs come from models trained on one "

@@ -18,7 +18,7 @@ class ModelResult:
     cam: np.ndarray                 # (H, W) in [0, 1], zeros when empty
     cam_class: str
     cam_empty: bool
-    cam_method: str = "Grad-CAM"    # a key of lesion_app.gradcam.CAM_METHODS
+    cam_method: str = "Grad-CAM"    # a key of lesion_app.evidence.gradcam.CAM_METHODS
     extra_cams: list = field(default_factory=list)  # [(cam, empty)] of each further image of the lesion
 
     @property
@@ -52,7 +52,7 @@ class ImageFeatures:
     low: object                      # torch.Tensor (images, C, h, w)
     pooled: dict                     # kind -> torch.Tensor (members, 1, images * views, F)
     cams: dict = field(default_factory=dict)
-    embedding: object = None         # torch.Tensor (1, D): the similar-cases query (lesion_app.archive)
+    embedding: object = None         # torch.Tensor (1, D): the similar-cases query (lesion_app.evidence.archive)
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Analysis:
     top_shap: ShapleyResult | None = None  # for the fusion top class, when `shap` is for another
     what_if: dict = field(default_factory=dict)  # the fusion model's answer for other ages, sexes, sites
     prediction_sets: dict = field(default_factory=dict)  # level -> kind -> classes (conformal, per class)
-    similar_cases: object = None     # lesion_app.archive.SimilarCases, when the weights have an archive
+    similar_cases: object = None     # lesion_app.evidence.archive.SimilarCases, when the weights have an archive
     features: ImageFeatures | None = field(default=None, repr=False)  # for a metadata change
     extra_images: list = field(default_factory=list)  # further images of the same lesion, as `image`
     repeated: list = field(default_factory=list)  # how often each image given more than once was given

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import REPO, repo_path
 from .metadata import AgeScaler
 from .models import head_name
-from .paths import repo_path
 from .preprocess import InputSpec
 from .vocab import CLASSES, SEXES, SITES
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_DIR = REPO / "weights"
 MANIFEST = "manifest.json"
 MODEL_KEYS = ("fusion", "image_only")
 RESTORE_HINT = ("Restore the bundled files with `git checkout -- weights/`, or retrain them "
@@ -167,7 +167,7 @@ class Manifest:
         return int(self.trunk["split_block"])
 
     def head(self, kind: str) -> str:
-        """The head a kind's members use (lesion_app.models.HEADS); the manifest records its fusion."""
+        """The head a kind's members use (lesion_app.classifier.models.HEADS); the manifest records its fusion."""
         return head_name(kind, self.models[kind]["fusion"])
 
     def members(self, kind: str) -> list[dict]:

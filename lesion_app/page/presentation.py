@@ -10,12 +10,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .archive import ATTRIBUTION, DESCRIPTIONS, SimilarCases
-from .clinical_report import ClinicalReport, melanoma_markdown, subgroup_markdown
+from ..classifier.result import Analysis, ModelResult
+from ..classifier.vocab import CLASSES, class_label
+from ..evidence.archive import ATTRIBUTION, DESCRIPTIONS, SimilarCases
+from ..evidence.clinical_report import ClinicalReport, melanoma_markdown, subgroup_markdown
+from ..evidence.gradcam import gradcam_overlay
 from .figures import shap_figure, what_if_figure
-from .gradcam import gradcam_overlay
-from .result import Analysis, ModelResult
-from .vocab import CLASSES, class_label
 
 START = "Upload an image or pick an example, then press **Analyze**."
 NEW_IMAGE = "New image: press **Analyze** to analyse it."

@@ -9,7 +9,7 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from .ensemble import Ensemble
+from ..classifier.ensemble import Ensemble
 
 
 class FixedMetadata(nn.Module):

@@ -12,7 +12,7 @@ from math import factorial
 import numpy as np
 import torch
 
-from .metadata import GROUPS
+from ..classifier.metadata import GROUPS
 
 PLAYERS = tuple(GROUPS)          # ("age", "sex", "site")
 N_COALITIONS = 2 ** len(PLAYERS)

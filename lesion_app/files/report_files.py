@@ -4,7 +4,7 @@ Each PDF is written under the app's private upload folder (`root`, the app's GRA
 in a folder of its own with a random name, so Gradio serves it from where it lies (no copy). It is
 removed as soon as it has been served once (`ServeOnce`, an ASGI middleware on the app), when the
 session that asked for it ends (`end_session`), by the upload sweeper once older than the upload
-lifetime, and with the whole private folder on exit, SIGTERM and SIGINT (lesion_app.upload_dir).
+lifetime, and with the whole private folder on exit, SIGTERM and SIGINT (lesion_app.files.upload_dir).
 Nothing about the patient is written anywhere else.
 """
 from __future__ import annotations

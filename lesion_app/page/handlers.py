@@ -1,9 +1,9 @@
 """The page's events as plain functions: raw component values in, a `PageUpdate` out (what to show
 and the session's new state), None when an event has nothing to do. All model work is the
-Predictor's; all rendering is lesion_app.presentation's.
+Predictor's; all rendering is lesion_app.page.presentation's.
 
 Blank means not entered everywhere: an empty age box reaches the Predictor as None, an empty
-sex or site as 'unknown' (lesion_app.metadata.parse_metadata). A mistake the user can fix raises
+sex or site as 'unknown' (lesion_app.classifier.metadata.parse_metadata). A mistake the user can fix raises
 one of USER_ERRORS, whose message is meant to be shown as is.
 """
 from __future__ import annotations
@@ -14,18 +14,18 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
-from .archive import SimilarQuery
+from ..analysis.predictor import MAX_IMAGES, Predictor
+from ..classifier.metadata import MetadataError, parse_metadata
+from ..classifier.result import Analysis
+from ..evidence.archive import SimilarQuery
+from ..evidence.clinical_report import ClinicalReport
+from ..evidence.gradcam import DEFAULT_CAM_METHOD
+from ..files.image_input import InputError, load_upload, take_uploads
 from .case_report import case_report_pdf
 from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, SAME_SEX, SAME_SITE, SET_LEVEL, SIMILAR_K, \
     ChoiceError
-from .clinical_report import ClinicalReport
-from .gradcam import DEFAULT_CAM_METHOD
-from .image_input import InputError, load_upload, take_uploads
-from .metadata import MetadataError, parse_metadata
-from .predictor import MAX_IMAGES, Predictor
 from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heatmap_html, melanoma_content,
                            metadata_warning, prediction_sets_content, similar_content)
-from .result import Analysis
 
 
 class NothingToReport(ValueError):

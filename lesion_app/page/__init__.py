@@ -1,0 +1,6 @@
+"""The page: ui (layout and wiring), handlers (events as plain functions -> a PageUpdate),
+choices (the one parser of the page's choices), presentation (an Analysis -> Markdown and
+HTML), figures, and case_report (the PDF of an analysis).
+
+May import analysis, evidence, classifier and files; nothing imports the page but app.py.
+"""
