@@ -32,10 +32,13 @@ def main() -> None:
     uploads = private_upload_dir()
     from lesion_app.analysis.predictor import Predictor
     from lesion_app.classifier.hub import resolve_weights
+    from lesion_app.classifier.reader_cases import load_reader_cases
     from lesion_app.classifier.weights import WEIGHTS_DIR, WeightsError
     try:
         # A folder, or hf://ORG/NAME@SHA -> that revision's snapshot in the Hub cache.
-        predictor = Predictor(resolve_weights(os.environ.get("LESION_APP_WEIGHTS") or WEIGHTS_DIR))
+        folder = resolve_weights(os.environ.get("LESION_APP_WEIGHTS") or WEIGHTS_DIR)
+        predictor = Predictor(folder)
+        reader_cases = load_reader_cases(folder, predictor.manifest)   # "Test yourself": the held-out cases
     except WeightsError as e:
         sys.exit(f"error: cannot start the app: {e}")
     from lesion_app.evidence.clinical_report import REPORTS_DIR, ClinicalReport
@@ -43,7 +46,7 @@ def main() -> None:
     from lesion_app.page.ui import build_app, example_digests
     # Case-report PDFs live in the same private folder, and are removed once served.
     reports = ReportFiles(uploads.path)
-    demo = build_app(predictor, ClinicalReport.load(predictor.model_info), reports)
+    demo = build_app(predictor, ClinicalReport.load(predictor.model_info), reports, reader_cases)
     # One analysis at a time: each already uses every CPU core; others wait in the queue.
     demo.queue(default_concurrency_limit=1, max_size=64)
     demo.launch(footer_links=["api"], max_file_size="40mb", allowed_paths=[str(REPORTS_DIR)],
@@ -52,8 +55,11 @@ def main() -> None:
     # Uploads that are never analysed are deleted after ttl seconds (analysed ones are deleted
     # as soon as they are read); the bundled examples' cached copies stay for example clicks.
     # Started after launch: a sweep removes empty folders, and must not race Gradio making its own.
-    uploads.start_sweeper(ttl, example_digests())
-    demo.block_thread()
+    try:
+        uploads.start_sweeper(ttl, example_digests())
+        demo.block_thread()
+    except KeyboardInterrupt:   # SIGINT before block_thread (which handles it itself): the same clean stop
+        demo.close()
 
 
 if __name__ == "__main__":
