@@ -1,6 +1,7 @@
-"""Case-report PDFs handed to a browser or an API client, and their short life.
+"""Case-report PDFs (and the reader mode's answer CSVs) handed to a browser or an API client, and
+their short life.
 
-Each PDF is written under the app's private upload folder (`root`, the app's GRADIO_TEMP_DIR),
+Each file is written under the app's private upload folder (`root`, the app's GRADIO_TEMP_DIR),
 in a folder of its own with a random name, so Gradio serves it from where it lies (no copy). It is
 removed as soon as it has been served once (`ServeOnce`, an ASGI middleware on the app), when the
 session that asked for it ends (`end_session`), by the upload sweeper once older than the upload
@@ -18,6 +19,7 @@ from urllib.parse import unquote
 
 FOLDER = "case-reports"
 FILE_ROUTE = "/file="
+SUFFIXES = (".pdf", ".csv")   # what this module writes, and so may serve once and remove
 
 
 class ReportFiles:
@@ -28,12 +30,16 @@ class ReportFiles:
         self._lock = threading.Lock()
         self._sessions: dict[str, set[Path]] = {}
 
-    def write(self, pdf: bytes, session: str | None = None, when: datetime | None = None) -> Path:
-        """Writes pdf as <root>/case-reports/<random>/case_report_<UTC time>.pdf (folders 0700)."""
+    def write(self, pdf: bytes, session: str | None = None, when: datetime | None = None,
+              name: str | None = None, suffix: str = ".pdf") -> Path:
+        """Writes pdf as <root>/case-reports/<random>/case_report_<UTC time>.pdf (folders 0700); or,
+        given a name (no folder) and a suffix of SUFFIXES, as <random>/<name><suffix>."""
         when = when or datetime.now(timezone.utc)
+        if suffix not in SUFFIXES or (name is not None and (not name or Path(name).name != name)):
+            raise ValueError(f"a served file is a plain name ending in one of {SUFFIXES}")
         for attempt in range(3):
             folder = self.root / secrets.token_hex(16)
-            path = folder / f"case_report_{when:%Y%m%d-%H%M%S}.pdf"
+            path = folder / f"{name or f'case_report_{when:%Y%m%d-%H%M%S}'}{suffix}"
             try:
                 folder.mkdir(mode=0o700, parents=True)
                 path.write_bytes(pdf)
@@ -47,15 +53,15 @@ class ReportFiles:
         return path
 
     def owns(self, path: str | Path) -> bool:
-        """True for a PDF this object wrote (a file two levels below its folder)."""
+        """True for a file this object wrote (a PDF or CSV two levels below its folder)."""
         try:
             p = Path(path).resolve()
         except (OSError, ValueError):
             return False
-        return p.parent.parent == self.root and p.suffix == ".pdf"
+        return p.parent.parent == self.root and p.suffix in SUFFIXES
 
     def discard(self, path: str | Path) -> None:
-        """Removes one PDF and its folder (nothing if it is not one of ours or already gone)."""
+        """Removes one file and its folder (nothing if it is not one of ours or already gone)."""
         if not self.owns(path):
             return
         p = Path(path).resolve()
@@ -72,8 +78,8 @@ class ReportFiles:
             self.discard(p)
 
     def held(self) -> list[Path]:
-        """Every PDF still on disk."""
-        return sorted(self.root.glob("*/*.pdf")) if self.root.is_dir() else []
+        """Every file (PDF or CSV) still on disk."""
+        return sorted(p for p in self.root.glob("*/*") if p.suffix in SUFFIXES) if self.root.is_dir() else []
 
 
 class ServeOnce:
