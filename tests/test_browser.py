@@ -365,3 +365,27 @@ def test_one_photo_dropped_into_both_boxes_counts_once(page, tmp_path):
     assert "no longer available" not in page.locator("body").inner_text()
     for panel in ("#fusion_cam", "#image_only_cam"):
         assert page.locator(f"{panel} .cam_strip img").count() == 0 and page.locator(f"{panel} img").count() == 1
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_the_lesion_outlined_and_measured_after_upload_and_analyze(browser, app_server, width):
+    """Upload and Analyze only: #lesion_view shows the image with its outline, #lesion_measures
+    names asymmetry, border and colours with numbers; the outline toggle redraws both heatmaps."""
+    import re
+    with opened(browser, app_server, width) as page:
+        upload(page)
+        analyze_and_wait(page)
+        page.wait_for_selector("#lesion_view img", timeout=30_000)
+        assert "outline" in page.locator("#lesion_view img").get_attribute("alt")
+        text = page.locator("#lesion_measures").inner_text()
+        for name in ("Asymmetry", "Border irregularity", "Border sharpness", "Colours present"):
+            assert re.search(name + r"[^\n]*\d", text), (name, text)
+        assert "not a diagnosis" in text and "inside the outline" in text
+        before = page.locator("#fusion_cam img").get_attribute("src")
+        page.locator("#outline_toggle input").uncheck()
+        page.wait_for_function("(s) => document.querySelector('#fusion_cam img').src !== s", arg=before,
+                               timeout=30_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        out = REPO / "test-artifacts"
+        out.mkdir(exist_ok=True)
+        page.screenshot(path=str(out / f"lesion_{width}.png"), full_page=True)

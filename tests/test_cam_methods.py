@@ -5,20 +5,25 @@ import pytest
 import torch
 import torch.nn as nn
 from pytorch_grad_cam import HiResCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
 
 from lesion_app.classifier.ensemble import Ensemble
-from lesion_app.evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FixedMetadata, ImageSizedCAM, gradcam
+from lesion_app.evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FINE_STAGE_BLOCK, FixedMetadata, \
+    ImageSizedCAM, gradcam
 from conftest import model_with_class0_weight
 from lesion_app.classifier.models import LesionClassifier
+from lesion_app.classifier.segmenter import STAGES, lower_with_stages
 from lesion_app.classifier.vocab import CLASSES
 
 SIZE = (192, 256)
 METHODS = list(CAM_METHODS)
+LIBRARY = ["Grad-CAM", "Grad-CAM++", "LayerCAM"]   # the library's methods as they are (one target layer a member)
+FINE = "LayerCAM (fine)"
 
 
-def test_the_selector_offers_grad_cam_first_and_two_more_library_methods():
+def test_the_selector_offers_grad_cam_first_three_library_methods_and_a_finer_layercam():
     assert METHODS[0] == DEFAULT_CAM_METHOD == "Grad-CAM"
-    assert METHODS == ["Grad-CAM", "Grad-CAM++", "LayerCAM"]
+    assert METHODS == [*LIBRARY, FINE]
     with pytest.raises(ValueError, match="method must be one of"):
         gradcam(Ensemble([model_with_class0_weight(1.0)]).eval(), torch.zeros(1, 112, 12, 16), None, 0, SIZE,
                 method="ScoreCAM")
@@ -107,8 +112,8 @@ def test_methods_differ_where_their_definitions_do():
     plus_plus = np.tensordot(np.maximum(g, 0) * 16 * g**2 / (2 * g**2 + s * g**3), a, 1)  # Grad-CAM++ eq. 19
     expected = {"Grad-CAM": grad_cam, "Grad-CAM++": plus_plus, "LayerCAM": layer_cam}
     ens = Ensemble([ToyMember()]).eval()
-    got = {m: gradcam(ens, torch.from_numpy(a)[None], None, 0, (4, 4), method=m)[0] for m in METHODS}
-    for m in METHODS:
+    got = {m: gradcam(ens, torch.from_numpy(a)[None], None, 0, (4, 4), method=m)[0] for m in LIBRARY}
+    for m in LIBRARY:
         assert np.allclose(got[m], normalised(expected[m]), atol=1e-4), m
     # Where they must differ: Grad-CAM lets the counter-evidence cancel the top-left corner,
     # LayerCAM and Grad-CAM++ drop it; Grad-CAM++ lifts the weak lone spot that the others scale down.
@@ -118,6 +123,42 @@ def test_methods_differ_where_their_definitions_do():
     assert got["Grad-CAM++"][corner] == pytest.approx(1.0, abs=1e-3)
     assert got["LayerCAM"][spot] == pytest.approx(0.25, abs=1e-3)
     assert got["Grad-CAM++"][spot] > 0.6
-    for i, m in enumerate(METHODS):
-        for n in METHODS[i + 1:]:
+    for i, m in enumerate(LIBRARY):
+        for n in LIBRARY[i + 1:]:
             assert np.abs(got[m] - got[n]).max() > 0.2, (m, n)
+
+
+def layer_cam(activation: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+    """LayerCAM's formula for one layer, scaled to [0, 1] at the image size as the library does."""
+    cam = np.maximum((torch.relu(grad) * activation).sum(1).detach().numpy(), 0)
+    return scale_cam_image(cam, (SIZE[1], SIZE[0]))[0]
+
+
+@pytest.mark.parametrize("from_stage", [True, False])
+def test_fine_layercam_is_the_geometric_mean_of_the_last_stage_and_the_trunk_stages(from_stage):
+    # Two members with different upper stages, so that pairing each layer's activation with its
+    # own gradient matters; the maps by hand come from autograd, one layer at a time.
+    torch.manual_seed(2)
+    members = [LesionClassifier("image_only", pretrained=False).eval() for _ in range(2)]
+    ens = Ensemble(members).eval()
+    with torch.no_grad():
+        low, stages = lower_with_stages(members[0], torch.randn(1, 3, *SIZE))
+    stage = stages[STAGES.index(FINE_STAGE_BLOCK)]
+    start = (stage if from_stage else low).clone().requires_grad_()
+    trunk_out = members[0].backbone.blocks[FINE_STAGE_BLOCK + 1:members[0].split_block](start) if from_stage else start
+    last = []
+    hooks = [m.backbone.bn2.register_forward_hook(lambda mod, i, o: last.append(o)) for m in members]
+    logit = ens.head_logits(ens.pooled(trunk_out), None)[0, 0]
+    for h in hooks:
+        h.remove()
+    finer = [start, trunk_out] if from_stage else [trunk_out]
+    grads = torch.autograd.grad(logit, finer + last)
+    maps = [layer_cam(a, g) for a, g in zip(finer + last, grads)]
+    assert not np.allclose(maps[-1], maps[-2], atol=0.05)   # the members' last stages differ
+    fused = np.sqrt(np.mean(maps[len(finer):], 0) * np.mean(maps[:len(finer)], 0))
+    expected = (fused - fused.min()) / (fused.max() - fused.min() + 1e-7)
+
+    heat, empty = gradcam(ens, low, None, 0, SIZE, method=FINE, stage=stage if from_stage else None)
+    assert not empty and np.allclose(heat, expected, atol=1e-4)
+    other, _ = gradcam(ens, low, None, 0, SIZE, method=FINE, stage=None if from_stage else stage)
+    assert not np.allclose(heat, other, atol=0.05)   # the kept stage is used when given, and only then

@@ -15,6 +15,7 @@ from lesion_app.page.case_report import DISCLAIMER, case_report_pdf
 from lesion_app.evidence.clinical_report import ClinicalReport
 from lesion_app.page.handlers import NothingToReport, PageEvents, SessionState
 from lesion_app.analysis.predictor import Predictor
+from lesion_app.files.image_input import load_upload
 from lesion_app.files.report_files import ReportFiles, ServeOnce
 from lesion_app.classifier.vocab import CLASSES, class_label
 
@@ -113,3 +114,19 @@ def test_a_lesion_of_several_images_says_so(predictor, clinical):
     a = predictor.analyze([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], 40, "female", "back")
     text = text_of(case_report_pdf(a, clinical))
     assert "Images of this lesion: 2; the models combined them" in text and "From 2 images of this lesion" in text
+
+
+def test_a_close_call_shows_why_the_first_class_rather_than_the_second(predictor, clinical):
+    """ISIC_0024394's fusion top two are within 20 points: the PDF adds the contrastive map, named;
+    a clear case does not."""
+    from lesion_app.page.case_report import close_call
+    a = predictor.analyze(load_upload(EXAMPLES / "images" / "ISIC_0024394.jpg"))
+    assert close_call(a)
+    contrast = predictor.contrast_map(a)
+    first, second = sorted(a.fusion.probabilities, key=a.fusion.probabilities.get, reverse=True)[:2]
+    assert contrast is not None and contrast[1:] == (first, second)
+    text = text_of(case_report_pdf(a, clinical, contrast=contrast))
+    assert f"Why {class_label(first)} rather than {class_label(second)}?" in text
+    clear = next(b for f in sorted((EXAMPLES / "images").glob("*.jpg"))
+                 if not close_call(b := predictor.analyze(load_upload(f))))
+    assert "rather than" not in text_of(case_report_pdf(clear, clinical, contrast=predictor.contrast_map(clear)))

@@ -110,3 +110,33 @@ def test_by_lesion_writes_one_row_per_lesion_from_all_of_its_images(folder, tmp_
     shown = Predictor().analyze(images, first.age, first.sex, first.localization)
     row = df[(df.image_id == first.image_id) & (df.model == "fusion")][list(CLASSES)].to_numpy()[0]
     assert np.allclose(row, [shown.fusion.probabilities[c] for c in CLASSES], atol=1e-5)
+
+
+def test_masks_out_writes_each_images_outline_at_its_own_size(folder, tmp_path):
+    """--masks-out: <image_id>_segmentation.png, 0/255, the image's own size (a wide copy included);
+    with the folder's own masks, metrics.json scores them."""
+    from lesion_app.classifier.manifest import Manifest
+    if not Manifest.load().segmentation:
+        pytest.skip("these weights ship no lesion segmenter")
+    md = pd.read_csv(folder / "metadata.csv")
+    first = md["image_id"].iloc[0]
+    with Image.open(folder / "images" / f"{first}.jpg") as im:      # 400x150: wider than 4:3
+        wide = Image.new("RGB", (400, 150), (230, 190, 170))
+        wide.paste(im, (100, 0))
+        wide.save(folder / "images" / f"{first}.jpg")
+    (folder / "masks").mkdir(exist_ok=True)
+    for i in md["image_id"]:
+        with Image.open(folder / "images" / f"{i}.jpg") as im:
+            Image.new("L", im.size, 0).save(folder / "masks" / f"{i}_segmentation.png")
+    out = tmp_path / "masks"
+    r = run_module("train.evaluation.evaluate", "--data", folder, "--out", tmp_path / "m.json",
+                   "--predictions", tmp_path / "p.csv", "--masks-out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for i in md["image_id"]:
+        with Image.open(folder / "images" / f"{i}.jpg") as im, Image.open(out / f"{i}_segmentation.png") as m:
+            a = np.asarray(m)
+            assert m.size == im.size and set(np.unique(a)) <= {0, 255} and (a == 255).any()
+    wide_mask = np.asarray(Image.open(out / f"{first}_segmentation.png"))
+    assert not wide_mask[:, :100].any() and not wide_mask[:, 300:].any()   # outside the centre crop
+    seg = json.loads((tmp_path / "m.json").read_text())["segmentation"]
+    assert seg["n"] == len(md) and seg["dice"] == 0.0    # empty true masks, a lesion found in each image

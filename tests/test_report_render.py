@@ -49,4 +49,6 @@ def test_localisation_table_marks_missing_means_with_a_dash():
                            "image_only": {"n": 3, "empty_maps": 0, "energy_inside_mask_mean": 0.61234,
                                           "pointing_game_hit_rate": 2 / 3}}}
     lines = localisation_table(result).splitlines()
-    assert lines[2:] == ["| Grad-CAM | Fusion | 3 | 3 | - | - |", "| Grad-CAM | Image-only | 3 | 0 | 0.612 | 0.667 |"]
+    assert lines[2:] == ["| Grad-CAM | Fusion | 3 | 3 | - | - | - |", "| Grad-CAM | Image-only | 3 | 0 | 0.612 | 0.667 | - |"]
+    result["Grad-CAM"]["image_only"]["attention_ratio_median"] = 4.567
+    assert localisation_table(result).splitlines()[-1].endswith("| 0.612 | 0.667 | 4.57 |")

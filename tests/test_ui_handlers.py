@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES
-from lesion_app.page.choices import OPERATING_POINT, PREDICTED
+from lesion_app.classifier.vocab import class_label
+from lesion_app.evidence.gradcam import TOP_TWO
+from lesion_app.page.choices import CONTRAST, OPERATING_POINT, PREDICTED
 from lesion_app.page.handlers import SessionState
 from lesion_app.files.image_input import load_upload
 from lesion_app.analysis.predictor import Predictor
@@ -139,6 +141,24 @@ def test_heatmap_class_accepts_labels_codes_and_blank(app):
     h, _ = app
     assert h.cam_code("Melanoma (mel)") == h.cam_code(" mel ") == "mel"
     assert h.cam_code(PREDICTED) is h.cam_code("") is h.cam_code(None) is None
+    assert h.cam_code(CONTRAST) == h.cam_code(" top two ") == TOP_TWO
+    with pytest.raises(gr.Error) as e:
+        h.cam_code("top three")
+    assert e.value.message.startswith("Unknown heatmap class 'top three'") and CONTRAST in e.value.message
+
+
+def test_top_two_heatmaps_say_why_the_first_class_rather_than_the_second(app, upload):
+    h, v = app
+    out = h.analyze(upload("ISIC_0024449.jpg"), "55", "male", "back", CONTRAST, OP, LEVEL, " LayerCAM (fine) ",
+                    SessionState())
+    assert h.predictor.calls == [(55.0, "male", "back", TOP_TWO, "LayerCAM (fine)")]
+    a = out[v.state].analysis
+    for side, note in ((a.fusion, v.fusion_note), (a.image_only, v.image_only_note)):
+        first, second = sorted(side.probabilities, key=side.probabilities.get, reverse=True)[:2]
+        assert (side.cam_class, side.cam_versus) == (first, second)
+        assert out[note] == (f"LayerCAM (fine) for **{class_label(first)}** rather than **{class_label(second)}**: "
+                             f"red regions raised {first}'s score over {second}'s most.")
+    assert out[v.report_json]["shap"]["class"] == a.fusion.top
 
 
 @pytest.mark.parametrize("choice,spec", [("90% specificity", "90"), ("95% specificity", "95"), ("95", "95"),
@@ -202,3 +222,28 @@ def test_a_heatmap_method_change_redraws_both_heatmaps_from_the_kept_features(ap
     assert not np.allclose(a.image_only.cam, before.image_only.cam, atol=0.05)
     with pytest.raises(gr.Error, match="Unknown heatmap method 'ScoreCAM'"):
         h.heatmap_changed(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, "ScoreCAM", out[v.state])
+
+
+def test_the_outline_toggle_redraws_both_heatmaps_without_a_model_run_and_is_kept(app, upload):
+    h, v = app
+    payload = upload("ISIC_0024394.jpg")
+    first = h.analyze(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, SessionState())
+    a = first[v.state].analysis
+    if a.lesion is None:
+        pytest.skip("these weights ship no lesion segmenter")
+    assert "outline" in first[v.lesion_view] and "Asymmetry" in first[v.lesion_measures]
+    calls = []
+    hook = h.predictor.trunk.members[0].backbone.conv_stem.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        off = h.outline_changed(False, first[v.state])
+    finally:
+        hook.remove()
+    assert calls == [] and off[v.state].outline is False
+    assert off[v.fusion_cam] != first[v.fusion_cam] and off[v.image_only_cam] != first[v.image_only_cam]
+    # The next image keeps the choice: its heatmaps come without the outline.
+    other = upload("ISIC_0024336.jpg")
+    cleared = h.image_changed(other, off[v.state])
+    assert cleared[v.state].outline is False
+    again = h.analyze(other, "", "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, cleared[v.state])
+    on = h.outline_changed(True, again[v.state])
+    assert on[v.fusion_cam] != again[v.fusion_cam]

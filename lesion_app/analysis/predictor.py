@@ -11,15 +11,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from ..classifier.metadata import encode_metadata, parse_age, parse_choice, unknown_row
 from ..classifier.preprocess import flip_views, mean_over_views, to_tensor, unnormalise
 from ..classifier.result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
+from ..classifier.segmenter import STAGES as TRUNK_STAGES
+from ..classifier.segmenter import THRESHOLD as SEGMENT_THRESHOLD, LesionSegmenter, largest_component, \
+    lower_with_stages, mask_for_image
 from ..classifier.vocab import CLASSES, SEXES, SITES
 from ..classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_models, torch_device, verify_file
 from ..evidence.archive import Archive, SimilarCases, SimilarQuery, raw_embedding
 from ..evidence.conformal import prediction_sets as conformal_sets
-from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, gradcam
+from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FINE_STAGE_BLOCK, TOP_TWO, gradcam
+from ..evidence.lesion import lesion_findings
 from ..evidence.ood import OODDetector
 from ..evidence.shapley import PLAYERS, coalition_rows, shapley_values
 
@@ -57,6 +62,7 @@ class Predictor:
         ood = self.manifest.ood
         self.ood = OODDetector.load(verify_file(weights_dir, ood)) if ood and with_ood else None
         self.archive = self._load_archive(weights_dir) if self.manifest.archive else None
+        self.segmenter = self._load_segmenter(weights_dir) if self.manifest.segmentation else None
 
     def _load_archive(self, weights_dir: Path) -> Archive:
         entry = self.manifest.archive
@@ -67,6 +73,15 @@ class Predictor:
                                f"the manifest says {entry.get('embedding')} of {entry.get('dims')}: rebuild it "
                                "with python -m train.release.archive")
         return archive
+
+    def _load_segmenter(self, weights_dir: Path) -> LesionSegmenter:
+        path = verify_file(weights_dir, self.manifest.segmentation)
+        try:
+            return LesionSegmenter.load(path).to(self.device).requires_grad_(False)
+        except (SafetensorError, RuntimeError, ValueError, KeyError) as e:   # not one, or another shape
+            raise WeightsError(f"{path} is not a lesion segmenter this code can run ({type(e).__name__}): "
+                               "restore it, or retrain it with python -m train.fitting.segmentation and ship it "
+                               "with python -m train.release.segmenter") from None
 
     def encode(self, age, sex, site) -> torch.Tensor:
         """One encoded metadata row; raises MetadataError on invalid values."""
@@ -80,6 +95,23 @@ class Predictor:
         """(B, 3, H, W) -> the shared trunk's output for every flip view, (B * V, C, h, w)."""
         views = flip_views(x.to(self.device))
         return self.trunk.lower(views.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+
+    @torch.inference_mode()
+    def trunk_and_outlines(self, x: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray] | None, torch.Tensor]:
+        """trunk_features(x); with a segmenter, each image's lesion outline (bool (H, W) at the
+        input size; the largest region, holes filled); and each image's unflipped view's trunk stage
+        FINE_STAGE_BLOCK (B, C, 2h, 2w), for the fine heatmaps: all from the same trunk pass."""
+        views = flip_views(x.to(self.device))
+        n, v = views.shape[:2]
+        low, stages = lower_with_stages(self.trunk.members[0],
+                                        views.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+        unflipped = [s.view(n, v, *s.shape[1:])[:, 0] for s in stages]
+        stage = unflipped[TRUNK_STAGES.index(FINE_STAGE_BLOCK)]
+        if self.segmenter is None:
+            return low, None, stage
+        # The outline's map: every flip view segmented, flipped back and averaged (no trunk cost).
+        prob = self.segmenter.probabilities(stages, (self.spec.height, self.spec.width), v).cpu().numpy()
+        return low, [largest_component(p > SEGMENT_THRESHOLD) for p in prob], stage
 
     @torch.inference_mode()
     def pooled_features(self, x: torch.Tensor, low: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -123,6 +155,20 @@ class Predictor:
                 rows, _ = self.archive.search(self.archive.project(raw), SimilarQuery().k)
                 out["knn"] = self.archive.vote_of(rows)
             return out
+
+    def lesion_masks(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """Each image's lesion outline as a bool mask at the image's own size (what `evaluate
+        --masks-out` writes): the 4 flip views' maps averaged, as an analysis outlines a lesion.
+        WeightsError when these weights have no segmenter."""
+        if self.segmenter is None:
+            raise WeightsError("these weights have no lesion segmenter (python -m train.release.segmenter)")
+        views = flip_views(torch.stack([self.image_tensor(im) for im in images]).to(self.device))
+        with self._lock, torch.inference_mode():
+            _, stages = lower_with_stages(self.trunk.members[0], views.flatten(0, 1).contiguous(
+                memory_format=torch.channels_last))
+            prob = self.segmenter.probabilities(stages, (self.spec.height, self.spec.width),
+                                                views.shape[1]).cpu().numpy()
+        return [mask_for_image(p, im.size, self.spec) for p, im in zip(prob, images)]
 
     def lesion_probabilities(self, lesions: list[list[Image.Image]], metadata: list[tuple],
                              knn: bool = False) -> dict[str, np.ndarray]:
@@ -170,7 +216,9 @@ class Predictor:
         prediction sets, Shapley values, what-if and similar cases describe the lesion, while
         the heatmaps and the OOD check are per image.
         cam_class: the class whose heatmaps (and Shapley values) to show; by default each
-        heatmap shows its own model's top class and the Shapley values the fusion top class.
+        heatmap shows its own model's top class and the Shapley values the fusion top class;
+        TOP_TWO: each heatmap shows its own model's top class rather than its second (a
+        contrastive map), the Shapley values the fusion top class.
         cam_method: a key of lesion_app.evidence.gradcam.CAM_METHODS (Grad-CAM by default).
         similar: how many similar archive cases to return, and their filters.
         The result keeps the image's features (in memory) for `with_metadata`.
@@ -185,12 +233,13 @@ class Predictor:
         x = torch.stack([self.image_tensor(im) for im in images])
         n = len(x)
         with self._lock:
-            low = self.trunk_features(x)                 # the trunk's only run for these images
+            low, outlines, stage = self.trunk_and_outlines(x)   # the trunk's only run for these images
             per_image = self.pooled_features(x, low)
             unflipped = low.view(n, len(low) // n, *low.shape[1:])[:, 0].clone()
             embedding = (self.embedding(low, per_image, n).mean(0, keepdim=True)
                          if self.archive is not None else None)
-            features = ImageFeatures(unflipped, {k: combined(p) for k, p in per_image.items()}, embedding=embedding)
+            features = ImageFeatures(unflipped, {k: combined(p) for k, p in per_image.items()}, embedding=embedding,
+                                     outlines=outlines, stage=stage.clone())
             image_only = self.head_probabilities("image_only", features.pooled["image_only"], meta[None])[0]
             image_only = image_only.cpu().numpy()
             rgb = unnormalise(x, self.spec)  # what the models saw, for the colour check and display
@@ -200,9 +249,9 @@ class Predictor:
                 for i in range(n):
                     w = self.ood.warning(trunk[i], rgb[i:i + 1])
                     warnings += [w if n == 1 else f"Image {i + 1} of {n}: {w}"] if w else []
-            target = cam_class or CLASSES[int(image_only.argmax())]
-            image_only_result = ModelResult(probabilities_dict(image_only),
-                                            *self._cam(features, "image_only", target, None, cam_method))
+            image_only_p = probabilities_dict(image_only)
+            image_only_result = ModelResult(image_only_p, *self._cam(
+                features, "image_only", heatmap_target(cam_class, image_only_p), None, cam_method))
             shown = (rgb.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
             return self._fusion_side(features, list(shown), image_only_result, warnings, meta,
                                      (age, sex, site), cam_class, cam_method, similar, repeated)
@@ -218,37 +267,60 @@ class Predictor:
         f = previous.features
         with self._lock:
             image_only = previous.image_only
-            target = cam_class or image_only.top
-            if (target, cam_method) != (image_only.cam_class, image_only.cam_method):
+            target = heatmap_target(cam_class, image_only.probabilities)
+            if (*target, cam_method) != (image_only.cam_class, image_only.cam_versus, image_only.cam_method):
                 image_only = ModelResult(image_only.probabilities,
                                          *self._cam(f, "image_only", target, None, cam_method))
-            return self._fusion_side(f, previous.images, image_only, previous.warnings, meta,
+            image_warnings = [w for w in previous.warnings   # the lesion's own warnings are recomputed
+                              if previous.lesion is None or w not in previous.lesion.warnings]
+            return self._fusion_side(f, previous.images, image_only, image_warnings, meta,
                                      (age, sex, site), cam_class, cam_method, similar, previous.repeated)
 
+    def contrast_map(self, analysis: Analysis) -> tuple[np.ndarray, str, str] | None:
+        """The fusion model's contrastive heatmap of the first image for its own top two classes a
+        and b (what raised a's score over b's), with the analysis's heatmap method, from its kept
+        features (heads and upper stages only): (map in [0, 1] of size (H, W), a, b). The analysis's
+        own fusion map when it is that one already. None when the analysis kept no features or
+        the map is empty (no region raised a's score over b's)."""
+        r = analysis.fusion
+        a, b = heatmap_target(TOP_TWO, r.probabilities)
+        if (r.cam_class, r.cam_versus) == (a, b):
+            return None if r.cam_empty else (r.cam, a, b)
+        if analysis.features is None:
+            return None
+        md = analysis.metadata
+        meta = self.encode(md.get("age"), md.get("sex"), md.get("site"))
+        with self._lock:
+            heat, _, empty, *_ = self._cam(analysis.features, "fusion", (a, b), meta[None], r.cam_method)
+        return None if empty else (heat, a, b)
+
     def _check_cam(self, cam_class, cam_method):
-        if cam_class is not None and cam_class not in CLASSES:
-            raise ValueError(f"cam_class must be one of {CLASSES}")
+        if cam_class is not None and cam_class not in (*CLASSES, TOP_TWO):
+            raise ValueError(f"cam_class must be one of {CLASSES} or {TOP_TWO!r}")
         if cam_method not in CAM_METHODS:
             raise ValueError(f"cam_method must be one of {list(CAM_METHODS)}")
 
-    def _cam(self, f: ImageFeatures, key: str, cls: str, meta, method: str) -> tuple:
+    def _cam(self, f: ImageFeatures, key: str, target: tuple[str, str | None], meta, method: str) -> tuple:
         """(heatmap of the first image, class, empty, method, [(heatmap, empty) of each further
-        image]) from the kept trunk output: the members' upper stages only. Maps of heads whose
-        gradients do not depend on the metadata (image-only, and additive fusion) are reused per
-        class and method."""
+        image], versus) for target (class, the class it is contrasted with or None), from the kept
+        trunk output (and stage): the members' upper stages only. Maps of heads whose gradients do
+        not depend on the metadata (image-only, and additive fusion) are reused per target and method."""
         ens = self.models[key]
         reusable = ens.head_kind in ADDITIVE_HEADS
-        cache_key = (key, cls, method)
+        cls, versus = target
+        cache_key = (key, cls, versus, method)
         if reusable and cache_key in f.cams:
             maps = f.cams[cache_key]
         else:
             maps = [gradcam(ens, f.low[i:i + 1], None if meta is None else meta.to(self.device),
-                            CLASSES.index(cls), (self.spec.height, self.spec.width), method=method)
+                            CLASSES.index(cls), (self.spec.height, self.spec.width), method=method,
+                            versus=None if versus is None else CLASSES.index(versus),
+                            stage=None if f.stage is None else f.stage[i:i + 1])
                     for i in range(len(f.low))]
             if reusable:
                 f.cams[cache_key] = maps
         (heat, empty), rest = maps[0], maps[1:]
-        return heat, cls, empty, method, list(rest)
+        return heat, cls, empty, method, list(rest), versus
 
     def _fusion_side(self, f: ImageFeatures, images_rgb: list, image_only: ModelResult, warnings, meta,
                      entered: tuple, cam_class, cam_method, similar: SimilarQuery,
@@ -272,14 +344,20 @@ class Predictor:
                                  contributions={p: float(phi[i, k]) for i, p in enumerate(PLAYERS)},
                                  value=float(fusion[k]))
         top = CLASSES[int(fusion.argmax())]
-        shap = shapley_for(cam_class or top)
-        fusion_result = ModelResult(probabilities_dict(fusion),
-                                    *self._cam(f, "fusion", cam_class or top, meta[None], cam_method))
+        shap = shapley_for(top if cam_class in (None, TOP_TWO) else cam_class)
+        fusion_p = probabilities_dict(fusion)
+        fusion_result = ModelResult(fusion_p, *self._cam(f, "fusion", heatmap_target(cam_class, fusion_p),
+                                                         meta[None], cam_method))
         image_only_p = np.array([image_only.probabilities[c] for c in CLASSES])
         sets = self.prediction_sets({"fusion": fusion[None], "image_only": image_only_p[None]})
         parsed = {"age": parse_age(age), "sex": parse_choice(sex, SEXES, "sex"), "site": parse_choice(site, SITES, "site")}
+        lesion = None if f.outlines is None else lesion_findings(
+            f.outlines[0], images_rgb[0], {"fusion": fusion_result.cam, "image_only": image_only.cam},
+            self.manifest.segmentation)
         return Analysis(
-            image=images_rgb[0], extra_images=list(images_rgb[1:]), repeated=list(repeated), warnings=list(warnings), fusion=fusion_result, image_only=image_only, shap=shap,
+            lesion=lesion, image=images_rgb[0], extra_images=list(images_rgb[1:]), repeated=list(repeated),
+            warnings=list(warnings) + (lesion.warnings if lesion is not None else []), fusion=fusion_result,
+            image_only=image_only, shap=shap,
             top_shap=shapley_for(top) if shap.cls != top else None,
             no_metadata_top=CLASSES[int(by_coalition[0].argmax())],
             metadata=parsed,
@@ -304,6 +382,16 @@ class Predictor:
             out[name] = {"values": values,
                          "probabilities": {c: [float(v) for v in block[:, k]] for k, c in enumerate(CLASSES)}}
         return out
+
+
+def heatmap_target(cam_class: str | None, probabilities: dict[str, float]) -> tuple[str, str | None]:
+    """A heatmap's (class, the class it is contrasted with or None) for one model's probabilities:
+    cam_class itself; by default (None) the model's top class; TOP_TWO its top class rather than
+    its second."""
+    ranked = sorted(probabilities, key=probabilities.get, reverse=True)   # stable: ties as ModelResult.top
+    if cam_class == TOP_TWO:
+        return ranked[0], ranked[1]
+    return cam_class or ranked[0], None
 
 
 def distinct_images(images: list[Image.Image]) -> tuple[list[Image.Image], list[int]]:

@@ -69,6 +69,8 @@ class Manifest:
     ood: dict | None = None          # train.release.fit_ood
     prediction_sets: dict | None = None   # train.release.prediction_sets
     archive: dict | None = None      # train.release.archive (similar confirmed cases)
+    reader_cases: dict | None = None  # train.release.reader_cases (the held-out cases of 'Test yourself')
+    segmentation: dict | None = None  # train.fitting.segmentation (the lesion's outline)
     extra: dict = field(default_factory=dict)   # keys this code does not know, kept as read
     # The keys' order as read, so a rewrite keeps the file's own order (new keys go last).
     key_order: tuple = field(default=(), repr=False, compare=False)
@@ -149,6 +151,14 @@ class Manifest:
         """A copy with the similar-cases archive's entry (train.release.archive)."""
         return replace(self, archive=entry)
 
+    def with_reader_cases(self, entry: dict) -> "Manifest":
+        """A copy with the reader mode's held-out cases' entry (train.release.reader_cases)."""
+        return replace(self, reader_cases=entry)
+
+    def with_segmentation(self, entry: dict) -> "Manifest":
+        """A copy with the lesion segmenter's entry (train.fitting.segmentation)."""
+        return replace(self, segmentation=entry)
+
     def with_heldout(self, metrics: dict, seconds: float) -> "Manifest":
         """A copy with each kind's held-out metrics (metrics[kind]) and the scoring time."""
         models = {k: {**v, "heldout_metrics": metrics[k]} if k in MODEL_KEYS else v
@@ -205,9 +215,12 @@ class Manifest:
 
     def file_entries(self) -> list[dict]:
         """Every weights file the manifest names ({"file", "sha256", ...}: the trunk, each member
-        of each ensemble, the OOD detector, the similar-cases archive), in the manifest's order."""
+        of each ensemble, the OOD detector, the similar-cases archive, the lesion segmenter, the reader
+        mode's cases), in the manifest's order."""
         entries = {"trunk": [self.trunk], "ood": [self.ood] if self.ood else [],
                    "archive": [self.archive] if self.archive else [],
+                   "reader_cases": [self.reader_cases] if self.reader_cases else [],
+                   "segmentation": [self.segmentation] if self.segmentation else [],
                    "models": [m for v in self.models.values() for m in v.get("members", [])]}
         return [e for key in self.to_dict() for e in entries.get(key, ())]
 

@@ -47,19 +47,26 @@ class InputSpec:
 VIEWS = ("identity", "hflip", "vflip", "hvflip")
 
 
+def aspect_crop_box(width: int, height: int, spec: InputSpec) -> tuple[int, int, int, int]:
+    """The centre crop (left, top, right, bottom) of a width x height image to the spec's aspect
+    ratio (the whole image when it already has it)."""
+    w, h, target = width, height, spec.width / spec.height
+    if abs(w / h - target) <= 1e-3:
+        return 0, 0, w, h
+    if w / h > target:
+        nw = round(h * target)
+        return (w - nw) // 2, 0, (w - nw) // 2 + nw, h
+    nh = round(w / target)
+    return 0, (h - nh) // 2, w, (h - nh) // 2 + nh
+
+
 def fit_to_aspect(image: Image.Image, spec: InputSpec) -> Image.Image:
     """Centre-crops to the spec's aspect ratio (4:3, as HAM10000) and resizes to it with the
     spec's interpolation."""
     image = image.convert("RGB")
-    w, h = image.size
-    target = spec.width / spec.height
-    if abs(w / h - target) > 1e-3:
-        if w / h > target:
-            nw = round(h * target)
-            image = image.crop(((w - nw) // 2, 0, (w - nw) // 2 + nw, h))
-        else:
-            nh = round(w / target)
-            image = image.crop((0, (h - nh) // 2, w, (h - nh) // 2 + nh))
+    box = aspect_crop_box(*image.size, spec)
+    if box != (0, 0, *image.size):
+        image = image.crop(box)
     return image.resize((spec.width, spec.height), spec.resample)
 
 

@@ -13,13 +13,15 @@ ABSENT_BASELINE = ("a feature that is absent is set to 'not entered' (age missin
 
 @dataclass
 class ModelResult:
-    """One model's calibrated probabilities and its heatmap (cam_method) for cam_class."""
+    """One model's calibrated probabilities and its heatmap (cam_method) for cam_class, or for
+    cam_class rather than cam_versus (a contrastive map: what raised the first's score over the second's)."""
     probabilities: dict[str, float]
     cam: np.ndarray                 # (H, W) in [0, 1], zeros when empty
     cam_class: str
     cam_empty: bool
     cam_method: str = "Grad-CAM"    # a key of lesion_app.evidence.gradcam.CAM_METHODS
     extra_cams: list = field(default_factory=list)  # [(cam, empty)] of each further image of the lesion
+    cam_versus: str | None = None   # the class the map is contrasted with (None: a plain map of cam_class)
 
     @property
     def top(self) -> str:
@@ -48,11 +50,40 @@ class ImageFeatures:
     """What a metadata change needs from one analysis (one image, or several of one lesion), kept
     in the session's memory only (never on disk): the trunk's output for each image's unflipped
     view, each member's pooled features per kind (every image's views as views of one input), and
-    heatmaps already computed, by (kind, class, method)."""
+    heatmaps already computed, by (kind, class, versus, method)."""
     low: object                      # torch.Tensor (images, C, h, w)
     pooled: dict                     # kind -> torch.Tensor (members, 1, images * views, F)
     cams: dict = field(default_factory=dict)
     embedding: object = None         # torch.Tensor (1, D): the similar-cases query (lesion_app.evidence.archive)
+    outlines: list | None = None     # each image's lesion outline, bool (H, W), when there is a segmenter
+    stage: object = None             # torch.Tensor (images, C, 2h, 2w): each unflipped view's trunk stage
+                                     # lesion_app.evidence.gradcam.FINE_STAGE_BLOCK, for the fine heatmaps
+
+
+@dataclass
+class LesionFindings:
+    """The lesion as the segmentation outlines it in the first image the models saw, measured from
+    the outline: measurements of the outline, not the ABCD rule's scores and not a diagnosis.
+    Measures are None when no lesion was found."""
+    mask: np.ndarray                 # (H, W) bool, the size of Analysis.image: True inside the outline
+    found: bool                      # False: no lesion, or one covering nearly the whole image
+    area_share: float | None = None  # lesion pixels / image pixels, 0..1
+    asymmetry: float | None = None   # 0 (mirror-symmetric about both principal axes) .. 1
+    border: dict = field(default_factory=dict)   # {"irregularity": float >= 0, "sharpness": float 0..1}
+    colours: dict = field(default_factory=dict)  # dermoscopic colour -> share of the lesion (those present)
+    attention_inside: dict = field(default_factory=dict)  # kind -> share of its heatmap's mass inside, 0..1
+    attention_ratio: dict = field(default_factory=dict)   # kind -> mean map value inside / outside
+    reference: dict = field(default_factory=dict)  # measure -> class -> [q1, median, q3] in the archive
+    warnings: list = field(default_factory=list)   # plain sentences (no lesion found, evidence off it)
+
+    def to_report(self) -> dict:
+        """/report's `lesion`: found, the measures, and each heatmap's share inside the outline."""
+        if not self.found:
+            return {"found": False, "warnings": list(self.warnings)}
+        return {"found": True, "area_share": self.area_share, "asymmetry": self.asymmetry,
+                "border": dict(self.border), "colours": dict(self.colours),
+                "attention_inside": dict(self.attention_inside), "attention_ratio": dict(self.attention_ratio),
+                "warnings": list(self.warnings)}
 
 
 @dataclass
@@ -72,6 +103,7 @@ class Analysis:
     features: ImageFeatures | None = field(default=None, repr=False)  # for a metadata change
     extra_images: list = field(default_factory=list)  # further images of the same lesion, as `image`
     repeated: list = field(default_factory=list)  # how often each image given more than once was given
+    lesion: LesionFindings | None = None  # the outline and its measures, when the weights have a segmenter
 
     @property
     def images(self) -> list[np.ndarray]:
@@ -159,6 +191,7 @@ class Analysis:
             **({"similar_cases": self.similar_cases.to_report()} if self.similar_cases is not None else {}),
             **({"n_images": self.n_images} if self.n_images > 1 or self.repeated else {}),
             **({"note": self.repeat_note} if self.repeated else {}),
+            **({"lesion": self.lesion.to_report()} if self.lesion is not None else {}),
         }
 
 

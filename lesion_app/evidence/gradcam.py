@@ -1,31 +1,65 @@
-"""Class-activation heatmaps with pytorch-grad-cam (Grad-CAM, Grad-CAM++, LayerCAM), for the
-image-only and the fusion ensembles: one wrapper, one empty-map rule, the library's methods."""
+"""Class-activation heatmaps with pytorch-grad-cam (Grad-CAM, Grad-CAM++, LayerCAM, and LayerCAM
+fused over the trunk's finer stages), for the image-only and the fusion ensembles: one wrapper, one
+empty-map rule, the library's methods; a map of one class, or of one class rather than another."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn as nn
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..classifier.ensemble import Ensemble
+
+FINE_STAGE_BLOCK = 2   # the trunk's stride-8 stage, blocks[2]'s output (32x24 on the 256x192 input)
+EMPTY_PEAK = 1e-7      # a raw map whose positive peak is at most this holds no evidence
+TOP_TWO = "top two"    # the heatmap class meaning "each model's top class rather than its second"
 
 
 class FixedMetadata(nn.Module):
     """Presents a two-input ensemble as one-input, metadata held fixed (pytorch-grad-cam #115).
 
-    Its input is the shared trunk's output, already computed for the prediction, so the
-    trunk never runs again. The output is the ensemble's mean logit.
+    Its input is a trunk output already computed for the prediction, so the trunk never runs
+    again: by default the trunk's own output; with first_block, an earlier stage's output,
+    from which the trunk's blocks[first_block:split] run here so that gradients reach that
+    stage. The input and the trunk's output pass through nn.Identity layers (stage_in,
+    trunk_out) that a CAM can target. The output is the ensemble's mean logit.
     """
 
-    def __init__(self, model: Ensemble, meta: torch.Tensor | None):
+    def __init__(self, model: Ensemble, meta: torch.Tensor | None, first_block: int | None = None,
+                 input_grad: bool = False):
         super().__init__()
         self.model, self.meta = model, meta
+        self.split = model.members[0].split_block
+        self.first_block = self.split if first_block is None else first_block
+        self.input_grad = input_grad   # the input's own gradient, for CAMs that target the trunk's stages
+        self.stage_in, self.trunk_out = nn.Identity(), nn.Identity()
 
-    def forward(self, low):
+    def trunk_layers(self) -> list[nn.Module]:
+        """The trunk's stages this wrapper sees, in forward order: its input stage when that is
+        earlier than the trunk's output, then the trunk's output."""
+        return ([self.stage_in] if self.first_block < self.split else []) + [self.trunk_out]
+
+    def forward(self, x):
+        h = self.stage_in(x.detach().requires_grad_(self.input_grad))
+        if self.first_block < self.split:   # the frozen trunk's remaining blocks (shared by every member)
+            h = self.model.members[0].backbone.blocks[self.first_block:self.split](h)
+        low = self.trunk_out(h)
         meta = None if self.meta is None else self.meta.expand(len(low), -1)
-        return self.model.head_logits(self.model.pooled(low.detach()), meta)
+        return self.model.head_logits(self.model.pooled(low), meta)
+
+
+class ContrastTarget:
+    """Class `category`'s logit minus class `versus`'s: its map shows the regions that raised the
+    first class's score over the second's ("why X rather than Y"; cf. torch-cam's FinerCAM).
+    Called on the model's output like pytorch-grad-cam's ClassifierOutputTarget."""
+
+    def __init__(self, category: int, versus: int):
+        self.category, self.versus = category, versus
+
+    def __call__(self, model_output):
+        return model_output[..., self.category] - model_output[..., self.versus]
 
 
 def graph_starts_here(module, inputs, output):
@@ -39,25 +73,38 @@ def graph_starts_here(module, inputs, output):
 
 class ImageSizedCAM:
     """What every CAM method here adds to its pytorch-grad-cam class: maps onto the image size,
-    and keeps the raw maps' positive peak.
+    and keeps each target layer's raw positive peak.
 
     Scaling hides whether a map is empty (every weighted activation negative or zero), so the
-    largest raw peak over the target layers is what tells the app to say so instead of showing
-    a blank heatmap; the rule is the same for every method. The input is the trunk's output,
-    so the output size is given explicitly rather than read from the input.
+    raw peaks are what tell the app to say so instead of showing a blank heatmap; the rule is
+    the same for every method. The input is a trunk output, so the output size is given
+    explicitly rather than read from the input.
+
+    `layers(wrapper)` says which layers a method targets: here each member's last activation,
+    whose gradients the caller may cut below (`trunk_stages` False).
     """
+    trunk_stages = False   # whether the method also targets the trunk's stages (gradients must reach them)
 
     def __init__(self, model, target_layers, size: tuple[int, int]):
         super().__init__(model, target_layers)
-        self.size, self.raw_peak = size, 0.0
+        self.size, self.peaks = size, []
+
+    @staticmethod
+    def layers(wrapper: FixedMetadata) -> list[nn.Module]:
+        return wrapper.model.cam_target_layers()
 
     def get_target_width_height(self, input_tensor):
         return self.size[1], self.size[0]
 
     def get_cam_image(self, *args, **kwargs):
         cam = super().get_cam_image(*args, **kwargs)
-        self.raw_peak = max(self.raw_peak, float(np.maximum(cam, 0).max()))
+        self.peaks.append(float(np.maximum(cam, 0).max()))   # in target-layer order
         return cam
+
+    @property
+    def empty(self) -> bool:
+        """No target layer holds positive evidence."""
+        return max(self.peaks, default=0.0) <= EMPTY_PEAK
 
 
 class PeakRecordingGradCAM(ImageSizedCAM, GradCAM):
@@ -74,30 +121,71 @@ class PeakRecordingLayerCAM(ImageSizedCAM, LayerCAM):
     """LayerCAM: each position weighted by its own positive gradient (no channel averaging)."""
 
 
+class FineLayerCAM(PeakRecordingLayerCAM):
+    """LayerCAM at the trunk's finer stages too (its output at stride 16 and, when the caller
+    has it, its stride-8 stage), beside each member's last stage (stride 32).
+
+    The fusion differs from the library's mean of the scaled per-layer maps: the map is the
+    geometric mean of the last stage's map (the members' mean) and the finer stages' mean,
+    rescaled to [0, 1]. So the finer stages add detail only where the last stage sees the class
+    (alone, or averaged in, they drift toward texture), and the map stays of degree one in the
+    activations like every other method's (a plain product would look sharper only by squaring,
+    and so score higher on mass-based localisation for no better placement). Empty when the
+    last stage or the finer stages hold no positive evidence, or the two never overlap.
+    """
+    trunk_stages = True
+
+    @staticmethod
+    def layers(wrapper: FixedMetadata) -> list[nn.Module]:
+        return [*wrapper.trunk_layers(), *wrapper.model.cam_target_layers()]   # forward order
+
+    def aggregate_multi_layers(self, cam_per_target_layer):
+        n_last = len(self.model.model.cam_target_layers())
+        maps = np.concatenate(cam_per_target_layer, axis=1)   # (N, layers, H, W), each in [0, 1]
+        fused = np.sqrt(maps[:, -n_last:].mean(1) * maps[:, :-n_last].mean(1))
+        self.fused_peak = float(fused.max())
+        return scale_cam_image(fused)
+
+    @property
+    def empty(self) -> bool:
+        n_last = len(self.model.model.cam_target_layers())
+        return (max(self.peaks[-n_last:]) <= EMPTY_PEAK or max(self.peaks[:-n_last]) <= EMPTY_PEAK
+                or self.fused_peak <= EMPTY_PEAK)
+
+
 # The selector's methods, first = default. HiResCAM is left out: with global average pooling
 # and linear heads, as here, its map is Grad-CAM's exactly.
 CAM_METHODS: dict[str, type[ImageSizedCAM]] = {
     "Grad-CAM": PeakRecordingGradCAM,
     "Grad-CAM++": PeakRecordingGradCAMPlusPlus,
     "LayerCAM": PeakRecordingLayerCAM,
+    "LayerCAM (fine)": FineLayerCAM,
 }
 DEFAULT_CAM_METHOD = "Grad-CAM"
 
 
 def gradcam(model: Ensemble, low: torch.Tensor, meta: torch.Tensor | None, class_index: int,
-            size: tuple[int, int], method: str = DEFAULT_CAM_METHOD) -> tuple[np.ndarray, bool]:
+            size: tuple[int, int], method: str = DEFAULT_CAM_METHOD, versus: int | None = None,
+            stage: torch.Tensor | None = None) -> tuple[np.ndarray, bool]:
     """A class-activation map of class_index for one image, from its trunk output low
     (1, C, h, w): one backward pass through the ensemble's mean logit, the members' maps
-    averaged by the library. method: a key of CAM_METHODS (Grad-CAM by default).
+    averaged by the library. method: a key of CAM_METHODS (Grad-CAM by default). versus: a
+    second class index; the map then targets class_index's logit minus versus's (ContrastTarget).
+    stage: the same image's trunk stage FINE_STAGE_BLOCK (1, C, 2h, 2w), where the methods that
+    target the trunk's stages start (without it they use the stages from low on).
     Returns (map in [0, 1] of size (H, W), empty)."""
     if method not in CAM_METHODS:
         raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
-    layers = model.cam_target_layers()
-    cut = [layer.register_forward_hook(graph_starts_here) for layer in layers]
+    kind = CAM_METHODS[method]
+    from_stage = kind.trunk_stages and stage is not None
+    wrapper = FixedMetadata(model, meta, FINE_STAGE_BLOCK + 1 if from_stage else None, input_grad=kind.trunk_stages)
+    layers = kind.layers(wrapper)
+    cut = [] if kind.trunk_stages else [layer.register_forward_hook(graph_starts_here) for layer in layers]
+    target = ClassifierOutputTarget(class_index) if versus is None else ContrastTarget(class_index, versus)
     try:
-        with torch.enable_grad(), CAM_METHODS[method](FixedMetadata(model, meta), layers, size) as cam:
-            heat = cam(low, targets=[ClassifierOutputTarget(class_index)])[0]
-            empty = cam.raw_peak <= 1e-7
+        with torch.enable_grad(), kind(wrapper, layers, size) as cam:
+            heat = cam(stage if from_stage else low, targets=[target])[0]
+            empty = cam.empty
     finally:
         for handle in cut:
             handle.remove()

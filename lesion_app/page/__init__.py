@@ -1,6 +1,7 @@
 """The page: ui (layout and wiring), handlers (events as plain functions -> a PageUpdate),
 choices (the one parser of the page's choices), presentation (an Analysis -> Markdown and
-HTML), figures, and case_report (the PDF of an analysis).
+HTML), figures, case_report (the PDF of an analysis), reader ("Test yourself": decks, scoring, the
+answers' CSV) and reader_tab (its tab's layout and wiring).
 
 May import analysis, evidence, classifier and files; nothing imports the page but app.py.
 """

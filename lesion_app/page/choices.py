@@ -7,9 +7,10 @@ from __future__ import annotations
 from ..classifier.vocab import CLASSES, class_label
 from ..evidence.archive import DEFAULT_K, K_CHOICES
 from ..evidence.clinical_report import OPERATING_POINTS, SPECIFICITIES
-from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD
+from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, TOP_TWO
 
 PREDICTED = "Predicted class (each model's own)"
+CONTRAST = "Top two (why the first rather than the second)"   # each model's top class rather than its second
 SET_LEVELS = {"90%": "0.9", "95%": "0.95"}   # the page's label -> the manifest's level key
 
 
@@ -47,10 +48,12 @@ class Choice:
         raise ChoiceError(f"Unknown {self.name} {choice!r}; expected {self.expected}.")
 
 
-# Blank or PREDICTED: each heatmap shows its own model's top class (None).
-HEATMAP_CLASS = Choice("heatmap class", {PREDICTED: None, **{class_label(k): k for k in CLASSES}}, None,
-                       aliases={k: k for k in CLASSES},
-                       expected=f"{PREDICTED!r} or one of: {', '.join(class_label(k) for k in CLASSES)} (or its code)")
+# Blank or PREDICTED: each heatmap shows its own model's top class (None); CONTRAST (or "top two"):
+# each model's top class rather than its second (TOP_TWO).
+HEATMAP_CLASS = Choice("heatmap class", {PREDICTED: None, CONTRAST: TOP_TWO, **{class_label(k): k for k in CLASSES}},
+                       None, aliases={TOP_TWO: TOP_TWO, **{k: k for k in CLASSES}},
+                       expected=f"{PREDICTED!r}, {CONTRAST!r} (or {TOP_TWO!r}) or one of: "
+                                f"{', '.join(class_label(k) for k in CLASSES)} (or its code)")
 HEATMAP_METHOD = Choice("heatmap method", {m: m for m in CAM_METHODS}, DEFAULT_CAM_METHOD, ignore_case=True)
 SET_LEVEL = Choice("prediction set level", SET_LEVELS, SET_LEVELS["90%"],
                    aliases={v: v for v in SET_LEVELS.values()})

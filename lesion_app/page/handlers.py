@@ -21,11 +21,11 @@ from ..evidence.archive import SimilarQuery
 from ..evidence.clinical_report import ClinicalReport
 from ..evidence.gradcam import DEFAULT_CAM_METHOD
 from ..files.image_input import InputError, load_upload, take_uploads
-from .case_report import case_report_pdf
+from .case_report import case_report_pdf, close_call
 from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, SAME_SEX, SAME_SITE, SET_LEVEL, SIMILAR_K, \
     ChoiceError
-from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heatmap_html, melanoma_content,
-                           metadata_warning, prediction_sets_content, similar_content)
+from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heatmap_html, heatmaps_content,
+                           melanoma_content, metadata_warning, prediction_sets_content, similar_content)
 
 
 class NothingToReport(ValueError):
@@ -63,13 +63,14 @@ class HeatmapCache:
     def __init__(self):
         self.entries: dict[tuple[str, str], str] = {}
 
-    def html(self, rgb: np.ndarray, cam: np.ndarray, alt: str) -> str:
-        """heatmap_html(rgb, cam, alt), drawn once per map; the oldest entry goes first."""
-        key = (hashlib.blake2b(cam.tobytes(), digest_size=16).hexdigest(), alt)
+    def html(self, rgb: np.ndarray, cam: np.ndarray, alt: str, outline: np.ndarray | None = None) -> str:
+        """heatmap_html(rgb, cam, alt, outline), drawn once per map and outline (one image's outline
+        never changes); the oldest entry goes first."""
+        key = (hashlib.blake2b(cam.tobytes(), digest_size=16).hexdigest(), alt, outline is not None)
         if key not in self.entries:
             while len(self.entries) >= self.SIZE:
                 self.entries.pop(next(iter(self.entries)))
-            self.entries[key] = heatmap_html(rgb, cam, alt)
+            self.entries[key] = heatmap_html(rgb, cam, alt, outline)
         return self.entries[key]
 
 
@@ -83,13 +84,14 @@ class SessionState:
     image: Image.Image | list[Image.Image] | None = None   # a list: several images of one lesion
     analysis: Analysis | None = None
     heatmaps: HeatmapCache = field(default_factory=HeatmapCache, compare=False, repr=False)
+    outline: bool = True   # the lesion's outline drawn on the heatmaps (the page's toggle; kept across images)
 
     def holds(self, payload, extra=None) -> bool:
         return self.image is not None and payload is not None and self.key == upload_key(payload, extra)
 
     def follow(self, analysis: Analysis) -> "SessionState":
         """The same upload with a newer analysis (its heatmaps kept)."""
-        return SessionState(self.key, self.image, analysis, self.heatmaps)
+        return SessionState(self.key, self.image, analysis, self.heatmaps, self.outline)
 
 
 @dataclass
@@ -141,8 +143,9 @@ class PageEvents:
         same = state.holds(payload, extra)
         image = state.image if same else self.decode(payload, extra)
         a = self.run(image, age, sex, site, cam, state.analysis if same else None, method, similar)
-        state = state.follow(a) if same else SessionState(upload_key(payload, extra), image, a)
-        return PageUpdate(analysis_content(a, self.clinical, spec, level, state.heatmaps.html), state)
+        state = state.follow(a) if same else SessionState(upload_key(payload, extra), image, a, outline=state.outline)
+        return PageUpdate(analysis_content(a, self.clinical, spec, level, state.heatmaps.html,
+                                           outline=state.outline), state)
 
     def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                          state: SessionState, k_choice=None, same_site=None, same_sex=None,
@@ -161,7 +164,8 @@ class PageEvents:
                                          similar_query(k_choice, same_site, same_sex))
         state = state.follow(a)
         return PageUpdate(analysis_content(a, self.clinical, OPERATING_POINT.parse(op_choice),
-                                         SET_LEVEL.parse(level_choice), state.heatmaps.html, image_side=False), state)
+                                         SET_LEVEL.parse(level_choice), state.heatmaps.html, image_side=False,
+                                         outline=state.outline), state)
 
     def heatmap_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                         state: SessionState, k_choice=None, same_site=None, same_sex=None,
@@ -184,6 +188,14 @@ class PageEvents:
                                                                   a.metadata["site"]))
         return PageUpdate(similar_content(a), state.follow(a))
 
+    def outline_changed(self, show, state: SessionState) -> PageUpdate | None:
+        """The outline toggle: both heatmaps again, with or without the lesion's outline (no model
+        runs); remembered for the next analyses of this session."""
+        state = replace(state, outline=bool(show))
+        if state.analysis is None:
+            return PageUpdate(PageContent(), state)
+        return PageUpdate(heatmaps_content(state.analysis, state.heatmaps.html, state.outline), state)
+
     def level_changed(self, level_choice, state: SessionState) -> PageUpdate | None:
         level = SET_LEVEL.parse(level_choice)
         if state.analysis is None:
@@ -201,7 +213,8 @@ class PageEvents:
         results (already analysed: no-op)."""
         if state.holds(payload, extra):
             return None
-        return PageUpdate(PageContent.blank(NEW_IMAGE if payload is not None else START), SessionState())
+        return PageUpdate(PageContent.blank(NEW_IMAGE if payload is not None else START),
+                          SessionState(outline=state.outline))
 
     def report(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
         """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings,
@@ -220,11 +233,16 @@ class PageEvents:
         spec, level = OPERATING_POINT.parse(op_choice), SET_LEVEL.parse(level_choice)
         if state.analysis is None:
             raise NothingToReport("Analyze an image first: the case report describes the current analysis.")
-        return case_report_pdf(state.analysis, self.clinical, spec, level)
+        return case_report_pdf(state.analysis, self.clinical, spec, level, contrast=self.contrast(state.analysis))
 
     def case_report_for(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None,
                         extra=None) -> bytes:
         """/case_report: the PDF for the same inputs as /report (90% specificity, 90% sets)."""
         similar = similar_query(k_choice, same_site, same_sex)
         a = self.run(self.decode(image, extra), age, sex, site, None, similar=similar)
-        return case_report_pdf(a, self.clinical, OPERATING_POINT.default, SET_LEVEL.default)
+        return case_report_pdf(a, self.clinical, OPERATING_POINT.default, SET_LEVEL.default, contrast=self.contrast(a))
+
+    def contrast(self, a: Analysis) -> tuple | None:
+        """The fusion model's map for its first class rather than its second, when the case report
+        shows it (the two within CLOSE_CALL)."""
+        return self.predictor.contrast_map(a) if close_call(a) else None

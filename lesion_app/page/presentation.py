@@ -15,6 +15,7 @@ from ..classifier.vocab import CLASSES, class_label
 from ..evidence.archive import ATTRIBUTION, DESCRIPTIONS, SimilarCases
 from ..evidence.clinical_report import ClinicalReport, melanoma_markdown, subgroup_markdown
 from ..evidence.gradcam import gradcam_overlay
+from ..evidence.lesion import COLOUR_MIN_SHARE, COLOURS, with_outline
 from .figures import shap_figure, what_if_figure
 
 START = "Upload an image or pick an example, then press **Analyze**."
@@ -49,6 +50,8 @@ class PageContent:
     image_only_set: object = KEEP
     similar_vote: object = KEEP
     similar_cases: object = KEEP
+    lesion_view: object = KEEP
+    lesion_measures: object = KEEP
 
     def shown(self) -> dict[str, object]:
         """{output name: value} for the outputs this content changes."""
@@ -70,6 +73,14 @@ def set_markdown(a: Analysis, level: str, kind: str) -> str:
 
 
 def cam_note(r: ModelResult) -> str:
+    if r.cam_versus is not None:   # a contrastive map: the first class rather than the second
+        a, b = r.cam_class, r.cam_versus
+        if r.cam_empty:
+            return (f"⚠️ **The {r.cam_method} map for {class_label(a)} rather than {class_label(b)} is empty**: "
+                    f"no image region raises {a}'s score over {b}'s (every weighted activation is negative "
+                    "or zero). The plain image is shown instead.")
+        return (f"{r.cam_method} for **{class_label(a)}** rather than **{class_label(b)}**: red regions raised "
+                f"{a}'s score over {b}'s most.")
     if r.cam_empty:
         return (f"⚠️ **The {r.cam_method} map for {class_label(r.cam_class)} is empty**: no image region "
                 "raises this class's score (every weighted activation is negative or zero). "
@@ -86,23 +97,31 @@ def image_html(rgb: np.ndarray, alt: str) -> str:
             'style="width:100%;max-width:512px;border-radius:6px">')
 
 
-def heatmap_html(rgb: np.ndarray, cam: np.ndarray, alt: str) -> str:
-    """The heatmap `cam` over the image `rgb`, as an inline <img>."""
-    return image_html(gradcam_overlay(rgb, cam), alt)
+def heatmap_html(rgb: np.ndarray, cam: np.ndarray, alt: str, outline: np.ndarray | None = None) -> str:
+    """The heatmap `cam` over the image `rgb`, with the lesion's outline when given, as an inline <img>."""
+    return image_html(with_outline(gradcam_overlay(rgb, cam), outline), alt)
 
 
-def cam_strip(a: Analysis, r: ModelResult, name: str,
-              heatmap: Callable[[np.ndarray, np.ndarray, str], str] = heatmap_html) -> str:
-    """One model's heatmap; for several images of a lesion, a strip of one map per image."""
+def outlines_of(a: Analysis) -> list:
+    """Each image's lesion outline (None where the weights have no segmenter)."""
+    found = a.features.outlines if a.features is not None and a.features.outlines is not None else None
+    return list(found) if found is not None else [None] * a.n_images
+
+
+def cam_strip(a: Analysis, r: ModelResult, name: str, heatmap: Callable[..., str] = heatmap_html,
+              outline: bool = True) -> str:
+    """One model's heatmap (the lesion outlined on it when `outline`); for several images of a
+    lesion, a strip of one map per image."""
     alt = f"{name} {r.cam_method}"
+    masks = outlines_of(a) if outline else [None] * a.n_images
     if a.n_images == 1:
-        return heatmap(a.image, r.cam, alt)
+        return heatmap(a.image, r.cam, alt, masks[0])
     maps = [(r.cam, r.cam_empty), *r.extra_cams]
     cells = [f'<figure style="margin:0;min-width:0">'
-             f'{heatmap(rgb, cam, f"{alt}, image {i + 1} of {a.n_images}")}'
+             f'{heatmap(rgb, cam, f"{alt}, image {i + 1} of {a.n_images}", mask)}'
              f'<figcaption style="font-size:0.85em">Image {i + 1} of {a.n_images}'
              f'{": empty map, plain image shown" if empty else ""}</figcaption></figure>'
-             for i, (rgb, (cam, empty)) in enumerate(zip(a.images, maps))]
+             for i, (rgb, (cam, empty), mask) in enumerate(zip(a.images, maps, masks))]
     # Two maps a row, each the same size, on a desktop and a phone alike.
     return f'<div class="cam_strip" style="display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:6px">' \
            f'{"".join(cells)}</div>'
@@ -114,25 +133,27 @@ def metadata_warning(error: Exception) -> str:
 
 
 def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: str, level: str = "0.9",
-                     heatmap: Callable[[np.ndarray, np.ndarray, str], str] = heatmap_html,
-                     image_side: bool = True) -> PageContent:
+                     heatmap: Callable[..., str] = heatmap_html, image_side: bool = True,
+                     outline: bool = True) -> PageContent:
     """Every output for analysis a, at this operating point and prediction-set level.
 
-    heatmap(rgb, cam, alt) draws a map (a session passes its cache); the fusion map is drawn
-    first. image_side=False leaves out the outputs that depend on the image alone (a metadata
-    change); the warnings line is always set.
+    heatmap(rgb, cam, alt, outline) draws a map (a session passes its cache); the fusion map is
+    drawn first, with the lesion's outline when `outline`. image_side=False leaves out the
+    outputs that depend on the image alone (a metadata change); the warnings line and the lesion
+    measures (whose attention figures follow the heatmaps) are always set.
     """
     page = PageContent(
         reading=f"### {a.reading()}", warnings="\n".join(f"⚠️ {w}" for w in a.warnings),
         fusion_probs=a.fusion.labelled(),
-        fusion_cam=cam_strip(a, a.fusion, "Fusion", heatmap),
+        fusion_cam=cam_strip(a, a.fusion, "Fusion", heatmap, outline), lesion_measures=lesion_markdown(a),
         fusion_note=cam_note(a.fusion), shap_plot=shap_figure(a), report_json=a.to_report(),
         melanoma=melanoma_markdown(clinical, a, specificity), subgroup=subgroup_markdown(clinical, a),
         what_if=what_if_figure(a), fusion_set=set_markdown(a, level, "fusion"),
         similar_vote=similar_markdown(a.similar_cases), similar_cases=similar_html(a.similar_cases))
     if image_side:
         page.image_only_probs = a.image_only.labelled()
-        page.image_only_cam = cam_strip(a, a.image_only, "Image-only", heatmap)
+        page.image_only_cam = cam_strip(a, a.image_only, "Image-only", heatmap, outline)
+        page.lesion_view = lesion_view_html(a)
         page.image_only_note = cam_note(a.image_only)
         page.image_only_set = set_markdown(a, level, "image_only")
     return page
@@ -212,3 +233,69 @@ def prediction_sets_content(a: Analysis, level: str) -> PageContent:
 def melanoma_content(clinical: ClinicalReport | None, a: Analysis, specificity: str) -> PageContent:
     """The melanoma flags at another operating point."""
     return PageContent(melanoma=melanoma_markdown(clinical, a, specificity))
+
+
+def heatmaps_content(a: Analysis, heatmap: Callable[..., str] = heatmap_html, outline: bool = True) -> PageContent:
+    """Both models' heatmaps, with or without the lesion's outline (the outline toggle)."""
+    return PageContent(fusion_cam=cam_strip(a, a.fusion, "Fusion", heatmap, outline),
+                       image_only_cam=cam_strip(a, a.image_only, "Image-only", heatmap, outline))
+
+
+NO_SEGMENTER = "These weights have no lesion segmenter (python -m train.fitting.segmentation), so no outline."
+# The measures' rows: (key in the manifest's reference, label, how a value reads).
+MEASURE_ROWS = (
+    ("area_share", "Area (share of image)", lambda v: f"{v:.0%}"),
+    ("asymmetry", "Asymmetry (0–1)", lambda v: f"{v:.2f}"),
+    ("border_irregularity", "Border irregularity", lambda v: f"{v:.2f}"),
+    ("border_sharpness", "Border sharpness (0–1)", lambda v: f"{v:.2f}"),
+    ("colour_count", f"Colours present (of {len(COLOURS)})", lambda v: f"{v:.0f}"),
+)
+MEASURE_NOTES = ("Asymmetry: 0 when the outline is its own mirror image about both principal axes. Border "
+                 "irregularity: 1 for a circle, higher for ragged or lobed outlines. Border sharpness: 1 when the "
+                 "whole step from skin to lesion happens at the outline, low for a gradual edge.")
+REFERENCE_CLASSES = ("mel", "nv", "bkl")
+
+
+def lesion_view_html(a: Analysis) -> str:
+    """The first image with the lesion's outline drawn, or why there is none."""
+    if a.lesion is None:
+        return f"<p>{NO_SEGMENTER}</p>"
+    if not a.lesion.found:
+        return image_html(a.image, "The image; no lesion outlined") + "<p>No lesion outlined.</p>"
+    return image_html(with_outline(a.image, a.lesion.mask), "The image with the lesion's outline")
+
+
+def _quartiles(q) -> str:
+    return "–" if not q else f"{q[1]} [{q[0]}–{q[2]}]"
+
+
+def lesion_markdown(a: Analysis) -> str:
+    """The outline's measures, each beside the archive's median [quartiles] for melanomas, nevi
+    and benign keratoses, and each heatmap's share inside the outline."""
+    L = a.lesion
+    if L is None:
+        return NO_SEGMENTER
+    if not L.found:
+        return "**No lesion outlined.** " + " ".join(L.warnings)
+    values = {"area_share": L.area_share, "asymmetry": L.asymmetry, "border_irregularity": L.border.get("irregularity"),
+              "border_sharpness": L.border.get("sharpness"), "colour_count": len(L.colours)}
+    lines = ["**Measurements of the outline**: not the ABCD rule's scores and not a diagnosis. The images carry "
+             "no scale, so no diameter is measured.", "",
+             f"| measure | this lesion | {' | '.join(REFERENCE_CLASSES)} |", "|---|---|" + "---|" * len(REFERENCE_CLASSES)]
+    for key, label, fmt in MEASURE_ROWS:
+        v = values[key]
+        shown = "–" if v is None or v != v else fmt(v)
+        ref = L.reference.get(key, {})
+        cells = " | ".join(_quartiles([fmt(x) for x in ref[c]] if c in ref else None) for c in REFERENCE_CLASSES)
+        lines.append(f"| {label} | **{shown}** | {cells} |")
+    colours = ", ".join(f"{name} {share:.0%}" for name, share in sorted(L.colours.items(), key=lambda kv: -kv[1]))
+    inside = ", ".join(f"{'fusion' if k == 'fusion' else 'image-only'} {v:.0%}" for k, v in L.attention_inside.items()
+                       if v is not None)
+    notes = [f"**Colours present** (at least {COLOUR_MIN_SHARE:.0%} of the lesion nearest to it): {colours or 'none'}.",
+             f"**Heatmap mass inside the outline:** {inside or 'no map (empty)'}."]
+    if L.reference:
+        notes.append("Columns " + ", ".join(f"{c}: {class_label(c)}" for c in REFERENCE_CLASSES) + ": the archive's "
+                     "median [quartiles] for that diagnosis, each image measured on the outline drawn by a segmenter "
+                     "that never saw it (out-of-fold).")
+    notes.append(MEASURE_NOTES)
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes)

@@ -12,6 +12,7 @@ import pandas as pd
 from gradio.utils import get_upload_folder
 
 from ..analysis.predictor import MAX_IMAGES, Predictor
+from ..classifier.reader_cases import ReaderCases
 from ..classifier.result import ABSENT_BASELINE
 from ..classifier.vocab import CLASSES, SEXES, SITES, class_label
 from ..evidence.clinical_report import ClinicalReport
@@ -20,7 +21,9 @@ from ..files.report_files import ReportFiles
 from ..paths import PACKAGE
 from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, PREDICTED, SET_LEVEL, SIMILAR_K
 from .handlers import USER_ERRORS, PageEvents, SessionState
+from . import reader_tab
 from .presentation import START
+from .reader import ReaderEvents
 
 EXAMPLES_DIR = PACKAGE / "examples"
 NOTICE = ("**Research demo, not a medical device. Not for diagnosis.** Outputs are from models "
@@ -35,7 +38,13 @@ more doubt. The promise holds per class over many images, not for this one image
 - **Heatmaps** show which regions raised the chosen class's score most. They show where the model looked, not \
 why, and not whether it was right. Grad-CAM (the default) weighs each feature map by its average gradient; \
 Grad-CAM++ and LayerCAM weigh positions by their own positive gradients, so they show more of a lesion and \
-several separate regions. An empty map is said so, never shown blank.
+several separate regions; LayerCAM (fine) adds the image network's earlier, finer stages where the last stage \
+sees the class, so it draws finer detail. "Top two" shows why each model chose its first class rather than its \
+second: the regions that raised the first's score over the second's. An empty map is said so, never shown blank.
+- **The lesion's outline** is drawn by a segmentation model trained on HAM10000's lesion masks. Its measures \
+(area share, asymmetry, border, colours) describe the outline, not the ABCD rule's scores and not a diagnosis; \
+each sits beside the archive's medians for melanomas, nevi and keratoses. "Heatmap mass inside the outline" \
+says how much of each model's evidence lies on the lesion; the page warns when most of it lies elsewhere.
 - **Shapley values** split the fusion model's change from "nothing entered" to "what you entered" among age, \
 sex and site, exactly (all 8 combinations). They describe this model, not medicine.
 - **What if?** re-runs only the fusion model for other ages, sexes and sites with this same image: it shows \
@@ -102,6 +111,9 @@ class View:
     same_sex: gr.Checkbox
     similar_vote: gr.Markdown
     similar_cases: gr.HTML
+    lesion_view: gr.HTML
+    lesion_measures: gr.Markdown
+    outline: gr.Checkbox
     state: gr.State
     case_report: gr.Button
     case_report_file: gr.File  # hidden: the PDF the browser is handed, then downloads
@@ -109,6 +121,7 @@ class View:
     report_out: gr.JSON        # hidden
     case_report_api: gr.Button  # hidden: carries the /case_report endpoint
     case_report_api_out: gr.File  # hidden
+    reader: reader_tab.ReaderTab | None = None   # the "Test yourself" tab
 
     @property
     def inputs(self) -> list:
@@ -127,7 +140,8 @@ class View:
         return [self.reading, self.warnings, self.fusion_probs, self.fusion_cam, self.fusion_note,
                 self.image_only_probs, self.image_only_cam, self.image_only_note, self.shap_plot,
                 self.report_json, self.melanoma, self.subgroup, self.what_if, self.fusion_set,
-                self.image_only_set, self.similar_vote, self.similar_cases, self.state]
+                self.image_only_set, self.similar_vote, self.similar_cases, self.lesion_view,
+                self.lesion_measures, self.state]
 
 
 def layout(clinical: ClinicalReport | None) -> View:
@@ -169,6 +183,7 @@ def layout(clinical: ClinicalReport | None) -> View:
                     c["set_level"] = gr.Radio(list(SET_LEVEL.labels), value="90%", label="Prediction set level",
                                               elem_id="set_level", min_width=220)
                 gr.Markdown(SET_NOTE, elem_id="set_note")
+                c["outline"] = gr.Checkbox(True, label="Lesion outline on the heatmaps", elem_id="outline_toggle")
                 with gr.Row():
                     for key, title in (("fusion", "Fusion model (image + age, sex, site)"),
                                        ("image_only", "Image-only model")):
@@ -178,6 +193,12 @@ def layout(clinical: ClinicalReport | None) -> View:
                             c[f"{key}_set"] = gr.Markdown(elem_id=f"{key}_set")
                             c[f"{key}_cam"] = gr.HTML(elem_id=f"{key}_cam")
                             c[f"{key}_note"] = gr.Markdown(elem_id=f"{key}_cam_note")
+                gr.Markdown("### The lesion, outlined and measured", elem_id="lesion_title")
+                with gr.Row():   # side by side on a desktop, stacked on a phone
+                    with gr.Column(min_width=240):
+                        c["lesion_view"] = gr.HTML(elem_id="lesion_view")
+                    with gr.Column(scale=2, min_width=300):
+                        c["lesion_measures"] = gr.Markdown(elem_id="lesion_measures")
                 gr.Markdown("### Similar confirmed cases", elem_id="similar_title")
                 with gr.Row():
                     c["similar_k"] = gr.Radio(list(SIMILAR_K.labels), value=str(SIMILAR_K.default),
@@ -204,6 +225,8 @@ def layout(clinical: ClinicalReport | None) -> View:
                 c["case_report_file"] = gr.File(visible="hidden", elem_id="case_report_file", interactive=False)
                 with gr.Accordion("Report JSON (what the /report API returns)", open=False, elem_id="report_accordion"):
                     c["report_json"] = gr.JSON(elem_id="report_json", open=True)  # every level shown, what_if too
+    with gr.Tab("Test yourself", elem_id="reader"):
+        c["reader"] = reader_tab.layout()
     with gr.Tab("Model report"):
         gr.Markdown(clinical.markdown() if clinical else
                     "No evaluation report yet: run `python -m train.evaluation.report`.", elem_id="model_report")
@@ -246,7 +269,8 @@ class Handlers:
         return out
 
     def cam_code(self, choice) -> str | None:
-        """A heatmap-class choice (label or class code) -> class code; blank or PREDICTED -> None."""
+        """A heatmap-class choice (label or class code) -> class code; blank or PREDICTED -> None; the top
+        two -> TOP_TWO."""
         return for_user(HEATMAP_CLASS.parse, choice)
 
     def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
@@ -271,6 +295,9 @@ class Handlers:
 
     def level_changed(self, level_choice, state: SessionState):
         return self._show(self.events.level_changed, level_choice, state)
+
+    def outline_changed(self, show, state: SessionState):
+        return self._show(self.events.outline_changed, show, state)
 
     def operating_point(self, op_choice, state: SessionState):
         return self._show(self.events.operating_point, op_choice, state)
@@ -325,6 +352,7 @@ def wire(v: View, h: Handlers) -> None:
           [v.image, v.state, v.extra_images], v.outputs, **private, **MODEL_QUEUE)
     v.operating_point.input(h.operating_point, [v.operating_point, v.state], [v.melanoma], **private)
     v.set_level.input(h.level_changed, [v.set_level, v.state], [v.fusion_set, v.image_only_set], **private)
+    v.outline.input(h.outline_changed, [v.outline, v.state], [v.fusion_cam, v.image_only_cam, v.state], **private)
     # Other similar cases: the archive only (no model), from the kept query.
     gr.on([v.similar_k.input, v.same_site.input, v.same_sex.input], h.similar_changed,
           [*v.similar_inputs, v.state], [v.similar_vote, v.similar_cases, v.report_json, v.state], **private)
@@ -341,15 +369,19 @@ def wire(v: View, h: Handlers) -> None:
 
 
 def build_app(predictor: Predictor, clinical: ClinicalReport | None = None,
-              files: ReportFiles | None = None) -> gr.Blocks:
+              files: ReportFiles | None = None, reader_cases: ReaderCases | None = None) -> gr.Blocks:
     """The whole app. Safe to launch as is: every event that runs the models has concurrency_limit=1.
 
     files: where case-report PDFs go (default: in Gradio's upload folder); launch with
-    `app_kwargs=lesion_app.files.report_files.app_kwargs(files)` so that each is removed once served.
+    `app_kwargs=lesion_app.files.report_files.app_kwargs(files)` so that each is removed once served
+    (the reader mode's answer CSVs go there too). reader_cases: the held-out cases of "Test yourself"
+    (lesion_app.classifier.reader_cases.load_reader_cases); without them the tab says so.
     """
     with gr.Blocks(title="Skin-lesion fusion demo", delete_cache=(60, 300)) as demo:
         view = layout(clinical)
         handlers = Handlers(predictor, clinical, view, files)
         wire(view, handlers)
+        reader_tab.wire(view.reader, reader_tab.ReaderHandlers(ReaderEvents(predictor, reader_cases), handlers.files,
+                                                                view.reader, demo), MODEL_QUEUE, DOWNLOAD_JS)
         demo.unload(handlers.session_ended)
     return demo

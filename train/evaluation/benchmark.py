@@ -4,8 +4,10 @@
 
 Pieces: preprocessing, the shared trunk (once, 4 flip views), the upper stages of every
 member of both ensembles, each ensemble's heads, SHAP (the fusion heads over 8 coalitions +
-exact Shapley), the OOD check, each ensemble's Grad-CAM, the similar-cases retrieval over the whole
-archive (embedding from the kept features + search, no network pass), and the whole `Predictor.analyze`. Medians after warm-up. With --app it
+exact Shapley), the OOD check, each ensemble's Grad-CAM and LayerCAM (fine), the lesion outline (the segmenter on the trunk's pass) and its
+measures, the similar-cases retrieval over the whole
+archive (embedding from the kept features + search, no network pass), and the whole `Predictor.analyze`
+(with Grad-CAM, and with LayerCAM (fine)). Medians after warm-up. With --app it
 also starts `python app.py`, times its first HTTP answer, sends requests and reads its peak
 memory (VmHWM). Also the live what-if's server time. With --training it measures this
 CPU's cache and training-step rates and extrapolates a full train.fitting.cv run (cache + 10
@@ -26,6 +28,7 @@ import torch
 
 from lesion_app.evidence.archive import SimilarQuery
 from lesion_app.evidence.gradcam import gradcam
+from lesion_app.evidence.lesion import lesion_findings
 from lesion_app.files.image_input import load_upload
 from lesion_app.evidence.ood import OODDetector
 from lesion_app.analysis.predictor import Predictor
@@ -56,6 +59,11 @@ def bench_predictor(repeats: int) -> None:
     rows = coalition_rows(meta, p.absent_row)
     size = (p.spec.height, p.spec.width)
     raw = p.embedding(low, pooled, 1) if p.archive is not None else None
+    stage = p.trunk_and_outlines(x)[2].clone()   # the trunk's stride-8 stage, where the fine heatmaps start
+    if p.segmenter is not None:
+        outline = p.trunk_and_outlines(x)[1][0]
+        shown = p.analyze(image).image
+        cam = gradcam(p.models["fusion"], low[:1].clone(), meta[None], 4, (p.spec.height, p.spec.width))[0]
 
     def shap():
         probs = p.head_probabilities("fusion", pooled["fusion"].expand(-1, len(rows), -1, -1), rows)
@@ -74,12 +82,22 @@ def bench_predictor(repeats: int) -> None:
             lambda: gradcam(p.models["fusion"], low[:1].clone(), meta[None], 4, size),
         f"Grad-CAM image-only ({n['image_only']} members, 1 backward)":
             lambda: gradcam(p.models["image_only"], low[:1].clone(), None, 4, size),
+        "LayerCAM (fine) fusion (from the stride-8 stage)":
+            lambda: gradcam(p.models["fusion"], low[:1].clone(), meta[None], 4, size, "LayerCAM (fine)", stage=stage),
+        "LayerCAM (fine) image-only (from the stride-8 stage)":
+            lambda: gradcam(p.models["image_only"], low[:1].clone(), None, 4, size, "LayerCAM (fine)", stage=stage),
         **({f"similar cases: embed + search {len(p.archive)} archive images, k=8":
             lambda: p.archive.similar(p.embedding(low, pooled, 1)),
             "similar cases: search only, k=16, same site and sex":
             lambda: p.archive.similar(raw, SimilarQuery(16, True, True), sex="female", site="ear")}
            if p.archive is not None else {}),
+        **({"shared trunk + lesion outline (segmenter on the same pass)": lambda: p.trunk_and_outlines(x),
+            "lesion measures and attention inside (one image)":
+            lambda: lesion_findings(outline, shown, {"fusion": cam, "image_only": cam}, p.manifest.segmentation)}
+           if p.segmenter is not None else {}),
         "TOTAL Predictor.analyze": lambda: p.analyze(image, 35, "female", "ear"),
+        "TOTAL Predictor.analyze, LayerCAM (fine)": lambda: p.analyze(image, 35, "female", "ear",
+                                                                      cam_method="LayerCAM (fine)"),
     }
     print(f"device {p.device}, torch threads {torch.get_num_threads()}, {repeats} repeats, seconds")
     print(f"{'piece':48s} {'median':>8s} {'p90':>8s}")

@@ -1,11 +1,13 @@
-"""How well each CAM method's heatmap falls on the lesion: energy inside the mask and the
-pointing game, per method and ensemble, on images no member trained on.
+"""How well each CAM method's heatmap falls on the lesion: energy inside the mask, the pointing
+game and the inside/outside activation ratio, per method and ensemble, on images no member
+trained on.
 
     python -m train.evaluation.cam_localisation [--weights weights] [--data DIR] [--limit N] [--methods Grad-CAM ...]
 
 Each image's heatmaps are for its ensemble's predicted class (fusion with the image's own
 age, sex and site), as the app shows them by default; the trunk and pooled features run once
-per image, then one backward pass per method and ensemble. Prints a table; `localisation`
+per image (keeping the trunk stage that the fine method starts from, as the app does), then one
+backward pass per method and ensemble. Prints a table; `localisation`
 is what train.evaluation.report calls.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from train.data.splits import read_heldout
 from lesion_app.evidence.gradcam import CAM_METHODS, gradcam
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR
+from lesion_app.evidence.lesion import attention_ratio
 from train.evaluation.report_render import localisation_table
 from train.evaluation.stats import energy_inside, pointing_game
 
@@ -31,12 +34,14 @@ from train.evaluation.stats import energy_inside, pointing_game
 
 def localisation(predictor: Predictor, data: Path, df: pd.DataFrame,
                  methods=tuple(CAM_METHODS)) -> dict:
-    """{method: {kind: {n, empty_maps, energy_inside_mask_mean, pointing_game_hit_rate}}} over
-    df's images that have a mask (n counts them; an empty map counts in n and empty_maps and
-    in neither mean). The kind-level dicts have the keys of train.evaluation.report's localisation."""
+    """{method: {kind: {n, empty_maps, energy_inside_mask_mean, pointing_game_hit_rate,
+    attention_ratio_median}}} over df's images that have a mask (n counts them; an empty map
+    counts in n and empty_maps and in no figure; the ratio, mean map value inside the mask over
+    that outside (lesion_app.evidence.lesion.attention_ratio), is a median over the images where
+    it is defined). The kind-level dicts have the keys of train.evaluation.report's localisation."""
     spec = predictor.spec
     size = (spec.height, spec.width)
-    res = {m: {k: {"energy": [], "hits": [], "empty": 0} for k in MODEL_KEYS} for m in methods}
+    res = {m: {k: {"energy": [], "hits": [], "ratio": [], "empty": 0} for k in MODEL_KEYS} for m in methods}
     df = df.reset_index(drop=True)
     for i, image_id in enumerate(df["image_id"]):
         mask = load_mask(data, image_id)
@@ -46,22 +51,27 @@ def localisation(predictor: Predictor, data: Path, df: pd.DataFrame,
         x = predictor.image_tensor(load_image(data, image_id))[None]
         meta = predictor.encode(*df.loc[i, ["age", "sex", "localization"]])[None]
         with predictor._lock:
-            low = predictor.trunk_features(x)
+            low, _, stage = predictor.trunk_and_outlines(x)
             pooled = predictor.pooled_features(x, low)
             for k in MODEL_KEYS:
                 m = meta.to(predictor.device) if k == "fusion" else None
                 target = int(predictor.head_probabilities(k, pooled[k], meta)[0].argmax())
                 for method in methods:
-                    heat, empty = gradcam(predictor.models[k], low[:1].clone(), m, target, size, method=method)
+                    heat, empty = gradcam(predictor.models[k], low[:1].clone(), m, target, size, method=method,
+                                          stage=stage.clone())
                     r = res[method][k]
                     if empty:
                         r["empty"] += 1
                         continue
                     r["energy"].append(energy_inside(heat, mask))
                     r["hits"].append(pointing_game(heat, mask))
+                    ratio = attention_ratio(heat, mask)
+                    if ratio is not None:
+                        r["ratio"].append(ratio)
     return {method: {k: {"n": len(v["hits"]) + v["empty"], "empty_maps": v["empty"],
                          "energy_inside_mask_mean": float(np.mean(v["energy"])) if v["energy"] else None,
-                         "pointing_game_hit_rate": float(np.mean(v["hits"])) if v["hits"] else None}
+                         "pointing_game_hit_rate": float(np.mean(v["hits"])) if v["hits"] else None,
+                         "attention_ratio_median": float(np.median(v["ratio"])) if v["ratio"] else None}
                      for k, v in by_kind.items()}
             for method, by_kind in res.items()}
 

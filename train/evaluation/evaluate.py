@@ -13,6 +13,9 @@ logits over them, as the app does with several images of one lesion); the column
 and image_id holds the lesion's first image (by image_id).
 --sets sets.csv (optional): image_id,model,level,set - each model's class-conditional
 conformal prediction set at each level (90%, 95%), classes joined by '|'.
+--masks-out DIR (optional): the lesion segmenter's outline of every image as
+DIR/<image_id>_segmentation.png, 0/255 at the image's own size (HAM10000's mask layout); when
+the folder has masks, metrics.json gains `segmentation` (mean Dice, Jaccard, threshold Jaccard).
 """
 from __future__ import annotations
 
@@ -25,14 +28,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm import tqdm
 
-from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_image, load_metadata
+from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_image, load_mask, load_metadata
 from lesion_app.classifier.metadata import MetadataError
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.vocab import CLASSES
 from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError
 from train.evaluation.metrics import classification_metrics
+from train.evaluation.segmentation_metrics import mask_scores
 
 
 def predict_folder(predictor: Predictor, data: Path, df: pd.DataFrame,
@@ -115,6 +120,25 @@ def evaluate(data: Path, weights: Path, predictor: Predictor | None = None,
     return metrics, predictions_frame(rows["image_id"], probs)
 
 
+def write_masks(predictor: Predictor, data: Path, image_ids, out: Path, batch: int = 32) -> dict | None:
+    """Writes each image's predicted mask to out; returns the mean Dice, Jaccard and threshold
+    Jaccard against the folder's own masks (None when it has none)."""
+    out.mkdir(parents=True, exist_ok=True)
+    predicted, truth = [], []
+    ids = list(image_ids)
+    for s in tqdm(range(0, len(ids), batch), desc="outlining", unit="batch", mininterval=5, disable=None):
+        chunk = ids[s:s + batch]
+        for i, m in zip(chunk, predictor.lesion_masks([load_image(data, i) for i in chunk])):
+            Image.fromarray(m.astype(np.uint8) * 255).save(out / f"{i}_segmentation.png")
+            t = load_mask(data, i)
+            if t is not None:
+                predicted.append(m), truth.append(t)
+    if not truth:
+        return None
+    scores = mask_scores(predicted, truth)
+    return {"n": len(truth), **{k: float(v.mean()) for k, v in scores.items()}}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -125,12 +149,18 @@ def main(argv=None):
     p.add_argument("--sets", type=Path, default=None, help="also write each model's prediction sets here")
     p.add_argument("--by-lesion", action="store_true",
                    help="one row per lesion_id from all of its images (image_id: its first image)")
+    p.add_argument("--masks-out", type=Path, default=None,
+                   help="write the predicted lesion mask of every image here (<image_id>_segmentation.png)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
         predictor = Predictor(a.weights)
         metrics, preds = evaluate(a.data, a.weights, predictor, by_lesion=a.by_lesion)
+        if a.masks_out:
+            seg = write_masks(predictor, a.data, load_metadata(a.data)["image_id"], a.masks_out)
+            if seg:
+                metrics["segmentation"] = seg
     except (DatasetError, WeightsError, MetadataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -149,8 +179,12 @@ def main(argv=None):
         print(f"{k:10s} bacc {m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
               f"acc {m['accuracy']:.4f}  AUC {m['macro_auc']:.4f}  ECE {m['ece']:.4f}")
     what = f"{metrics['data']['n_lesions']} lesions from " if a.by_lesion else ""
+    if "segmentation" in metrics:
+        m = metrics["segmentation"]
+        print(f"outlines  Dice {m['dice']:.4f}  Jaccard {m['jaccard']:.4f}  threshold Jaccard "
+              f"{m['threshold_jaccard']:.4f} ({m['n']} masks)")
     print(f"scored {what}{metrics['data']['n_images']} images in {metrics['seconds']} s; "
-          f"wrote {a.out} and {a.predictions}")
+          f"wrote {a.out} and {a.predictions}" + (f"; masks in {a.masks_out}" if a.masks_out else ""))
     return 0
 
 

@@ -98,12 +98,14 @@ def coverage_markdown(ps: dict | None) -> str:
 
 def localisation_table(result: dict) -> str:
     """A markdown table of train.evaluation.cam_localisation.localisation's result."""
-    lines = ["| method | model | images | empty maps | energy inside mask | pointing-game hit rate |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method | model | images | empty maps | energy inside mask | pointing-game hit rate | "
+             "inside/outside ratio (median) |", "|---|---|---|---|---|---|---|"]
     for method, by_kind in result.items():
         for k, v in by_kind.items():
+            ratio = v.get("attention_ratio_median")   # absent from reports made before it was measured
             lines.append(f"| {method} | {NAMES.get(k, k)} | {v['n']} | {v['empty_maps']} | "
-                         f"{_f3(v['energy_inside_mask_mean'], '-')} | {_f3(v['pointing_game_hit_rate'], '-')} |")
+                         f"{_f3(v['energy_inside_mask_mean'], '-')} | {_f3(v['pointing_game_hit_rate'], '-')} | "
+                         f"{'-' if ratio is None else f'{ratio:.2f}'} |")
     return "\n".join(lines)
 
 
@@ -182,7 +184,8 @@ def report_markdown(r: dict) -> str:
     lines += ["## Heatmap localisation against the lesion masks (held-out slice, shipped ensembles)", "",
               "Heatmap for each ensemble's predicted class, one backward pass through its mean logit, for each CAM "
               "method the app offers. Energy inside = share of heatmap mass inside the mask; pointing game = the "
-              "heatmap's maximum lies inside the mask.", "", localisation_table(r["localisation"])]
+              "heatmap's maximum lies inside the mask; inside/outside ratio = mean map value inside the mask over "
+              "that outside.", "", localisation_table(r["localisation"])]
     if r.get("prediction_sets"):
         lines += ["", coverage_markdown(r["prediction_sets"])]
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in r["figures"]]

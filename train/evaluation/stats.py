@@ -38,6 +38,15 @@ def bootstrap_ci(metric: Callable, y, probs, groups, n_boot: int = 1000, seed: i
     return float(metric(y, probs)), float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 
+def bootstrap_mean_ci(values, groups, n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lower, upper) of per-image values: percentile CI, resampling whole lesions."""
+    values, rng = np.asarray(values, float), np.random.default_rng(seed)
+    means = [values[_cluster_resample(np.asarray(groups), rng)].mean() for _ in range(n_boot)]
+    a = (1 - level) / 2
+    return float(values.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
 def paired_bootstrap(metric: Callable, y, probs_a, probs_b, groups, n_boot: int = 1000,
                      seed: int = 0) -> dict:
     """metric(b) - metric(a) with a lesion-resampled 95% CI and a two-sided bootstrap p-value."""

@@ -99,6 +99,37 @@ def _archive(m: Manifest) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _segmentation(m: Manifest) -> str:
+    e = m.segmentation
+    if not e:
+        return ""
+    o, h = e["out_of_fold"], e["heldout"]
+    ci = lambda x: f"{x['mean']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]"  # noqa: E731
+    wt = e.get("training_wall_time_seconds", {})
+    lines = ["## Lesion segmentation (the outline and its measures)",
+             f"`{e['file']}`: {e['architecture']['decoder']}; trained on the HAM10000 lesion masks of the same "
+             f"5 folds ({e['architecture']['loss']}, {e['architecture']['epochs']} epochs), the held-out slice kept "
+             "out. One trunk pass serves classification and segmentation.", "",
+             "| | Dice | Jaccard | threshold Jaccard (ISIC 2018: under 0.65 counts 0) |", "|---|---|---|---|",
+             f"| out-of-fold ({e['n_out_of_fold']} images, "
+             f"{'unflipped view only' if e.get('out_of_fold_views') == 1 else '4 flip views, as served'}) | "
+             f"{ci(o['dice'])} | {ci(o['jaccard'])} | "
+             f"{ci(o['threshold_jaccard'])} |",
+             f"| held-out slice ({e['n_heldout']} images, shipped decoder, as served) | {ci(h['dice'])} | {ci(h['jaccard'])} | "
+             f"{ci(h['threshold_jaccard'])} |", "",
+             f"Training wall time on the CPU: {sum(v for k, v in wt.items() if k.startswith('fold')) / 60:.1f} min "
+             f"for the 5 fold decoders, {wt.get('final', 0) / 60:.1f} min for the shipped one, stage cache "
+             f"{wt.get('stage_cache', 0) / 60:.1f} min.",
+             "The page measures the outline (area share, asymmetry, border irregularity and sharpness, colours): "
+             "measurements, not the ABCD rule's scores and not a diagnosis."]
+    att = e.get("attention") or {}
+    if att.get("threshold") is not None:
+        ratio = f" and a mean inside under {att['ratio_under']} times its mean outside" if att.get("ratio_under") else ""
+        lines.append(f"Attention warning: a heatmap with under {att['threshold']:.0%} of its mass inside the outline"
+                     f"{ratio} is flagged ({att['rule']}).")
+    return "\n".join(lines) + "\n"
+
+
 def model_card(m: Manifest) -> str:
     models = m.models
     fus = models["fusion"]
@@ -172,6 +203,7 @@ Scored through the app's own inference path. Small (4 df and 4 vasc images), so 
 
 {_ood(m)}
 {_archive(m)}
+{_segmentation(m)}
 {coverage_markdown(m.prediction_sets)}
 ## Limitations
 - Dermoscopic images only; clinical (phone) photos are out of distribution.

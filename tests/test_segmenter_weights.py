@@ -1,0 +1,53 @@
+"""The shipped lesion segmenter is checked at start like every member, and its outline reaches
+/report's contract through the real Predictor."""
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES
+from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.manifest import Manifest
+from lesion_app.classifier.weights import WEIGHTS_DIR, WeightsError, sha256_file
+from lesion_app.files.image_input import load_upload
+
+pytestmark = pytest.mark.skipif(not Manifest.load(WEIGHTS_DIR).segmentation,
+                                reason="these weights ship no lesion segmenter")
+
+
+def test_a_damaged_or_missing_segmenter_refuses_to_start_naming_the_file(tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, weights)
+    path = weights / "segmenter.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="segmenter.safetensors is corrupted"):
+        Predictor(weights)
+    path.write_bytes(b"not a segmenter")
+    m = Manifest.load(weights)
+    m.with_segmentation({**m.segmentation, "sha256": sha256_file(path)}).save(weights)
+    with pytest.raises(WeightsError, match="segmenter.safetensors is not a lesion segmenter"):
+        Predictor(weights)
+    path.unlink()
+    with pytest.raises(WeightsError, match="segmenter.safetensors is missing"):
+        Predictor(weights)
+
+
+def test_every_example_is_outlined_measured_and_its_heatmaps_held_against_the_outline():
+    p = Predictor()
+    for f in sorted((EXAMPLES / "images").glob("*.jpg")):
+        a = p.analyze(load_upload(f))
+        lesion = a.to_report()["lesion"]
+        assert lesion["found"], f.name
+        assert 0.005 < lesion["area_share"] < 0.95 and 0 <= lesion["asymmetry"] <= 1
+        assert lesion["border"]["irregularity"] >= 0.9 and 0 <= lesion["border"]["sharpness"] <= 1
+        for kind in ("fusion", "image_only"):
+            assert 0 <= lesion["attention_inside"][kind] <= 1
+        assert a.lesion.mask.shape == a.image.shape[:2]
+        assert np.isclose(a.lesion.mask.mean(), lesion["area_share"])
+        # A metadata change keeps the outline and recomputes only the fusion side's attention.
+        b = p.with_metadata(a, 70, "female", "face")
+        assert (b.lesion.mask == a.lesion.mask).all()
+        assert b.lesion.attention_inside["image_only"] == lesion["attention_inside"]["image_only"]
+        assert len([w for w in b.warnings if "outline" in w]) == len(b.lesion.warnings)
