@@ -14,11 +14,14 @@ def private_upload_dir():
     """Points Gradio's uploads at a folder private to this process (inside GRADIO_TEMP_DIR if the
     host set one, else the system temp folder), removed on exit, SIGTERM and SIGINT.
 
-    Must run before gradio is imported: gradio reads GRADIO_TEMP_DIR at import time.
+    Must run before gradio and torch are imported: they read GRADIO_TEMP_DIR and
+    TORCHINDUCTOR_CACHE_DIR at import time.
     """
     from lesion_app.files.upload_dir import UploadDir
     uploads = UploadDir(os.environ.get("GRADIO_TEMP_DIR"))
     os.environ["GRADIO_TEMP_DIR"] = str(uploads.path)
+    # torch makes a compile-cache folder in the temp folder at import; keep it in ours, so it goes too.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(uploads.path / "torchinductor"))
     uploads.install_exit_cleanup()
     return uploads
 
