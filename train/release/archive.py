@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lesion_app.evidence.archive import ATTRIBUTION, DEFAULT_K, EMBEDDINGS, Archive, Projection, lesion_groups, \
     thumbnail_bytes
