@@ -1,11 +1,14 @@
 """The one inference path: image + metadata -> calibrated probabilities of both ensembles.
 
-The UI, the /report API and the evaluation CLI all go through `Predictor`.
+The UI, the /report API and the evaluation CLI all go through `Predictor`. It serves both kinds
+of member (lesion_app.classifier.ensemble): members over one shared frozen trunk, and
+whole-network members, each ensemble either kind.
 """
 from __future__ import annotations
 
 import hashlib
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +16,13 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
+from ..classifier.frozen import FrozenStages, reference_channels
 from ..classifier.metadata import encode_metadata, parse_age, parse_choice, unknown_row
 from ..classifier.preprocess import flip_views, mean_over_views, to_tensor, unnormalise
 from ..classifier.result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
 from ..classifier.segmenter import STAGES as TRUNK_STAGES
 from ..classifier.segmenter import THRESHOLD as SEGMENT_THRESHOLD, LesionSegmenter, largest_component, \
-    lower_with_stages, mask_for_image
+    mask_for_image
 from ..classifier.vocab import CLASSES, SEXES, SITES
 from ..classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_models, torch_device, verify_file
 from ..evidence.archive import Archive, SimilarCases, SimilarQuery, raw_embedding
@@ -37,14 +41,20 @@ ADDITIVE_HEADS = ("image_only", "concat", "late")   # class-score gradients do n
 class Predictor:
     """Loads the bundled ensembles once; predicts with flip test-time augmentation.
 
-    The frozen trunk runs once per image for all members of both ensembles; each member
-    then runs only its upper stages and head. Thread-safe by construction: one lock covers
+    The frozen trunk runs once per image for all members over it (both ensembles, as shipped);
+    each member then runs only its upper stages and head. Whole-network members run their whole
+    network on the flip views, and their heatmaps run it once more on the unflipped view. The
+    segmenter, the OOD check and a trunk-feature archive read the frozen ImageNet stages they were
+    fitted on (lesion_app.classifier.frozen): from the shared trunk's pass when it covers them (as
+    shipped, at no cost), else one extra pass of the frozen stages per analysis, at most a trunk
+    pass (about 0.05-0.06 s on the 2-core CPU). Thread-safe by construction: one lock covers
     every use of the shared modules (Grad-CAM's hooks record every pass through them).
     """
 
     def __init__(self, weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = None,
                  with_ood: bool = True):
         """with_ood=False skips the bundled OOD check (train.release.fit_ood, which refits it)."""
+        self.weights_dir = Path(weights_dir)
         self.manifest, self.models = load_models(weights_dir)
         self.device = device or torch_device()
         for m in self.models.values():
@@ -54,15 +64,39 @@ class Predictor:
         self.spec = self.manifest.input_spec
         self.scaler = self.manifest.age_scaler
         self.temperature = {k: self.manifest.temperature(k) for k in MODEL_KEYS}
-        self.trunk = self.models[MODEL_KEYS[0]]   # every member's lower stages are the shared trunk
+        shared = [m for m in self.models.values() if not m.whole_network]
+        self.frozen = FrozenStages(shared[0].members[0] if shared else None, self.device)
         self.absent_row = torch.from_numpy(unknown_row(self.scaler))
         self.model_info = self.manifest.model_info
         self.set_thresholds = self.manifest.set_thresholds
         self._lock = threading.RLock()
+        self.reference_channels = reference_channels(self.models[MODEL_KEYS[0]].members[0])
         ood = self.manifest.ood
-        self.ood = OODDetector.load(verify_file(weights_dir, ood)) if ood and with_ood else None
+        self.ood = self._load_ood(weights_dir) if ood and with_ood else None
         self.archive = self._load_archive(weights_dir) if self.manifest.archive else None
         self.segmenter = self._load_segmenter(weights_dir) if self.manifest.segmentation else None
+        if self.frozen.needs_imagenet and (self.ood or self.segmenter or self._archive_reads_trunk):
+            self.frozen.load_imagenet()   # at start rather than in the first analysis
+
+    @property
+    def trunk(self) -> torch.nn.Module:
+        """What trunk_features runs, as a module whose `lower` runs it: the shared trunk (an Ensemble
+        over it), or without one the frozen ImageNet trunk (loaded on first use)."""
+        shared = [m for m in self.models.values() if not m.whole_network]
+        return shared[0] if shared else self.frozen.load_imagenet()
+
+    @property
+    def _archive_reads_trunk(self) -> bool:
+        return self.archive is not None and self.archive.embedding == "trunk_mean"
+
+    def _load_ood(self, weights_dir: Path) -> OODDetector:
+        path = verify_file(weights_dir, self.manifest.ood)
+        ood = OODDetector.load(path)
+        if ood.mean.shape[0] != self.reference_channels:
+            raise WeightsError(f"{path} was fitted on {ood.mean.shape[0]} features, but the frozen ImageNet trunk it "
+                               f"reads (conv_stem..blocks[4], whatever the members) gives {self.reference_channels}: "
+                               "restore the shipped one (it serves any members), or refit it on those features")
+        return ood
 
     def _load_archive(self, weights_dir: Path) -> Archive:
         entry = self.manifest.archive
@@ -71,6 +105,13 @@ class Predictor:
         if archive.embedding != entry.get("embedding") or archive.vectors.shape[1] != entry.get("dims"):
             raise WeightsError(f"{path} holds {archive.embedding} vectors of {archive.vectors.shape[1]} values, "
                                f"the manifest says {entry.get('embedding')} of {entry.get('dims')}: rebuild it "
+                               "with python -m train.release.archive")
+        ens = self.models.get(archive.embedding)   # an ensemble's: its members' pooled features side by side
+        raw = (len(ens.members) * ens.members[0].backbone.num_features if ens is not None
+               else self.reference_channels)
+        if archive.projection.mean.shape[0] != raw:
+            raise WeightsError(f"{path} embeds {archive.projection.mean.shape[0]} values of {archive.embedding} "
+                               f"features, but these weights give {raw}: it was built for other members; rebuild it "
                                "with python -m train.release.archive")
         return archive
 
@@ -90,35 +131,77 @@ class Predictor:
     def image_tensor(self, image: Image.Image) -> torch.Tensor:
         return to_tensor(image, self.spec)
 
+    @property
+    def has_shared_trunk(self) -> bool:
+        """Whether some member runs on the shared trunk (else every member holds its whole network)."""
+        return self.frozen.shared is not None
+
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> every flip view, (B * V, 3, H, W), channels-last on the device."""
+        return flip_views(x.to(self.device)).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+
     @torch.inference_mode()
     def trunk_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> the shared trunk's output for every flip view, (B * V, C, h, w)."""
-        views = flip_views(x.to(self.device))
-        return self.trunk.lower(views.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+        """(B, 3, H, W) -> the shared trunk's output for every flip view, (B * V, C, h, w); without a
+        shared trunk, the frozen ImageNet trunk's (what the OOD check reads; one extra pass)."""
+        low, reference, _ = self.frozen.run(self.views(x), reference=not self.has_shared_trunk)
+        return low if low is not None else reference
 
     @torch.inference_mode()
-    def trunk_and_outlines(self, x: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray] | None, torch.Tensor]:
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the frozen ImageNet trunk's output (conv_stem..blocks[4]) for every flip
+        view, (B * V, 112, h, w): what the OOD check and a trunk-feature archive read. The shared
+        trunk's output as shipped (split 5); otherwise computed as lesion_app.classifier.frozen says."""
+        return self.frozen.run(self.views(x), reference=True)[1]
+
+    @torch.inference_mode()
+    def trunk_and_outlines(self, x: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray] | None, torch.Tensor | None]:
         """trunk_features(x); with a segmenter, each image's lesion outline (bool (H, W) at the
         input size; the largest region, holes filled); and each image's unflipped view's trunk stage
-        FINE_STAGE_BLOCK (B, C, 2h, 2w), for the fine heatmaps: all from the same trunk pass."""
-        views = flip_views(x.to(self.device))
-        n, v = views.shape[:2]
-        low, stages = lower_with_stages(self.trunk.members[0],
-                                        views.flatten(0, 1).contiguous(memory_format=torch.channels_last))
-        unflipped = [s.view(n, v, *s.shape[1:])[:, 0] for s in stages]
-        stage = unflipped[TRUNK_STAGES.index(FINE_STAGE_BLOCK)]
-        if self.segmenter is None:
-            return low, None, stage
-        # The outline's map: every flip view segmented, flipped back and averaged (no trunk cost).
-        prob = self.segmenter.probabilities(stages, (self.spec.height, self.spec.width), v).cpu().numpy()
-        return low, [largest_component(p > SEGMENT_THRESHOLD) for p in prob], stage
+        FINE_STAGE_BLOCK (B, C, 2h, 2w), for the fine heatmaps (None when the shared trunk stops
+        before it, or there is none): all from the same trunk pass."""
+        p = self._frozen_pass(x, outlines=True, reference=not self.has_shared_trunk, fine_stage=True)
+        return (p.low if p.low is not None else p.reference), p.outlines, p.stage
 
     @torch.inference_mode()
-    def pooled_features(self, x: torch.Tensor, low: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) -> per kind (M, B, V, F): each member's pooled features of the flip views."""
-        low = self.trunk_features(x) if low is None else low
-        b, v = len(x), len(low) // len(x)
-        return {k: m.pooled(low).view(len(m.members), b, v, -1) for k, m in self.models.items()}
+    def _frozen_pass(self, x: torch.Tensor, outlines: bool = False, reference: bool = False,
+                     fine_stage: bool = False) -> "_FrozenPass":
+        """One pass of the frozen stages over x's flip views (lesion_app.classifier.frozen): the
+        shared trunk's output, the reference output when asked for (or free), with outlines (and a
+        segmenter) each image's lesion outline, and with fine_stage each unflipped view's stage
+        FINE_STAGE_BLOCK when the shared trunk computes it (for the fine heatmaps)."""
+        views = self.views(x)
+        n, v = len(x), len(views) // len(x)
+        fine_stage = fine_stage and self.has_shared_trunk and self.frozen.split > FINE_STAGE_BLOCK
+        segment = outlines and self.segmenter is not None
+        low, ref, stages = self.frozen.run(views, stages=segment or fine_stage, reference=reference)
+        stage = None
+        if fine_stage:
+            fine = stages[TRUNK_STAGES.index(FINE_STAGE_BLOCK)]
+            stage = fine.view(n, v, *fine.shape[1:])[:, 0]
+        masks = None
+        if segment:
+            # The outline's map: every flip view segmented, flipped back and averaged (no trunk cost).
+            prob = self.segmenter.probabilities(stages, (self.spec.height, self.spec.width), v).cpu().numpy()
+            masks = [largest_component(p > SEGMENT_THRESHOLD) for p in prob]
+        return _FrozenPass(views, low, ref, masks, stage)
+
+    @torch.inference_mode()
+    def pooled_features(self, x: torch.Tensor, low: torch.Tensor | None = None,
+                        views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) -> per kind (M, B, V, F): each member's pooled features of the flip views.
+        low: the shared trunk's output (trunk_features(x)), reused when given; views: x's flip views
+        (self.views(x)), which whole-network members run on, reused when given."""
+        out = {}
+        for k, m in self.models.items():
+            if m.whole_network:
+                views = self.views(x) if views is None else views
+                start = views
+            else:
+                low = self.trunk_features(x) if low is None else low
+                start = low
+            out[k] = m.pooled(start).view(len(m.members), len(x), len(start) // len(x), -1)
+        return out
 
     @torch.inference_mode()
     def head_probabilities(self, key: str, pooled: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
@@ -147,11 +230,11 @@ class Predictor:
         x = torch.stack([self.image_tensor(im) for im in images])
         meta = torch.stack([self.encode(*m) for m in metadata])
         with self._lock:
-            low = self.trunk_features(x)
-            pooled = self.pooled_features(x, low)
+            f = self._frozen_pass(x, reference=knn and self._archive_reads_trunk)
+            pooled = self.pooled_features(x, f.low, f.views)
             out = {k: self.head_probabilities(k, pooled[k], meta).cpu().numpy() for k in MODEL_KEYS}
             if knn and self.archive is not None:
-                raw = self.embedding(low, pooled, len(x))
+                raw = self.embedding(f.reference, pooled, len(x))
                 rows, _ = self.archive.search(self.archive.project(raw), SimilarQuery().k)
                 out["knn"] = self.archive.vote_of(rows)
             return out
@@ -162,12 +245,12 @@ class Predictor:
         WeightsError when these weights have no segmenter."""
         if self.segmenter is None:
             raise WeightsError("these weights have no lesion segmenter (python -m train.release.segmenter)")
-        views = flip_views(torch.stack([self.image_tensor(im) for im in images]).to(self.device))
+        x = torch.stack([self.image_tensor(im) for im in images])
+        views = self.views(x)
         with self._lock, torch.inference_mode():
-            _, stages = lower_with_stages(self.trunk.members[0], views.flatten(0, 1).contiguous(
-                memory_format=torch.channels_last))
+            _, _, stages = self.frozen.run(views, stages=True)
             prob = self.segmenter.probabilities(stages, (self.spec.height, self.spec.width),
-                                                views.shape[1]).cpu().numpy()
+                                                len(views) // len(x)).cpu().numpy()
         return [mask_for_image(p, im.size, self.spec) for p, im in zip(prob, images)]
 
     def lesion_probabilities(self, lesions: list[list[Image.Image]], metadata: list[tuple],
@@ -180,25 +263,26 @@ class Predictor:
         meta = torch.stack([self.encode(*m) for m in metadata])
         starts = np.cumsum([0] + [len(images) for images in lesions])
         with self._lock:
-            low = self.trunk_features(x)
-            pooled = self.pooled_features(x, low)
+            f = self._frozen_pass(x, reference=knn and self._archive_reads_trunk)
+            pooled = self.pooled_features(x, f.low, f.views)
             out = {k: [] for k in MODEL_KEYS}
             for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
                 for k in MODEL_KEYS:
                     out[k].append(self.head_probabilities(k, combined(pooled[k][:, a:b]), meta[i:i + 1]))
             out = {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
             if knn and self.archive is not None:
-                raw = self.embedding(low, pooled, len(x))
+                raw = self.embedding(f.reference, pooled, len(x))
                 lesion_raw = torch.cat([raw[a:b].mean(0, keepdim=True) for a, b in zip(starts[:-1], starts[1:])])
                 rows, _ = self.archive.search(self.archive.project(lesion_raw), SimilarQuery().k)
                 out["knn"] = self.archive.vote_of(rows)
             return out
 
-    def embedding(self, low: torch.Tensor, pooled: dict[str, torch.Tensor], n_images: int) -> torch.Tensor:
-        """The archive's raw embedding of n_images images from their trunk output (all flip views)
-        and pooled member features: no network pass of its own."""
-        return raw_embedding(self.archive.embedding, OODDetector.trunk_features(low, n_images),
-                             {k: v.cpu() for k, v in pooled.items()})
+    def embedding(self, low: torch.Tensor | None, pooled: dict[str, torch.Tensor], n_images: int) -> torch.Tensor:
+        """The archive's raw embedding of n_images images from their frozen trunk output (all flip
+        views; frozen_features, which the shared trunk's output is as shipped; None will do unless the
+        archive embeds trunk features) and pooled member features: no network pass of its own."""
+        trunk = None if low is None else OODDetector.trunk_features(low, n_images)
+        return raw_embedding(self.archive.embedding, trunk, {k: v.cpu() for k, v in pooled.items()})
 
     def similar_cases(self, features: ImageFeatures, query: SimilarQuery, sex: str, site: str) -> SimilarCases | None:
         """The archive's most similar lesions for an analysed image (None without an archive)."""
@@ -233,19 +317,26 @@ class Predictor:
         x = torch.stack([self.image_tensor(im) for im in images])
         n = len(x)
         with self._lock:
-            low, outlines, stage = self.trunk_and_outlines(x)   # the trunk's only run for these images
-            per_image = self.pooled_features(x, low)
-            unflipped = low.view(n, len(low) // n, *low.shape[1:])[:, 0].clone()
-            embedding = (self.embedding(low, per_image, n).mean(0, keepdim=True)
+            # The frozen stages' only run for these images (the shared trunk, and what the segmenter,
+            # the OOD check and the archive read).
+            fp = self._frozen_pass(x, outlines=True, reference=self.ood is not None or self._archive_reads_trunk,
+                                   fine_stage=True)
+            per_image = self.pooled_features(x, fp.low, fp.views)
+            low = fp.low
+            unflipped = None if low is None else low.view(n, len(low) // n, *low.shape[1:])[:, 0].clone()
+            embedding = (self.embedding(fp.reference, per_image, n).mean(0, keepdim=True)
                          if self.archive is not None else None)
+            whole = any(m.whole_network for m in self.models.values())
             features = ImageFeatures(unflipped, {k: combined(p) for k, p in per_image.items()}, embedding=embedding,
-                                     outlines=outlines, stage=stage.clone())
+                                     outlines=fp.outlines, stage=None if fp.stage is None else fp.stage.clone(),
+                                     images=x.to(self.device).contiguous(memory_format=torch.channels_last)
+                                     if whole else None)
             image_only = self.head_probabilities("image_only", features.pooled["image_only"], meta[None])[0]
             image_only = image_only.cpu().numpy()
             rgb = unnormalise(x, self.spec)  # what the models saw, for the colour check and display
             warnings = []
             if self.ood is not None:
-                trunk = OODDetector.trunk_features(low, n)
+                trunk = OODDetector.trunk_features(fp.reference, n)
                 for i in range(n):
                     w = self.ood.warning(trunk[i], rgb[i:i + 1])
                     warnings += [w if n == 1 else f"Image {i + 1} of {n}: {w}"] if w else []
@@ -303,20 +394,24 @@ class Predictor:
     def _cam(self, f: ImageFeatures, key: str, target: tuple[str, str | None], meta, method: str) -> tuple:
         """(heatmap of the first image, class, empty, method, [(heatmap, empty) of each further
         image], versus) for target (class, the class it is contrasted with or None), from the kept
-        trunk output (and stage): the members' upper stages only. Maps of heads whose gradients do
-        not depend on the metadata (image-only, and additive fusion) are reused per target and method."""
+        trunk output (and stage): the members' upper stages only; for whole-network members from
+        the kept image (each member's whole network once more, on the unflipped view). Maps of heads
+        whose gradients do not depend on the metadata (image-only, and additive fusion) are reused
+        per target and method."""
         ens = self.models[key]
+        start = f.images if ens.whole_network else f.low
+        stage = None if ens.whole_network else f.stage
         reusable = ens.head_kind in ADDITIVE_HEADS
         cls, versus = target
         cache_key = (key, cls, versus, method)
         if reusable and cache_key in f.cams:
             maps = f.cams[cache_key]
         else:
-            maps = [gradcam(ens, f.low[i:i + 1], None if meta is None else meta.to(self.device),
+            maps = [gradcam(ens, start[i:i + 1], None if meta is None else meta.to(self.device),
                             CLASSES.index(cls), (self.spec.height, self.spec.width), method=method,
                             versus=None if versus is None else CLASSES.index(versus),
-                            stage=None if f.stage is None else f.stage[i:i + 1])
-                    for i in range(len(f.low))]
+                            stage=None if stage is None else stage[i:i + 1])
+                    for i in range(len(start))]
             if reusable:
                 f.cams[cache_key] = maps
         (heat, empty), rest = maps[0], maps[1:]
@@ -408,6 +503,16 @@ def distinct_images(images: list[Image.Image]) -> tuple[list[Image.Image], list[
             distinct.append(im)
             given.append(1)
     return distinct, [g for g in given if g > 1]
+
+
+@dataclass
+class _FrozenPass:
+    """What one pass of the frozen stages gives an analysis (Predictor._frozen_pass)."""
+    views: torch.Tensor                 # (B * V, 3, H, W) every flip view, what whole-network members run on
+    low: torch.Tensor | None            # the shared trunk's output for every view; None without one
+    reference: torch.Tensor | None      # the frozen ImageNet trunk's output (OOD, trunk-feature archive)
+    outlines: list | None               # each image's lesion outline, with a segmenter
+    stage: torch.Tensor | None          # each unflipped view's shared-trunk stage FINE_STAGE_BLOCK
 
 
 def combined(pooled: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,22 @@
-"""Cross-validated ensembles that share one frozen trunk.
+"""Cross-validated ensembles: members over one shared frozen trunk, or whole-network members.
 
-Every member keeps the ImageNet lower stages frozen, so the trunk's output is the same for
-all of them: it is computed once per image, then each member runs only its fine-tuned upper
-stages and head on it. An ensemble's logit is the mean of its members' logits.
+Members over a shared trunk keep the ImageNet lower stages frozen, so the trunk's output is the
+same for all of them: it is computed once per image, then each member runs only its fine-tuned
+upper stages and head on it. Whole-network members (split_block WHOLE_NETWORK) share nothing:
+their "trunk output" is the image itself and each runs its whole network on it. An ensemble's
+logit is the mean of its members' logits.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from .models import LesionClassifier
+from .models import WHOLE_NETWORK, LesionClassifier
 
 
 class Ensemble(nn.Module):
-    """Members (LesionClassifier) of one kind, trained on different folds, one shared trunk."""
+    """Members (LesionClassifier) of one kind, trained on different folds, all split at the same
+    block (one shared trunk) or all whole networks."""
 
     def __init__(self, members: list[LesionClassifier]):
         super().__init__()
@@ -32,12 +35,24 @@ class Ensemble(nn.Module):
     def head_kind(self) -> str:
         return self.members[0].head_kind
 
+    @property
+    def split_block(self) -> int | str:
+        """The members' split block (an int), or WHOLE_NETWORK."""
+        return self.members[0].split_block
+
+    @property
+    def whole_network(self) -> bool:
+        """Whether every member holds its whole network (no shared trunk)."""
+        return self.split_block == WHOLE_NETWORK
+
     def lower(self, x: torch.Tensor) -> torch.Tensor:
-        """The shared trunk (every member's lower stages hold the same frozen weights)."""
+        """The shared trunk (every member's lower stages hold the same frozen weights); the
+        image itself for whole-network members."""
         return self.members[0].lower(x)
 
     def pooled(self, low: torch.Tensor) -> torch.Tensor:
-        """Trunk output (N, C, h, w) -> each member's pooled features (M, N, F)."""
+        """Trunk output (N, C, h, w) (for whole-network members: images (N, 3, H, W)) -> each
+        member's pooled features (M, N, F)."""
         return torch.stack([m.upper(low) for m in self.members])
 
     def member_logits(self, pooled: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """weights/manifest.json as one checked type: the only code that parses or writes it.
 
-The manifest describes everything inference needs (architecture, split point, input spec,
-class order, metadata vocabulary, age scaling, temperatures, every file and its sha256) and
+The manifest describes everything inference needs (architecture, what each ensemble's member
+files hold: the upper stages over the shared trunk from its split block, or whole networks, input
+spec, class order, metadata vocabulary, age scaling, temperatures, every file and its sha256) and
 what the release stage adds (the OOD check, the prediction sets). `Manifest.load` checks it
 against this code's class order and vocabulary and checks every entry inference reads, so
 a bad file fails at once with a WeightsError naming it. A Manifest is never edited in place:
@@ -17,7 +18,7 @@ import numpy as np
 
 from ..paths import REPO, repo_path
 from .metadata import AgeScaler
-from .models import head_name
+from .models import WHOLE_NETWORK, head_name
 from .preprocess import InputSpec
 from .vocab import CLASSES, SEXES, SITES
 
@@ -40,8 +41,9 @@ class ManifestNotJSON(WeightsError):
         self.cause = cause
 
 
-# The keys inference cannot do without; the rest are records of how the weights were made.
-REQUIRED = ("version", "architecture", "trunk", "input", "class_order", "metadata", "models")
+# The keys inference cannot do without; the rest are records of how the weights were made
+# ("trunk" too is required, but only when some member runs on the shared trunk: Manifest.check).
+REQUIRED = ("version", "architecture", "input", "class_order", "metadata", "models")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,12 +52,13 @@ class Manifest:
     parts are the JSON's own dicts; the methods below are how code reads into them."""
     version: str
     architecture: dict
-    trunk: dict                      # {"file", "sha256", "split_block", ...}
+    trunk: dict | None = None        # {"file", "sha256", "split_block", ...}; absent when every member
+                                     # holds its whole network
     input: dict                      # {"spec": InputSpec fields, "tta_views", "crop"}
     class_order: list
     class_names: dict | None = None
     metadata: dict                   # {"layout", "sexes", "sites", "age_scaler", ...}
-    models: dict                     # kind -> {"fusion", "members", "temperature", metrics, ...}
+    models: dict                     # kind -> {"fusion", "split_block", "members", "temperature", metrics, ...}
     folds_file: str | None = None    # repo-relative (lesion_app.paths)
     folds_sha256: str | None = None
     heldout_file: str | None = None
@@ -116,10 +119,13 @@ class Manifest:
     def check(self) -> None:
         """Reads every entry inference needs: KeyError, TypeError or ValueError for one that is
         absent or malformed (WeightsError for an unusable input spec)."""
-        self.backbone, self.split_block, self.age_scaler, self.input_spec
+        self.backbone, self.age_scaler, self.input_spec
         for k in MODEL_KEYS:
-            self.head(k), self.temperature(k)
-        for entry in (self.trunk, *(m for k in MODEL_KEYS for m in self.members(k))):
+            self.head(k), self.temperature(k), self.member_split(k)
+        if self.trunk is not None or self.needs_trunk:
+            self.split_block
+        members = [m for k in MODEL_KEYS for m in self.members(k)]
+        for entry in ([self.trunk] if self.trunk is not None else []) + members:
             entry["file"], entry["sha256"]
 
     def to_dict(self) -> dict:
@@ -173,8 +179,38 @@ class Manifest:
 
     @property
     def split_block(self) -> int:
-        """The first block each member fine-tuned; the shared trunk is everything below it."""
-        return int(self.trunk["split_block"])
+        """The shared trunk's split: the first block its members fine-tuned; the trunk is everything
+        below it. KeyError when there is no trunk entry."""
+        if self.trunk is None:
+            raise KeyError("trunk")
+        split = self.trunk["split_block"]
+        if isinstance(split, bool) or not isinstance(split, int) or split < 1:
+            raise ValueError(f"trunk.split_block must be a block index >= 1, not {split!r}")
+        return split
+
+    def member_split(self, kind: str) -> int | str:
+        """What a kind's member files hold: the upper stages from this block over the shared trunk
+        (an int, the trunk's split_block), or WHOLE_NETWORK (each file the whole network, no trunk).
+        models[kind]["split_block"]; a manifest without it (bundled before whole-network members
+        could ship) describes members over the shared trunk."""
+        entry = self.models[kind]
+        if "split_block" not in entry:
+            return self.split_block
+        split = entry["split_block"]
+        if split == WHOLE_NETWORK:
+            return split
+        if isinstance(split, bool) or not isinstance(split, int) or split < 1:
+            raise ValueError(f"models.{kind}.split_block must be a block index >= 1 (members over the shared "
+                             f"trunk) or {WHOLE_NETWORK!r}, not {split!r}")
+        if split != self.split_block:
+            raise ValueError(f"models.{kind}.split_block is {split} but trunk.split_block is {self.split_block}: "
+                             "one shared trunk serves every member that runs on it")
+        return split
+
+    @property
+    def needs_trunk(self) -> bool:
+        """Whether some member runs on the shared trunk (so the trunk entry and file are needed)."""
+        return any(self.models[k].get("split_block") != WHOLE_NETWORK for k in MODEL_KEYS)
 
     def head(self, kind: str) -> str:
         """The head a kind's members use (lesion_app.classifier.models.HEADS); the manifest records its fusion."""
@@ -217,7 +253,7 @@ class Manifest:
         """Every weights file the manifest names ({"file", "sha256", ...}: the trunk, each member
         of each ensemble, the OOD detector, the similar-cases archive, the lesion segmenter, the reader
         mode's cases), in the manifest's order."""
-        entries = {"trunk": [self.trunk], "ood": [self.ood] if self.ood else [],
+        entries = {"trunk": [self.trunk] if self.trunk else [], "ood": [self.ood] if self.ood else [],
                    "archive": [self.archive] if self.archive else [],
                    "reader_cases": [self.reader_cases] if self.reader_cases else [],
                    "segmentation": [self.segmentation] if self.segmentation else [],

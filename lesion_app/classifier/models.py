@@ -5,9 +5,15 @@ Both are timm's tf_efficientnet_lite0 started from the ImageNet weights shipped 
 at ``SPLIT_BLOCK``: the lower part stays frozen at ImageNet weights (so training can
 cache its output once), the upper part is fine-tuned. Heads share one mechanism and
 differ only in how they combine the pooled image features with the metadata.
+
+A member may instead hold its whole network (``split_block=WHOLE_NETWORK``): nothing is shared
+with the other members, ``lower`` is the identity and ``upper`` runs conv_stem..conv_head from
+the image (train.fitting.full's models; train.release.bundle ships a cross-validated run from
+split block 0 this way too, the frozen ImageNet stem folded into each member).
 """
 from __future__ import annotations
 
+import numbers
 import os
 
 import torch
@@ -21,6 +27,7 @@ import timm  # noqa: E402
 
 ARCH = "tf_efficientnet_lite0"
 SPLIT_BLOCK = 5          # blocks[:5] frozen and cached, blocks[5:] + conv_head trained
+WHOLE_NETWORK = "whole_network"   # the split_block of a member that holds its whole network (its own trunk)
 META_HIDDEN = 32
 
 
@@ -129,13 +136,19 @@ def head_name(kind: str, fusion: str) -> str:
 
 
 class LesionClassifier(nn.Module):
-    """Backbone (lower frozen, upper trained) -> pooled features -> head(features, meta)."""
+    """Backbone (lower frozen, upper trained) -> pooled features -> head(features, meta).
+
+    split_block: the first block of the upper part (an int >= 0), or WHOLE_NETWORK: the member
+    holds its whole network, its lower part is the identity (the image itself) and its upper
+    part the whole backbone."""
 
     def __init__(self, head: str = "image_only", arch: str = ARCH, pretrained: bool = True,
-                 dropout: float = 0.3, num_classes: int = len(CLASSES), split_block: int = SPLIT_BLOCK):
+                 dropout: float = 0.3, num_classes: int = len(CLASSES), split_block: int | str = SPLIT_BLOCK):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {sorted(HEADS)}, got {head!r}")
+        if split_block != WHOLE_NETWORK and not (isinstance(split_block, numbers.Integral) and split_block >= 0):
+            raise ValueError(f"split_block must be a block index >= 0 or {WHOLE_NETWORK!r}, got {split_block!r}")
         self.head_kind, self.split_block = head, split_block
         self.backbone = create_backbone(arch, pretrained)
         self.head = HEADS[head](self.backbone.num_features, num_classes, dropout)
@@ -144,12 +157,21 @@ class LesionClassifier(nn.Module):
     def uses_metadata(self) -> bool:
         return self.head.uses_metadata
 
+    @property
+    def whole_network(self) -> bool:
+        """Whether this member holds its whole network (no shared lower stages)."""
+        return self.split_block == WHOLE_NETWORK
+
     def lower(self, x: torch.Tensor) -> torch.Tensor:
+        if self.whole_network:
+            return x
         b = self.backbone
         return b.blocks[:self.split_block](b.bn1(b.conv_stem(x)))
 
     def upper(self, f: torch.Tensor) -> torch.Tensor:
         b = self.backbone
+        if self.whole_network:
+            return b.global_pool(b.bn2(b.conv_head(b.blocks(b.bn1(b.conv_stem(f))))))
         return b.global_pool(b.bn2(b.conv_head(b.blocks[self.split_block:](f))))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,12 +181,16 @@ class LesionClassifier(nn.Module):
         return self.head(self.features(x), meta)
 
     def lower_parameters(self):
+        if self.whole_network:
+            return
         b = self.backbone
         for m in (b.conv_stem, b.bn1, b.blocks[:self.split_block]):
             yield from m.parameters()
 
     def is_lower_key(self, key: str) -> bool:
         """Whether a state-dict key belongs to the frozen lower stages (the shared trunk)."""
+        if self.whole_network:
+            return False
         if key.startswith(("backbone.conv_stem.", "backbone.bn1.")):
             return True
         return key.startswith("backbone.blocks.") and int(key.split(".")[2]) < self.split_block

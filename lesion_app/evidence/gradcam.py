@@ -1,6 +1,11 @@
 """Class-activation heatmaps with pytorch-grad-cam (Grad-CAM, Grad-CAM++, LayerCAM, and LayerCAM
 fused over the trunk's finer stages), for the image-only and the fusion ensembles: one wrapper, one
-empty-map rule, the library's methods; a map of one class, or of one class rather than another."""
+empty-map rule, the library's methods; a map of one class, or of one class rather than another.
+
+Members over a shared trunk start from the trunk's output kept from the prediction (the trunk
+never runs again). Whole-network members start from the image: each map runs every member's
+whole network forward once more on the image's unflipped view (about 0.01 s per member on the
+2-core CPU), and the backward pass still stops at the target layers."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +18,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from ..classifier.ensemble import Ensemble
 
 FINE_STAGE_BLOCK = 2   # the trunk's stride-8 stage, blocks[2]'s output (32x24 on the 256x192 input)
+WHOLE_FINE_BLOCKS = (FINE_STAGE_BLOCK, 4)   # a whole-network member's own finer stages: strides 8 and 16
+                                            # (where the shipped trunk's stage and output are)
 EMPTY_PEAK = 1e-7      # a raw map whose positive peak is at most this holds no evidence
 TOP_TWO = "top two"    # the heatmap class meaning "each model's top class rather than its second"
 
@@ -25,23 +32,44 @@ class FixedMetadata(nn.Module):
     from which the trunk's blocks[first_block:split] run here so that gradients reach that
     stage. The input and the trunk's output pass through nn.Identity layers (stage_in,
     trunk_out) that a CAM can target. The output is the ensemble's mean logit.
+
+    Whole-network members (model.whole_network) have no shared trunk: the input is the image, and
+    each member runs its whole network on it, one member after the other. The finer stages a CAM
+    can target are each member's own (WHOLE_FINE_BLOCKS).
     """
 
     def __init__(self, model: Ensemble, meta: torch.Tensor | None, first_block: int | None = None,
                  input_grad: bool = False):
         super().__init__()
         self.model, self.meta = model, meta
-        self.split = model.members[0].split_block
-        self.first_block = self.split if first_block is None else first_block
+        self.whole = model.whole_network
+        self.split = 0 if self.whole else model.members[0].split_block
+        self.first_block = self.split if first_block is None or self.whole else first_block
         self.input_grad = input_grad   # the input's own gradient, for CAMs that target the trunk's stages
         self.stage_in, self.trunk_out = nn.Identity(), nn.Identity()
 
     def trunk_layers(self) -> list[nn.Module]:
         """The trunk's stages this wrapper sees, in forward order: its input stage when that is
-        earlier than the trunk's output, then the trunk's output."""
+        earlier than the trunk's output, then the trunk's output. For whole-network members, each
+        member's blocks[WHOLE_FINE_BLOCKS] (member by member)."""
+        if self.whole:
+            return [m.backbone.blocks[i] for m in self.model.members for i in WHOLE_FINE_BLOCKS]
         return ([self.stage_in] if self.first_block < self.split else []) + [self.trunk_out]
 
+    def all_layers(self) -> list[nn.Module]:
+        """trunk_layers and every member's last stage, in forward order. pytorch-grad-cam pairs each
+        target layer's activation (recorded forward) with its gradient (recorded backward, taken as
+        the reverse order), which holds for a chain, and for members run one after the other (the
+        autograd engine finishes the member created last first)."""
+        if self.whole:
+            return [layer for m in self.model.members
+                    for layer in (*(m.backbone.blocks[i] for i in WHOLE_FINE_BLOCKS), m.cam_target_layer())]
+        return [*self.trunk_layers(), *self.model.cam_target_layers()]
+
     def forward(self, x):
+        if self.whole:   # each member's whole network on the image, which needs no gradient
+            meta = None if self.meta is None else self.meta.expand(len(x), -1)
+            return self.model.head_logits(self.model.pooled(x.detach()), meta)
         h = self.stage_in(x.detach().requires_grad_(self.input_grad))
         if self.first_block < self.split:   # the frozen trunk's remaining blocks (shared by every member)
             h = self.model.members[0].backbone.blocks[self.first_block:self.split](h)
@@ -77,8 +105,8 @@ class ImageSizedCAM:
 
     Scaling hides whether a map is empty (every weighted activation negative or zero), so the
     raw peaks are what tell the app to say so instead of showing a blank heatmap; the rule is
-    the same for every method. The input is a trunk output, so the output size is given
-    explicitly rather than read from the input.
+    the same for every method. The input is a trunk output (or, for whole-network members, the
+    image), so the output size is given explicitly rather than read from the input.
 
     `layers(wrapper)` says which layers a method targets: here each member's last activation,
     whose gradients the caller may cut below (`trunk_stages` False).
@@ -137,19 +165,24 @@ class FineLayerCAM(PeakRecordingLayerCAM):
 
     @staticmethod
     def layers(wrapper: FixedMetadata) -> list[nn.Module]:
-        return [*wrapper.trunk_layers(), *wrapper.model.cam_target_layers()]   # forward order
+        return wrapper.all_layers()   # forward order
+
+    def is_last(self) -> np.ndarray:
+        """Per target layer (in their order), whether it is a member's last stage."""
+        last = self.model.model.cam_target_layers()
+        return np.array([any(layer is t for t in last) for layer in self.target_layers])
 
     def aggregate_multi_layers(self, cam_per_target_layer):
-        n_last = len(self.model.model.cam_target_layers())
+        last = self.is_last()
         maps = np.concatenate(cam_per_target_layer, axis=1)   # (N, layers, H, W), each in [0, 1]
-        fused = np.sqrt(maps[:, -n_last:].mean(1) * maps[:, :-n_last].mean(1))
+        fused = np.sqrt(maps[:, last].mean(1) * maps[:, ~last].mean(1))
         self.fused_peak = float(fused.max())
         return scale_cam_image(fused)
 
     @property
     def empty(self) -> bool:
-        n_last = len(self.model.model.cam_target_layers())
-        return (max(self.peaks[-n_last:]) <= EMPTY_PEAK or max(self.peaks[:-n_last]) <= EMPTY_PEAK
+        last, peaks = self.is_last(), np.array(self.peaks)
+        return (peaks[last].max() <= EMPTY_PEAK or peaks[~last].max() <= EMPTY_PEAK
                 or self.fused_peak <= EMPTY_PEAK)
 
 
@@ -168,19 +201,27 @@ def gradcam(model: Ensemble, low: torch.Tensor, meta: torch.Tensor | None, class
             size: tuple[int, int], method: str = DEFAULT_CAM_METHOD, versus: int | None = None,
             stage: torch.Tensor | None = None) -> tuple[np.ndarray, bool]:
     """A class-activation map of class_index for one image, from its trunk output low
-    (1, C, h, w): one backward pass through the ensemble's mean logit, the members' maps
-    averaged by the library. method: a key of CAM_METHODS (Grad-CAM by default). versus: a
-    second class index; the map then targets class_index's logit minus versus's (ContrastTarget).
+    (1, C, h, w) (whole-network members: the image's unflipped view (1, 3, H, W)): one backward
+    pass through the ensemble's mean logit, the members' maps averaged by the library. method: a
+    key of CAM_METHODS (Grad-CAM by default). versus: a second class index; the map then targets
+    class_index's logit minus versus's (ContrastTarget).
     stage: the same image's trunk stage FINE_STAGE_BLOCK (1, C, 2h, 2w), where the methods that
-    target the trunk's stages start (without it they use the stages from low on).
+    target the trunk's stages start (without it they use the stages from low on); unused for
+    whole-network members, whose own stages (WHOLE_FINE_BLOCKS) those methods target.
     Returns (map in [0, 1] of size (H, W), empty)."""
     if method not in CAM_METHODS:
         raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
     kind = CAM_METHODS[method]
-    from_stage = kind.trunk_stages and stage is not None
-    wrapper = FixedMetadata(model, meta, FINE_STAGE_BLOCK + 1 if from_stage else None, input_grad=kind.trunk_stages)
+    whole = model.whole_network
+    from_stage = kind.trunk_stages and stage is not None and not whole
+    wrapper = FixedMetadata(model, meta, FINE_STAGE_BLOCK + 1 if from_stage else None,
+                            input_grad=kind.trunk_stages and not whole)
     layers = kind.layers(wrapper)
-    cut = [] if kind.trunk_stages else [layer.register_forward_hook(graph_starts_here) for layer in layers]
+    # The graph starts at the earliest target layers: the last stage's, or for whole-network members
+    # each member's first finer stage (the image needs no gradient); from the input otherwise.
+    starts = ([m.backbone.blocks[WHOLE_FINE_BLOCKS[0]] for m in model.members] if whole and kind.trunk_stages
+              else [] if kind.trunk_stages else layers)
+    cut = [layer.register_forward_hook(graph_starts_here) for layer in starts]
     target = ClassifierOutputTarget(class_index) if versus is None else ContrastTarget(class_index, versus)
     try:
         with torch.enable_grad(), kind(wrapper, layers, size) as cam:

