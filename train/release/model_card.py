@@ -5,7 +5,8 @@ manifest; publish puts it on the Hub. One text, so the copies never disagree.
 """
 from __future__ import annotations
 
-from lesion_app.classifier.manifest import Manifest
+from lesion_app.classifier.manifest import MODEL_KEYS, Manifest
+from lesion_app.classifier.models import WHOLE_NETWORK
 from lesion_app.classifier.vocab import CLASS_NAMES, CLASSES
 from train.evaluation.report_render import coverage_markdown
 
@@ -130,6 +131,22 @@ def _segmentation(m: Manifest) -> str:
     return "\n".join(lines) + "\n"
 
 
+def trunk_lines(m: Manifest) -> str:
+    """The Models section's line on what the members share: the one frozen trunk, or, for a kind
+    whose members hold their whole network, that they share nothing."""
+    whole = [k for k in MODEL_KEYS if m.member_split(k) == WHOLE_NETWORK]
+    lines = []
+    if m.needs_trunk:
+        lines.append(f"""- One shared frozen trunk, `trunk.safetensors`: the ImageNet lower stages
+  ({m.architecture['frozen_lower_stages']}, {m.architecture['imagenet_weights']}). It runs
+  once per image; each member {'of ' + ', '.join(k for k in MODEL_KEYS if k not in whole) + ' ' if whole else ''}\
+fine-tuned only the stages above it and its head.""")
+    if whole:
+        lines.append(f"- Whole-network members ({', '.join(whole)}): each file holds its whole network, fine-tuned "
+                     "from the ImageNet weights, and runs its own trunk.")
+    return "\n".join(lines)
+
+
 def model_card(m: Manifest) -> str:
     models = m.models
     fus = models["fusion"]
@@ -150,9 +167,7 @@ body site to a dermoscopic image changes a classifier's output, and explains bot
   cross-validation: `fusion_fold*.safetensors` ({m.architecture['backbone']} + metadata
   {m.architecture['metadata_encoder']}, fused by **{fus['fusion']}**) and
   `image_only_fold*.safetensors` (the same recipe, image only).
-- One shared frozen trunk, `trunk.safetensors`: the ImageNet lower stages
-  ({m.architecture['frozen_lower_stages']}, {m.architecture['imagenet_weights']}). It runs
-  once per image; each member fine-tuned only the stages above it and its head.
+{trunk_lines(m)}
 - Ensemble rule: {fus['ensemble']}.
 - Input: {m.input['spec']['width']}x{m.input['spec']['height']} px, {m.input['crop']},
   mean = std = 0.5; 4 flip views.
