@@ -80,3 +80,12 @@ def load_mask(root: Path, image_id: str) -> np.ndarray | None:
 
 def labels(df: pd.DataFrame) -> np.ndarray:
     return df["dx"].map(CLASSES.index).to_numpy()
+
+
+def dx_types(df: pd.DataFrame) -> np.ndarray:
+    """How each row's diagnosis was confirmed (HAM10000's dx_type: histo, follow_up, consensus or
+    confocal), stripped and lower-cased, 'unknown' where blank. DatasetError if the column is absent."""
+    if "dx_type" not in df.columns:
+        raise DatasetError("the metadata has no dx_type column (how each diagnosis was confirmed), "
+                           "which --mel-margin-weight and --follow-up-weight need")
+    return df["dx_type"].fillna(UNKNOWN).astype(str).str.strip().str.lower().replace("", UNKNOWN).to_numpy(dtype=object)

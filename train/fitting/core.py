@@ -6,7 +6,8 @@ decoded images. Both run the same epoch skeleton (`train_epochs`) over the same 
 (train.fitting.loop), with the same Config, optimiser and schedule, checkpoints and resume,
 best-epoch record, calibration, command line and log.
 
-Reads top to bottom: Config and its command-line flags -> the optimiser -> checkpoints ->
+Reads top to bottom: Config and its command-line flags -> the recipe's loss and each case's
+role in it (train.fitting.objectives) -> the optimiser -> checkpoints ->
 the epoch skeleton -> the cached-feature member -> the best epoch, calibration and the
 run's summary -> the log.
 """
@@ -29,17 +30,18 @@ from tqdm import tqdm
 
 from lesion_app.classifier.models import SPLIT_BLOCK, LesionClassifier, head_name
 from lesion_app.classifier.preprocess import mean_over_views
+from train.data.dataset import dx_types, labels
 from train.data.features import N_VIEWS, cached_pooled
 from train.evaluation.metrics import classification_metrics, fit_temperature, softmax
 from train.fitting.curriculum import SAMPLERS, EpochPlan
 from train.fitting.loop import Step, run_epoch
-from train.fitting.objectives import LOSSES, class_weights, drop_metadata, loss_fn
+from train.fitting.objectives import LOSSES, case_roles, class_weights, drop_metadata, loss_fn
 
 
 @dataclass
 class Config:
     # Defaults are the shipped recipe (train.fitting.cv runs it on every fold). A field's allowed
-    # values, where it has a fixed set, are in its metadata: the command lines check them.
+    # values, where it has a fixed set or a bound, are in its metadata: the command lines check them.
     model: str = field(default="fusion", metadata={"choices": ("image_only", "fusion")})
     fusion: str = field(default="concat", metadata={"choices": ("concat", "film", "late")})  # fusion only
     loss: str = field(default="wce", metadata={"choices": LOSSES})  # wce = class-weighted; focal is weighted too
@@ -51,6 +53,12 @@ class Config:
     weight_decay: float = 0.01
     focal_gamma: float = 2.0
     meta_dropout: float = 0.1      # chance each metadata group is replaced by "unknown"
+    # Melanoma against its hard negatives (train.fitting.objectives; reports/melanoma_errors.md):
+    # weight of the pairwise margin term (0 = off) and its margin on the melanoma log-probability,
+    # and the weight of follow-up nevi in the main loss (1 = as every other case).
+    mel_margin_weight: float = field(default=0.0, metadata={"minimum": 0.0})
+    mel_margin: float = 1.0
+    follow_up_weight: float = field(default=1.0, metadata={"above": 0.0})
     seed: int = 0
     threads: int = 2
 
@@ -65,13 +73,51 @@ class Config:
         """The head this recipe trains (lesion_app.classifier.models.HEADS)."""
         return head_name(self.model, self.fusion_used)
 
+    @property
+    def uses_confirmation(self) -> bool:
+        """Whether the loss needs each case's role, from how its diagnosis was confirmed
+        (objectives.case_roles): the melanoma margin or follow-up weighting is on."""
+        return self.mel_margin_weight != 0.0 or self.follow_up_weight != 1.0
+
+
+def _flag_type(f):
+    """The field's type; with a bound in its metadata (minimum: at least, above: more than), a
+    parser that also checks it, so a command line refuses a value out of range."""
+    kind, low, above = type(f.default), f.metadata.get("minimum"), f.metadata.get("above")
+    if low is None and above is None:
+        return kind
+
+    def parse(text):
+        value = kind(text)
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be more than {above}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
 
 def add_config_arguments(p: argparse.ArgumentParser, skip=()) -> None:
-    """One flag per Config field (but those in skip), typed, with the field's choices."""
+    """One flag per Config field (but those in skip), typed, with the field's choices or bounds."""
     for f in fields(Config):
         if f.name not in skip:
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=_flag_type(f), default=f.default,
                            choices=f.metadata.get("choices"))
+
+
+def recipe_loss(cfg: Config, y: np.ndarray, device="cpu"):
+    """The recipe's criterion(logits, y, role) for training labels y (their class weights), with
+    cfg's loss, focal gamma and melanoma options (train.fitting.objectives.loss_fn)."""
+    return loss_fn(cfg.loss, class_weights(y).to(device), cfg.focal_gamma, follow_up_weight=cfg.follow_up_weight,
+                   mel_margin_weight=cfg.mel_margin_weight, mel_margin=cfg.mel_margin)
+
+
+def case_roles_of(cfg: Config, df) -> np.ndarray | None:
+    """Each row's role in cfg's loss (objectives.case_roles, from its dx and dx_type), or None
+    when the recipe needs none (the melanoma options at their defaults). DatasetError when it
+    needs them and the metadata has no dx_type."""
+    return case_roles(labels(df), dx_types(df)) if cfg.uses_confirmation else None
 
 
 def command_line(module: str, argv=None, launcher: str = "python") -> str:
@@ -111,7 +157,8 @@ def save_checkpoint(path: Path, cfg: Config, model, opt, sched, epoch, history, 
 def restore_checkpoint(st: dict, cfg: Config, model, opt, sched, log=print, rng: bool = True):
     """Loads a save_checkpoint dict into model, opt and sched (and the RNGs if rng); returns
     (history, first epoch to run). ResumeMismatch if it was written with other settings."""
-    if st["config"] != asdict(cfg):
+    # A checkpoint written before a Config field existed holds that field's default.
+    if {**asdict(type(cfg)()), **st["config"]} != asdict(cfg):
         raise ResumeMismatch(f"--resume needs the same settings as the interrupted run: {st['config']}")
     model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"]), sched.load_state_dict(st["sched"])
     if rng:
@@ -167,13 +214,14 @@ def _views(feats, idx: np.ndarray, view: np.ndarray, device) -> torch.Tensor:
 
 
 def train_member(cfg: Config, feats, meta: torch.Tensor, y: np.ndarray, unknown: torch.Tensor,
-                 out: Path, *, rank: np.ndarray | None = None, device="cpu", split_block: int = SPLIT_BLOCK,
-                 resume: bool = False, stop_after: int | None = None, after_epoch=None,
-                 log=print) -> LesionClassifier | None:
+                 out: Path, *, rank: np.ndarray | None = None, role: np.ndarray | None = None, device="cpu",
+                 split_block: int = SPLIT_BLOCK, resume: bool = False, stop_after: int | None = None,
+                 after_epoch=None, log=print) -> LesionClassifier | None:
     """Fine-tunes the upper stages and the head for cfg.epochs on cached lower features.
 
     feats (N, N_VIEWS, C, h, w), meta (N, META_DIM) and y (N,) are the training cases; rank is
-    each case's within-class difficulty (needed by the curriculum sampler). A fixed schedule:
+    each case's within-class difficulty (needed by the curriculum sampler), role its role in the
+    loss (case_roles_of; needed by the melanoma options). A fixed schedule:
     the model after the last epoch is returned, so no held-out data chooses anything here.
     after_epoch(model, epoch) may return a dict of figures to log (e.g. validation scores).
     out/checkpoint.pt is written atomically after every epoch; resume=True continues from it.
@@ -186,9 +234,10 @@ def train_member(cfg: Config, feats, meta: torch.Tensor, y: np.ndarray, unknown:
         q.requires_grad_(False)
     n = len(y)
     opt, sched = make_optimizer(cfg, model, (n + cfg.batch - 1) // cfg.batch)
-    criterion = loss_fn(cfg.loss, class_weights(y).to(device), cfg.focal_gamma)
+    criterion = recipe_loss(cfg, y, device)
     plan = EpochPlan(cfg.sampler, y, cfg.epochs, rank)
     meta, unknown, y_t = meta.to(device), unknown.to(device), torch.as_tensor(y, device=device)
+    role_t = None if role is None else torch.as_tensor(role, device=device)
 
     history, first, ckpt = [], 0, out / "checkpoint.pt"
     if resume and ckpt.exists():
@@ -212,7 +261,7 @@ def train_member(cfg: Config, feats, meta: torch.Tensor, y: np.ndarray, unknown:
         if model.uses_metadata and cfg.meta_dropout > 0:
             m = drop_metadata(m, unknown, cfg.meta_dropout)
         logits = model.head(model.upper(f.contiguous(memory_format=torch.channels_last)), m)
-        return criterion(logits, y_t[idx]), len(idx)
+        return criterion(logits, y_t[idx], None if role_t is None else role_t[idx]), len(idx)
 
     history = train_epochs(
         cfg, model, Step(opt, sched), first=first, history=history, start_epoch=start_epoch, loss_of=loss_of,

@@ -32,11 +32,11 @@ from lesion_app.classifier.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.classifier.models import SPLIT_BLOCK
 from lesion_app.paths import repo_relative
 from lesion_app.classifier.vocab import CLASSES
-from train.data.dataset import DEFAULT_DATA, labels, load_metadata
+from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata
 from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
 from train.data.splits import DEFAULT_FOLDS, load_folds, load_heldout
 from train.evaluation.metrics import classification_metrics, softmax
-from train.fitting.core import Config, Log, add_config_arguments, command_line, train_member, tta_logits
+from train.fitting.core import Config, Log, add_config_arguments, case_roles_of, command_line, train_member, tta_logits
 from train.fitting.members import KINDS, collect, fold_frames, member_dir, round_to_fp16, upper_state
 from train.fitting.pooled_heads import difficulty_rank
 
@@ -69,6 +69,11 @@ def main(argv=None):
     df = fold_frames(md, folds, heldout)
     n_folds = int(df["fold"].max()) + 1
     y = labels(df)
+    recipe = {k: getattr(a, k) for k in asdict(Config()) if k not in ("model", "seed")}
+    try:
+        role = case_roles_of(Config(**recipe), df)     # None unless the melanoma options are on
+    except DatasetError as e:
+        p.error(str(e))
     # One age scaler for every member (a standardisation of an input, from the non-held-out ages).
     scaler = AgeScaler.fit(df.loc[~df["heldout"], "age"])
     meta = torch.from_numpy(encode_frame(df, scaler))
@@ -116,12 +121,12 @@ def main(argv=None):
             if deadline and time.time() > deadline:
                 log("time budget reached; run the same command again to continue")
                 return 3
-            cfg = Config(**{k: getattr(a, k) for k in asdict(Config()) if k not in ("model", "seed")},
-                         model=kind, seed=a.seed + fold)
+            cfg = Config(**recipe, model=kind, seed=a.seed + fold)
             t = time.time()
             stop = None
             model = train_member(cfg, feats[train_rows] if torch.is_tensor(feats) else np.asarray(cached[train_rows]),
-                                 meta[train_rows], y[train_rows], unknown, d, rank=rank, device=a.device,
+                                 meta[train_rows], y[train_rows], unknown, d, rank=rank,
+                                 role=None if role is None else role[train_rows], device=a.device,
                                  split_block=a.split_block, resume=True, stop_after=stop,
                                  log=lambda m, kf=f"{kind} fold {fold}": log(f"{kf}: {m}"))
             seconds = time.time() - t

@@ -37,17 +37,17 @@ from torch.utils.data import DataLoader, Dataset
 from lesion_app.classifier.models import ARCH, LesionClassifier, imagenet_state_dict
 from lesion_app.classifier.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
 from train.data.augment import Augment, Normalise, decode, eval_view, train_view
-from train.data.dataset import DEFAULT_DATA, image_path, load_image
+from train.data.dataset import DEFAULT_DATA, DatasetError, image_path, load_image
 from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
 from train.data.splits import SplitData, resolve_split
 from train.evaluation.metrics import classification_metrics, softmax
 from train.fitting import distributed
 from train.fitting.core import (BestEpoch, Config, Log, ResumeMismatch, add_config_arguments, calibration,
-                                command_line, make_optimizer, restore_checkpoint, save_checkpoint, save_model,
-                                summary_line, train_epochs)
+                                case_roles_of, command_line, make_optimizer, recipe_loss, restore_checkpoint,
+                                save_checkpoint, save_model, summary_line, train_epochs)
 from train.fitting.curriculum import EpochPlan
 from train.fitting.loop import Step
-from train.fitting.objectives import class_weights, drop_metadata, loss_fn
+from train.fitting.objectives import OTHER, drop_metadata
 from train.fitting.pooled_heads import difficulty_rank
 
 import timm  # noqa: E402  (after lesion_app.classifier.models, which keeps timm off the Hub unless told otherwise)
@@ -199,11 +199,13 @@ def precision(amp: str, device: torch.device) -> torch.dtype | None:
 
 class TrainImages(Dataset):
     """Training cases by (row, draw seed), as RankShare yields them: the augmented image,
-    the encoded metadata row and the label."""
+    the encoded metadata row, the label and the case's role in the loss (core.case_roles_of;
+    objectives.OTHER for every case when the recipe needs none)."""
 
     def __init__(self, data: Path, image_ids, meta: torch.Tensor, y: np.ndarray, spec: InputSpec,
-                 aug: Augment, normalise: Normalise, sog: float):
+                 aug: Augment, normalise: Normalise, sog: float, role: np.ndarray | None = None):
         self.data, self.image_ids, self.meta, self.y = Path(data), list(image_ids), meta, np.asarray(y)
+        self.role = np.full(len(self.y), OTHER) if role is None else np.asarray(role)
         self.spec, self.aug, self.normalise, self.sog = spec, aug, normalise, sog
         # Decode at least what the smallest crop needs (train_view shrinks from there).
         self.draft = (math.ceil(spec.width / math.sqrt(aug.min_area)), math.ceil(spec.height / math.sqrt(aug.min_area)))
@@ -215,7 +217,7 @@ class TrainImages(Dataset):
         row, seed = key
         image = decode(image_path(self.data, self.image_ids[row]), *self.draft)
         x = train_view(image, self.spec, self.aug, torch.Generator().manual_seed(seed), self.normalise, self.sog)
-        return x, self.meta[row], int(self.y[row])
+        return x, self.meta[row], int(self.y[row]), int(self.role[row])
 
 
 class EvalImages(Dataset):
@@ -279,12 +281,13 @@ def train_full(cfg: FullConfig, model: WholeNetwork, d: SplitData, data: Path, o
             log(f"note: the checkpoint was written by {st['extra'].get('world_size', 1)} processes, this run has "
                 f"{dist.world}: the rest of training is valid but not identical to an uninterrupted run")
     net = distributed.wrap(model, dist)
-    criterion = loss_fn(cfg.loss, class_weights(y).to(dev), cfg.focal_gamma)
+    criterion = recipe_loss(cfg, y, dev)
+    role = case_roles_of(cfg, d.frames["train"])     # None unless the melanoma options are on
     unknown = d.unknown.to(dev)
     spec, aug, norm = InputSpec(cfg.width, cfg.height), Augment(), normalisation(model)
     loader_args = {"num_workers": workers, "pin_memory": dev.type == "cuda", "persistent_workers": workers > 0}
     train_loader = DataLoader(TrainImages(data, d.frames["train"]["image_id"], d.meta["train"], y, spec, aug, norm,
-                                          cfg.shades_of_gray), batch_size=per_rank, sampler=share,
+                                          cfg.shades_of_gray, role), batch_size=per_rank, sampler=share,
                               generator=torch.Generator(), **loader_args)
     n_val = len(d.y["val"])
     val_loader = DataLoader(EvalImages(data, d.frames["val"]["image_id"], d.meta["val"], spec, norm, cfg.shades_of_gray),
@@ -303,14 +306,14 @@ def train_full(cfg: FullConfig, model: WholeNetwork, d: SplitData, data: Path, o
         return train_loader
 
     def loss_of(batch):
-        x, m, yb = batch
+        x, m, yb, rb = batch
         x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        m, yb = m.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+        m, yb, rb = m.to(dev, non_blocking=True), yb.to(dev, non_blocking=True), rb.to(dev, non_blocking=True)
         if model.uses_metadata and cfg.meta_dropout > 0:
             m = drop_metadata(m, unknown, cfg.meta_dropout)
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = net(x, m)
-        return criterion(logits.float(), yb), len(yb)
+        return criterion(logits.float(), yb, rb), len(yb)
 
     def end_epoch(epoch, loss_sum, seen, t0):
         loss_sum, seen = distributed.all_sum([loss_sum, seen], dist)
@@ -401,7 +404,7 @@ def main(argv=None) -> int:
         try:
             done = train_full(cfg, model, d, a.data, out, dist, rank=rank, workers=workers,
                               resume=a.resume, stop_after=a.stop_after, log=log)
-        except ResumeMismatch as e:
+        except (ResumeMismatch, DatasetError) as e:    # DatasetError: no dx_type for the melanoma options
             p.error(str(e))
         if done is None:
             return 0

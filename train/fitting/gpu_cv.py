@@ -54,17 +54,18 @@ from lesion_app.classifier.models import SPLIT_BLOCK, LesionClassifier, imagenet
 from lesion_app.classifier.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
 from lesion_app.classifier.vocab import CLASSES
 from train.data.augment import Augment, Normalise
-from train.data.dataset import labels
+from train.data.dataset import DatasetError, labels
 from train.data.device_views import cache_views, decode_images, eval_batch, train_views
 from train.data.pack import PackedData
 from train.evaluation.metrics import classification_metrics, softmax
-from train.fitting.core import Config, Log, add_config_arguments, command_line, make_optimizer, train_epochs
+from train.fitting.core import (Config, Log, add_config_arguments, case_roles_of, command_line, make_optimizer,
+                                recipe_loss, train_epochs)
 from train.fitting.curriculum import EpochPlan
 from train.fitting.members import KINDS, fold_frames, round_to_fp16, upper_state
 from train.fitting.distributed import RankShare, rank_seed
 from train.fitting.gpu_files import MAX_FILE_BYTES, MAX_FILES, RunFiles, member_name
 from train.fitting.loop import Step
-from train.fitting.objectives import class_weights, drop_metadata, loss_fn
+from train.fitting.objectives import drop_metadata
 from train.fitting.pooled_heads import difficulty_rank
 
 FORMAT = "gpu_cv/1"
@@ -179,11 +180,13 @@ def tta_logits(model: LesionClassifier, images: torch.Tensor, rows: np.ndarray, 
 
 def train_member(cfg: Config, model: LesionClassifier, images: torch.Tensor, rows: np.ndarray, meta: torch.Tensor,
                  y: np.ndarray, unknown: torch.Tensor, *, rank: np.ndarray | None, split_block: int,
-                 log=print) -> list:
+                 role: np.ndarray | None = None, log=print) -> list:
     """Fine-tunes model on images[rows] for cfg.epochs (fixed schedule) with a training view drawn
-    on the device per case and step; returns the epoch history. Every draw comes from cfg.seed:
-    the plan and each case's view from RankShare's (row, seed) keys, dropout and metadata dropout
-    from a generator seeded per epoch, so the same member comes out on the same device."""
+    on the device per case and step; returns the epoch history. meta, y and role (each case's role
+    in the loss, core.case_roles_of; None at the melanoma options' defaults) cover every image.
+    Every draw comes from cfg.seed: the plan and each case's view from RankShare's (row, seed) keys,
+    dropout and metadata dropout from a generator seeded per epoch, so the same member comes out
+    on the same device."""
     dev = images.device
     frozen = frozen_modules(model, split_block)
     for m in frozen:
@@ -191,9 +194,10 @@ def train_member(cfg: Config, model: LesionClassifier, images: torch.Tensor, row
     model.to(dev, memory_format=torch.channels_last)
     share = RankShare(EpochPlan(cfg.sampler, y[rows], cfg.epochs, rank), cfg.seed)
     opt, sched = make_optimizer(cfg, model, math.ceil(len(share) / cfg.batch))
-    criterion = loss_fn(cfg.loss, class_weights(y[rows]).to(dev), cfg.focal_gamma)
+    criterion = recipe_loss(cfg, y[rows], dev)
     rows_t = torch.as_tensor(rows, device=dev)
     meta_t, y_t, unknown = meta[rows].to(dev), torch.as_tensor(y[rows], device=dev), unknown.to(dev)
+    role_t = None if role is None else torch.as_tensor(role[rows], device=dev)
     aug, norm = Augment(), Normalise()
 
     def start_epoch(epoch):
@@ -212,7 +216,7 @@ def train_member(cfg: Config, model: LesionClassifier, images: torch.Tensor, row
             m = drop_metadata(m, unknown, cfg.meta_dropout)
         with autocast(dev):
             logits = model(x.contiguous(memory_format=torch.channels_last), m)
-        return criterion(logits.float(), y_t[pos]), len(batch)
+        return criterion(logits.float(), y_t[pos], None if role_t is None else role_t[pos]), len(batch)
 
     return train_epochs(cfg, model, Step(opt, sched), first=0, history=[], start_epoch=start_epoch, loss_of=loss_of,
                         end_epoch=lambda epoch, loss_sum, seen, t0: {
@@ -231,8 +235,10 @@ def device_of(name: str) -> torch.device:
 
 
 def settings(run: dict) -> dict:
-    """What a continued run must share with the run in its folder (the threads and the data's path may differ)."""
-    return {"format": run.get("format"), "recipe": {k: v for k, v in run["recipe"].items() if k != "threads"},
+    """What a continued run must share with the run in its folder (the threads and the data's path may differ).
+    A run recorded before a recipe field existed ran at that field's default."""
+    recipe = {**{k: v for k, v in asdict(Config()).items() if k != "model"}, **run["recipe"]}
+    return {"format": run.get("format"), "recipe": {k: v for k, v in recipe.items() if k != "threads"},
             **{k: run.get(k) for k in ("split_block", "kinds", "n_folds")},
             "data": {k: v for k, v in run["data"].items() if k != "source"}}
 
@@ -252,6 +258,10 @@ def main(argv=None) -> int:
     scaler = AgeScaler.fit(df.loc[~df["heldout"], "age"])    # as train.fitting.cv: the non-held-out ages
     meta, unknown = torch.from_numpy(encode_frame(df, scaler)), torch.from_numpy(unknown_row(scaler))
     recipe = {k: getattr(a, k) for k in asdict(Config()) if k != "model"}
+    try:
+        role = case_roles_of(Config(**recipe), df)     # None unless the melanoma options are on
+    except DatasetError as e:
+        p.error(str(e))
     split_recorded = WHOLE_NETWORK if a.split_block == 0 else a.split_block
     header = {"format": FORMAT, "recipe": recipe, "split_block": split_recorded,
               "kinds": a.kinds, "n_folds": n_folds, "data": data.describe(), "age_scaler": asdict(scaler),
@@ -339,14 +349,13 @@ def main(argv=None) -> int:
             log(f"stopped before {name}; run the same command again to continue")
             record_time()
             return 3
-        cfg = Config(**{k: getattr(a, k) for k in asdict(Config()) if k not in ("model", "seed")},
-                     model=kind, seed=a.seed + fold)
+        cfg = Config(**{k: v for k, v in recipe.items() if k != "seed"}, model=kind, seed=a.seed + fold)
         t = time.time()
         torch.manual_seed(cfg.seed), np.random.seed(cfg.seed)
         model = build_member(cfg.head, a.split_block, imagenet)
         rank = files.arrays[f"rank_fold{fold}"].numpy() if cfg.sampler == "curriculum" else None
         history = train_member(cfg, model, images, train_rows[fold], meta, y, unknown, rank=rank,
-                               split_block=a.split_block, log=lambda m, n=name: log(f"{n}: {m}"))
+                               split_block=a.split_block, role=role, log=lambda m, n=name: log(f"{n}: {m}"))
         train_seconds = time.time() - t
         state = member_state(model, a.split_block)
         round_to_fp16(model)      # scores describe the fp16 file
