@@ -255,8 +255,8 @@ def test_the_same_image_given_twice_counts_once(client, tmp_path):
 @needs_dataset
 def test_reports_lesion_area_tracks_the_true_masks_share(client):
     """/report's lesion.area_share against HAM10000's own mask on 20 held-out images (no model,
-    the segmenter included, trained on them); attention_inside in [0, 1]. Issue 23's bar is r >= 0.9;
-    the 4-epoch segmenter reaches 0.79 on these 20 (0.89-0.92 over the first 120), so this asserts 0.75."""
+    the segmenter included, trained on them); attention_inside in [0, 1]. Issue 23's bar: Pearson
+    r >= 0.9 (the shipped segmenter gives 0.96 on these 20, 0.94 over all 423 held-out images)."""
     from conftest import DATA
     from lesion_app.classifier.manifest import Manifest
     from lesion_app.classifier.weights import WEIGHTS_DIR
@@ -274,4 +274,4 @@ def test_reports_lesion_area_tracks_the_true_masks_share(client):
         assert all(0 <= v <= 1 for v in rep["attention_inside"].values())
         predicted.append(rep["area_share"])
         true.append(load_mask(DATA, r.image_id).mean())
-    assert len(predicted) == 20 and np.corrcoef(predicted, true)[0, 1] >= 0.75
+    assert len(predicted) == 20 and np.corrcoef(predicted, true)[0, 1] >= 0.9

@@ -52,18 +52,28 @@ class LesionSegmenter(nn.Module):
     """Trunk stages (strides 4, 8, 16) -> lesion logits (N, 1, h4, w4) at stride 4.
 
     3x3 convolutions run at strides 16 and 8 only; the stride-4 stage joins through a 1x1
-    lateral, so the finest level adds detail at little cost (CPU training time)."""
+    lateral, so the finest level adds detail at little cost (CPU training time). At stride 16 the
+    whole image's mean feature is added to every cell before a second 3x3 convolution (image-level
+    context): a large, faint lesion is told from skin by what the whole image looks like, which a
+    3x3 window cannot see. Chosen on fold 0 out-of-fold (8 epochs each): Jaccard 0.866 vs 0.851,
+    the area share's Pearson r with the true mask's 0.943 vs 0.922. `context=False` is the decoder
+    without it (the first shipped one), kept so that its file still loads."""
 
-    def __init__(self, channels=STAGE_CHANNELS, width: int = WIDTH):
+    def __init__(self, channels=STAGE_CHANNELS, width: int = WIDTH, context: bool = True):
         super().__init__()
         self.lateral = nn.ModuleList(ConvBN(c, width, 1) for c in channels)
         self.context = ConvBN(width, width)
         self.smooth = ConvBN(width, width)
         self.out = nn.Conv2d(width, 1, 1)
+        if context:
+            self.glob = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True))
+            self.context2 = ConvBN(width, width)
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
         fine, mid, coarse = (lat(s) for lat, s in zip(self.lateral, stages))
         h = self.context(coarse)
+        if hasattr(self, "glob"):
+            h = self.context2(h + self.glob(h.mean((2, 3)))[:, :, None, None])
         h = self.smooth(mid + F.interpolate(h, size=mid.shape[-2:], mode="bilinear", align_corners=False))
         return self.out(fine + F.interpolate(h, size=fine.shape[-2:], mode="bilinear", align_corners=False))
 
@@ -83,7 +93,7 @@ class LesionSegmenter(nn.Module):
     @classmethod
     def load(cls, path: Path) -> "LesionSegmenter":
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-        m = cls()
+        m = cls(context=any(k.startswith("glob.") for k in state))
         m.load_state_dict(state)
         return m.eval()
 

@@ -174,7 +174,7 @@ def main(argv=None):
     rows = attention_rows(predictor, a.data, frame, oof_outlines(a.run))
     result = {"command": f"python -m train.evaluation.attention --run {a.run} --per-fold {a.per_fold}",
               "n_images": int(len(frame)), **summarise(rows), "seconds": round(time.time() - t0, 1)}
-    a.out.with_name(a.out.stem + "_rows.json").write_text(json.dumps(rows))
+    (a.run / "attention_rows.json").write_text(json.dumps(rows))   # per image, beside the run (not the tracked reports)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     a.out.write_text(render(result))

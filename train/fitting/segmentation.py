@@ -38,7 +38,7 @@ from train.data.features import DEFAULT_CACHE
 from train.data.splits import DEFAULT_FOLDS, load_folds, load_heldout
 from train.evaluation.segmentation_metrics import mask_scores, summarise
 from train.fitting.core import Log, command_line
-from train.fitting.cv import fold_frames
+from train.fitting.members import fold_frames
 
 FILE = "segmenter.safetensors"
 
@@ -225,7 +225,8 @@ def main(argv=None):
     summary = {
         "command": command_line("train.fitting.segmentation", argv),
         "architecture": {"decoder": "feature pyramid over the frozen trunk's blocks[1..3] (strides 4, 8, 16), "
-                                    "32 channels, one logit per cell at stride 4, bilinear to the input",
+                                    "32 channels, image-level context (the mean feature) at stride 16, "
+                                    "one logit per cell at stride 4, bilinear to the input",
                          "stages": list(STAGES), "input": spec.to_dict(), "loss": "BCE + soft Dice against each stride-4 cell's lesion share",
                          "epochs": a.epochs, "augmentation": "random horizontal and vertical flips",
                          "served_as": "the map averaged over the image's 4 flip views, thresholded at 0.5, "

@@ -119,8 +119,9 @@ def _segmentation(m: Manifest) -> str:
              f"| held-out slice ({e['n_heldout']} images, shipped decoder, as served) | {ci(h['dice'])} | {ci(h['jaccard'])} | "
              f"{ci(h['threshold_jaccard'])} |", "",
              f"Training wall time on the CPU: {sum(v for k, v in wt.items() if k.startswith('fold')) / 60:.1f} min "
-             f"for the 5 fold decoders, {wt.get('final', 0) / 60:.1f} min for the shipped one, stage cache "
-             f"{wt.get('stage_cache', 0) / 60:.1f} min.",
+             f"for the 5 fold decoders, {wt.get('final', 0) / 60:.1f} min for the shipped one, "
+             + (f"stage cache {wt['stage_cache'] / 60:.1f} min." if wt.get("stage_cache", 0) >= 60 else
+                "the stage cache reused from an earlier run."),
              "The page measures the outline (area share, asymmetry, border irregularity and sharpness, colours): "
              "measurements, not the ABCD rule's scores and not a diagnosis."]
     att = e.get("attention") or {}
