@@ -24,6 +24,23 @@ needs_dataset = pytest.mark.skipif(
     reason=f"needs the full HAM10000 copy at {DATA} (absent on this machine)")
 
 
+# Debian's Chromium, which the browser tests drive through Playwright, and its flags.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def require_chromium() -> None:
+    """Skips the calling test module when Chromium is absent, unless LESION_REQUIRE_BROWSER is set
+    (as CI sets it), where its absence is an error."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("LESION_REQUIRE_BROWSER"):
+            raise RuntimeError("LESION_REQUIRE_BROWSER is set but Chromium is not installed "
+                               "(apt-get install -y chromium)")
+        pytest.skip("Chromium is not installed (apt-get install -y chromium); CI installs it and "
+                    "makes this test mandatory", allow_module_level=True)
+
+
 @pytest.fixture
 def example_folder(tmp_path) -> Path:
     """A copy of the committed example cases, in the HAM10000 layout, made per test."""

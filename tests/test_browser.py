@@ -1,6 +1,4 @@
 """A real browser (Debian's Chromium, driven by Playwright) uses the running app."""
-import os
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -8,25 +6,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import EXAMPLES, REPO
+from conftest import CHROMIUM, CHROMIUM_ARGS, EXAMPLES, REPO, require_chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("LESION_REQUIRE_BROWSER"):
-        raise RuntimeError("LESION_REQUIRE_BROWSER is set but Chromium is not installed "
-                           "(apt-get install -y chromium)")
-    pytest.skip("Chromium is not installed (apt-get install -y chromium); CI installs it and "
-                "makes this test mandatory", allow_module_level=True)
+require_chromium()
 
 
 @pytest.fixture(scope="module")
 def browser(app_server):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 

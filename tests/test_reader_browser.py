@@ -3,9 +3,7 @@ answered case by case at 1400 and 390 px, the keyboard, a code shared by a room,
 and nothing left on the server after a download and SIGTERM."""
 import csv
 import io
-import os
 import re
-import shutil
 import signal
 import time
 from contextlib import contextmanager
@@ -14,18 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, AppServer
+from conftest import CHROMIUM, CHROMIUM_ARGS, REPO, AppServer, require_chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("LESION_REQUIRE_BROWSER"):
-        raise RuntimeError("LESION_REQUIRE_BROWSER is set but Chromium is not installed "
-                           "(apt-get install -y chromium)")
-    pytest.skip("Chromium is not installed (apt-get install -y chromium); CI installs it and "
-                "makes this test mandatory", allow_module_level=True)
+require_chromium()
 
 HELDOUT = pd.read_csv(REPO / "train" / "splits" / "ham10000_heldout.csv").set_index("image_id")["dx"].to_dict()
 ARTIFACTS = REPO / "test-artifacts"
@@ -35,7 +24,7 @@ ARTIFACTS = REPO / "test-artifacts"
 def browser():
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
