@@ -55,10 +55,11 @@ def bench_predictor(repeats: int) -> None:
     x = p.image_tensor(image)[None]
     meta = p.encode(35, "female", "ear")
     low = p.trunk_features(x)
+    reference = p.frozen_features(x)   # what the OOD check and the archive read (the trunk's output as shipped)
     pooled = p.pooled_features(x, low)
     rows = coalition_rows(meta, p.absent_row)
     size = (p.spec.height, p.spec.width)
-    raw = p.embedding(low, pooled, 1) if p.archive is not None else None
+    raw = p.embedding(reference, pooled, 1) if p.archive is not None else None
     stage = p.trunk_and_outlines(x)[2].clone()   # the trunk's stride-8 stage, where the fine heatmaps start
     if p.segmenter is not None:
         outline = p.trunk_and_outlines(x)[1][0]
@@ -77,7 +78,7 @@ def bench_predictor(repeats: int) -> None:
         "fusion ensemble heads": lambda: p.head_probabilities("fusion", pooled["fusion"], meta[None]),
         "image-only ensemble heads": lambda: p.head_probabilities("image_only", pooled["image_only"], meta[None]),
         "SHAP (8 coalitions, exact)": shap,
-        "OOD check": lambda: p.ood.score(OODDetector.trunk_features(low, 1)) if p.ood else None,
+        "OOD check": lambda: p.ood.score(OODDetector.trunk_features(reference, 1)) if p.ood else None,
         f"Grad-CAM fusion ({n['fusion']} members, 1 backward)":
             lambda: gradcam(p.models["fusion"], low[:1].clone(), meta[None], 4, size),
         f"Grad-CAM image-only ({n['image_only']} members, 1 backward)":

@@ -66,9 +66,12 @@ def image_features(predictor: Predictor, data: Path, ids, batch: int = 16) -> di
     with torch.inference_mode():
         for s in tqdm(range(0, len(ids), batch), desc="features", unit="batch", mininterval=10, disable=None):
             x = torch.stack([predictor.image_tensor(load_image(data, i)) for i in ids[s:s + batch]])
-            low = predictor.trunk_features(x)
-            trunk.append(OODDetector.trunk_features(low, len(x)).numpy())
-            for k, p in predictor.pooled_features(x, low).items():
+            # One pass: the shared trunk's output (for the members) and the frozen ImageNet trunk's
+            # (what the served archive embeds as trunk_mean, whatever the members' split or backbone).
+            views = predictor.views(x)
+            low, reference, _ = predictor.frozen.run(views, reference=True)
+            trunk.append(OODDetector.trunk_features(reference, len(x)).numpy())
+            for k, p in predictor.pooled_features(x, low, views).items():
                 pooled[k].append(p.mean(2).half().cpu().numpy())
     return {"trunk_mean": np.concatenate(trunk), **{k: np.concatenate(v, 1) for k, v in pooled.items()}}
 
