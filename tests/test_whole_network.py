@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from conftest import REPO, run_module
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.manifest import MODEL_KEYS, WEIGHTS_DIR, Manifest, WeightsError
-from lesion_app.classifier.models import WHOLE_NETWORK, LesionClassifier, imagenet_state_dict
+from lesion_app.classifier.models import ARCH, WHOLE_NETWORK, LesionClassifier, imagenet_state_dict
 from lesion_app.classifier.preprocess import flip_views
 from lesion_app.classifier.vocab import CLASSES
 from lesion_app.classifier.weights import held_split, sha256_file
@@ -30,6 +30,7 @@ EXAMPLES = REPO / "lesion_app" / "examples"
 SIZE = (192, 256)
 METADATA = (55, "male", "back")
 EXTRAS = ("ood", "archive", "segmentation", "reader_cases")   # the shipped files a bundle keeps
+LITE2 = "tf_efficientnet_lite2"
 
 
 # ----------------------------------------------------------------------------- building bundles
@@ -67,11 +68,11 @@ def expected(shipped, images):
     return shipped.analyze(images[0], *METADATA), shipped.analyze(not_dermoscopic(), *METADATA)
 
 
-def member(imagenet, head: str, seed: int, split) -> LesionClassifier:
+def member(imagenet, head: str, seed: int, split, arch: str = ARCH) -> LesionClassifier:
     """A member as training might leave it: ImageNet weights, every tensor above its frozen lower
     stages nudged by seeded noise (so each member's own stages matter), a seeded random head."""
     torch.manual_seed(seed)
-    m = LesionClassifier(head, pretrained=False, split_block=split)
+    m = LesionClassifier(head, arch=arch, pretrained=False, split_block=split)
     m.backbone.load_state_dict(imagenet)
     with torch.no_grad():
         for name, t in m.named_parameters():
@@ -80,7 +81,7 @@ def member(imagenet, head: str, seed: int, split) -> LesionClassifier:
     return m.eval()
 
 
-def write_run(run, kind: str, models: list, declared, whole_file: bool) -> None:
+def write_run(run, kind: str, models: list, declared, whole_file: bool, arch: str | None = None) -> None:
     """One kind's fold folders in train.fitting.cv's layout. whole_file: the whole state dict in fp32,
     as train.fitting.full's save_model writes it; else what train.fitting.cv writes (fp16, without
     the frozen lower stages)."""
@@ -92,7 +93,7 @@ def write_run(run, kind: str, models: list, declared, whole_file: bool) -> None:
         save_file(state, d / "member.safetensors")
         (d / "member.json").write_text(json.dumps({"kind": kind, "fold": fold, "split_block": declared,
                                                    "n_train": 100, "train_seconds": 1.0,
-                                                   "oof_balanced_accuracy": 0.5}))
+                                                   "oof_balanced_accuracy": 0.5, **({"arch": arch} if arch else {})}))
 
 
 def bundle_into(run, out, drop=()) -> Manifest:
@@ -106,7 +107,7 @@ def bundle_into(run, out, drop=()) -> Manifest:
         shutil.copyfile(WEIGHTS_DIR / getattr(base, key)["file"], out / getattr(base, key)["file"])
     manifest = dataclasses.replace(
         base, trunk=trunk, **extras,
-        architecture={**base.architecture,
+        architecture={**base.architecture, "backbone": bundle.run_arch(run),
                       "frozen_lower_stages": bundle.frozen_lower_stages(trunk and trunk["split_block"], splits)},
         models={k: {**base.models[k], "split_block": splits[k], "members": members[k]} for k in MODEL_KEYS})
     manifest.save(out)
@@ -118,8 +119,11 @@ def runs(tmp_path_factory, imagenet):
     """Run folders: whole-network fusion members from a cv run fine-tuned from blocks[0] (their frozen
     stem not in the file), whole-network image-only members as train.fitting.full writes them (5: the
     shipped archive embeds 5 members' features), members over a trunk split at blocks[4], and the
-    shipped fusion members."""
+    shipped fusion members; and Lite2 members over a Lite2 trunk split at blocks[5] (variant b)."""
     root = tmp_path_factory.mktemp("runs")
+    lite2 = {k: v for k, v in imagenet_state_dict(LITE2).items() if not k.startswith("classifier.")}
+    for k, head in (("fusion", "concat"), ("image_only", "image_only")):
+        write_run(root / "lite2", k, [member(lite2, head, 40 + f, 5, LITE2) for f in range(2)], 5, False, LITE2)
     write_run(root / "whole", "fusion", [member(imagenet, "concat", 10 + f, 0) for f in range(2)], 0, False)
     whole_image_only = [member(imagenet, "image_only", 20 + f, WHOLE_NETWORK) for f in range(5)]
     write_run(root / "whole", "image_only", whole_image_only, WHOLE_NETWORK, True)
@@ -144,7 +148,8 @@ def bundles(runs):
     bundle_into(runs / "whole", runs / "whole_weights")
     bundle_into(runs / "split4", runs / "split4_weights", drop=("archive",))
     bundle_into(runs / "mixed", runs / "mixed_weights")
-    return {name: runs / f"{name}_weights" for name in ("whole", "split4", "mixed")}
+    bundle_into(runs / "lite2", runs / "lite2_weights", drop=("archive",))
+    return {name: runs / f"{name}_weights" for name in ("whole", "split4", "mixed", "lite2")}
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +165,11 @@ def split4(bundles):
 @pytest.fixture(scope="module")
 def mixed(bundles):
     return Predictor(bundles["mixed"])
+
+
+@pytest.fixture(scope="module")
+def lite2(bundles):
+    return Predictor(bundles["lite2"])
 
 
 # ----------------------------------------------------------------------------- what the tests recompute
@@ -178,7 +188,7 @@ def own_probabilities(p: Predictor, image, metadata) -> dict[str, np.ndarray]:
         split = m.member_split(k)
         logits = []
         for entry in m.members(k):
-            model = LesionClassifier(m.head(k), pretrained=False, split_block=split)
+            model = LesionClassifier(m.head(k), arch=m.backbone, pretrained=False, split_block=split)
             state = {**(trunk if split != WHOLE_NETWORK else {}), **load_file(root / entry["file"])}
             model.load_state_dict({n: v.float() if v.is_floating_point() else v for n, v in state.items()})
             with torch.no_grad():
@@ -313,6 +323,20 @@ def test_a_bundle_split_at_block_4_serves_end_to_end(split4, shipped, expected, 
     fine = split4.analyze(images[0], *METADATA, cam_method="LayerCAM (fine)")
     assert_map(fine.fusion.cam, fine.fusion.cam_empty)
     assert fine.fusion.cam.shape == SIZE
+
+
+def test_a_lite2_bundle_serves_end_to_end_beside_the_lite0_reference_stages(lite2, shipped, expected, images, bundles):
+    """Variant b: members over a Lite2 trunk. The segmenter, OOD check and archive keep reading
+    the frozen lite0 stages they were fitted on, computed beside the Lite2 trunk."""
+    manifest = json.loads((bundles["lite2"] / "manifest.json").read_text())
+    assert manifest["architecture"]["backbone"] == LITE2 and manifest["trunk"]["split_block"] == 5
+    assert load_file(bundles["lite2"] / manifest["trunk"]["file"])["backbone.blocks.4.0.conv_pwl.weight"].shape[0] == 120
+    assert lite2.frozen.split == 0 and lite2.frozen.imagenet is not None and lite2.reference_channels == 112
+    assert_analysis(lite2, shipped, expected, images[0])
+    for method in CAM_METHODS:
+        a = lite2.analyze(images[0], *METADATA, cam_method=method)
+        assert_map(a.fusion.cam, a.fusion.cam_empty)
+        assert_map(a.image_only.cam, a.image_only.cam_empty)
 
 
 def test_a_mixed_bundle_serves_the_shipped_fusion_members_beside_whole_networks(mixed, shipped, expected, images,

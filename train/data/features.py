@@ -45,33 +45,37 @@ def image_views(image: Image.Image, spec: InputSpec) -> torch.Tensor:
     return flip_views(x).flatten(0, 1)
 
 
-def cache_dir(cache: Path, image_ids, spec: InputSpec, split_block: int = SPLIT_BLOCK) -> Path:
-    key = json.dumps([ARCH, split_block, N_VIEWS, ZOOM, spec.to_dict(), list(image_ids)])
+def cache_dir(cache: Path, image_ids, spec: InputSpec, split_block: int = SPLIT_BLOCK, arch: str = ARCH) -> Path:
+    key = json.dumps([arch, split_block, N_VIEWS, ZOOM, spec.to_dict(), list(image_ids)])
     return Path(cache) / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def cache_seconds(cache: Path, image_ids, spec: InputSpec = InputSpec(), split_block: int = SPLIT_BLOCK) -> float:
+def cache_seconds(cache: Path, image_ids, spec: InputSpec = InputSpec(), split_block: int = SPLIT_BLOCK,
+                  arch: str = ARCH) -> float:
     """Wall time the cache of these images took to build (0 when unknown)."""
-    f = cache_dir(cache, list(image_ids), spec, split_block) / "progress.json"
+    f = cache_dir(cache, list(image_ids), spec, split_block, arch) / "progress.json"
     return float(json.loads(f.read_text()).get("seconds", 0.0)) if f.is_file() else 0.0
 
 
 @torch.inference_mode()
 def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputSpec = InputSpec(),
                 batch_images: int = 2, model: LesionClassifier | None = None,
-                split_block: int = SPLIT_BLOCK, device: str = "cpu", workers: int = 0) -> np.ndarray:
+                split_block: int = SPLIT_BLOCK, device: str = "cpu", workers: int = 0,
+                arch: str = ARCH) -> np.ndarray:
     """Returns the (N, N_VIEWS, C, h, w) fp16 array for image_ids, computing what is missing.
 
+    arch: the backbone whose frozen lower stages are cached (one with packaged ImageNet weights,
+    models.IMAGENET_PACKAGES); model, when given, must be that backbone split at split_block.
     workers > 0 decodes images in that many threads (for a GPU that outruns one decoder).
     """
     image_ids = list(image_ids)
-    out = cache_dir(cache, image_ids, spec, split_block)
+    out = cache_dir(cache, image_ids, spec, split_block, arch)
     out.mkdir(parents=True, exist_ok=True)
     progress_file, array_file = out / "progress.json", out / "lower.npy"
     done = json.loads(progress_file.read_text())["done"] if progress_file.exists() else 0
     if done == len(image_ids):
         return np.load(array_file, mmap_mode="r")
-    model = (model or LesionClassifier("image_only", split_block=split_block)).eval()
+    model = (model or LesionClassifier("image_only", arch=arch, split_block=split_block)).eval()
     model = model.to(device, memory_format=torch.channels_last)
     c, h, w = model.lower(torch.zeros(1, 3, spec.height, spec.width, device=device)).shape[1:]
     mode = "r+" if done else "w+"
@@ -117,18 +121,18 @@ def cached_pooled(model: LesionClassifier, feats, batch: int = 128,
 
 def build_pooled_imagenet(data: Path, image_ids, cache: Path = DEFAULT_CACHE,
                           spec: InputSpec = InputSpec(), batch_images: int = 32,
-                          split_block: int = SPLIT_BLOCK, device: str = "cpu") -> np.ndarray:
-    """(N, N_VIEWS, F) fp16 pooled features of the whole backbone at its ImageNet weights.
+                          split_block: int = SPLIT_BLOCK, device: str = "cpu", arch: str = ARCH) -> np.ndarray:
+    """(N, N_VIEWS, F) fp16 pooled features of the whole backbone (arch) at its ImageNet weights.
 
     What the study's heads train on: every arm sees the same frozen features, so arms
     differ only in their head, loss and sampling. Stored next to the lower-stage cache.
     """
     image_ids = list(image_ids)
-    lower = build_cache(data, image_ids, cache, spec, split_block=split_block, device=device)
-    path = cache_dir(cache, image_ids, spec, split_block) / "pooled_imagenet.npy"
+    lower = build_cache(data, image_ids, cache, spec, split_block=split_block, device=device, arch=arch)
+    path = cache_dir(cache, image_ids, spec, split_block, arch) / "pooled_imagenet.npy"
     if path.exists():
         return np.load(path)
-    model = LesionClassifier("image_only", split_block=split_block).to(device, memory_format=torch.channels_last)
+    model = LesionClassifier("image_only", arch=arch, split_block=split_block).to(device, memory_format=torch.channels_last)
     out = np.empty((len(image_ids), N_VIEWS, model.backbone.num_features), np.float16)
     for s in tqdm(range(0, len(image_ids), batch_images), desc="pooling ImageNet features",
                   mininterval=10):

@@ -1,11 +1,14 @@
 """One file that carries a dataset to a machine that has neither ../shared nor the pip package of
 the ImageNet weights (the lent GPU machine): the images' own JPEG bytes, the checked metadata, the
-folds and the held-out slice, and the ImageNet lite0 backbone (fp16, which is lossless: the project
-rounds those weights to fp16 anyway, lesion_app.classifier.models.imagenet_state_dict).
+folds and the held-out slice, and the ImageNet backbone (lite0 unless --arch says otherwise; fp16,
+which is lossless: the project rounds those weights to fp16 anyway,
+lesion_app.classifier.models.imagenet_state_dict).
 
     python -m train.data.pack --data DIR --out runs/ham10000_pack.safetensors [--folds train/splits/ham10000_folds.csv]
+                              [--arch tf_efficientnet_lite0]
 
-The shared HAM10000 folder packs into about 41 MB (33 MB of JPEGs, 7 MB of weights, 1 MB of tables).
+The shared HAM10000 folder packs into about 41 MB with lite0 (33 MB of JPEGs, 7 MB of weights, 1 MB
+of tables); Lite2's weights are 9.7 MB rather than 6.8.
 The file is a safetensors file: tensors `jpeg_bytes` (every image's bytes end to end),
 `jpeg_offsets` (N + 1 offsets) and `imagenet.<timm key>`; the tables and the folds file's recorded
 path and sha256 are in its string metadata. This module is its one writer and reader;
@@ -27,7 +30,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lesion_app.classifier.models import ARCH, imagenet_state_dict
+from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, imagenet_state_dict
 from lesion_app.paths import repo_relative
 from train.data.dataset import DEFAULT_DATA, image_path, load_metadata
 from train.data.splits import DEFAULT_FOLDS, heldout_path, load_folds, load_heldout
@@ -46,7 +49,7 @@ def file_sha256(path: Path) -> str:
 class PackedData:
     """A dataset as training reads it: the metadata (load_metadata's checked frame, in the folder's
     order), each row's JPEG bytes, the folds and held-out slice, where the folds file is recorded
-    (repo-relative) with its and the slice's sha256, and the ImageNet backbone when packed."""
+    (repo-relative) with its and the slice's sha256, and the ImageNet backbone (arch) when packed."""
     metadata: pd.DataFrame
     jpegs: list
     folds: pd.DataFrame
@@ -56,17 +59,19 @@ class PackedData:
     heldout_sha256: str
     source: str
     imagenet: dict | None = None
+    arch: str = ARCH
 
     @classmethod
-    def from_folder(cls, data: Path, folds_csv: Path = DEFAULT_FOLDS, with_imagenet: bool = False) -> "PackedData":
+    def from_folder(cls, data: Path, folds_csv: Path = DEFAULT_FOLDS, with_imagenet: bool = False,
+                    arch: str = ARCH) -> "PackedData":
         """A folder in the HAM10000 layout with its folds file (and the held-out slice beside it)."""
         md = load_metadata(data)
         held = heldout_path(folds_csv)
         return cls(md, [image_path(data, i).read_bytes() for i in md["image_id"]], load_folds(folds_csv),
                    load_heldout(folds_csv), repo_relative(folds_csv), file_sha256(folds_csv),
                    file_sha256(held) if held.is_file() else "", str(data),
-                   {k: v for k, v in imagenet_state_dict(ARCH).items() if not k.startswith("classifier.")}
-                   if with_imagenet else None)
+                   {k: v for k, v in imagenet_state_dict(arch).items() if not k.startswith("classifier.")}
+                   if with_imagenet else None, arch)
 
     def save(self, path: Path) -> None:
         offsets = np.cumsum([0] + [len(b) for b in self.jpegs]).astype(np.int64)
@@ -77,7 +82,7 @@ class PackedData:
         meta = {"format": FORMAT, "metadata.csv": self.metadata.to_csv(index=False),
                 "folds.csv": self.folds.to_csv(index=False), "heldout.csv": self.heldout.to_csv(index=False),
                 "folds_file": self.folds_file, "folds_sha256": self.folds_sha256,
-                "heldout_sha256": self.heldout_sha256, "source": self.source}
+                "heldout_sha256": self.heldout_sha256, "source": self.source, "arch": self.arch}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_suffix(".tmp")
         save_file(tensors, tmp, metadata=meta)
@@ -99,7 +104,8 @@ class PackedData:
                                                                       "dx": str, "fold": int}),
                    pd.read_csv(io.StringIO(meta["heldout.csv"]), dtype=str), meta["folds_file"],
                    meta["folds_sha256"], meta["heldout_sha256"], meta["source"],
-                   {k: v.float() if v.is_floating_point() else v for k, v in imagenet.items()} or None)
+                   {k: v.float() if v.is_floating_point() else v for k, v in imagenet.items()} or None,
+                   meta.get("arch", ARCH))
 
     @classmethod
     def open(cls, data: Path, folds_csv: Path | None = None) -> "PackedData":
@@ -128,10 +134,11 @@ def main(argv=None):
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--folds", type=Path, default=DEFAULT_FOLDS)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--arch", default=ARCH, choices=list(IMAGENET_PACKAGES), help="whose ImageNet weights to carry")
     a = p.parse_args(argv)
     if not a.folds.is_file():
         p.error(f"{a.folds} not found: make it with python -m train.data.make_folds --data DIR --out {a.folds}")
-    PackedData.from_folder(a.data, a.folds, with_imagenet=True).save(a.out)
+    PackedData.from_folder(a.data, a.folds, with_imagenet=True, arch=a.arch).save(a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from lesion_app.classifier.models import SPLIT_BLOCK, LesionClassifier, head_name
+from lesion_app.classifier.models import ARCH, SPLIT_BLOCK, LesionClassifier, head_name
 from lesion_app.classifier.preprocess import mean_over_views
 from train.data.dataset import dx_types, labels
 from train.data.features import N_VIEWS, cached_pooled
@@ -216,8 +216,9 @@ def _views(feats, idx: np.ndarray, view: np.ndarray, device) -> torch.Tensor:
 def train_member(cfg: Config, feats, meta: torch.Tensor, y: np.ndarray, unknown: torch.Tensor,
                  out: Path, *, rank: np.ndarray | None = None, role: np.ndarray | None = None, device="cpu",
                  split_block: int = SPLIT_BLOCK, resume: bool = False, stop_after: int | None = None,
-                 after_epoch=None, log=print) -> LesionClassifier | None:
-    """Fine-tunes the upper stages and the head for cfg.epochs on cached lower features.
+                 after_epoch=None, log=print, arch: str = ARCH) -> LesionClassifier | None:
+    """Fine-tunes the upper stages and the head for cfg.epochs on cached lower features (of arch's
+    frozen stages up to split_block).
 
     feats (N, N_VIEWS, C, h, w), meta (N, META_DIM) and y (N,) are the training cases; rank is
     each case's within-class difficulty (needed by the curriculum sampler), role its role in the
@@ -229,7 +230,7 @@ def train_member(cfg: Config, feats, meta: torch.Tensor, y: np.ndarray, unknown:
     """
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
-    model = LesionClassifier(cfg.head, split_block=split_block).to(device, memory_format=torch.channels_last)
+    model = LesionClassifier(cfg.head, arch=arch, split_block=split_block).to(device, memory_format=torch.channels_last)
     for q in model.lower_parameters():
         q.requires_grad_(False)
     n = len(y)

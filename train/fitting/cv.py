@@ -1,7 +1,8 @@
 """5-fold cross-validated ensembles on one shared frozen trunk, with out-of-fold predictions.
 
     python -m train.fitting.cv --out runs/cv [--data DIR] [--folds train/splits/ham10000_folds.csv]
-                       [--kinds image_only fusion] [--device cpu] [--threads 2] [recipe flags]
+                       [--kinds image_only fusion] [--split-block 5] [--arch tf_efficientnet_lite0]
+                       [--device cpu] [--threads 2] [recipe flags]
 
 Reads top to bottom: the folds and the held-out slice -> the lower-stage cache of every
 image (train.data.features, computed once and shared by all members) -> per fold, the
@@ -29,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from lesion_app.classifier.metadata import AgeScaler, encode_frame, unknown_row
-from lesion_app.classifier.models import SPLIT_BLOCK
+from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, SPLIT_BLOCK
 from lesion_app.paths import repo_relative
 from lesion_app.classifier.vocab import CLASSES
 from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata
@@ -51,6 +52,8 @@ def main(argv=None):
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--split-block", type=int, default=SPLIT_BLOCK,
                    help="blocks[:N] form the frozen, cached trunk; the rest is fine-tuned")
+    p.add_argument("--arch", default=ARCH, choices=list(IMAGENET_PACKAGES),
+                   help="the backbone (one whose ImageNet weights a package ships; default %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0, help="image-decoding threads for the cache")
     p.add_argument("--minutes", type=float, default=None,
@@ -88,7 +91,7 @@ def main(argv=None):
         return result
 
     ids = list(df["image_id"])
-    cached = timed("feature_cache", lambda: build_cache(a.data, ids, a.cache, split_block=a.split_block,
+    cached = timed("feature_cache", lambda: build_cache(a.data, ids, a.cache, split_block=a.split_block, arch=a.arch,
                                                         device=a.device, workers=a.workers, batch_images=32
                                                         if a.device != "cpu" else 2))
     feats = torch.from_numpy(np.asarray(cached)).to(a.device) if a.device != "cpu" else cached
@@ -96,6 +99,7 @@ def main(argv=None):
     pooled = None
     if a.sampler == "curriculum":
         pooled = timed("pooled_imagenet", lambda: build_pooled_imagenet(a.data, ids, a.cache, split_block=a.split_block,
+                                                                        arch=a.arch,
                                                                         device=a.device))
 
     for fold in range(n_folds):
@@ -127,7 +131,7 @@ def main(argv=None):
             model = train_member(cfg, feats[train_rows] if torch.is_tensor(feats) else np.asarray(cached[train_rows]),
                                  meta[train_rows], y[train_rows], unknown, d, rank=rank,
                                  role=None if role is None else role[train_rows], device=a.device,
-                                 split_block=a.split_block, resume=True, stop_after=stop,
+                                 split_block=a.split_block, arch=a.arch, resume=True, stop_after=stop,
                                  log=lambda m, kf=f"{kind} fold {fold}": log(f"{kf}: {m}"))
             seconds = time.time() - t
             save_file(upper_state(model), d / "member.safetensors")
@@ -140,7 +144,7 @@ def main(argv=None):
             np.savez(d / "logits.npz", oof_rows=score_rows, oof=oof, heldout_rows=held_rows, heldout=held)
             bacc = classification_metrics(y[score_rows], softmax(oof))["balanced_accuracy"]
             (d / "member.json").write_text(json.dumps({
-                "kind": kind, "fold": fold, "config": asdict(cfg), "split_block": a.split_block,
+                "kind": kind, "fold": fold, "config": asdict(cfg), "split_block": a.split_block, "arch": a.arch,
                 "n_train": int(len(train_rows)), "train_seconds": round(seconds, 1),
                 "oof_balanced_accuracy": bacc, "history": model.history}, indent=1))
             (d / "checkpoint.pt").unlink(missing_ok=True)   # 40 MB each; the member file is what ships
@@ -149,7 +153,7 @@ def main(argv=None):
     summary = collect(a.out, df, y, a.kinds, n_folds)
     summary.update({"command": command_line("train.fitting.cv", argv),
                     "recipe": {k: getattr(a, k) for k in asdict(Config()) if k not in ("model",)},
-                    "split_block": a.split_block, "folds_file": repo_relative(a.folds), "age_scaler": asdict(scaler),
+                    "split_block": a.split_block, "arch": a.arch, "folds_file": repo_relative(a.folds), "age_scaler": asdict(scaler),
                     "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else
                     f"cpu ({a.threads} threads)", "wall_time_seconds": times,
                     "total_seconds_this_invocation": round(time.time() - t0, 1)})

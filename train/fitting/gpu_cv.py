@@ -50,7 +50,7 @@ import torch
 from safetensors.torch import save
 
 from lesion_app.classifier.metadata import AgeScaler, encode_frame, unknown_row
-from lesion_app.classifier.models import SPLIT_BLOCK, LesionClassifier, imagenet_state_dict
+from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, SPLIT_BLOCK, LesionClassifier, imagenet_state_dict
 from lesion_app.classifier.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
 from lesion_app.classifier.vocab import CLASSES
 from train.data.augment import Augment, Normalise
@@ -98,6 +98,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--split-block", type=split_block_arg, default=SPLIT_BLOCK,
                    help=f"fine-tune from blocks[N] up; whole (= 0) trains the stem too (default {SPLIT_BLOCK})")
+    p.add_argument("--arch", default=ARCH, choices=list(IMAGENET_PACKAGES),
+                   help="the backbone (a pack carries one backbone's weights; default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu or cuda")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="image-decoding threads")
     p.add_argument("--ranks", type=Path, default=None,
@@ -111,9 +113,9 @@ def parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- the model
 
-def build_member(head: str, split_block: int, imagenet: dict[str, torch.Tensor]) -> LesionClassifier:
-    """The classifier with its backbone at the ImageNet weights; the head from the global RNG."""
-    model = LesionClassifier(head, pretrained=False, split_block=split_block)
+def build_member(head: str, split_block: int, imagenet: dict[str, torch.Tensor], arch: str = ARCH) -> LesionClassifier:
+    """The classifier (backbone arch) at the ImageNet weights; the head from the global RNG."""
+    model = LesionClassifier(head, arch=arch, pretrained=False, split_block=split_block)
     missing, unexpected = model.backbone.load_state_dict(imagenet, strict=False)
     if unexpected or any("num_batches_tracked" not in k for k in missing):
         raise ValueError(f"the ImageNet weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -143,10 +145,10 @@ def autocast(device: torch.device):
 # ----------------------------------------------------------------------------- views and scores
 
 @torch.inference_mode()
-def pooled_imagenet(imagenet: dict, images: torch.Tensor, batch: int = 64) -> np.ndarray:
+def pooled_imagenet(imagenet: dict, images: torch.Tensor, batch: int = 64, arch: str = ARCH) -> np.ndarray:
     """(N, 8, F) fp16 pooled features of the whole ImageNet backbone over the 8 cached views, what
     train.data.features.build_pooled_imagenet gives the curriculum's ranking."""
-    model = build_member("image_only", SPLIT_BLOCK, imagenet).to(images.device, memory_format=torch.channels_last)
+    model = build_member("image_only", SPLIT_BLOCK, imagenet, arch).to(images.device, memory_format=torch.channels_last)
     model.eval()
     out = []
     for s in range(0, len(images), batch):
@@ -239,7 +241,7 @@ def settings(run: dict) -> dict:
     A run recorded before a recipe field existed ran at that field's default."""
     recipe = {**{k: v for k, v in asdict(Config()).items() if k != "model"}, **run["recipe"]}
     return {"format": run.get("format"), "recipe": {k: v for k, v in recipe.items() if k != "threads"},
-            **{k: run.get(k) for k in ("split_block", "kinds", "n_folds")},
+            **{k: run.get(k) for k in ("split_block", "kinds", "n_folds")}, "arch": run.get("arch", ARCH),
             "data": {k: v for k, v in run["data"].items() if k != "source"}}
 
 
@@ -263,7 +265,10 @@ def main(argv=None) -> int:
     except DatasetError as e:
         p.error(str(e))
     split_recorded = WHOLE_NETWORK if a.split_block == 0 else a.split_block
-    header = {"format": FORMAT, "recipe": recipe, "split_block": split_recorded,
+    if data.imagenet is not None and data.arch != a.arch:
+        p.error(f"{a.data} carries {data.arch}'s ImageNet weights, not {a.arch}'s: "
+                f"pack it with python -m train.data.pack --arch {a.arch}, or leave out --arch")
+    header = {"format": FORMAT, "recipe": recipe, "split_block": split_recorded, "arch": a.arch,
               "kinds": a.kinds, "n_folds": n_folds, "data": data.describe(), "age_scaler": asdict(scaler),
               "views": VIEWS_NOTE, "augment": Augment().to_dict(), "input": InputSpec().to_dict()}
 
@@ -303,7 +308,7 @@ def main(argv=None) -> int:
     images = decode_images(data.image, len(df), workers=a.workers).to(dev)
     times.setdefault("decode", round(time.time() - t, 1))
     log(f"{len(df)} images decoded into {tuple(images.shape)} uint8 on {device_name} in {time.time() - t:.1f} s")
-    imagenet = data.imagenet or {k: v for k, v in imagenet_state_dict().items() if not k.startswith("classifier.")}
+    imagenet = data.imagenet or {k: v for k, v in imagenet_state_dict(a.arch).items() if not k.startswith("classifier.")}
 
     train_rows = {f: np.flatnonzero((df["fold"] != f).to_numpy() & ~df["heldout"].to_numpy()) for f in range(n_folds)}
     if a.sampler == "curriculum":
@@ -317,7 +322,7 @@ def main(argv=None) -> int:
             run["ranks_from"] = str(a.ranks)
         elif missing:
             t = time.time()
-            pooled = pooled_imagenet(imagenet, images)
+            pooled = pooled_imagenet(imagenet, images, arch=a.arch)
             times.setdefault("pooled_imagenet", round(time.time() - t, 1))
             for f in missing:
                 t = time.time()
@@ -334,7 +339,7 @@ def main(argv=None) -> int:
 
     todo = [(f, k) for f in range(n_folds) for k in a.kinds if member_name(k, f) not in files.members]
     sizes = {k: len(save({f"{member_name(k, 0)}/{n}": v for n, v in
-                          member_state(build_member(Config(model=k).head, a.split_block, imagenet),
+                          member_state(build_member(Config(model=k).head, a.split_block, imagenet, a.arch),
                                        a.split_block).items()})) for k in a.kinds}
     needed = files.files_needed([sizes[k] for _, k in todo])
     if needed > MAX_FILES:
@@ -352,7 +357,7 @@ def main(argv=None) -> int:
         cfg = Config(**{k: v for k, v in recipe.items() if k != "seed"}, model=kind, seed=a.seed + fold)
         t = time.time()
         torch.manual_seed(cfg.seed), np.random.seed(cfg.seed)
-        model = build_member(cfg.head, a.split_block, imagenet)
+        model = build_member(cfg.head, a.split_block, imagenet, a.arch)
         rank = files.arrays[f"rank_fold{fold}"].numpy() if cfg.sampler == "curriculum" else None
         history = train_member(cfg, model, images, train_rows[fold], meta, y, unknown, rank=rank,
                                split_block=a.split_block, role=role, log=lambda m, n=name: log(f"{n}: {m}"))
@@ -366,7 +371,7 @@ def main(argv=None) -> int:
         files.add_member(name, state, {
             "oof_rows": torch.from_numpy(score_rows), "oof": torch.from_numpy(oof),
             "heldout_rows": torch.from_numpy(held_rows), "heldout": torch.from_numpy(held)}, {
-            "kind": kind, "fold": fold, "config": asdict(cfg), "split_block": split_recorded,
+            "kind": kind, "fold": fold, "config": asdict(cfg), "split_block": split_recorded, "arch": a.arch,
             "n_train": int(len(train_rows[fold])),
             "train_seconds": round(train_seconds, 1), "seconds": round(time.time() - t, 1),
             "oof_balanced_accuracy": bacc, "history": history,

@@ -39,6 +39,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 
+from lesion_app.classifier.models import ARCH
 from lesion_app.paths import repo_path
 from train.data.pack import file_sha256
 from train.fitting.members import collect, member_dir
@@ -211,6 +212,7 @@ def unpack(parts: list[Path], to: Path) -> dict:
     df = pd.DataFrame({"image_id": json.loads(meta["image_ids"]), "fold": arrays["image_fold"].numpy()})
     summary = collect(to, df, arrays["label"].numpy(), kinds, n_folds)
     summary.update({"command": run["command"], "recipe": run["recipe"], "split_block": run["split_block"],
+                    "arch": run.get("arch", ARCH),
                     "folds_file": run["data"]["folds_file"],
                     "age_scaler": run["age_scaler"], "device": run["device"], "wall_time_seconds": times,
                     "total_seconds_this_invocation": run["total_seconds"], "trained_by": "train.fitting.gpu_cv",

