@@ -371,6 +371,25 @@ def test_one_photo_dropped_into_both_boxes_counts_once(page, tmp_path):
         assert page.locator(f"{panel} .cam_strip img").count() == 0 and page.locator(f"{panel} img").count() == 1
 
 
+# The words of the matched elements that the browser laid out over more than one line.
+WORDS_BROKEN_ACROSS_LINES = """(selector) => {
+  const broken = [];
+  for (const cell of document.querySelectorAll(selector)) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.data.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const tops = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+        if (tops.size > 1) broken.push(m[0]);
+      }
+    }
+  }
+  return broken;
+}"""
+
+
 @pytest.mark.parametrize("width", [1400, 390])
 def test_the_lesion_outlined_and_measured_after_upload_and_analyze(browser, app_server, width):
     """Upload and Analyze only: #lesion_view shows the image with its outline, #lesion_measures
@@ -390,6 +409,9 @@ def test_the_lesion_outlined_and_measured_after_upload_and_analyze(browser, app_
         page.wait_for_function("(s) => document.querySelector('#fusion_cam img').src !== s", arg=before,
                                timeout=30_000)
         assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        # The measures table breaks lines between words only, never inside a number such as "0.06".
         out = REPO / "test-artifacts"
         out.mkdir(exist_ok=True)
+        page.locator("#lesion_measures").screenshot(path=str(out / f"lesion_measures_{width}.png"))
+        assert page.evaluate(WORDS_BROKEN_ACROSS_LINES, "#lesion_measures td, #lesion_measures th") == []
         page.screenshot(path=str(out / f"lesion_{width}.png"), full_page=True)

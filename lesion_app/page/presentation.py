@@ -265,8 +265,13 @@ def lesion_view_html(a: Analysis) -> str:
     return image_html(with_outline(a.image, a.lesion.mask), "The image with the lesion's outline")
 
 
+def _unbroken(text: str) -> str:
+    """text with word joiners around its en dashes, which a line may otherwise break after ("0.06–" / "0.11")."""
+    return text.replace("–", "\u2060–\u2060")
+
+
 def _quartiles(q) -> str:
-    return "–" if not q else f"{q[1]} [{q[0]}–{q[2]}]"
+    return "–" if not q else f"{q[1]} " + _unbroken(f"[{q[0]}–{q[2]}]")
 
 
 def lesion_markdown(a: Analysis) -> str:
@@ -287,7 +292,7 @@ def lesion_markdown(a: Analysis) -> str:
         shown = "–" if v is None or v != v else fmt(v)
         ref = L.reference.get(key, {})
         cells = " | ".join(_quartiles([fmt(x) for x in ref[c]] if c in ref else None) for c in REFERENCE_CLASSES)
-        lines.append(f"| {label} | **{shown}** | {cells} |")
+        lines.append(f"| {_unbroken(label)} | **{shown}** | {cells} |")
     colours = ", ".join(f"{name} {share:.0%}" for name, share in sorted(L.colours.items(), key=lambda kv: -kv[1]))
     inside = ", ".join(f"{'fusion' if k == 'fusion' else 'image-only'} {v:.0%}" for k, v in L.attention_inside.items()
                        if v is not None)

@@ -58,6 +58,17 @@ DOWNLOAD_JS = """(f) => {
   }
   return [];
 }"""
+# The page's own styling (demo.launch(css=CSS)). The measures table breaks lines between words
+# only (Gradio's prose style would break inside "0.06" in a narrow column); at phone width it
+# takes a smaller font and tighter cells, and scrolls sideways inside itself if it still does not fit.
+CSS = """
+#lesion_measures table { display: block; max-width: 100%; overflow-x: auto; border: none !important; }
+#lesion_measures th, #lesion_measures td { overflow-wrap: normal !important; word-break: normal !important; }
+@media (max-width: 600px) {
+  #lesion_measures table { font-size: 12px; }
+  #lesion_measures th, #lesion_measures td { padding: 3px 3px !important; }
+}
+"""
 # Every event that runs the models: one at a time in one queue, whoever launches the app
 # (Predictor and its Grad-CAM hooks are not safe to run concurrently).
 MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
