@@ -125,6 +125,12 @@ def reliability(probs: np.ndarray, y, bins: int = 15) -> list[dict]:
             for b in range(bins)]
 
 
+def resample_rows(y, groups, n_boot: int = 1000, seed: int = 0) -> list[np.ndarray]:
+    """Row indices of each lesion-level bootstrap sample: the samples bootstrap_ci draws for this
+    seed, for computing several metrics (or several runs' metrics, paired) on the same samples."""
+    return list(_resamples(np.asarray(y), groups, n_boot, seed))
+
+
 def resample_counts(y, groups, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """(B, N): how often each row occurs in each lesion-level bootstrap sample; the same
     samples as bootstrap_ci draws for this seed. Feed to confusion_metrics as weights."""

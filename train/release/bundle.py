@@ -38,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from train.data.dataset import DEFAULT_DATA
+from train.evaluation.compare_runs import SELECTION_CRITERION
 from lesion_app.classifier.manifest import Manifest
 from lesion_app.classifier.metadata import GROUPS, META_DIM
 from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, META_HIDDEN, WHOLE_NETWORK, LesionClassifier
@@ -55,14 +56,6 @@ from train.release.model_card import model_card
 from train import REPO
 
 ENSEMBLE_RULE = "mean of the members' logits (each over 4 flip views), divided by the temperature, softmax"
-
-
-# How a recipe is chosen to ship (issue 24; stated before any of its variants' figures existed).
-SELECTION_CRITERION = (
-    "the fusion ensemble's out-of-fold balanced accuracy and melanoma AUC together: a variant replaces the "
-    "shipped recipe only when its paired differences against it (lesion bootstrap over the same 5 folds) are "
-    "both above 0 and neither 95% CI lies wholly below 0, and its CPU training (at most 6 hours on the 2-core "
-    "CPU) and serving budgets hold; of several such variants, the larger sum of the two differences")
 
 
 def git_commit() -> str:
