@@ -51,3 +51,23 @@ def test_every_example_is_outlined_measured_and_its_heatmaps_held_against_the_ou
         assert (b.lesion.mask == a.lesion.mask).all()
         assert b.lesion.attention_inside["image_only"] == lesion["attention_inside"]["image_only"]
         assert len([w for w in b.warnings if "outline" in w]) == len(b.lesion.warnings)
+
+
+def test_an_image_the_ood_check_flags_gets_its_outline_read_with_care():
+    """A segmenter outlines something in any picture (this synthetic one included): on an image the
+    OOD check flags, the measures come with the caveat (page, /report and case report all show the
+    lesion's warnings), after a metadata change too; a dermoscopic example has none."""
+    from PIL import Image
+    from lesion_app.evidence.lesion import OUTLINE_CAVEAT
+    from lesion_app.page.presentation import lesion_markdown
+    p = Predictor()
+    size = (256, 192)
+    odd = Image.merge("RGB", (Image.linear_gradient("L").resize(size), Image.radial_gradient("L").resize(size),
+                              Image.effect_mandelbrot(size, (-2, -1.5, 1, 1.5), 60)))
+    a = p.analyze(odd, 55, "male", "back")
+    assert any("does not look like" in w for w in a.warnings) and a.lesion.found
+    assert a.lesion.warnings[0] == OUTLINE_CAVEAT and OUTLINE_CAVEAT in a.warnings
+    assert "Read with care" in lesion_markdown(a) and a.to_report()["lesion"]["warnings"][0] == OUTLINE_CAVEAT
+    assert p.with_metadata(a, 30, "female", "face").lesion.warnings[0] == OUTLINE_CAVEAT
+    ok = p.analyze(load_upload(EXAMPLES / "images" / "ISIC_0024394.jpg"), 55, "male", "back")
+    assert OUTLINE_CAVEAT not in ok.lesion.warnings and "Read with care" not in lesion_markdown(ok)

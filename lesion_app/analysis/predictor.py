@@ -343,6 +343,7 @@ class Predictor:
                 for i in range(n):
                     w = self.ood.warning(trunk[i], rgb[i:i + 1])
                     warnings += [w if n == 1 else f"Image {i + 1} of {n}: {w}"] if w else []
+                    features.unlike_dermoscopy |= i == 0 and w is not None
             image_only_p = probabilities_dict(image_only)
             image_only_result = ModelResult(image_only_p, *self._cam(
                 features, "image_only", heatmap_target(cam_class, image_only_p), None, cam_method))
@@ -451,7 +452,7 @@ class Predictor:
         parsed = {"age": parse_age(age), "sex": parse_choice(sex, SEXES, "sex"), "site": parse_choice(site, SITES, "site")}
         lesion = None if f.outlines is None else lesion_findings(
             f.outlines[0], images_rgb[0], {"fusion": fusion_result.cam, "image_only": image_only.cam},
-            self.manifest.segmentation)
+            self.manifest.segmentation, f.unlike_dermoscopy)
         return Analysis(
             lesion=lesion, image=images_rgb[0], extra_images=list(images_rgb[1:]), repeated=list(repeated),
             warnings=list(warnings) + (lesion.warnings if lesion is not None else []), fusion=fusion_result,

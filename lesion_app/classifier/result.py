@@ -61,6 +61,7 @@ class ImageFeatures:
                                      # lesion_app.evidence.gradcam.FINE_STAGE_BLOCK, for the fine heatmaps
     images: object = None            # torch.Tensor (images, 3, H, W): each unflipped view, kept for the
                                      # heatmaps of whole-network members (None when there are none)
+    unlike_dermoscopy: bool = False  # the OOD check flagged the first image (its outline may be no lesion)
 
 
 @dataclass

@@ -180,13 +180,20 @@ def attention_warning(kind: str, share: float) -> str:
             "around the lesion before relying on this answer.")
 
 
+# Said with the measures when the OOD check flags the image: a segmenter outlines something in any picture.
+OUTLINE_CAVEAT = ("The image does not look like dermoscopy (see the warning above), so this outline may not be a "
+                  "lesion at all: its measures describe whatever region the segmenter marked.")
+
+
 def lesion_findings(outline: np.ndarray, rgb: np.ndarray, cams: dict[str, np.ndarray],
-                    entry: dict | None) -> LesionFindings:
+                    entry: dict | None, unlike_dermoscopy: bool = False) -> LesionFindings:
     """The outline of one image (bool (H, W), rgb the image the models saw), its measures and how
     much of each model's heatmap (cams: kind -> (H, W) map) lies inside it. entry: the manifest's
     segmentation entry, whose `reference` holds the archive's quartiles of each measure by class
     and `attention` the warning's rule: the share inside under `threshold` and, when given, the
-    map's mean inside over its mean outside under `ratio_under` (train.evaluation.attention)."""
+    map's mean inside over its mean outside under `ratio_under` (train.evaluation.attention).
+    unlike_dermoscopy: the OOD check flagged the image; a found outline's warnings then start with
+    OUTLINE_CAVEAT."""
     entry = entry or {}
     reason = no_lesion_reason(outline)
     if reason:
@@ -196,7 +203,8 @@ def lesion_findings(outline: np.ndarray, rgb: np.ndarray, cams: dict[str, np.nda
     ratio = {k: attention_ratio(c, outline) for k, c in cams.items()}
     rule = entry.get("attention") or {}
     threshold, ratio_under = rule.get("threshold"), rule.get("ratio_under")
-    warnings = [w for w in (whole_image_warning(outline),) if w] + [attention_warning(k, v) for k, v in inside.items()
+    warnings = [OUTLINE_CAVEAT] * unlike_dermoscopy + [w for w in (whole_image_warning(outline),) if w] + [
+        attention_warning(k, v) for k, v in inside.items()
                 if threshold is not None and v is not None and v < threshold
                 and (ratio_under is None or (ratio[k] is not None and ratio[k] < ratio_under))]
     return LesionFindings(

@@ -15,7 +15,7 @@ from ..classifier.vocab import CLASSES, class_label
 from ..evidence.archive import ATTRIBUTION, DESCRIPTIONS, SimilarCases
 from ..evidence.clinical_report import ClinicalReport, melanoma_markdown, subgroup_markdown
 from ..evidence.gradcam import gradcam_overlay
-from ..evidence.lesion import COLOUR_MIN_SHARE, COLOURS, with_outline
+from ..evidence.lesion import COLOUR_MIN_SHARE, COLOURS, OUTLINE_CAVEAT, with_outline
 from .figures import shap_figure, what_if_figure
 
 START = "Upload an image or pick an example, then press **Analyze**."
@@ -287,6 +287,8 @@ def lesion_markdown(a: Analysis) -> str:
     lines = ["**Measurements of the outline**: not the ABCD rule's scores and not a diagnosis. The images carry "
              "no scale, so no diameter is measured.", "",
              f"| measure | this lesion | {' | '.join(REFERENCE_CLASSES)} |", "|---|---|" + "---|" * len(REFERENCE_CLASSES)]
+    if OUTLINE_CAVEAT in L.warnings:
+        lines[:0] = [f"**Read with care:** {OUTLINE_CAVEAT}", ""]
     for key, label, fmt in MEASURE_ROWS:
         v = values[key]
         shown = "–" if v is None or v != v else fmt(v)
