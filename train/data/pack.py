@@ -138,7 +138,11 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not a.folds.is_file():
         p.error(f"{a.folds} not found: make it with python -m train.data.make_folds --data DIR --out {a.folds}")
-    PackedData.from_folder(a.data, a.folds, with_imagenet=True, arch=a.arch).save(a.out)
+    try:
+        packed = PackedData.from_folder(a.data, a.folds, with_imagenet=True, arch=a.arch)
+    except ModuleNotFoundError as e:
+        p.error(str(e))
+    packed.save(a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lesion_app.classifier.manifest import MODEL_KEYS, WEIGHTS_DIR, Manifest
+from lesion_app.classifier.models import ARCH
 from lesion_app.classifier.vocab import CLASSES
 from train import REPO
 from train.data.logits import kind_logits, read_logits
@@ -95,7 +96,7 @@ def load_run(spec: str) -> Run:
     times["total"] = round(sum(times.values()), 1)
     return Run(run.name, read_logits(run / "oof_logits.csv"),
                {k: cv["out_of_fold"][k]["temperature"] for k in MODEL_KEYS},
-               {"split_block": cv.get("split_block"), "backbone": cv.get("arch", "tf_efficientnet_lite0"),
+               {"split_block": cv.get("split_block"), "backbone": cv.get("arch", ARCH),
                 **{k: v for k, v in cv.get("recipe", {}).items() if k in ("mel_margin_weight", "follow_up_weight")}},
                times, cv.get("device", "unknown"))
 

