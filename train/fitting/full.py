@@ -160,8 +160,9 @@ def build_model(cfg: FullConfig, head: str, weights_file: Path | None = None) ->
         except Exception as e:   # offline and not cached, no such weights, no network...
             raise BackboneError(
                 f"no pretrained weights for {cfg.arch} can be reached here ({type(e).__name__}); only "
-                f"{', '.join(IMAGENET_PACKAGES)} have packaged ImageNet weights. Pass --weights-file PATH (a timm state dict for "
-                f"{cfg.arch}), allow the Hub (HF_HUB_OFFLINE=0 with a network), or --random-init.") from None
+                f"{', '.join(IMAGENET_PACKAGES)} have packaged ImageNet weights. Pass --weights-file PATH "
+                f"(a timm state dict for {cfg.arch}), allow the Hub (HF_HUB_OFFLINE=0 with a network), "
+                "or --random-init.") from None
         sd, source = pretrained.state_dict(), f"timm pretrained {pretrained.pretrained_cfg.get('hf_hub_id', cfg.arch)}"
     missing, unexpected = model.backbone.load_state_dict(
         {k: v for k, v in sd.items() if not k.startswith("classifier.")}, strict=False)

@@ -266,8 +266,8 @@ def main(argv=None) -> int:
         p.error(str(e))
     split_recorded = WHOLE_NETWORK if a.split_block == 0 else a.split_block
     if data.imagenet is not None and data.arch != a.arch:
-        p.error(f"{a.data} carries {data.arch}'s ImageNet weights, not {a.arch}'s: "
-                f"pack it with python -m train.data.pack --arch {a.arch}, or leave out --arch")
+        p.error(f"{a.data} carries {data.arch}'s ImageNet weights, not {a.arch}'s: pass --arch {data.arch} "
+                f"to train that backbone, or pack {a.arch}'s with python -m train.data.pack --arch {a.arch}")
     try:
         imagenet = data.imagenet or {k: v for k, v in imagenet_state_dict(a.arch).items()
                                      if not k.startswith("classifier.")}
