@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 # Nothing may reach the hub (an offline hub call hangs ~47 s); no analytics.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -47,6 +48,18 @@ def example_folder(tmp_path) -> Path:
     dst = tmp_path / "examples"
     shutil.copytree(EXAMPLES, dst)
     return dst
+
+
+def add_mirrored_copies(folder: Path) -> None:
+    """Adds to a folder in the HAM10000 layout a left-right mirrored copy of every image, as another
+    lesion (ids suffixed "_flip"): the examples' 7 images become 14, two lesions per class, enough for
+    a tiny cross-validation run."""
+    md = pd.read_csv(folder / "metadata.csv")
+    extra = md.assign(image_id=md["image_id"] + "_flip", lesion_id=md["lesion_id"] + "_flip")
+    for src, dst in zip(md["image_id"], extra["image_id"]):
+        with Image.open(folder / "images" / f"{src}.jpg") as im:
+            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "images" / f"{dst}.jpg")
+    pd.concat([md, extra]).to_csv(folder / "metadata.csv", index=False)
 
 
 @pytest.fixture(scope="session")

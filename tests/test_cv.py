@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
-from conftest import DATA, REPO, needs_dataset, run_module
+from conftest import DATA, REPO, add_mirrored_copies, needs_dataset, run_module
 from lesion_app.files.image_input import load_upload
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.vocab import CLASSES
@@ -133,12 +132,7 @@ def test_a_corrupted_or_missing_member_refuses_to_start_naming_the_file_and_the_
 @pytest.fixture
 def tiny(example_folder, tmp_path):
     """The 7 examples plus a flipped copy of each as another lesion: 14 images, 2 per class."""
-    md = pd.read_csv(example_folder / "metadata.csv")
-    extra = md.assign(image_id=md["image_id"] + "_flip", lesion_id=md["lesion_id"] + "_flip")
-    for src, dst in zip(md["image_id"], extra["image_id"]):
-        with Image.open(example_folder / "images" / f"{src}.jpg") as im:
-            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(example_folder / "images" / f"{dst}.jpg")
-    pd.concat([md, extra]).to_csv(example_folder / "metadata.csv", index=False)
+    add_mirrored_copies(example_folder)
     folds = tmp_path / "folds.csv"
     r = run_module("train.data.make_folds", "--data", example_folder, "--out", folds, "--folds", 2,
                    "--heldout-share", 0.3)

@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import EXAMPLES, REPO, run_module
+from conftest import EXAMPLES, REPO, add_mirrored_copies, run_module
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.metadata import AgeScaler, encode_frame
 from lesion_app.classifier.models import LesionClassifier, imagenet_state_dict
@@ -43,12 +42,7 @@ def tiny_folder(root, n_folds, pack=False):
     folds file (n_folds folds, about a third of the lesions held out) and, if asked, its data pack."""
     data = root / "data"
     shutil.copytree(EXAMPLES, data)
-    md = pd.read_csv(data / "metadata.csv")
-    extra = md.assign(image_id=md["image_id"] + "_flip", lesion_id=md["lesion_id"] + "_flip")
-    for src, dst in zip(md["image_id"], extra["image_id"]):
-        with Image.open(data / "images" / f"{src}.jpg") as im:
-            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(data / "images" / f"{dst}.jpg")
-    pd.concat([md, extra]).to_csv(data / "metadata.csv", index=False)
+    add_mirrored_copies(data)
     folds = root / "folds.csv"
     table = make_folds(load_metadata(data), n_folds)
     table.to_csv(folds, index=False)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO, run_module
+from conftest import REPO, add_mirrored_copies, run_module
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.manifest import MODEL_KEYS, WEIGHTS_DIR, Manifest, WeightsError
 from lesion_app.classifier.models import ARCH, WHOLE_NETWORK, LesionClassifier, imagenet_state_dict
@@ -411,12 +411,7 @@ def test_the_bundle_command_ships_a_cross_validated_run_of_whole_network_members
     made a whole network (the frozen trunk's tensors in it too, fp32, member.json saying
     "whole_network", as train.fitting.gpu_cv --split-block whole writes): the second ships no trunk
     and scores the held-out slice through the Predictor exactly as the first."""
-    md = pd.read_csv(example_folder / "metadata.csv")
-    extra = md.assign(image_id=md["image_id"] + "_flip", lesion_id=md["lesion_id"] + "_flip")
-    for src, dst in zip(md["image_id"], extra["image_id"]):
-        with Image.open(example_folder / "images" / f"{src}.jpg") as im:
-            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(example_folder / "images" / f"{dst}.jpg")
-    pd.concat([md, extra]).to_csv(example_folder / "metadata.csv", index=False)
+    add_mirrored_copies(example_folder)
     folds, cv = tmp_path / "folds.csv", tmp_path / "cv"
     for args in (("train.data.make_folds", "--data", example_folder, "--out", folds, "--folds", 2,
                   "--heldout-share", 0.3),
