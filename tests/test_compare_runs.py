@@ -107,3 +107,21 @@ def test_the_release_itself_is_a_baseline_and_equals_its_own_logits(tmp_path):
             assert d == lo == hi == 0, (kind, name)
     fusion = result["kinds"]["fusion"]["values"][shipped.name]["balanced_accuracy"][0]
     assert fusion == pytest.approx(m.models["fusion"]["out_of_fold_metrics"]["balanced_accuracy"])
+
+
+def test_a_committed_release_is_a_baseline_and_an_unknown_revision_is_a_clear_error():
+    """`shipped@REV` reads the release's out-of-fold logits and manifest as git holds them at REV, so a
+    replaced release stays the baseline its successors were chosen against."""
+    import subprocess
+    from io import StringIO
+    from lesion_app.classifier.manifest import Manifest
+    from train import REPO
+    show = lambda path: subprocess.run(["git", "show", f"HEAD:{path}"], cwd=REPO, capture_output=True,
+                                       text=True, check=True).stdout
+    m = Manifest.from_text(show("weights/manifest.json"), "HEAD")
+    head = compare_runs.load_run("shipped@HEAD")
+    assert head.name == f"shipped@HEAD ({m.selection['shipped']})"
+    assert head.temperature == {k: m.temperature(k) for k in ("fusion", "image_only")}
+    pd.testing.assert_frame_equal(head.logits, pd.read_csv(StringIO(show("reports/oof_logits.csv"))))
+    with pytest.raises(SystemExit, match="git has no weights/manifest.json at 'no-such-revision'"):
+        compare_runs.load_run("shipped@no-such-revision")

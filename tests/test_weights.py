@@ -40,7 +40,12 @@ def test_manifest_records_what_the_issue_asks_for():
         assert e["training_command"].startswith("python -m train.fitting.cv")
         assert {"out_of_fold_metrics", "heldout_metrics", "temperature", "members", "ensemble"} <= e.keys()
     assert m["input"]["spec"]["mean"] == 0.5 and m["input"]["spec"]["std"] == 0.5
-    assert len(m["selection"]["variants_compared"]) <= 3
+    # Every variant compared is on record with its out-of-fold figures and costs, the shipped one among them.
+    rows = m["selection"]["variants_compared"]
+    assert m["selection"]["shipped"] in [v["run"] for v in rows]
+    for v in rows:
+        assert set(v["out_of_fold"]) == set(MODEL_KEYS) and v["wall_time_seconds"] and v["device"]
+        assert set(v["member_train_seconds"]) == set(MODEL_KEYS)
 
 
 def test_every_member_shares_the_one_frozen_trunk(bundled):

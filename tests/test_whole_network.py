@@ -443,3 +443,27 @@ def test_the_bundle_command_ships_a_cross_validated_run_of_whole_network_members
         a, b = shared["models"][k]["heldout_metrics"], whole["models"][k]["heldout_metrics"]
         assert a["n"] == b["n"] > 0 and a["confusion_matrix"] == b["confusion_matrix"]
         assert b["macro_auc"] == pytest.approx(a["macro_auc"], abs=1e-6)
+    # Replacing the "shared" release by the whole-network run, chosen by compare_runs: the replaced
+    # release's variants stay on record beside the new one, with the paired comparison.
+    comparison = tmp_path / "variants.md"
+    r = run_module("train.evaluation.compare_runs", cv, whole_cv, "--folds", folds, "--n-boot", 20, "--out", comparison)
+    assert r.returncode == 0, r.stderr[-2000:]
+    bundle_whole = ("train.release.bundle", "--data", example_folder, "--cv", whole_cv, "--out", tmp_path / "shared",
+                    "--reports", tmp_path / "reports_whole", "--compared", "shipped")
+    r = run_module(*bundle_whole, "--comparison", comparison.with_suffix(".json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "shared" / "manifest.json").read_text())
+    assert [v["run"] for v in m["selection"]["variants_compared"]] == ["cv_whole", "cv"]
+    assert m["selection"]["shipped"] == "cv_whole" and m["models"]["fusion"]["split_block"] == WHOLE_NETWORK
+    paired = m["selection"]["comparison"]["kinds"]["fusion"]["paired_differences"]["cv_whole"]
+    assert paired["balanced_accuracy"][0] == pytest.approx(0, abs=1e-9)   # the same members, whole
+    card = (tmp_path / "shared" / "MODEL_CARD.md").read_text()
+    assert "| cv_whole − cv |" in card and "| cv | tf_efficientnet_lite0, blocks[5] |" in card
+    # A comparison that never scored the run being shipped is refused, and so is `shipped` with
+    # no release to take the variants from.
+    other = shutil.copytree(cv, tmp_path / "cv_other")
+    r = run_module("train.release.bundle", "--data", example_folder, "--cv", other, "--out", tmp_path / "other",
+                   "--reports", tmp_path / "reports_other", "--comparison", comparison.with_suffix(".json"))
+    assert r.returncode != 0 and "does not score cv_other" in r.stderr and "Traceback" not in r.stderr
+    r = run_module(*bundle_whole[:6], tmp_path / "fresh", *bundle_whole[7:])
+    assert r.returncode != 0 and "no bundled manifest" in r.stderr and "Traceback" not in r.stderr

@@ -7,7 +7,9 @@ selection criterion applied to them.
 
 A run is a train.fitting.cv folder (oof_logits.csv, cv.json, times.json, <kind>_fold<k>/member.json);
 BASELINE may also be `shipped`: the release's own out-of-fold logits (reports/oof_logits.csv, which
-train.release.bundle copies there) with the manifest's temperatures and wall times. Every run must
+train.release.bundle copies there) with the manifest's temperatures and wall times; or `shipped@REV`,
+the release as committed at git revision REV (so a release that has since been replaced stays a
+baseline: `shipped@01f8248` is the recipe Model v3's variants were chosen against). Every run must
 score the same images (the same folds). Each kind's probabilities are softmax(logits / T) with the
 run's own out-of-fold temperature, as the release serves them. All runs share one set of lesion
 resamples, so the differences are paired. Writes OUT (.md) and OUT with .json.
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+from io import StringIO
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,15 +79,36 @@ class Run:
         return softmax(kind_logits(self.logits, kind, order), self.temperature[kind])
 
 
+def committed(rev: str, path: Path) -> str:
+    """A committed file's text at git revision rev; SystemExit naming both when git has none."""
+    rel = path.relative_to(REPO).as_posix()
+    r = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=REPO, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"error: git has no {rel} at {rev!r} ({r.stderr.strip()})")
+    return r.stdout
+
+
+def load_release(rev: str | None) -> Run:
+    """The release's out-of-fold logits and manifest: as in the working tree (rev None), or as
+    committed at git revision rev."""
+    manifest, logits = WEIGHTS_DIR / "manifest.json", REPO / "reports" / "oof_logits.csv"
+    if rev is None:
+        m, oof = Manifest.load(WEIGHTS_DIR), read_logits(logits)
+    else:
+        m = Manifest.from_text(committed(rev, manifest), f"{manifest.name} at {rev}")
+        oof = read_logits(StringIO(committed(rev, logits)))
+    shipped = m.selection["shipped"] if m.selection else "the release"
+    return Run(f"shipped ({shipped})" if rev is None else f"shipped@{rev} ({shipped})", oof,
+               {k: m.temperature(k) for k in MODEL_KEYS},
+               {"split_block": m.models["fusion"].get("split_block"), "backbone": m.backbone},
+               dict(m.training_wall_time_seconds or {}), m.hardware or "unknown")
+
+
 def load_run(spec: str) -> Run:
-    """A train.fitting.cv folder, or `shipped` (the release's out-of-fold logits and manifest)."""
-    if spec == SHIPPED:
-        m = Manifest.load(WEIGHTS_DIR)
-        shipped = m.selection["shipped"] if m.selection else "the release"
-        return Run(f"shipped ({shipped})", read_logits(REPO / "reports" / "oof_logits.csv"),
-                   {k: m.temperature(k) for k in MODEL_KEYS},
-                   {"split_block": m.models["fusion"].get("split_block"), "backbone": m.backbone},
-                   dict(m.training_wall_time_seconds or {}), m.hardware or "unknown")
+    """A train.fitting.cv folder, `shipped` (the release's out-of-fold logits and manifest), or
+    `shipped@REV` (the release as committed at git revision REV)."""
+    if spec == SHIPPED or spec.startswith(SHIPPED + "@"):
+        return load_release(spec.partition("@")[2] or None)
     run = Path(spec)
     if not (run / "oof_logits.csv").is_file() or not (run / "cv.json").is_file():
         raise SystemExit(f"error: {run} is not a finished train.fitting.cv run (no oof_logits.csv or cv.json): "
@@ -139,31 +164,50 @@ def _cell(v, signed=False) -> str:
     return "–" if v[0] is None or v[0] != v[0] else f"{f.format(v[0])} [{f.format(v[1])}, {f.format(v[2])}]"
 
 
-def markdown(result: dict, baseline: str) -> str:
-    lines = ["# Recipe variants, out-of-fold (issue 24)", "",
-             f"{result['n_images']:,} images of {result['n_lesions']:,} lesions, each scored by the member of the fold "
-             f"that never saw its lesion, at its run's own temperature; 95% CIs from {result['n_boot']} lesion "
-             f"resamples shared by every run, so differences against **{baseline}** are paired.", ""]
+def baseline_name(result: dict) -> str:
+    """The run every paired difference is taken against (the first)."""
+    return next(iter(result["kinds"]["fusion"]["values"]))
+
+
+def kind_tables(result: dict, heading: str = "##") -> list[str]:
+    """Markdown lines: per kind, every run's figures with CIs, then each paired difference."""
+    baseline, lines = baseline_name(result), []
     for kind, r in result["kinds"].items():
-        lines += [f"## {kind.replace('_', '-')}", "", "| run | " + " | ".join(HEADERS.values()) + " |",
+        lines += [f"{heading} {kind.replace('_', '-')}", "", "| run | " + " | ".join(HEADERS.values()) + " |",
                   "|---|" + "---|" * len(HEADERS)]
         for name, v in r["values"].items():
             lines.append(f"| {name} | " + " | ".join(_cell(v[m]) for m in METRICS) + " |")
         for name, d in r["paired_differences"].items():
             lines.append(f"| {name} − {baseline} | " + " | ".join(_cell(d[m], signed=True) for m in METRICS) + " |")
         lines.append("")
+    return lines
+
+
+def about(result: dict) -> str:
+    return (f"{result['n_images']:,} images of {result['n_lesions']:,} lesions, each scored by the member of the fold "
+            f"that never saw its lesion, at its run's own temperature; 95% CIs from {result['n_boot']} lesion "
+            f"resamples shared by every run, so differences against **{baseline_name(result)}** are paired.")
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Recipe variants, out-of-fold (issue 24)", "", about(result), "", *kind_tables(result)]
     lines += ["## Wall time (seconds)", "", "| run | device | part | seconds |", "|---|---|---|---|"]
     for name, r in result["runs"].items():
         for part, s in r["wall_time_seconds"].items():
             lines.append(f"| {name} | {r['device']} | {part} | {s:,.0f} |")
     lines += ["", f"**Criterion** (fixed before the runs): {result['criterion']}.", ""]
-    lines += [f"- {name}: {'meets it' if ok else 'does not meet it'}" for name, ok in result["meets_criterion"].items()]
+    lines += [f"- {name}: its paired differences {'meet' if ok else 'do not meet'} it" for name, ok in
+              result["meets_criterion"].items()]
+    lines += ["", "The budgets are measured apart: serving by `python -m train.release.recipe_cost` and "
+              "`python -m train.evaluation.benchmark`, training by the wall times above (which include any "
+              "time the run shared the CPU or was paused)."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("baseline", help=f"a train.fitting.cv folder, or {SHIPPED!r} (the release)")
+    p.add_argument("baseline", help=f"a train.fitting.cv folder, {SHIPPED!r} (the release) or {SHIPPED}@REV "
+                                    "(the release as committed at git revision REV)")
     p.add_argument("runs", nargs="+", help="train.fitting.cv folders, compared against the baseline")
     p.add_argument("--folds", type=Path, default=DEFAULT_FOLDS)
     p.add_argument("--n-boot", type=int, default=1000)
@@ -175,8 +219,8 @@ def main(argv=None):
     result = compare(runs, load_folds(a.folds), a.n_boot)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    a.out.write_text(markdown(result, runs[0].name))
-    print(markdown(result, runs[0].name))
+    a.out.write_text(markdown(result))
+    print(markdown(result))
     return 0
 
 

@@ -2,7 +2,8 @@
 ensembles (fp16 safetensors), the shared trunk when some member runs on one, the manifest and the
 model card.
 
-    python -m train.release.bundle --cv runs/cv_a [--compared runs/cv_b ...] [--data DIR] [--out weights]
+    python -m train.release.bundle --cv runs/cv_a [--compared runs/cv_b ... | shipped] [--comparison reports/variants.json]
+        [--data DIR] [--out weights]
 
 The run folder is train.fitting.cv's layout: RUN/{kind}_fold{f}/member.safetensors and member.json,
 RUN/cv.json, RUN/oof_logits.csv and RUN/heldout_logits.csv. What each member file holds is read
@@ -17,8 +18,10 @@ and written into the manifest (models.<kind>.split_block):
 The two ensembles may differ in kind; members over a trunk must share its split.
 
 The run's out-of-fold and held-out logits are copied to reports/ for train.evaluation.report.
---compared lists every other recipe variant that was scored out-of-fold to choose this one;
-their figures and costs go in the manifest, so the choice and its evidence are on record.
+--compared lists every other recipe variant that was scored out-of-fold to choose this one
+(`shipped`: those the replaced release's manifest records, its own run among them), and --comparison
+train.evaluation.compare_runs' paired table (reports/variants.json); their figures and costs go in
+the manifest, so the choice and its evidence are on record.
 The held-out slice (no member trained on it) is scored here through the app's own
 Predictor, so the manifest describes exactly what ships.
 """
@@ -38,7 +41,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from train.data.dataset import DEFAULT_DATA
-from train.evaluation.compare_runs import SELECTION_CRITERION
+from train.evaluation.compare_runs import SELECTION_CRITERION, SHIPPED
 from lesion_app.classifier.manifest import Manifest
 from lesion_app.classifier.metadata import GROUPS, META_DIM
 from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, META_HIDDEN, WHOLE_NETWORK, LesionClassifier
@@ -70,7 +73,8 @@ def git_commit() -> str:
 
 def variant_row(cv_dir: Path) -> dict:
     cv = json.loads((cv_dir / "cv.json").read_text())
-    return {"run": cv_dir.name, "split_block": cv.get("split_block"), "recipe": cv["recipe"],
+    return {"run": cv_dir.name, "backbone": cv.get("arch", ARCH), "split_block": cv.get("split_block"),
+            "recipe": cv["recipe"],
             "out_of_fold": cv["out_of_fold"], "heldout": cv.get("heldout", {}),
             "wall_time_seconds": cv["wall_time_seconds"], "device": cv["device"],
             "member_train_seconds": {k: [json.loads((cv_dir / f"{k}_fold{f}" / "member.json").read_text())
@@ -84,6 +88,32 @@ def oof_metrics(cv_dir: Path, kind: str, folds_file: Path, temperature: float) -
     dx = load_folds(folds_file).set_index("image_id").loc[kind_rows(oof, kind)["image_id"], "dx"]
     y = dx.map(CLASSES.index).to_numpy()
     return classification_metrics(y, softmax(kind_logits(oof, kind), temperature))
+
+
+def compared_rows(compared: list[str], replaced: Manifest | None) -> list[dict]:
+    """The manifest rows of the variants compared besides the shipped run: each train.fitting.cv
+    folder's, and for SHIPPED the rows the replaced release's manifest holds (its own run and every
+    variant it was chosen against), so the evidence of earlier choices stays on record."""
+    rows = []
+    for spec in compared:
+        if spec != SHIPPED:
+            rows.append(variant_row(Path(spec)))
+        elif replaced is None or not replaced.selection:
+            raise SystemExit(f"error: --compared {SHIPPED} keeps the variants of the release being replaced, "
+                             "but there is no bundled manifest with a selection to read them from")
+        else:
+            rows += replaced.selection["variants_compared"]
+    return rows
+
+
+def comparison_record(path: Path, shipped_run: str) -> dict:
+    """train.evaluation.compare_runs' result (its .json) for the manifest: it must score the run
+    being shipped."""
+    result = json.loads(path.read_text())
+    if shipped_run not in result["kinds"]["fusion"]["values"]:
+        raise SystemExit(f"error: {path} does not score {shipped_run}: run train.evaluation.compare_runs "
+                         f"with that run folder first")
+    return {"report": repo_relative(path.with_suffix(".md")), **result}
 
 
 def trunk_state(split_block: int, arch: str = ARCH) -> dict[str, torch.Tensor]:
@@ -196,8 +226,12 @@ def frozen_lower_stages(split: int | None, splits: dict[str, int | str]) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cv", type=Path, required=True, help="the train.fitting.cv output folder to ship")
-    p.add_argument("--compared", type=Path, nargs="*", default=[],
-                   help="other train.fitting.cv folders scored out-of-fold to choose this recipe")
+    p.add_argument("--compared", nargs="*", default=[],
+                   help="other train.fitting.cv folders scored out-of-fold to choose this recipe; "
+                        f"{SHIPPED!r} keeps the variants the replaced release's manifest records")
+    p.add_argument("--comparison", type=Path,
+                   help="train.evaluation.compare_runs' .json for this choice (reports/variants.json), "
+                        "recorded in the manifest's selection")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=REPO / "weights")
     p.add_argument("--reports", type=Path, default=REPO / "reports",
@@ -207,6 +241,9 @@ def main(argv=None):
     cv = json.loads((a.cv / "cv.json").read_text())
     folds_file = repo_path(cv["folds_file"])
     held = heldout_path(folds_file)
+    replaced = Manifest.load(a.out) if SHIPPED in a.compared and (a.out / "manifest.json").is_file() else None
+    variants = [variant_row(a.cv), *compared_rows(a.compared, replaced)]
+    comparison = None if a.comparison is None else comparison_record(a.comparison, a.cv.name)
     a.out.mkdir(parents=True, exist_ok=True)
     for old in [*a.out.glob("*_fold*.safetensors"), *(a.out / f"{k}.safetensors" for k in MODEL_KEYS),
                 a.out / "trunk.safetensors"]:
@@ -249,9 +286,8 @@ def main(argv=None):
         models=models,
         folds_file=repo_relative(folds_file), folds_sha256=sha256_file(folds_file),
         heldout_file=repo_relative(held), heldout_sha256=sha256_file(held),
-        selection={"criterion": SELECTION_CRITERION,
-                   "variants_compared": [variant_row(d) for d in [a.cv, *a.compared]],
-                   "shipped": a.cv.name},
+        selection={"criterion": SELECTION_CRITERION, "variants_compared": variants, "shipped": a.cv.name,
+                   **({"comparison": comparison} if comparison else {})},
         git_commit=git_commit(),
         bundle_command="python -m train.release.bundle " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
         training_wall_time_seconds={**times, **{f"{k}_members": member_seconds[k] for k in MODEL_KEYS},

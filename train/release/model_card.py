@@ -8,6 +8,7 @@ from __future__ import annotations
 from lesion_app.classifier.manifest import MODEL_KEYS, Manifest
 from lesion_app.classifier.models import WHOLE_NETWORK
 from lesion_app.classifier.vocab import CLASS_NAMES, CLASSES
+from train.evaluation.compare_runs import about, kind_tables
 from train.evaluation.report_render import coverage_markdown
 
 
@@ -36,13 +37,22 @@ def _per_class(models: dict, key: str) -> str:
 
 
 def _variants(m: Manifest) -> str:
-    rows = ["| run | fine-tuned from | fusion OOF bal. acc. | fusion OOF macro-F1 | image-only OOF bal. acc. | "
-            "image-only OOF macro-F1 | shipped |", "|---|---|---|---|---|---|---|"]
+    rows = ["| run | backbone, fine-tuned from | trained on | wall time recorded | fusion OOF bal. acc. | "
+            "fusion OOF macro-F1 | image-only OOF bal. acc. | image-only OOF macro-F1 | shipped |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for v in m.selection["variants_compared"]:
-        o = v["out_of_fold"]
-        rows.append(f"| {v['run']} | blocks[{v['split_block']}] | {o['fusion']['balanced_accuracy']:.3f} | "
+        o, split = v["out_of_fold"], v["split_block"]
+        seconds = sum(v["wall_time_seconds"].values()) + sum(map(sum, v["member_train_seconds"].values()))
+        rows.append(f"| {v['run']} | {v.get('backbone', 'tf_efficientnet_lite0')}, "
+                    f"{'whole network' if split == WHOLE_NETWORK else f'blocks[{split}]'} | {v['device']} | "
+                    f"{seconds / 60:.0f} min | {o['fusion']['balanced_accuracy']:.3f} | "
                     f"{o['fusion']['macro_f1']:.3f} | {o['image_only']['balanced_accuracy']:.3f} | "
                     f"{o['image_only']['macro_f1']:.3f} | {'yes' if v['run'] == m.selection['shipped'] else ''} |")
+    comparison = m.selection.get("comparison")
+    if comparison:
+        rows += ["", f"Paired, with melanoma's figures (`{comparison['report']}`): {about(comparison)}", "",
+                 *kind_tables(comparison, "###"),
+                 f"Criterion, fixed before the runs: {comparison['criterion']}."]
     return "\n".join(rows)
 
 
@@ -213,9 +223,11 @@ Scored through the app's own inference path. Small (4 df and 4 vasc images), so 
 
 ## Training
 - Command: `{fus['training_command']}`
-- Wall time ({m.hardware}): feature cache {wt.get('feature_cache', 0):.0f} s, curriculum ranking
+- Wall time ({m.hardware}): feature cache {wt.get('feature_cache', 0):.0f} s, pooled ImageNet features
+  {wt.get('pooled_imagenet', 0):.0f} s, curriculum ranking
   {sum(v for k, v in wt.items() if k.startswith('curriculum_rank')):.0f} s, fusion members
-  {wt['fusion_members']:.0f} s, image-only members {wt['image_only_members']:.0f} s; total {wt['total'] / 60:.1f} min.
+  {wt['fusion_members']:.0f} s, image-only members {wt['image_only_members']:.0f} s; total {wt['total'] / 60:.1f} min
+  (wall time: it includes any time the machine was shared with other work or the run was paused).
 
 {_ood(m)}
 {_archive(m)}
