@@ -99,7 +99,7 @@ def test_the_release_itself_is_a_baseline_and_equals_its_own_logits(tmp_path):
     (run / "cv.json").write_text(json.dumps({"out_of_fold": {k: {"temperature": m.temperature(k)}
                                                              for k in ("fusion", "image_only")}}))
     shipped = compare_runs.load_run("shipped")
-    assert shipped.name == f"shipped ({m.selection['shipped']})" and shipped.recipe["backbone"] == m.backbone
+    assert shipped.name == f"{m.selection['shipped']} (shipped)" and shipped.recipe["backbone"] == m.backbone
     result = compare_runs.compare([shipped, compare_runs.load_run(str(run))], load_folds(DEFAULT_FOLDS), n_boot=5)
     assert result["n_images"] == len(load_folds(DEFAULT_FOLDS))   # every image, by the member of its fold
     for kind in ("fusion", "image_only"):
@@ -120,7 +120,7 @@ def test_a_committed_release_is_a_baseline_and_an_unknown_revision_is_a_clear_er
                                        text=True, check=True).stdout
     m = Manifest.from_text(show("weights/manifest.json"), "HEAD")
     head = compare_runs.load_run("shipped@HEAD")
-    assert head.name == f"shipped@HEAD ({m.selection['shipped']})"
+    assert head.name == f"{m.selection['shipped']} (shipped at HEAD)"
     assert head.temperature == {k: m.temperature(k) for k in ("fusion", "image_only")}
     pd.testing.assert_frame_equal(head.logits, pd.read_csv(StringIO(show("reports/oof_logits.csv"))))
     with pytest.raises(SystemExit, match="git has no weights/manifest.json at 'no-such-revision'"):

@@ -457,6 +457,10 @@ def test_the_bundle_command_ships_a_cross_validated_run_of_whole_network_members
     assert m["selection"]["shipped"] == "cv_whole" and m["models"]["fusion"]["split_block"] == WHOLE_NETWORK
     paired = m["selection"]["comparison"]["kinds"]["fusion"]["paired_differences"]["cv_whole"]
     assert paired["balanced_accuracy"][0] == pytest.approx(0, abs=1e-9)   # the same members, whole
+    r = run_module(*bundle_whole, "--comparison", comparison.with_suffix(".json"))   # the same run once more
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads((tmp_path / "shared" / "manifest.json").read_text())["selection"]["variants_compared"]
+    assert [v["run"] for v in again] == ["cv_whole", "cv"]
     card = (tmp_path / "shared" / "MODEL_CARD.md").read_text()
     assert "| cv_whole − cv |" in card and "| cv | tf_efficientnet_lite0, blocks[5] |" in card
     # A comparison that never scored the run being shipped is refused, and so is `shipped` with

@@ -97,8 +97,9 @@ def load_release(rev: str | None) -> Run:
     else:
         m = Manifest.from_text(committed(rev, manifest), f"{manifest.name} at {rev}")
         oof = read_logits(StringIO(committed(rev, logits)))
+    # Named by its run, so the tables stay true once another release has replaced it.
     shipped = m.selection["shipped"] if m.selection else "the release"
-    return Run(f"shipped ({shipped})" if rev is None else f"shipped@{rev} ({shipped})", oof,
+    return Run(f"{shipped} (shipped)" if rev is None else f"{shipped} (shipped at {rev})", oof,
                {k: m.temperature(k) for k in MODEL_KEYS},
                {"split_block": m.models["fusion"].get("split_block"), "backbone": m.backbone},
                dict(m.training_wall_time_seconds or {}), m.hardware or "unknown")
