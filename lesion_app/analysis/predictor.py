@@ -153,9 +153,8 @@ class Predictor:
     @torch.inference_mode()
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> the frozen ImageNet trunk's output (conv_stem..blocks[4]) for every flip
-        view, (B * V, 112, h, w): what the OOD check and a trunk-feature archive read. A shared trunk
-        split at 5 gives it as is; otherwise it is computed as lesion_app.classifier.frozen says (the
-        shipped trunk, split at 4, continued by the frozen blocks[4])."""
+        view, (B * V, 112, h, w): what the OOD check and a trunk-feature archive read. The shared
+        trunk's output as shipped (split 5); otherwise computed as lesion_app.classifier.frozen says."""
         return self.frozen.run(self.views(x), reference=True)[1]
 
     @torch.inference_mode()
@@ -283,8 +282,8 @@ class Predictor:
 
     def embedding(self, low: torch.Tensor | None, pooled: dict[str, torch.Tensor], n_images: int) -> torch.Tensor:
         """The archive's raw embedding of n_images images from their frozen trunk output (all flip
-        views: frozen_features; None will do unless the archive embeds trunk features) and pooled
-        member features: no network pass of its own."""
+        views; frozen_features, which the shared trunk's output is as shipped; None will do unless the
+        archive embeds trunk features) and pooled member features: no network pass of its own."""
         trunk = None if low is None else OODDetector.trunk_features(low, n_images)
         return raw_embedding(self.archive.embedding, trunk, {k: v.cpu() for k, v in pooled.items()})
 
