@@ -243,8 +243,9 @@ def main(argv=None):
     held = heldout_path(folds_file)
     replaced = Manifest.load(a.out) if SHIPPED in a.compared and (a.out / "manifest.json").is_file() else None
     variants = [variant_row(a.cv)]
-    for row in compared_rows(a.compared, replaced):   # a run bundled again keeps one row, its newest
-        variants += [row] if row["run"] not in {v["run"] for v in variants} else []
+    for row in compared_rows(a.compared, replaced):
+        if row["run"] not in {v["run"] for v in variants}:   # a run bundled again keeps one row, its newest
+            variants.append(row)
     comparison = None if a.comparison is None else comparison_record(a.comparison, a.cv.name)
     a.out.mkdir(parents=True, exist_ok=True)
     for old in [*a.out.glob("*_fold*.safetensors"), *(a.out / f"{k}.safetensors" for k in MODEL_KEYS),

@@ -6,7 +6,7 @@ manifest; publish puts it on the Hub. One text, so the copies never disagree.
 from __future__ import annotations
 
 from lesion_app.classifier.manifest import MODEL_KEYS, Manifest
-from lesion_app.classifier.models import WHOLE_NETWORK
+from lesion_app.classifier.models import ARCH, WHOLE_NETWORK
 from lesion_app.classifier.vocab import CLASS_NAMES, CLASSES
 from train.evaluation.compare_runs import about, kind_tables
 from train.evaluation.report_render import coverage_markdown
@@ -43,7 +43,7 @@ def _variants(m: Manifest) -> str:
     for v in m.selection["variants_compared"]:
         o, split = v["out_of_fold"], v["split_block"]
         seconds = sum(v["wall_time_seconds"].values()) + sum(map(sum, v["member_train_seconds"].values()))
-        rows.append(f"| {v['run']} | {v.get('backbone', 'tf_efficientnet_lite0')}, "
+        rows.append(f"| {v['run']} | {v.get('backbone', ARCH)}, "
                     f"{'whole network' if split == WHOLE_NETWORK else f'blocks[{split}]'} | {v['device']} | "
                     f"{seconds / 60:.0f} min | {o['fusion']['balanced_accuracy']:.3f} | "
                     f"{o['fusion']['macro_f1']:.3f} | {o['image_only']['balanced_accuracy']:.3f} | "
