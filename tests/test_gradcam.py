@@ -4,7 +4,8 @@ import torch
 
 from lesion_app.classifier.ensemble import Ensemble
 from lesion_app.classifier.vocab import CLASSES
-from lesion_app.evidence.gradcam import TOP_TWO, ContrastTarget, FixedMetadata, gradcam, gradcam_overlay
+from lesion_app.evidence.gradcam import CAM_METHODS, TOP_TWO, ContrastTarget, FixedMetadata, gradcam, gradcam_from_kept, \
+    gradcam_overlay
 from lesion_app.classifier.metadata import META_DIM
 from conftest import EXAMPLES, model_with_class0_weight
 from lesion_app.classifier.models import LesionClassifier
@@ -98,6 +99,34 @@ def test_the_contrast_target_is_the_real_ensembles_logit_difference(predictor):
         assert target(out[0]).item() == pytest.approx((logits[a] - logits[b]).item(), abs=1e-5)   # per image
         assert target(out).shape == (1,)                                                          # and batched
         assert abs((logits[a] - logits[b]).item()) > 0.1   # a real difference, not 0 = 0
+
+
+def test_maps_from_the_kept_last_activations_are_the_maps_from_the_trunk_output(predictor):
+    # An analysis keeps each member's last activation and draws its maps from them (pooling and
+    # heads only). Every method that targets only that activation gives the same map as a pass of
+    # the upper stages from the trunk's output, for a class and for a contrast; the fine method,
+    # which targets the trunk's stages too, is refused.
+    image, meta = example("ISIC_0024449"), (55, "male", "back")
+    a = predictor.analyze(image, *meta)
+    x = predictor.image_tensor(image)[None]
+    low = predictor.trunk_features(x)[:1].clone()
+    m = predictor.encode(*meta)[None]
+    size = (predictor.spec.height, predictor.spec.width)
+    library = [name for name, kind in CAM_METHODS.items() if not kind.trunk_stages]
+    assert len(library) == 3
+    for key, ens in predictor.models.items():
+        kept, mk = a.features.kept[key], m if ens.uses_metadata else None
+        assert kept.shape[:2] == (len(ens.members), 1)
+        shown = getattr(a, key)
+        heat, empty = gradcam(ens, low, mk, CLASSES.index(shown.cam_class), size)
+        assert not empty and np.allclose(shown.cam, heat, atol=1e-6), key   # what the analysis shows
+        for method in library:
+            for cls, versus in ((CLASSES.index("mel"), None), (CLASSES.index("mel"), CLASSES.index("nv"))):
+                want, want_empty = gradcam(ens, low, mk, cls, size, method, versus)
+                got, got_empty = gradcam_from_kept(ens, kept, mk, cls, size, method, versus)
+                assert got_empty == want_empty and np.allclose(got, want, atol=1e-6), (key, method, versus)
+        with pytest.raises(ValueError, match="also targets the trunk's stages"):
+            gradcam_from_kept(ens, kept, mk, 0, size, "LayerCAM (fine)")
 
 
 def high_frequency_share(cam: np.ndarray, grid: tuple[int, int]) -> float:

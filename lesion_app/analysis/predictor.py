@@ -28,7 +28,7 @@ from ..classifier.vocab import CLASSES, SEXES, SITES
 from ..classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_models, torch_device, verify_file
 from ..evidence.archive import Archive, SimilarCases, SimilarQuery, raw_embedding
 from ..evidence.conformal import prediction_sets as conformal_sets
-from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FINE_STAGE_BLOCK, TOP_TWO, gradcam
+from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FINE_STAGE_BLOCK, TOP_TWO, gradcam, gradcam_from_kept
 from ..evidence.lesion import lesion_findings
 from ..evidence.ood import OODDetector
 from ..evidence.shapley import PLAYERS, coalition_rows, shapley_values
@@ -195,7 +195,14 @@ class Predictor:
         """(B, 3, H, W) -> per kind (M, B, V, F): each member's pooled features of the flip views.
         low: the shared trunk's output (trunk_features(x)), reused when given; views: x's flip views
         (self.views(x)), which whole-network members run on, reused when given."""
-        out = {}
+        return self._upper_pass(x, low, views)[0]
+
+    def _upper_pass(self, x: torch.Tensor, low: torch.Tensor | None = None, views: torch.Tensor | None = None,
+                    keep: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """pooled_features(x, low, views); with keep, also per kind each member's last activation
+        on each image's unflipped view (M, B, C, h, w), from which the heatmaps are drawn without
+        running a stage again (lesion_app.evidence.gradcam.gradcam_from_kept)."""
+        out, kept = {}, {} if keep else None
         for k, m in self.models.items():
             if m.whole_network:
                 views = self.views(x) if views is None else views
@@ -203,8 +210,13 @@ class Predictor:
             else:
                 low = self.trunk_features(x) if low is None else low
                 start = low
-            out[k] = m.pooled(start).view(len(m.members), len(x), len(start) // len(x), -1)
-        return out
+            v = len(start) // len(x)
+            if keep:
+                pooled, kept[k] = m.pooled_and_kept(start, list(range(0, len(start), v)))
+            else:
+                pooled = m.pooled(start)
+            out[k] = pooled.view(len(m.members), len(x), v, -1)
+        return out, kept
 
     @torch.inference_mode()
     def head_probabilities(self, key: str, pooled: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
@@ -282,8 +294,8 @@ class Predictor:
 
     def embedding(self, low: torch.Tensor | None, pooled: dict[str, torch.Tensor], n_images: int) -> torch.Tensor:
         """The archive's raw embedding of n_images images from their frozen trunk output (all flip
-        views; frozen_features, which the shared trunk's output is as shipped; None will do unless the
-        archive embeds trunk features) and pooled member features: no network pass of its own."""
+        views: frozen_features; None will do unless the archive embeds trunk features) and pooled
+        member features: no network pass of its own."""
         trunk = None if low is None else OODDetector.trunk_features(low, n_images)
         return raw_embedding(self.archive.embedding, trunk, {k: v.cpu() for k, v in pooled.items()})
 
@@ -324,13 +336,14 @@ class Predictor:
             # the OOD check and the archive read).
             fp = self._frozen_pass(x, outlines=True, reference=self.ood is not None or self._archive_reads_trunk,
                                    fine_stage=True)
-            per_image = self.pooled_features(x, fp.low, fp.views)
+            per_image, kept = self._upper_pass(x, fp.low, fp.views, keep=True)
             low = fp.low
             unflipped = None if low is None else low.view(n, len(low) // n, *low.shape[1:])[:, 0].clone()
             embedding = (self.embedding(fp.reference, per_image, n).mean(0, keepdim=True)
                          if self.archive is not None else None)
             whole = any(m.whole_network for m in self.models.values())
-            features = ImageFeatures(unflipped, {k: combined(p) for k, p in per_image.items()}, embedding=embedding,
+            features = ImageFeatures(unflipped, {k: combined(p) for k, p in per_image.items()}, kept=kept,
+                                     embedding=embedding,
                                      outlines=fp.outlines, stage=None if fp.stage is None else fp.stage.clone(),
                                      images=x.to(self.device).contiguous(memory_format=torch.channels_last)
                                      if whole else None)
@@ -397,25 +410,30 @@ class Predictor:
 
     def _cam(self, f: ImageFeatures, key: str, target: tuple[str, str | None], meta, method: str) -> tuple:
         """(heatmap of the first image, class, empty, method, [(heatmap, empty) of each further
-        image], versus) for target (class, the class it is contrasted with or None), from the kept
-        trunk output (and stage): the members' upper stages only; for whole-network members from
-        the kept image (each member's whole network once more, on the unflipped view). Maps of heads
+        image], versus) for target (class, the class it is contrasted with or None). Methods that
+        target only the members' last activation start from those kept from the prediction (pooling
+        and heads only); the fine methods from the kept trunk output and stage (the members' upper
+        stages once more), or for whole-network members from the kept image. Maps of heads
         whose gradients do not depend on the metadata (image-only, and additive fusion) are reused
         per target and method."""
         ens = self.models[key]
-        start = f.images if ens.whole_network else f.low
-        stage = None if ens.whole_network else f.stage
-        reusable = ens.head_kind in ADDITIVE_HEADS
         cls, versus = target
         cache_key = (key, cls, versus, method)
+        reusable = ens.head_kind in ADDITIVE_HEADS
         if reusable and cache_key in f.cams:
             maps = f.cams[cache_key]
         else:
-            maps = [gradcam(ens, start[i:i + 1], None if meta is None else meta.to(self.device),
-                            CLASSES.index(cls), (self.spec.height, self.spec.width), method=method,
-                            versus=None if versus is None else CLASSES.index(versus),
-                            stage=None if stage is None else stage[i:i + 1])
-                    for i in range(len(start))]
+            args = (None if meta is None else meta.to(self.device), CLASSES.index(cls),
+                    (self.spec.height, self.spec.width), method, None if versus is None else CLASSES.index(versus))
+            if f.kept is not None and not CAM_METHODS[method].trunk_stages:
+                # The members' last activations were kept from the prediction: pooling and heads only.
+                kept = f.kept[key]
+                maps = [gradcam_from_kept(ens, kept[:, i:i + 1], *args) for i in range(kept.shape[1])]
+            else:
+                start = f.images if ens.whole_network else f.low
+                stage = None if ens.whole_network else f.stage
+                maps = [gradcam(ens, start[i:i + 1], *args, stage=None if stage is None else stage[i:i + 1])
+                        for i in range(len(start))]
             if reusable:
                 f.cams[cache_key] = maps
         (heat, empty), rest = maps[0], maps[1:]

@@ -55,6 +55,16 @@ class Ensemble(nn.Module):
         member's pooled features (M, N, F)."""
         return torch.stack([m.upper(low) for m in self.members])
 
+    def pooled_and_kept(self, low: torch.Tensor, keep: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """pooled(low), and each member's last activation before pooling (what cam_target_layers
+        output) for the inputs at the indices `keep`: (M, N, F), (M, len(keep), C, h, w)."""
+        pooled, kept = [], []
+        for m in self.members:
+            a = m.last_activation(low)
+            pooled.append(m.backbone.global_pool(a))
+            kept.append(a[keep])
+        return torch.stack(pooled), torch.stack(kept)
+
     def member_logits(self, pooled: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
         """(M, N, F) pooled features and (N, META_DIM) metadata -> (M, N, classes) logits."""
         return torch.stack([m.head(p, meta) for m, p in zip(self.members, pooled)])

@@ -180,11 +180,16 @@ class LesionClassifier(nn.Module):
         b = self.backbone
         return b.blocks[:self.split_block](b.bn1(b.conv_stem(x)))
 
-    def upper(self, f: torch.Tensor) -> torch.Tensor:
+    def last_activation(self, f: torch.Tensor) -> torch.Tensor:
+        """Trunk output (whole networks: the image) -> the last activation before pooling, (N, C, h, w):
+        cam_target_layer's output."""
         b = self.backbone
         if self.whole_network:
-            return b.global_pool(b.bn2(b.conv_head(b.blocks(b.bn1(b.conv_stem(f))))))
-        return b.global_pool(b.bn2(b.conv_head(b.blocks[self.split_block:](f))))
+            return b.bn2(b.conv_head(b.blocks(b.bn1(b.conv_stem(f)))))
+        return b.bn2(b.conv_head(b.blocks[self.split_block:](f)))
+
+    def upper(self, f: torch.Tensor) -> torch.Tensor:
+        return self.backbone.global_pool(self.last_activation(f))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.upper(self.lower(x))
