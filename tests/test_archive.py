@@ -56,7 +56,7 @@ def test_an_archive_image_with_its_own_lesion_removed_never_returns_that_lesion(
         image = load_image(DATA, a.table["image_id"][row])
         x = predictor.image_tensor(image)[None]
         low = predictor.trunk_features(x)
-        raw = predictor.embedding(low, predictor.pooled_features(x, low), 1)
+        raw = predictor.embedding(predictor.frozen_features(x), predictor.pooled_features(x, low), 1)   # as analyze
         kept = a.similar(raw, SimilarQuery(16))
         assert kept.cases[0].image_id == a.table["image_id"][row] and kept.cases[0].similarity > 0.999
         removed = a.similar(raw, SimilarQuery(16), exclude_lesions=[lesion])

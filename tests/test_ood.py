@@ -79,7 +79,7 @@ def flags(predictor, images):
     det = OODDetector.load(WEIGHTS_DIR / "ood.safetensors")
     x = torch.stack([predictor.image_tensor(im) for im in images])
     with predictor._lock:
-        low = predictor.trunk_features(x)
+        low = predictor.frozen_features(x)   # the frozen ImageNet trunk's output, whatever the split
     from lesion_app.classifier.preprocess import unnormalise
     return det.flags(OODDetector.trunk_features(low, len(x)), unnormalise(x, predictor.spec)).tolist()
 

@@ -218,8 +218,12 @@ def test_a_heatmap_method_change_redraws_both_heatmaps_from_the_kept_features(ap
     assert a.fusion.probabilities == before.fusion.probabilities and a.fusion.cam_class == before.fusion.cam_class
     for side, note in ((a.fusion, v.fusion_note), (a.image_only, v.image_only_note)):
         assert side.cam_method == "LayerCAM" and out[note].startswith("LayerCAM for")
-    assert not np.allclose(a.fusion.cam, before.fusion.cam, atol=0.05)
-    assert not np.allclose(a.image_only.cam, before.image_only.cam, atol=0.05)
+    # The redrawn maps are LayerCAM's for this image (as a fresh analysis draws them), not the
+    # Grad-CAM maps kept: the two methods can agree closely on a lesion, so compare with both.
+    fresh = h.predictor.predictor.analyze(out[v.state].image, None, "unknown", "unknown", None, "LayerCAM")
+    for side, kept, again in ((a.fusion, before.fusion, fresh.fusion), (a.image_only, before.image_only, fresh.image_only)):
+        assert np.allclose(side.cam, again.cam, atol=1e-4)
+        assert not np.allclose(side.cam, kept.cam, atol=1e-4)
     with pytest.raises(gr.Error, match="Unknown heatmap method 'ScoreCAM'"):
         h.heatmap_changed(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, "ScoreCAM", out[v.state])
 

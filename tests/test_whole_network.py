@@ -31,6 +31,8 @@ SIZE = (192, 256)
 METADATA = (55, "male", "back")
 EXTRAS = ("ood", "archive", "segmentation", "reader_cases")   # the shipped files a bundle keeps
 LITE2 = "tf_efficientnet_lite2"
+SHIPPED_SPLIT = Manifest.load(WEIGHTS_DIR).member_split("fusion")   # where the shipped members' own stages start
+OTHER_SPLIT = 5 if SHIPPED_SPLIT == 4 else 4
 
 
 # ----------------------------------------------------------------------------- building bundles
@@ -135,7 +137,8 @@ def runs(tmp_path_factory, imagenet):
         d = root / "mixed" / f"fusion_fold{f}"
         d.mkdir()
         shutil.copyfile(WEIGHTS_DIR / entry["file"], d / "member.safetensors")
-        (d / "member.json").write_text(json.dumps({"split_block": 5, "n_train": 1, "train_seconds": 1.0,
+        (d / "member.json").write_text(json.dumps({"split_block": SHIPPED_SPLIT,
+                                                   "n_train": 1, "train_seconds": 1.0,
                                                    "oof_balanced_accuracy": 0.5}))
     return root
 
@@ -214,7 +217,7 @@ def assert_analysis(p: Predictor, shipped: Predictor, expected, image):
     assert any(abs(v) > 1e-4 for v in a.shap.contributions.values())
     # The segmenter and the OOD check read the frozen ImageNet trunk, as for the shipped weights.
     x = shipped.image_tensor(image)[None]
-    assert torch.allclose(p.frozen_features(x), shipped.trunk_features(x), atol=1e-4)
+    assert torch.allclose(p.frozen_features(x), shipped.frozen_features(x), atol=1e-4)
     assert a.lesion is not None and np.array_equal(a.lesion.mask, expected[0].lesion.mask)
     assert not ood_warnings(a) and not ood_warnings(expected[0])
     odd = ood_warnings(p.analyze(not_dermoscopic(), *METADATA))
@@ -241,12 +244,12 @@ def test_the_bundle_ships_each_kind_of_member_and_refuses_a_mixed_up_run(runs, t
     assert all(torch.equal(v.half(), load_file(out / "b.safetensors")[k]) for k, v in load_file(src).items()
                if v.is_floating_point())
     src = runs / "mixed" / "fusion_fold0" / "member.safetensors"
-    assert bundle.ship_member(src, out / "c.safetensors", 5) == 5
+    assert bundle.ship_member(src, out / "c.safetensors", SHIPPED_SPLIT) == SHIPPED_SPLIT
     assert (out / "c.safetensors").read_bytes() == src.read_bytes()
     # What member.json says must match the file; an ensemble's members must agree.
-    with pytest.raises(SystemExit, match=r"fusion_fold0/member.safetensors holds the upper stages from blocks\[5\], "
-                                         r"but its member.json says split_block 4"):
-        bundle.ship_member(src, out / "d.safetensors", 4)
+    with pytest.raises(SystemExit, match=rf"fusion_fold0/member.safetensors holds the upper stages from "
+                                         rf"blocks\[{SHIPPED_SPLIT}\], but its member.json says split_block {OTHER_SPLIT}"):
+        bundle.ship_member(src, out / "d.safetensors", OTHER_SPLIT)
     bad = tmp_path / "bad"
     shutil.copytree(runs / "split4", bad)
     shutil.copyfile(runs / "whole" / "image_only_fold0" / "member.safetensors",
@@ -362,10 +365,10 @@ def test_a_member_that_the_manifest_describes_otherwise_refuses_to_start_naming_
     weights, m = copy_bundle(bundles["whole"], tmp_path / "a")
     shutil.copyfile(WEIGHTS_DIR / "trunk.safetensors", weights / "trunk.safetensors")
     m["trunk"] = json.loads((WEIGHTS_DIR / "manifest.json").read_text())["trunk"]
-    m["models"]["image_only"]["split_block"] = 5
+    m["models"]["image_only"]["split_block"] = SHIPPED_SPLIT
     (weights / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(WeightsError, match=r"image_only_fold0\.safetensors holds a whole network .* describes it as "
-                                           r"the upper stages from blocks\[5\].*'whole_network'.*git checkout"):
+    with pytest.raises(WeightsError, match=rf"image_only_fold0\.safetensors holds a whole network .* describes it as "
+                                           rf"the upper stages from blocks\[{SHIPPED_SPLIT}\].*'whole_network'.*git checkout"):
         Predictor(weights)
     r = subprocess.run([sys.executable, "app.py"], cwd=REPO, capture_output=True, text=True, timeout=300,
                        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "LESION_APP_WEIGHTS": str(weights),
@@ -379,8 +382,9 @@ def test_a_member_that_the_manifest_describes_otherwise_refuses_to_start_naming_
         shutil.copyfile(WEIGHTS_DIR / src["file"], weights / entry["file"])
         entry["sha256"] = sha256_file(weights / entry["file"])
     (weights / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(WeightsError, match=r"fusion_fold0\.safetensors holds the upper stages from blocks\[5\] .* "
-                                           r"describes it as a whole network.*split_block 5"):
+    with pytest.raises(WeightsError, match=rf"fusion_fold0\.safetensors holds the upper stages from "
+                                           rf"blocks\[{SHIPPED_SPLIT}\] .* describes it as a whole network.*"
+                                           rf"split_block {SHIPPED_SPLIT}"):
         Predictor(weights)
 
     # A whole network whose file was replaced (another member's bytes): its hash says so.

@@ -153,8 +153,9 @@ class Predictor:
     @torch.inference_mode()
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> the frozen ImageNet trunk's output (conv_stem..blocks[4]) for every flip
-        view, (B * V, 112, h, w): what the OOD check and a trunk-feature archive read. The shared
-        trunk's output as shipped (split 5); otherwise computed as lesion_app.classifier.frozen says."""
+        view, (B * V, 112, h, w): what the OOD check and a trunk-feature archive read. A shared trunk
+        split at 5 gives it as is; otherwise it is computed as lesion_app.classifier.frozen says (the
+        shipped trunk, split at 4, continued by the frozen blocks[4])."""
         return self.frozen.run(self.views(x), reference=True)[1]
 
     @torch.inference_mode()
