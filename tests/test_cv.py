@@ -90,7 +90,7 @@ def test_the_trunk_runs_once_per_analysis_for_all_ten_members(predictor):
     hooks = [member.backbone.conv_stem.register_forward_hook(lambda *_: calls.append(1))
              for ens in predictor.models.values() for member in ens.members]
     upper = []
-    hooks += [member.backbone.conv_head.register_forward_hook(lambda *_: upper.append(1))
+    hooks += [member.backbone.blocks[-1].register_forward_hook(lambda *_: upper.append(1))
               for ens in predictor.models.values() for member in ens.members]
     try:
         image = load_upload(EXAMPLES / "images" / f"{pd.read_csv(EXAMPLES / 'metadata.csv').image_id[0]}.jpg")
@@ -99,7 +99,7 @@ def test_the_trunk_runs_once_per_analysis_for_all_ten_members(predictor):
         for h in hooks:
             h.remove()
     assert len(calls) == 1                # one batched pass of the 4 flip views, shared by everyone
-    assert len(upper) == 10               # each member's upper stages once: Grad-CAM starts from what they kept
+    assert len(upper) == 10               # each member's blocks once: Grad-CAM starts from their kept output
 
 
 def weights_copy(tmp_path):

@@ -200,9 +200,9 @@ class Predictor:
 
     def _upper_pass(self, x: torch.Tensor, low: torch.Tensor | None = None, views: torch.Tensor | None = None,
                     keep: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-        """pooled_features(x, low, views); with keep, also per kind each member's last activation
+        """pooled_features(x, low, views); with keep, also per kind each member's last block output
         on each image's unflipped view (M, B, C, h, w), from which the heatmaps are drawn without
-        running a stage again (lesion_app.evidence.gradcam.gradcam_from_kept)."""
+        running a block again (lesion_app.evidence.gradcam.gradcam_from_kept)."""
         out, kept = {}, {} if keep else None
         for k, m in self.models.items():
             if m.whole_network:
@@ -412,8 +412,8 @@ class Predictor:
     def _cam(self, f: ImageFeatures, key: str, target: tuple[str, str | None], meta, method: str) -> tuple:
         """(heatmap of the first image, class, empty, method, [(heatmap, empty) of each further
         image], versus) for target (class, the class it is contrasted with or None). Methods that
-        target only the members' last activation start from those kept from the prediction (pooling
-        and heads only); the fine methods from the kept trunk output and stage (the members' upper
+        target only the members' last activation start from their last block outputs kept from the
+        prediction (conv_head, pooling and heads only); the fine methods from the kept trunk output and stage (the members' upper
         stages once more), or for whole-network members from the kept image. Maps of heads
         whose gradients do not depend on the metadata (image-only, and additive fusion) are reused
         per target and method."""
@@ -427,7 +427,7 @@ class Predictor:
             args = (None if meta is None else meta.to(self.device), CLASSES.index(cls),
                     (self.spec.height, self.spec.width), method, None if versus is None else CLASSES.index(versus))
             if f.kept is not None and not CAM_METHODS[method].trunk_stages:
-                # The members' last activations were kept from the prediction: pooling and heads only.
+                # The members' last block outputs were kept from the prediction: no block runs again.
                 kept = f.kept[key]
                 maps = [gradcam_from_kept(ens, kept[:, i:i + 1], *args) for i in range(kept.shape[1])]
             else:

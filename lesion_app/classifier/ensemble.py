@@ -56,13 +56,14 @@ class Ensemble(nn.Module):
         return torch.stack([m.upper(low) for m in self.members])
 
     def pooled_and_kept(self, low: torch.Tensor, keep: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """pooled(low), and each member's last activation before pooling (what cam_target_layers
-        output) for the inputs at the indices `keep`: (M, N, F), (M, len(keep), C, h, w)."""
+        """pooled(low), and each member's last block's output for the inputs at the indices `keep`
+        (the heatmaps start there: lesion_app.evidence.gradcam.gradcam_from_kept):
+        (M, N, F), (M, len(keep), C, h, w)."""
         pooled, kept = [], []
         for m in self.members:
-            a = m.last_activation(low)
-            pooled.append(m.backbone.global_pool(a))
-            kept.append(a[keep])
+            s = m.last_block(low)
+            pooled.append(m.pooled_from_last_block(s))
+            kept.append(s[keep])
         return torch.stack(pooled), torch.stack(kept)
 
     def member_logits(self, pooled: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:

@@ -3,16 +3,16 @@ that run on one, and the frozen ImageNet stages that the lesion segmenter, the O
 similar-cases archive's trunk features were fitted on.
 
 Those three read the frozen ImageNet network up to REFERENCE_SPLIT (conv_stem..blocks[4], stride
-16, 112 channels: the trunk shipped before Model v3): the segmenter its blocks[1..3] (segmenter.STAGES), the OOD
-check and the archive's "trunk_mean" embedding its output. They keep reading it whatever the
-members are:
+16, 112 channels: the trunk shipped before Model v3): the segmenter its blocks[1..3]
+(segmenter.STAGES), the OOD check and the archive's "trunk_mean" embedding its output. They keep
+reading it whatever the members are:
 
 - shared trunk at split 5 (the release before Model v3): everything comes from the one trunk pass,
   at no extra cost;
 - shared trunk at another split s: the trunk pass gives blocks[:s]; the stages past it that are
   needed (blocks[s..4]) continue from the trunk's output with the frozen ImageNet blocks, once per
-  batch (at split 4, what ships: blocks[4] over the 4 flip views, about a third of a trunk pass); a trunk past
-  split 5 passes blocks[4] on its way and costs nothing more;
+  batch (at split 4, what ships: blocks[4] over the 4 flip views, about a third of a trunk pass);
+  a trunk past split 5 passes blocks[4] on its way and costs nothing more;
 - no shared trunk (every member holds its whole network): the frozen ImageNet conv_stem..blocks[4]
   run once per batch over the 4 flip views, only when a segmenter, an OOD check or a trunk-feature
   archive needs them (about 0.05-0.06 s per image on the 2-core CPU, as the shared trunk costs).

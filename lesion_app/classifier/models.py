@@ -180,16 +180,20 @@ class LesionClassifier(nn.Module):
         b = self.backbone
         return b.blocks[:self.split_block](b.bn1(b.conv_stem(x)))
 
-    def last_activation(self, f: torch.Tensor) -> torch.Tensor:
-        """Trunk output (whole networks: the image) -> the last activation before pooling, (N, C, h, w):
-        cam_target_layer's output."""
+    def last_block(self, f: torch.Tensor) -> torch.Tensor:
+        """Trunk output (whole networks: the image) -> the last block's output, (N, C, h, w)."""
         b = self.backbone
         if self.whole_network:
-            return b.bn2(b.conv_head(b.blocks(b.bn1(b.conv_stem(f)))))
-        return b.bn2(b.conv_head(b.blocks[self.split_block:](f)))
+            return b.blocks(b.bn1(b.conv_stem(f)))
+        return b.blocks[self.split_block:](f)
+
+    def pooled_from_last_block(self, s: torch.Tensor) -> torch.Tensor:
+        """The last block's output -> pooled features: conv_head, bn2 (cam_target_layer), pooling."""
+        b = self.backbone
+        return b.global_pool(b.bn2(b.conv_head(s)))
 
     def upper(self, f: torch.Tensor) -> torch.Tensor:
-        return self.backbone.global_pool(self.last_activation(f))
+        return self.pooled_from_last_block(self.last_block(f))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.upper(self.lower(x))

@@ -3,8 +3,9 @@ fused over the trunk's finer stages), for the image-only and the fusion ensemble
 empty-map rule, the library's methods; a map of one class, or of one class rather than another.
 
 The methods that target only each member's last activation (Grad-CAM, Grad-CAM++, LayerCAM) start
-from those activations kept from the prediction (gradcam_from_kept): pooling and heads only, the
-same maps as a pass from the trunk's output (gradcam), for about a sixth of its time. LayerCAM
+from each member's last block output kept from the prediction (gradcam_from_kept): conv_head, the
+target layer, pooling and heads only, the same maps as a pass from the trunk's output (gradcam),
+for about a sixth of its time. LayerCAM
 (fine) starts from the trunk's output and stage kept from the prediction (the trunk never runs
 again); for whole-network members from the image, each member's whole network once more on the
 unflipped view. The backward pass stops at the target layers."""
@@ -80,28 +81,20 @@ class FixedMetadata(nn.Module):
         return self.model.head_logits(self.model.pooled(low), meta)
 
 
-class KeptActivations(nn.Module):
-    """Presents an ensemble's pooling and heads as a one-input model over its members' last
-    activations kept from the prediction (Ensemble.pooled_and_kept), metadata held fixed: no
-    backbone stage runs again. The input is (N, M, C, h, w), member by member; each member's
-    activation passes through its own tap, a layer a CAM targets where the graph starts. For the
-    methods that target only the members' last activation this gives FixedMetadata's maps."""
+class KeptBlocks(nn.Module):
+    """Presents an ensemble's last layers and heads as a one-input model over its members' last
+    block outputs kept from the prediction (Ensemble.pooled_and_kept), metadata held fixed: each
+    member runs only conv_head, bn2 (its CAM target layer), pooling and its head. The input is
+    (N, M, C, h, w), member by member, members run one after the other as in FixedMetadata."""
 
     def __init__(self, model: Ensemble, meta: torch.Tensor | None):
         super().__init__()
         self.model, self.meta = model, meta
-        self.taps = nn.ModuleList(_GraphStart() for _ in model.members)
 
     def forward(self, x):
-        pooled = torch.stack([m.backbone.global_pool(tap(x[:, i]))
-                              for i, (m, tap) in enumerate(zip(self.model.members, self.taps))])
+        pooled = torch.stack([m.pooled_from_last_block(x[:, i].detach()) for i, m in enumerate(self.model.members)])
         meta = None if self.meta is None else self.meta.expand(len(x), -1)
         return self.model.head_logits(pooled, meta)
-
-
-class _GraphStart(nn.Module):
-    def forward(self, t):
-        return t.detach().requires_grad_()
 
 
 class ContrastTarget:
@@ -258,17 +251,23 @@ def gradcam(model: Ensemble, low: torch.Tensor, meta: torch.Tensor | None, class
 def gradcam_from_kept(model: Ensemble, kept: torch.Tensor, meta: torch.Tensor | None, class_index: int,
                       size: tuple[int, int], method: str = DEFAULT_CAM_METHOD,
                       versus: int | None = None) -> tuple[np.ndarray, bool]:
-    """gradcam's map for one image from its members' kept last activations (M, 1, C, h, w)
-    (Ensemble.pooled_and_kept on its unflipped view): the pooling and heads only, so it costs
-    about nothing. Only for the methods that target nothing but those activations (not
-    trunk_stages); the maps are gradcam's."""
+    """gradcam's map for one image from its members' kept last block outputs (M, 1, C, h, w)
+    (Ensemble.pooled_and_kept on its unflipped view): conv_head, bn2, pooling and heads only, so
+    it costs about nothing. Only for the methods that target nothing but the members' last
+    activation (not trunk_stages); the maps are gradcam's."""
     if method not in CAM_METHODS:
         raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
     kind = CAM_METHODS[method]
     if kind.trunk_stages:
         raise ValueError(f"{method} also targets the trunk's stages: use gradcam")
-    wrapper = KeptActivations(model, meta)
-    return _map(kind(wrapper, list(wrapper.taps), size), kept.transpose(0, 1), class_index, versus)
+    wrapper = KeptBlocks(model, meta)
+    layers = kind.layers(wrapper)
+    cut = [layer.register_forward_hook(graph_starts_here) for layer in layers]
+    try:
+        return _map(kind(wrapper, layers, size), kept.transpose(0, 1), class_index, versus)
+    finally:
+        for handle in cut:
+            handle.remove()
 
 
 def _map(cam: ImageSizedCAM, x: torch.Tensor, class_index: int, versus: int | None) -> tuple[np.ndarray, bool]:

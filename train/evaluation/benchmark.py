@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lesion_app.evidence.archive import SimilarQuery
-from lesion_app.evidence.gradcam import gradcam
+from lesion_app.evidence.gradcam import gradcam, gradcam_from_kept
 from lesion_app.evidence.lesion import lesion_findings
 from lesion_app.files.image_input import load_upload
 from lesion_app.evidence.ood import OODDetector
@@ -58,6 +58,8 @@ def bench_predictor(repeats: int) -> None:
     reference = p.frozen_features(x)   # what the OOD check and the archive read (the trunk's output as shipped)
     pooled = p.pooled_features(x, low)
     rows = coalition_rows(meta, p.absent_row)
+    with torch.inference_mode():   # what an analysis keeps of the unflipped view for its heatmaps
+        kept = {k: m.pooled_and_kept(low, [0])[1].clone() for k, m in p.models.items()}
     size = (p.spec.height, p.spec.width)
     raw = p.embedding(reference, pooled, 1) if p.archive is not None else None
     stage = p.trunk_and_outlines(x)[2].clone()   # the trunk's stride-8 stage, where the fine heatmaps start
@@ -79,10 +81,12 @@ def bench_predictor(repeats: int) -> None:
         "image-only ensemble heads": lambda: p.head_probabilities("image_only", pooled["image_only"], meta[None]),
         "SHAP (8 coalitions, exact)": shap,
         "OOD check": lambda: p.ood.score(OODDetector.trunk_features(reference, 1)) if p.ood else None,
-        f"Grad-CAM fusion ({n['fusion']} members, 1 backward)":
+        f"Grad-CAM fusion ({n['fusion']} members, from the kept block outputs)":
+            lambda: gradcam_from_kept(p.models["fusion"], kept["fusion"], meta[None], 4, size),
+        f"Grad-CAM image-only ({n['image_only']} members, from the kept block outputs)":
+            lambda: gradcam_from_kept(p.models["image_only"], kept["image_only"], None, 4, size),
+        "Grad-CAM fusion, from the trunk output (upper stages again)":
             lambda: gradcam(p.models["fusion"], low[:1].clone(), meta[None], 4, size),
-        f"Grad-CAM image-only ({n['image_only']} members, 1 backward)":
-            lambda: gradcam(p.models["image_only"], low[:1].clone(), None, 4, size),
         "LayerCAM (fine) fusion (from the stride-8 stage)":
             lambda: gradcam(p.models["fusion"], low[:1].clone(), meta[None], 4, size, "LayerCAM (fine)", stage=stage),
         "LayerCAM (fine) image-only (from the stride-8 stage)":
