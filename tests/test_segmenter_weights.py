@@ -71,3 +71,21 @@ def test_an_image_the_ood_check_flags_gets_its_outline_read_with_care():
     assert p.with_metadata(a, 30, "female", "face").lesion.warnings[0] == OUTLINE_CAVEAT
     ok = p.analyze(load_upload(EXAMPLES / "images" / "ISIC_0024394.jpg"), 55, "male", "back")
     assert OUTLINE_CAVEAT not in ok.lesion.warnings and "Read with care" not in lesion_markdown(ok)
+
+
+def test_a_metadata_change_keeps_the_outlines_measures_and_takes_only_the_heatmaps_share_again(monkeypatch):
+    """The measures depend on the outline and the image only: the analysis takes them once, a
+    metadata change reuses them (the live what-if stays cheap) and gives the same figures."""
+    from lesion_app.evidence import lesion as lesion_module
+    p = Predictor()
+    taken = []
+    for name, fn in list(lesion_module.MEASURES.items()):   # the real measures, counted
+        monkeypatch.setitem(lesion_module.MEASURES, name, lambda m, rgb, fn=fn, name=name: taken.append(name) or fn(m, rgb))
+    a = p.analyze(load_upload(EXAMPLES / "images" / "ISIC_0024394.jpg"), 55, "male", "back")
+    assert sorted(taken) == sorted(lesion_module.MEASURES)
+    b = p.with_metadata(a, 20, "female", "face", cam_class="bcc")   # another heatmap too
+    assert sorted(taken) == sorted(lesion_module.MEASURES)           # none taken again
+    first, again = a.to_report()["lesion"], b.to_report()["lesion"]
+    for key in ("area_share", "asymmetry", "border", "colours"):
+        assert again[key] == first[key]
+    assert b.fusion.cam_class == "bcc" and again["attention_inside"]["fusion"] != first["attention_inside"]["fusion"]

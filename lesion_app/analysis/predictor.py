@@ -471,7 +471,7 @@ class Predictor:
         parsed = {"age": parse_age(age), "sex": parse_choice(sex, SEXES, "sex"), "site": parse_choice(site, SITES, "site")}
         lesion = None if f.outlines is None else lesion_findings(
             f.outlines[0], images_rgb[0], {"fusion": fusion_result.cam, "image_only": image_only.cam},
-            self.manifest.segmentation, f.unlike_dermoscopy)
+            self.manifest.segmentation, f.unlike_dermoscopy, measured=f.measured)
         return Analysis(
             lesion=lesion, image=images_rgb[0], extra_images=list(images_rgb[1:]), repeated=list(repeated),
             warnings=list(warnings) + (lesion.warnings if lesion is not None else []), fusion=fusion_result,

@@ -66,6 +66,7 @@ class ImageFeatures:
     images: object = None            # torch.Tensor (images, 3, H, W): each unflipped view, kept for the
                                      # heatmaps of whole-network members (None when there are none)
     unlike_dermoscopy: bool = False  # the OOD check flagged the first image (its outline may be no lesion)
+    measured: dict = field(default_factory=dict)   # the first image's outline measures, once taken
 
 
 @dataclass

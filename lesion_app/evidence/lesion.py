@@ -186,19 +186,24 @@ OUTLINE_CAVEAT = ("The image does not look like dermoscopy (see the warning abov
 
 
 def lesion_findings(outline: np.ndarray, rgb: np.ndarray, cams: dict[str, np.ndarray],
-                    entry: dict | None, unlike_dermoscopy: bool = False) -> LesionFindings:
+                    entry: dict | None, unlike_dermoscopy: bool = False,
+                    measured: dict | None = None) -> LesionFindings:
     """The outline of one image (bool (H, W), rgb the image the models saw), its measures and how
     much of each model's heatmap (cams: kind -> (H, W) map) lies inside it. entry: the manifest's
     segmentation entry, whose `reference` holds the archive's quartiles of each measure by class
     and `attention` the warning's rule: the share inside under `threshold` and, when given, the
     map's mean inside over its mean outside under `ratio_under` (train.evaluation.attention).
     unlike_dermoscopy: the OOD check flagged the image; a found outline's warnings then start with
-    OUTLINE_CAVEAT."""
+    OUTLINE_CAVEAT. measured: this outline's measures (`measure`) when already taken, or an empty
+    dict that receives them: they depend on the outline and the image only, so a metadata change
+    takes only the heatmaps' share again."""
     entry = entry or {}
     reason = no_lesion_reason(outline)
     if reason:
         return LesionFindings(mask=outline, found=False, warnings=[reason])
-    m = measure(outline, rgb)
+    m = measured or measure(outline, rgb)
+    if measured is not None and not measured:
+        measured.update(m)
     inside = {k: attention_inside(c, outline) for k, c in cams.items()}
     ratio = {k: attention_ratio(c, outline) for k, c in cams.items()}
     rule = entry.get("attention") or {}
