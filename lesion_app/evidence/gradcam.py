@@ -228,9 +228,7 @@ def gradcam(model: Ensemble, low: torch.Tensor, meta: torch.Tensor | None, class
     target the trunk's stages start (without it they use the stages from low on); unused for
     whole-network members, whose own stages (WHOLE_FINE_BLOCKS) those methods target.
     Returns (map in [0, 1] of size (H, W), empty)."""
-    if method not in CAM_METHODS:
-        raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
-    kind = CAM_METHODS[method]
+    kind = _method(method)
     whole = model.whole_network
     from_stage = kind.trunk_stages and stage is not None and not whole
     wrapper = FixedMetadata(model, meta, FINE_STAGE_BLOCK + 1 if from_stage else None,
@@ -240,12 +238,7 @@ def gradcam(model: Ensemble, low: torch.Tensor, meta: torch.Tensor | None, class
     # each member's first finer stage (the image needs no gradient); from the input otherwise.
     starts = ([m.backbone.blocks[WHOLE_FINE_BLOCKS[0]] for m in model.members] if whole and kind.trunk_stages
               else [] if kind.trunk_stages else layers)
-    cut = [layer.register_forward_hook(graph_starts_here) for layer in starts]
-    try:
-        return _map(kind(wrapper, layers, size), stage if from_stage else low, class_index, versus)
-    finally:
-        for handle in cut:
-            handle.remove()
+    return _map(kind, wrapper, layers, starts, size, stage if from_stage else low, class_index, versus)
 
 
 def gradcam_from_kept(model: Ensemble, kept: torch.Tensor, meta: torch.Tensor | None, class_index: int,
@@ -255,27 +248,33 @@ def gradcam_from_kept(model: Ensemble, kept: torch.Tensor, meta: torch.Tensor | 
     (Ensemble.pooled_and_kept on its unflipped view): conv_head, bn2, pooling and heads only, so
     it costs about nothing. Only for the methods that target nothing but the members' last
     activation (not trunk_stages); the maps are gradcam's."""
-    if method not in CAM_METHODS:
-        raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
-    kind = CAM_METHODS[method]
+    kind = _method(method)
     if kind.trunk_stages:
         raise ValueError(f"{method} also targets the trunk's stages: use gradcam")
     wrapper = KeptBlocks(model, meta)
     layers = kind.layers(wrapper)
-    cut = [layer.register_forward_hook(graph_starts_here) for layer in layers]
+    return _map(kind, wrapper, layers, layers, size, kept.transpose(0, 1), class_index, versus)
+
+
+def _method(method: str) -> type[ImageSizedCAM]:
+    if method not in CAM_METHODS:
+        raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
+    return CAM_METHODS[method]
+
+
+def _map(kind: type[ImageSizedCAM], wrapper: nn.Module, layers: list[nn.Module], starts: list[nn.Module],
+         size: tuple[int, int], x: torch.Tensor, class_index: int, versus: int | None) -> tuple[np.ndarray, bool]:
+    """kind's map of class_index (rather than versus) for the one input x of wrapper, targeting
+    layers, the graph starting at the outputs of `starts` (graph_starts_here): (map, empty)."""
+    target = ClassifierOutputTarget(class_index) if versus is None else ContrastTarget(class_index, versus)
+    cut = [layer.register_forward_hook(graph_starts_here) for layer in starts]   # before the CAM's own hooks
     try:
-        return _map(kind(wrapper, layers, size), kept.transpose(0, 1), class_index, versus)
+        with torch.enable_grad(), kind(wrapper, layers, size) as cam:
+            heat = cam(x, targets=[target])[0]
+            empty = cam.empty
     finally:
         for handle in cut:
             handle.remove()
-
-
-def _map(cam: ImageSizedCAM, x: torch.Tensor, class_index: int, versus: int | None) -> tuple[np.ndarray, bool]:
-    """One CAM's map of class_index (rather than versus) for the one input x: (map, empty)."""
-    target = ClassifierOutputTarget(class_index) if versus is None else ContrastTarget(class_index, versus)
-    with torch.enable_grad(), cam:
-        heat = cam(x, targets=[target])[0]
-        empty = cam.empty
     return (np.zeros_like(heat) if empty else heat), empty
 
 
