@@ -11,18 +11,18 @@ from train.evaluation import compare_runs
 from train.evaluation.metrics import balanced_accuracy, softmax
 
 
-def write_run(root, name, logits: np.ndarray, ids, temperature=1.0, seconds=10.0):
-    """A finished train.fitting.cv folder holding these out-of-fold logits for both kinds."""
+def write_run(root, name, logits: np.ndarray, ids, temperature=1.0, seconds=10.0, kinds=("fusion", "image_only")):
+    """A finished train.fitting.cv folder holding these out-of-fold logits for kinds (both by default)."""
     run = root / name
-    for k in ("fusion", "image_only"):
+    for k in kinds:
         for f in range(2):
             (run / f"{k}_fold{f}").mkdir(parents=True)
             (run / f"{k}_fold{f}" / "member.json").write_text(json.dumps({"train_seconds": seconds}))
     frames = [pd.DataFrame(logits, columns=LOGIT_COLUMNS).assign(image_id=ids, fold=0, model=k)
-              for k in ("fusion", "image_only")]
+              for k in kinds]
     pd.concat(frames).to_csv(run / "oof_logits.csv", index=False)
     (run / "cv.json").write_text(json.dumps({
-        "out_of_fold": {k: {"temperature": temperature} for k in ("fusion", "image_only")},
+        "out_of_fold": {k: {"temperature": temperature} for k in kinds},
         "wall_time_seconds": {"feature_cache": 5.0}, "split_block": 4, "device": "cpu (2 threads)",
         "recipe": {"mel_margin_weight": 0.5}}))
     return run
@@ -84,6 +84,28 @@ def test_the_command_writes_the_tables_and_refuses_runs_on_other_images(case, ca
     (case["b"] / "cv.json").unlink()
     with pytest.raises(SystemExit, match="not a finished train.fitting.cv run"):
         compare_runs.main([str(case["a"]), str(case["b"]), "--folds", str(folds), "--out", str(out)])
+
+
+def test_a_run_whose_image_only_members_are_training_is_judged_on_its_fusion_ensemble(case):
+    """train.fitting.cv --kinds fusion leaves a run with fusion members only: the full comparison
+    names what is missing, and --kinds fusion compares the ensembles the criterion reads."""
+    out, folds = case["root"] / "fusion.md", case["root"] / "folds.csv"
+    case["folds"].to_csv(folds, index=False)
+    partial = write_run(case["root"], "partial", case["better"], case["ids"], kinds=("fusion",))
+    args = [str(case["a"]), str(partial), "--folds", str(folds), "--n-boot", "50", "--out", str(out)]
+    with pytest.raises(SystemExit, match="no out-of-fold image_only ensemble"):
+        compare_runs.main(args)
+    assert compare_runs.main(args + ["--kinds", "fusion"]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert list(result["kinds"]) == ["fusion"]
+    full = compare_runs.compare([compare_runs.load_run(str(case["a"])), compare_runs.load_run(str(case["b"]))],
+                                case["folds"], n_boot=50)
+    assert result["kinds"]["fusion"]["paired_differences"]["partial"] == full["kinds"]["fusion"]["paired_differences"]["b"]
+    assert result["meets_criterion"]["partial"] == full["meets_criterion"]["b"]
+    text = out.read_text()
+    assert "## fusion" in text and "## image-only" not in text and "Only the fusion ensembles" in text
+    with pytest.raises(SystemExit):   # the criterion cannot be read without the fusion ensembles
+        compare_runs.main(args + ["--kinds", "image_only"])
 
 
 def test_the_release_itself_is_a_baseline_and_equals_its_own_logits(tmp_path):

@@ -3,7 +3,7 @@ lesion-bootstrap 95% CIs, the paired difference of each against a baseline, and 
 selection criterion applied to them.
 
     python -m train.evaluation.compare_runs BASELINE RUN [RUN ...] [--folds train/splits/ham10000_folds.csv]
-        [--n-boot 1000] [--out reports/variants.md]
+        [--n-boot 1000] [--kinds fusion image_only] [--out reports/variants.md]
 
 A run is a train.fitting.cv folder (oof_logits.csv, cv.json, times.json, <kind>_fold<k>/member.json);
 BASELINE may also be `shipped`: the release's own out-of-fold logits (reports/oof_logits.csv, which
@@ -12,7 +12,9 @@ the release as committed at git revision REV (so a release that has since been r
 baseline: `shipped@01f8248` is the recipe Model v3's variants were chosen against). Every run must
 score the same images (the same folds). Each kind's probabilities are softmax(logits / T) with the
 run's own out-of-fold temperature, as the release serves them. All runs share one set of lesion
-resamples, so the differences are paired. Writes OUT (.md) and OUT with .json.
+resamples, so the differences are paired. Writes OUT (.md) and OUT with .json. `--kinds fusion`
+compares the fusion ensembles alone (all the criterion reads), so a run can be judged while its
+image-only members are still training.
 """
 from __future__ import annotations
 
@@ -88,7 +90,7 @@ def committed(rev: str, path: Path) -> str:
     return r.stdout
 
 
-def load_release(rev: str | None) -> Run:
+def load_release(rev: str | None, kinds=MODEL_KEYS) -> Run:
     """The release's out-of-fold logits and manifest: as in the working tree (rev None), or as
     committed at git revision rev."""
     manifest, logits = WEIGHTS_DIR / "manifest.json", REPO / "reports" / "oof_logits.csv"
@@ -100,39 +102,47 @@ def load_release(rev: str | None) -> Run:
     # Named by its run, so the tables stay true once another release has replaced it.
     shipped = m.selection["shipped"] if m.selection else "the release"
     return Run(f"{shipped} (shipped)" if rev is None else f"{shipped} (shipped at {rev})", oof,
-               {k: m.temperature(k) for k in MODEL_KEYS},
+               {k: m.temperature(k) for k in kinds},
                {"split_block": m.models["fusion"].get("split_block"), "backbone": m.backbone},
                dict(m.training_wall_time_seconds or {}), m.hardware or "unknown")
 
 
-def load_run(spec: str) -> Run:
+def load_run(spec: str, kinds=MODEL_KEYS) -> Run:
     """A train.fitting.cv folder, `shipped` (the release's out-of-fold logits and manifest), or
-    `shipped@REV` (the release as committed at git revision REV)."""
+    `shipped@REV` (the release as committed at git revision REV); SystemExit when a folder has no
+    out-of-fold figures for one of kinds."""
     if spec == SHIPPED or spec.startswith(SHIPPED + "@"):
-        return load_release(spec.partition("@")[2] or None)
+        return load_release(spec.partition("@")[2] or None, kinds)
     run = Path(spec)
     if not (run / "oof_logits.csv").is_file() or not (run / "cv.json").is_file():
         raise SystemExit(f"error: {run} is not a finished train.fitting.cv run (no oof_logits.csv or cv.json): "
                          "run the same train.fitting.cv command again until every member is trained")
     cv = json.loads((run / "cv.json").read_text())
+    missing = [k for k in kinds if k not in cv.get("out_of_fold", {})]
+    if missing:
+        raise SystemExit(f"error: {run} has no out-of-fold {', '.join(missing)} ensemble (its cv.json): run its "
+                         "train.fitting.cv command again with every kind, or compare only what it has with --kinds")
     times = dict(cv.get("wall_time_seconds", {}))
-    for kind in MODEL_KEYS:
+    for kind in kinds:
         members = sorted(run.glob(f"{kind}_fold*/member.json"))
         times[f"{kind}_members"] = round(sum(json.loads(f.read_text())["train_seconds"] for f in members), 1)
     times["total"] = round(sum(times.values()), 1)
     return Run(run.name, read_logits(run / "oof_logits.csv"),
-               {k: cv["out_of_fold"][k]["temperature"] for k in MODEL_KEYS},
+               {k: cv["out_of_fold"][k]["temperature"] for k in kinds},
                {"split_block": cv.get("split_block"), "backbone": cv.get("arch", ARCH),
                 **{k: v for k, v in cv.get("recipe", {}).items() if k in ("mel_margin_weight", "follow_up_weight")}},
                times, cv.get("device", "unknown"))
 
 
-def compare(runs: list[Run], folds: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Per kind and run: each metric with its CI; per kind and run after the first, each metric's
-    paired difference against the first with its CI. Every run must hold the same images."""
-    ids = sorted(runs[0].logits.loc[runs[0].logits["model"] == MODEL_KEYS[0], "image_id"])
+def compare(runs: list[Run], folds: pd.DataFrame, n_boot: int = 1000, seed: int = 0, kinds=MODEL_KEYS) -> dict:
+    """Per kind (of kinds, which must hold the criterion's fusion) and run: each metric with its
+    CI; per kind and run after the first, each metric's paired difference against the first with
+    its CI. Every run must hold the same images."""
+    if "fusion" not in kinds:
+        raise ValueError("the criterion reads the fusion ensembles: kinds must include fusion")
+    ids = sorted(runs[0].logits.loc[runs[0].logits["model"] == kinds[0], "image_id"])
     for r in runs[1:]:
-        for kind in MODEL_KEYS:
+        for kind in kinds:
             if sorted(r.logits.loc[r.logits["model"] == kind, "image_id"]) != ids:
                 raise SystemExit(f"error: {r.name} scores other images than {runs[0].name} ({kind}): "
                                  "the runs must use the same folds")
@@ -140,7 +150,7 @@ def compare(runs: list[Run], folds: pd.DataFrame, n_boot: int = 1000, seed: int 
     y = table["dx"].map(CLASSES.index).to_numpy()
     samples = resample_rows(y, table["lesion_id"].to_numpy(), n_boot, seed)
     out = {"n_images": len(ids), "n_lesions": int(table["lesion_id"].nunique()), "n_boot": len(samples), "kinds": {}}
-    for kind in MODEL_KEYS:
+    for kind in kinds:
         probs = [r.probabilities(kind, ids) for r in runs]
         values = {r.name: {} for r in runs}
         diffs = {r.name: {} for r in runs[1:]}
@@ -191,7 +201,12 @@ def about(result: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = ["# Recipe variants, out-of-fold (issue 24)", "", about(result), "", *kind_tables(result)]
+    lines = ["# Recipe variants, out-of-fold (issue 24)", "", about(result), ""]
+    if set(result["kinds"]) != set(MODEL_KEYS):
+        lines += [f"Only the {' and '.join(k.replace('_', '-') for k in result['kinds'])} ensembles are compared "
+                  "(`--kinds`): the criterion reads the fusion ensembles alone. A run folder's wall times count "
+                  "the members of those kinds only; the release's are its whole recipe's.", ""]
+    lines += kind_tables(result)
     lines += ["## Wall time (seconds)", "", "| run | device | part | seconds |", "|---|---|---|---|"]
     for name, r in result["runs"].items():
         for part, s in r["wall_time_seconds"].items():
@@ -212,12 +227,17 @@ def main(argv=None):
     p.add_argument("runs", nargs="+", help="train.fitting.cv folders, compared against the baseline")
     p.add_argument("--folds", type=Path, default=DEFAULT_FOLDS)
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--kinds", nargs="+", default=list(MODEL_KEYS), choices=MODEL_KEYS,
+                   help="the ensembles to compare (default both); the criterion reads fusion, so it must be one")
     p.add_argument("--out", type=Path, default=REPO / "reports" / "variants.md")
     a = p.parse_args(argv)
-    runs = [load_run(s) for s in (a.baseline, *a.runs)]
+    if "fusion" not in a.kinds:
+        p.error("--kinds must include fusion: the criterion reads the fusion ensembles")
+    kinds = tuple(k for k in MODEL_KEYS if k in a.kinds)
+    runs = [load_run(s, kinds) for s in (a.baseline, *a.runs)]
     if len({r.name for r in runs}) != len(runs):
         p.error("two runs have the same folder name; name each run's folder differently")
-    result = compare(runs, load_folds(a.folds), a.n_boot)
+    result = compare(runs, load_folds(a.folds), a.n_boot, kinds=kinds)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     a.out.write_text(markdown(result))
