@@ -58,11 +58,8 @@ def main() -> None:
     # Uploads that are never analysed are deleted after ttl seconds (analysed ones are deleted
     # as soon as they are read); the bundled examples' cached copies stay for example clicks.
     # Started after launch: a sweep removes empty folders, and must not race Gradio making its own.
-    try:
-        uploads.start_sweeper(ttl, example_digests())
-        demo.block_thread()
-    except KeyboardInterrupt:   # SIGINT before block_thread (which handles it itself): the same clean stop
-        demo.close()
+    uploads.start_sweeper(ttl, example_digests())
+    demo.block_thread()  # until SIGTERM or SIGINT: removes the folder, then ends the process at once
 
 
 if __name__ == "__main__":

@@ -221,3 +221,36 @@ def test_the_same_image_given_twice_leaves_nothing_after_sigterm(tmp_path):
     assert server_pdfs(host) == [] and list(host.glob("lesion-app-*")) == []
     assert files_holding(host, image.read_bytes()) == []
     assert code == 0, app.output[-2000:]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_during_an_analysis_is_clean_and_leaves_nothing(tmp_path, sig):
+    """Stopped while an analysis runs (a Space restarting under load): the app exits 0, not
+    aborted by a thread still inside torch at shutdown, and leaves nothing of the patient."""
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+    image = tmp_path / "client" / "patient.png"
+    image.parent.mkdir()
+    image.write_bytes(patient_bytes())
+    host = tmp_path / "host"
+    host.mkdir()
+    app = AppServer({"LESION_UPLOAD_TTL_S": "600"}, tmpdir=host)
+    code = None
+    try:
+        client = Client(app.url, verbose=False, download_files=False)
+        three = [handle_file(str(image))] * 2   # with the main image: a longer, three-image analysis
+        args = (handle_file(str(image)), "61", "female", "back", None, None, None, three)
+        jobs = [client.submit(*args, api_name="/report") for _ in range(3)]
+        deadline = time.time() + 120
+        while not any(j.status().code == Status.PROCESSING for j in jobs) and time.time() < deadline:
+            time.sleep(0.02)
+        assert any(j.status().code == Status.PROCESSING for j in jobs), "no analysis started"
+        assert not all(j.done() for j in jobs)
+        code = app.stop(sig)
+    finally:
+        if code is None:
+            app.stop()
+    assert code == 0, app.output[-2000:]
+    assert "terminate called" not in app.output
+    assert list(host.glob("lesion-app-*")) == []
+    assert files_holding(host, image.read_bytes()) == []

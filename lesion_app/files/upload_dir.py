@@ -10,9 +10,11 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -136,6 +138,22 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
+def exit_now(code: int) -> None:
+    """Ends the process at once, skipping the interpreter's shutdown (atexit and finalisation).
+
+    Gradio runs requests in daemon threads. One still inside torch when the interpreter shuts
+    down (an analysis in flight, or only the freeing of its tensors) is ended by force there,
+    and that aborts the process: "terminate called without an active exception", status -6.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 class UploadDir:
     """A folder private to this process, for Gradio's uploads (point GRADIO_TEMP_DIR at `path`).
 
@@ -208,11 +226,16 @@ class UploadDir:
         self.close()
         previous = self._previous.get(signum)
         if callable(previous):
-            previous(signum, frame)  # SIGINT: KeyboardInterrupt; Gradio's SSR handler: stops Node, exits
-        raise SystemExit(0)  # asked to stop, and stopped cleanly (atexit runs close() once more)
+            try:
+                previous(signum, frame)  # Gradio's SSR handler: stops Node, then sys.exit(0)
+            except (SystemExit, KeyboardInterrupt):
+                pass  # (SIGINT's default handler raises KeyboardInterrupt): we stop below either way
+        self.close()  # again: whatever a request in flight wrote meanwhile
+        exit_now(0)   # asked to stop, and stopped cleanly
 
     def install_exit_cleanup(self) -> None:
-        """Removes the folder at exit and on SIGTERM/SIGINT, then does what the signal did before.
+        """Removes the folder at exit and on SIGTERM/SIGINT. On a signal, then does what the signal
+        did before (Gradio's SSR handler stops Node) and ends the process at once (`exit_now`).
 
         Call it again after something else (Gradio's SSR mode) installs its own handlers: ours
         then runs first and hands over to theirs. Must be called from the main thread.
