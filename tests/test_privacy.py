@@ -238,8 +238,7 @@ def test_a_stop_during_an_analysis_is_clean_and_leaves_nothing(tmp_path, sig):
     code = None
     try:
         client = Client(app.url, verbose=False, download_files=False)
-        three = [handle_file(str(image))] * 2   # with the main image: a longer, three-image analysis
-        args = (handle_file(str(image)), "61", "female", "back", None, None, None, three)
+        args = (handle_file(str(image)), "61", "female", "back", None, None, None, None)
         jobs = [client.submit(*args, api_name="/report") for _ in range(3)]
         deadline = time.time() + 120
         while not any(j.status().code == Status.PROCESSING for j in jobs) and time.time() < deadline:
