@@ -52,6 +52,17 @@ def files_holding(root: Path, data: bytes) -> list[Path]:
     return found
 
 
+def patient_and_app(tmp_path: Path) -> tuple[Path, Path, AppServer]:
+    """The client's patient image, and the app started in the host's temp folder (host) with a
+    long upload lifetime, so that only what is tested can remove a file there."""
+    image = tmp_path / "client" / "patient.png"
+    image.parent.mkdir()
+    image.write_bytes(patient_bytes())
+    host = tmp_path / "host"
+    host.mkdir()
+    return image, host, AppServer({"LESION_UPLOAD_TTL_S": "600"}, tmpdir=host)
+
+
 def dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -155,12 +166,7 @@ def server_pdfs(root: Path) -> list[Path]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_case_report_never_fetched_goes_with_the_app(tmp_path, sig):
-    image = tmp_path / "client" / "patient.png"
-    image.parent.mkdir()
-    image.write_bytes(patient_bytes())
-    host = tmp_path / "host"
-    host.mkdir()
-    app = AppServer({"LESION_UPLOAD_TTL_S": "600"}, tmpdir=host)
+    image, host, app = patient_and_app(tmp_path)
     try:
         case_report(app, image, None)
         [pdf] = server_pdfs(host)
@@ -203,12 +209,7 @@ def test_the_same_image_given_twice_leaves_nothing_after_sigterm(tmp_path):
     """One file as the main image and again as a further image (stored once by Gradio): /report
     and /case_report answer, and after SIGTERM nothing of it, nor any PDF, is left."""
     from gradio_client import Client, handle_file
-    image = tmp_path / "client" / "patient.png"
-    image.parent.mkdir()
-    image.write_bytes(patient_bytes())
-    host = tmp_path / "host"
-    host.mkdir()
-    app = AppServer({"LESION_UPLOAD_TTL_S": "600"}, tmpdir=host)
+    image, host, app = patient_and_app(tmp_path)
     try:
         client = Client(app.url, verbose=False, download_files=False)
         args = (handle_file(str(image)), "61", "female", "back", None, None, None, [handle_file(str(image))])
@@ -229,12 +230,7 @@ def test_a_stop_during_an_analysis_is_clean_and_leaves_nothing(tmp_path, sig):
     aborted by a thread still inside torch at shutdown, and leaves nothing of the patient."""
     from gradio_client import Client, handle_file
     from gradio_client.utils import Status
-    image = tmp_path / "client" / "patient.png"
-    image.parent.mkdir()
-    image.write_bytes(patient_bytes())
-    host = tmp_path / "host"
-    host.mkdir()
-    app = AppServer({"LESION_UPLOAD_TTL_S": "600"}, tmpdir=host)
+    image, host, app = patient_and_app(tmp_path)
     code = None
     try:
         client = Client(app.url, verbose=False, download_files=False)
