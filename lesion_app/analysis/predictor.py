@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from ..classifier.frozen import FrozenStages, reference_channels
 from ..classifier.metadata import encode_metadata, parse_age, parse_choice, unknown_row
 from ..classifier.models import ARCH
-from ..classifier.preprocess import flip_views, mean_over_views, to_tensor, unnormalise
+from ..classifier.preprocess import flip_views, input_box, mean_over_views, to_tensor, unnormalise
 from ..classifier.result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
 from ..classifier.segmenter import STAGES as TRUNK_STAGES
 from ..classifier.segmenter import THRESHOLD as SEGMENT_THRESHOLD, LesionSegmenter, largest_component, \
@@ -267,7 +267,7 @@ class Predictor:
             _, _, stages = self.frozen.run(views, stages=True)
             prob = self.segmenter.probabilities(stages, (self.spec.height, self.spec.width),
                                                 len(views) // len(x)).cpu().numpy()
-        return [mask_for_image(p, im.size, self.spec) for p, im in zip(prob, images)]
+        return [mask_for_image(p, im.size, self.spec, input_box(im, self.spec)) for p, im in zip(prob, images)]
 
     def lesion_probabilities(self, lesions: list[list[Image.Image]], metadata: list[tuple],
                              knn: bool = False) -> dict[str, np.ndarray]:

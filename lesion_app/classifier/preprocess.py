@@ -5,11 +5,14 @@ from it, so training, evaluation and the app cannot drift apart.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .colour import shades_of_gray
+from .field_of_view import field_of_view_box
 
 
 # The names the manifest may use for the resize filter.
@@ -21,18 +24,30 @@ INTERPOLATIONS = {name.lower(): Image.Resampling[name] for name in
 class InputSpec:
     """How a PIL image becomes the model's input; stored in the weights manifest.
 
-    Raises ValueError at construction for an interpolation name not in INTERPOLATIONS.
+    Raises ValueError at construction for an interpolation name not in INTERPOLATIONS, or a
+    source_width that is not a positive number of pixels.
     """
     width: int = 256
     height: int = 192
     mean: float = 0.5   # tf_efficientnet_lite* use mean = std = 0.5 on [0, 1] pixels
     std: float = 0.5
     interpolation: str = "bicubic"  # a PIL resampling filter, by name (INTERPOLATIONS)
+    # The training images' width (HAM10000's copy: 200 px). A wider input is first brought down to
+    # it with an antialiased filter, so a sharper image from another device reaches the model at
+    # the scale and softness the model learnt; None: resized straight to width x height.
+    source_width: int | None = None
+    # Crop a dermatoscope's black frame (round vignette, black borders) before the aspect crop
+    # (lesion_app.classifier.field_of_view).
+    field_of_view: bool = False
+    # Shades-of-Gray colour constancy's p (lesion_app.classifier.colour) on the resized image; 0: off.
+    colour_constancy: float = 0.0
 
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {self.interpolation!r} in the input spec; "
                              f"use one of {', '.join(INTERPOLATIONS)}")
+        if self.source_width is not None and not (isinstance(self.source_width, int) and self.source_width > 0):
+            raise ValueError(f"source_width must be a positive number of pixels or None, not {self.source_width!r}")
 
     @property
     def resample(self) -> Image.Resampling:
@@ -40,7 +55,18 @@ class InputSpec:
         return INTERPOLATIONS[self.interpolation]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The spec as the manifest stores it. Fields added after the first release (LATER_FIELDS)
+        are written only when set, so a spec written before them reads back, compares and keys
+        caches as it did."""
+        d = asdict(self)
+        for name in LATER_FIELDS:
+            if d[name] == _DEFAULTS[name]:
+                del d[name]
+        return d
+
+
+LATER_FIELDS = ("source_width", "field_of_view", "colour_constancy")
+_DEFAULTS = {f.name: f.default for f in fields(InputSpec)}
 
 
 # Flip views used both as training augmentation (cached) and as test-time augmentation.
@@ -60,20 +86,36 @@ def aspect_crop_box(width: int, height: int, spec: InputSpec) -> tuple[int, int,
     return 0, (h - nh) // 2, w, (h - nh) // 2 + nh
 
 
+def input_box(image: Image.Image, spec: InputSpec) -> tuple[int, int, int, int]:
+    """The part of the image (left, top, right, bottom) that the model sees: with the spec's
+    field_of_view, the lit box inside a black frame, then its centre crop to the spec's aspect."""
+    box = (field_of_view_box(image) if spec.field_of_view else None) or (0, 0, *image.size)
+    left, top, right, bottom = box
+    a_left, a_top, a_right, a_bottom = aspect_crop_box(right - left, bottom - top, spec)
+    return left + a_left, top + a_top, left + a_right, top + a_bottom
+
+
 def fit_to_aspect(image: Image.Image, spec: InputSpec) -> Image.Image:
-    """Centre-crops to the spec's aspect ratio (4:3, as HAM10000) and resizes to it with the
-    spec's interpolation."""
+    """Crops to input_box (the field of view when the spec asks, then the centre at the spec's
+    aspect ratio, 4:3 as HAM10000), brings a wider crop down to the spec's source_width with an
+    antialiased filter when it has one, and resizes to the input size with the spec's interpolation."""
     image = image.convert("RGB")
-    box = aspect_crop_box(*image.size, spec)
+    box = input_box(image, spec)
     if box != (0, 0, *image.size):
         image = image.crop(box)
+    if spec.source_width is not None and image.width > spec.source_width:
+        scaled = (spec.source_width, max(1, round(image.height * spec.source_width / image.width)))
+        image = image.resize(scaled, Image.Resampling.LANCZOS)
     return image.resize((spec.width, spec.height), spec.resample)
 
 
 def to_tensor(image: Image.Image, spec: InputSpec) -> torch.Tensor:
     """PIL image -> normalised float tensor of shape (3, height, width)."""
     a = np.asarray(fit_to_aspect(image, spec), dtype=np.float32) / 255.0
-    return torch.from_numpy((a - spec.mean) / spec.std).permute(2, 0, 1).contiguous()
+    x = torch.from_numpy(a).permute(2, 0, 1)
+    if spec.colour_constancy:
+        x = shades_of_gray(x, spec.colour_constancy)
+    return ((x - spec.mean) / spec.std).contiguous()
 
 
 def unnormalise(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:

@@ -107,11 +107,13 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
 
 
-def mask_for_image(prob: np.ndarray, size: tuple[int, int], spec: InputSpec) -> np.ndarray:
-    """A probability map over the model's input (the centre crop, resized) -> the outline of the
-    whole image of this size (width, height): bilinear to the crop box, THRESHOLD, nothing
-    outside the crop, the largest region with its holes filled (as the app outlines a lesion)."""
-    left, top, right, bottom = aspect_crop_box(*size, spec)
+def mask_for_image(prob: np.ndarray, size: tuple[int, int], spec: InputSpec,
+                   box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """A probability map over the model's input -> the outline of the whole image of this size
+    (width, height): bilinear to the box the input was cut from (preprocess.input_box of the image;
+    by default the centre crop at the spec's aspect), THRESHOLD, nothing outside the box, the largest
+    region with its holes filled (as the app outlines a lesion)."""
+    left, top, right, bottom = box or aspect_crop_box(*size, spec)
     t = torch.from_numpy(np.asarray(prob, np.float32))[None, None]
     crop = F.interpolate(t, size=(bottom - top, right - left), mode="bilinear", align_corners=False)[0, 0]
     mask = np.zeros((size[1], size[0]), bool)

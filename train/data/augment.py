@@ -14,6 +14,7 @@ tensor; pixels are in [0, 1] before normalisation.
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from lesion_app.classifier.preprocess import InputSpec, fit_to_aspect
+from lesion_app.classifier.colour import shades_of_gray
+from lesion_app.classifier.preprocess import InputSpec, fit_to_aspect, input_box
 
 
 @dataclass(frozen=True)
@@ -51,14 +53,6 @@ class Normalise:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
-
-
-def shades_of_gray(x: torch.Tensor, p: float = 6.0) -> torch.Tensor:
-    """Colour constancy on a (3, H, W) image in [0, 1]: the illuminant is estimated as each
-    channel's p-norm mean and divided out, so it becomes neutral grey. Same shape, in [0, 1]."""
-    illuminant = x.clamp_min(0).pow(p).mean((1, 2)).pow(1 / p)
-    illuminant = illuminant / illuminant.norm().clamp_min(1e-6)
-    return (x / (illuminant * math.sqrt(3)).clamp_min(1e-6)[:, None, None]).clamp(0, 1)
 
 
 def decode(path: Path, min_width: int, min_height: int) -> Image.Image:
@@ -129,6 +123,70 @@ def jitter(x: torch.Tensor, aug: Augment, g: torch.Generator) -> torch.Tensor:
     if aug.hue:
         x = TF.adjust_hue(x, _uniform(g, -aug.hue, aug.hue))
     return x.clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class Carry:
+    """What a "carry" training view adds to Augment, so the model meets other devices' looks
+    (issue 37): a light of another colour, a round black field of view, lower resolution (softer
+    texture), JPEG compression. run records keep it with Augment."""
+    illuminant: float = 0.15     # each channel's gain uniform in [1 - x, 1 + x], before colour constancy
+    vignette: float = 0.25       # chance of a round black field of view
+    vignette_radius: tuple = (0.55, 0.8)   # its radius, a share of the image's half-diagonal
+    resolution: tuple = (0.5, 1.0)         # the image is shrunk to this share of its size, then drawn at full size
+    jpeg: float = 0.5            # chance of JPEG compression
+    jpeg_quality: tuple = (40, 95)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CARRY_AUGMENT = Augment(min_area=0.4, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05)
+
+
+def vignette(image: Image.Image, radius: float) -> Image.Image:
+    """The image outside a centred disc (radius: a share of the half-diagonal) set to black, with a
+    soft edge of about 2% of the width, as a round dermatoscope's window leaves it."""
+    w, h = image.size
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot(xx - (w - 1) / 2, yy - (h - 1) / 2) / (np.hypot(w, h) / 2)
+    edge = max(0.02, 1.0 / w)
+    keep = np.clip((radius - r) / edge, 0.0, 1.0)[..., None]
+    return Image.fromarray((np.asarray(image, np.float32) * keep).round().astype(np.uint8))
+
+
+def degrade(image: Image.Image, carry: Carry, g: torch.Generator) -> Image.Image:
+    """A random round field of view, lower resolution and JPEG compression, each as Carry says."""
+    if float(torch.rand((), generator=g)) < carry.vignette:
+        image = vignette(image, _uniform(g, *carry.vignette_radius))
+    share = _uniform(g, *carry.resolution)
+    w, h = image.size
+    if share < 1.0:
+        small = image.resize((max(8, round(w * share)), max(8, round(h * share))), Image.Resampling.BILINEAR)
+        image = small.resize((w, h), Image.Resampling.BICUBIC)
+    if float(torch.rand((), generator=g)) < carry.jpeg:
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=int(round(_uniform(g, *carry.jpeg_quality))))
+        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return image
+
+
+def carry_view(image: Image.Image, spec: InputSpec, g: torch.Generator, aug: Augment = CARRY_AUGMENT,
+               carry: Carry = Carry(), normalise: Normalise = Normalise()) -> torch.Tensor:
+    """One random "carry" training view, (3, spec.height, spec.width) normalised: the part of the
+    image the app would use (input_box: field of view, 4:3), degraded (degrade), lit by a random
+    illuminant, then the spec's colour constancy, then train_view's warp and colour jitter."""
+    image = image.convert("RGB").crop(input_box(image.convert("RGB"), spec))
+    if spec.source_width is not None and image.width > spec.source_width:
+        image = image.resize((spec.source_width, max(1, round(image.height * spec.source_width / image.width))),
+                             Image.Resampling.LANCZOS)
+    x = to_unit(degrade(image, carry, g))
+    gains = torch.tensor([_uniform(g, 1 - carry.illuminant, 1 + carry.illuminant) for _ in range(3)])
+    x = (x * gains[:, None, None]).clamp(0, 1)
+    if spec.colour_constancy:
+        x = shades_of_gray(x, spec.colour_constancy)
+    x = warp(x, spec.width, spec.height, aug, g)
+    return normalise(jitter(x, aug, g))
 
 
 def eval_view(image: Image.Image, spec: InputSpec, normalise: Normalise = Normalise(),
