@@ -204,3 +204,31 @@ def test_a_lite2_run_caches_its_own_trunk_and_records_its_backbone(tiny):
 def test_cv_without_a_folds_file_says_how_to_make_one(tmp_path, example_folder):
     r = run_module("train.fitting.cv", "--data", example_folder, "--folds", tmp_path / "none.csv", "--out", tmp_path / "cv")
     assert r.returncode == 2 and "python -m train.data.make_folds" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_carry_run_caches_the_apps_input_first_and_records_its_input_spec(tiny):
+    """Issue 37's recipe option: --views carry caches, per image, the 4 flips of the app's input (with
+    the run's colour constancy, field of view and source width) and then 4 random views of other
+    devices' looks, in a cache of its own; cv.json records the spec the app must serve it with."""
+    from lesion_app.classifier.models import LesionClassifier
+    from lesion_app.classifier.preprocess import InputSpec, flip_views, to_tensor
+    from train.data.dataset import load_image, load_metadata
+    cv(tiny, "--kinds", "fusion", "--views", "carry", "--colour-constancy", 6, "--field-of-view",
+       "--source-width", 200)
+    summary = json.loads((tiny["out"] / "cv.json").read_text())
+    spec = InputSpec(**summary["input_spec"])
+    assert spec == InputSpec(source_width=200, field_of_view=True, colour_constancy=6.0) and summary["views"] == "carry"
+    (cache,) = [np.load(f, mmap_mode="r") for f in tiny["cache"].glob("*/lower.npy")]
+    ids = pd.read_csv(tiny["out"] / "oof_logits.csv")["image_id"].unique()
+    order = list(load_metadata(tiny["data"]).merge(load_folds(tiny["folds"])[["image_id"]], on="image_id")["image_id"])
+    trunk = LesionClassifier("image_only").eval()
+    first = order[0]
+    with torch.inference_mode():
+        expected = trunk.lower(flip_views(to_tensor(load_image(tiny["data"], first), spec)[None])[0]).numpy()
+    assert np.allclose(cache[0, :4].astype(np.float32), expected, atol=0.02)
+    assert not np.allclose(cache[0, 4:].astype(np.float32), expected, atol=0.02)
+    assert len(ids) == len(order)
+    # The shipped recipe's cache is another folder: a flips run beside it does not read carry views.
+    tiny["out"] = tiny["out"].with_name("cv_flips")
+    cv(tiny, "--kinds", "fusion")
+    assert len(list(tiny["cache"].glob("*/lower.npy"))) == 2

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from train.data.dataset import DEFAULT_DATA, load_image, load_metadata
 from lesion_app.classifier.models import ARCH, SPLIT_BLOCK, LesionClassifier
 from lesion_app.classifier.preprocess import InputSpec, flip_views, to_tensor
+from train.data.augment import carry_view
 from train import REPO
 
 DEFAULT_CACHE = REPO / ".cache" / "features"
@@ -39,21 +40,41 @@ def zoom(image: Image.Image, keep: float = ZOOM) -> Image.Image:
     return image.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
 
 
-def image_views(image: Image.Image, spec: InputSpec) -> torch.Tensor:
-    """(N_VIEWS, 3, H, W): flips of the image, then flips of its zoomed centre."""
+VIEW_KINDS = ("flips", "carry")   # what the cached views are (image_views)
+
+
+def image_views(image: Image.Image, spec: InputSpec, kind: str = "flips", seed: int = 0) -> torch.Tensor:
+    """(N_VIEWS, 3, H, W). The first TTA_VIEWS are always the flips of the app's input (what
+    evaluation averages over). kind "flips" (the shipped recipe): then the flips of the zoomed
+    centre. kind "carry" (issue 37): then TTA_VIEWS random carry views (train.data.augment.carry_view:
+    another light, zoom, rotation, a round field of view, lower resolution, JPEG), drawn from seed."""
+    if kind == "carry":
+        g = torch.Generator().manual_seed(seed)
+        drawn = [carry_view(image, spec, g) for _ in range(N_VIEWS - TTA_VIEWS)]
+        return torch.cat([flip_views(to_tensor(image, spec)[None])[0], torch.stack(drawn)])
+    if kind != "flips":
+        raise ValueError(f"unknown view kind {kind!r}; use one of {VIEW_KINDS}")
     x = torch.stack([to_tensor(image, spec), to_tensor(zoom(image), spec)])
     return flip_views(x).flatten(0, 1)
 
 
-def cache_dir(cache: Path, image_ids, spec: InputSpec, split_block: int = SPLIT_BLOCK, arch: str = ARCH) -> Path:
-    key = json.dumps([arch, split_block, N_VIEWS, ZOOM, spec.to_dict(), list(image_ids)])
-    return Path(cache) / hashlib.sha256(key.encode()).hexdigest()[:16]
+def view_seed(image_id: str) -> int:
+    """A carry view's seed from its image id, so a resumed cache draws the same views."""
+    return int(hashlib.sha256(image_id.encode()).hexdigest()[:8], 16)
+
+
+def cache_dir(cache: Path, image_ids, spec: InputSpec, split_block: int = SPLIT_BLOCK, arch: str = ARCH,
+              kind: str = "flips") -> Path:
+    key = [arch, split_block, N_VIEWS, ZOOM, spec.to_dict(), list(image_ids)]
+    if kind != "flips":   # the shipped recipe's caches keep their keys
+        key.append(kind)
+    return Path(cache) / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
 def cache_seconds(cache: Path, image_ids, spec: InputSpec = InputSpec(), split_block: int = SPLIT_BLOCK,
-                  arch: str = ARCH) -> float:
+                  arch: str = ARCH, kind: str = "flips") -> float:
     """Wall time the cache of these images took to build (0 when unknown)."""
-    f = cache_dir(cache, list(image_ids), spec, split_block, arch) / "progress.json"
+    f = cache_dir(cache, list(image_ids), spec, split_block, arch, kind) / "progress.json"
     return float(json.loads(f.read_text()).get("seconds", 0.0)) if f.is_file() else 0.0
 
 
@@ -61,15 +82,16 @@ def cache_seconds(cache: Path, image_ids, spec: InputSpec = InputSpec(), split_b
 def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputSpec = InputSpec(),
                 batch_images: int = 2, model: LesionClassifier | None = None,
                 split_block: int = SPLIT_BLOCK, device: str = "cpu", workers: int = 0,
-                arch: str = ARCH) -> np.ndarray:
+                arch: str = ARCH, kind: str = "flips") -> np.ndarray:
     """Returns the (N, N_VIEWS, C, h, w) fp16 array for image_ids, computing what is missing.
 
     arch: the backbone whose frozen lower stages are cached (one with packaged ImageNet weights,
     models.IMAGENET_PACKAGES); model, when given, must be that backbone split at split_block.
     workers > 0 decodes images in that many threads (for a GPU that outruns one decoder).
+    kind: which views (image_views; "carry" draws each image's from its id, view_seed).
     """
     image_ids = list(image_ids)
-    out = cache_dir(cache, image_ids, spec, split_block, arch)
+    out = cache_dir(cache, image_ids, spec, split_block, arch, kind)
     out.mkdir(parents=True, exist_ok=True)
     progress_file, array_file = out / "progress.json", out / "lower.npy"
     done = json.loads(progress_file.read_text())["done"] if progress_file.exists() else 0
@@ -85,7 +107,7 @@ def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputS
     bar = tqdm(range(done, len(image_ids), batch_images), desc="caching lower features",
                unit="batch", mininterval=10)
     pool = ThreadPoolExecutor(workers) if workers else None
-    views_of = lambda i: image_views(load_image(data, i), spec)  # noqa: E731
+    views_of = lambda i: image_views(load_image(data, i), spec, kind, view_seed(i))  # noqa: E731
     for start in bar:
         ids = image_ids[start:start + batch_images]
         x = torch.cat(list(pool.map(views_of, ids)) if pool else [views_of(i) for i in ids])
@@ -121,15 +143,16 @@ def cached_pooled(model: LesionClassifier, feats, batch: int = 128,
 
 def build_pooled_imagenet(data: Path, image_ids, cache: Path = DEFAULT_CACHE,
                           spec: InputSpec = InputSpec(), batch_images: int = 32,
-                          split_block: int = SPLIT_BLOCK, device: str = "cpu", arch: str = ARCH) -> np.ndarray:
+                          split_block: int = SPLIT_BLOCK, device: str = "cpu", arch: str = ARCH,
+                          kind: str = "flips") -> np.ndarray:
     """(N, N_VIEWS, F) fp16 pooled features of the whole backbone (arch) at its ImageNet weights.
 
     What the study's heads train on: every arm sees the same frozen features, so arms
     differ only in their head, loss and sampling. Stored next to the lower-stage cache.
     """
     image_ids = list(image_ids)
-    lower = build_cache(data, image_ids, cache, spec, split_block=split_block, device=device, arch=arch)
-    path = cache_dir(cache, image_ids, spec, split_block, arch) / "pooled_imagenet.npy"
+    lower = build_cache(data, image_ids, cache, spec, split_block=split_block, device=device, arch=arch, kind=kind)
+    path = cache_dir(cache, image_ids, spec, split_block, arch, kind) / "pooled_imagenet.npy"
     if path.exists():
         return np.load(path)
     model = LesionClassifier("image_only", arch=arch, split_block=split_block).to(device, memory_format=torch.channels_last)
