@@ -140,3 +140,51 @@ def test_masks_out_writes_each_images_outline_at_its_own_size(folder, tmp_path):
     assert not wide_mask[:, :100].any() and not wide_mask[:, 300:].any()   # outside the centre crop
     seg = json.loads((tmp_path / "m.json").read_text())["segmentation"]
     assert seg["n"] == len(md) and seg["dice"] == 0.0    # empty true masks, a lesion found in each image
+
+
+def test_a_folder_of_another_clinic_with_three_classes_is_scored_over_those_classes(folder, tmp_path):
+    """ISIC 2017's layout (issue 36): mel, bkl and nv only, stored squashed to a square; --aspect
+    4:3 un-squashes each image first; the transfer figures come out of the same predictions."""
+    from sklearn.metrics import roc_auc_score
+    md = pd.read_csv(folder / "metadata.csv")
+    md = md[md["dx"].isin(["mel", "bkl", "nv"])]
+    for i in md["image_id"]:
+        p = folder / "images" / f"{i}.jpg"
+        with Image.open(p) as im:
+            im.convert("RGB").resize((256, 256)).save(p)
+    md.to_csv(folder / "metadata.csv", index=False)
+    out, preds, sets = tmp_path / "m.json", tmp_path / "p.csv", tmp_path / "s.csv"
+    r = run_module("train.evaluation.evaluate", "--data", folder, "--out", out, "--predictions", preds,
+                   "--sets", sets, "--aspect", "4:3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "classes present: bkl, mel, nv" in r.stdout and "mel-vs-nv AUC" in r.stdout
+    m = json.loads(out.read_text())
+    assert m["data"]["aspect"] == "4:3"
+    df = pd.read_csv(preds)
+    y = md.set_index("image_id")["dx"]
+    for k in ("fusion", "image_only"):
+        f = m[k]
+        assert f["classes_present"] == ["bkl", "mel", "nv"]
+        rows = df[df["model"] == k]
+        truth = y.loc[rows["image_id"]].to_numpy()
+        pair = np.isin(truth, ["mel", "nv"])
+        assert f["mel_vs_nv_auc"] == pytest.approx(roc_auc_score(truth[pair] == "mel", rows["mel"].to_numpy()[pair]), abs=1e-6)
+        assert f["mel_auc"] == pytest.approx(roc_auc_score(truth == "mel", rows["mel"]), abs=1e-6)
+        s = pd.read_csv(sets)
+        s = s[(s["model"] == k) & (s["level"].astype(str) == "0.9")].set_index("image_id")
+        covered = [y[i] in str(s.loc[i, "set"]).split("|") for i in s.index]
+        assert len(covered) == len(md)
+        assert f["sets"]["0.9"]["coverage"] == pytest.approx(np.mean(covered))
+    # The image the models saw was the un-squashed one: 256x192, not a 4:3 crop of the square.
+    i = md["image_id"].iloc[0]
+    with Image.open(folder / "images" / f"{i}.jpg") as im:
+        direct = Predictor().probabilities([im.convert("RGB").resize((256, 192), Image.Resampling.LANCZOS)],
+                                           [tuple(md.iloc[0][["age", "sex", "localization"]])])
+    row = df[(df.image_id == i) & (df.model == "fusion")][list(CLASSES)].to_numpy()
+    assert np.allclose(row, direct["fusion"], atol=1e-5)
+
+
+def test_a_bad_aspect_is_refused_with_the_form_it_takes(folder, tmp_path):
+    r = run_module("train.evaluation.evaluate", "--data", folder, "--out", tmp_path / "m.json",
+                   "--predictions", tmp_path / "p.csv", "--aspect", "wide")
+    assert r.returncode == 2 and "--aspect takes W:H, such as 4:3" in r.stderr

@@ -13,6 +13,12 @@ logits over them, as the app does with several images of one lesion); the column
 and image_id holds the lesion's first image (by image_id).
 --sets sets.csv (optional): image_id,model,level,set - each model's class-conditional
 conformal prediction set at each level (90%, 95%), classes joined by '|'.
+--aspect W:H (optional): resize every image to this aspect ratio, keeping its width, before the
+app sees it: for a folder stored squashed to a square, as isic2017's is (its README; use 4:3).
+A folder from another clinic may hold only some of the 7 classes (isic2017: mel, bkl, nv): balanced
+accuracy, macro-F1 and macro AUC run over the classes present (a prediction of an absent class counts
+as wrong), and each model also gets `mel_auc`, `mel_vs_nv_auc` (P(mel), melanomas against nevi only)
+and, when the weights have prediction-set thresholds, `sets`: each level's coverage and mean size.
 --masks-out DIR (optional): the lesion segmenter's outline of every image as
 DIR/<image_id>_segmentation.png, 0/255 at the image's own size (HAM10000's mask layout); when
 the folder has masks, metrics.json gains `segmentation` (mean Dice, Jaccard, threshold Jaccard).
@@ -36,19 +42,44 @@ from lesion_app.classifier.metadata import MetadataError
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.vocab import CLASSES
 from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError
-from train.evaluation.metrics import classification_metrics
+from lesion_app.evidence.conformal import coverage_report
+from train.evaluation.metrics import classification_metrics, transfer_figures
 from train.evaluation.segmentation_metrics import mask_scores
 
 
+def parse_aspect(text: str | None) -> float | None:
+    """'4:3' -> 4/3 (None stays None); ValueError for anything else."""
+    if text is None:
+        return None
+    w, _, h = text.partition(":")
+    try:
+        ratio = float(w) / float(h)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"--aspect takes W:H, such as 4:3, not {text!r}") from None
+    if not ratio > 0:
+        raise ValueError(f"--aspect takes W:H with both positive, not {text!r}")
+    return ratio
+
+
+def folder_image(data: Path, image_id: str, aspect: float | None = None) -> Image.Image:
+    """The folder's image as the app is given it; with aspect, first resized to that aspect ratio
+    (same width), which undoes a folder's squashing to a square."""
+    image = load_image(data, image_id)
+    if aspect is None:
+        return image
+    w = image.width
+    return image.resize((w, max(1, round(w / aspect))), Image.Resampling.LANCZOS)
+
+
 def predict_folder(predictor: Predictor, data: Path, df: pd.DataFrame,
-                   batch: int = 16) -> dict[str, np.ndarray]:
+                   batch: int = 16, aspect: float | None = None) -> dict[str, np.ndarray]:
     """Calibrated probabilities of both models (and the archive's vote, `knn`, when the weights
     have an archive) for every row of df, in order."""
     out = {}
     for s in tqdm(range(0, len(df), batch), desc="scoring", unit="batch", mininterval=5,
                   disable=None):
         rows = df.iloc[s:s + batch]
-        images = [load_image(data, i) for i in rows["image_id"]]
+        images = [folder_image(data, i, aspect) for i in rows["image_id"]]
         meta = list(zip(rows["age"], rows["sex"], rows["localization"]))
         for k, p in predictor.probabilities(images, meta, knn=True).items():
             out.setdefault(k, []).append(p)
@@ -65,12 +96,13 @@ def lesion_rows(df: pd.DataFrame) -> pd.DataFrame:
     return lesions.assign(images=lesions["lesion_id"].map(images))
 
 
-def predict_lesions(predictor: Predictor, data: Path, lesions: pd.DataFrame, batch: int = 16) -> dict[str, np.ndarray]:
+def predict_lesions(predictor: Predictor, data: Path, lesions: pd.DataFrame, batch: int = 16,
+                    aspect: float | None = None) -> dict[str, np.ndarray]:
     """predict_folder for lesion_rows(df): each lesion from all of its images."""
     out = {}
     for s in tqdm(range(0, len(lesions), batch), desc="scoring", unit="batch", mininterval=5, disable=None):
         rows = lesions.iloc[s:s + batch]
-        images = [[load_image(data, i) for i in ids] for ids in rows["images"]]
+        images = [[folder_image(data, i, aspect) for i in ids] for ids in rows["images"]]
         meta = list(zip(rows["age"], rows["sex"], rows["localization"]))
         for k, p in predictor.lesion_probabilities(images, meta, knn=True).items():
             out.setdefault(k, []).append(p)
@@ -98,19 +130,29 @@ def sets_frame(predictor: Predictor, preds: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image_id", "model", "level", "set"])
 
 
+def set_figures(predictor: Predictor, kind: str, y: np.ndarray, probs: np.ndarray) -> dict:
+    """Per level, the coverage and mean size of the model's prediction sets on these cases."""
+    return {level: {k: v for k, v in coverage_report(sets[kind], y, CLASSES).items() if k != "per_class"}
+            for level, sets in predictor.prediction_sets({kind: probs}).items()}
+
+
 def evaluate(data: Path, weights: Path, predictor: Predictor | None = None,
-             image_ids=None, by_lesion: bool = False) -> tuple[dict, pd.DataFrame]:
+             image_ids=None, by_lesion: bool = False, aspect: float | None = None) -> tuple[dict, pd.DataFrame]:
     """Metrics and predictions of both models on DIR (or on its rows in image_ids); by_lesion:
-    one row per lesion, from all of its images."""
+    one row per lesion, from all of its images; aspect: see folder_image."""
     df = load_metadata(data)
     if image_ids is not None:
         df = df[df["image_id"].isin(set(image_ids))].reset_index(drop=True)
     predictor = predictor or Predictor(weights)
     t0 = time.time()
     rows = lesion_rows(df) if by_lesion else df
-    probs = predict_lesions(predictor, data, rows) if by_lesion else predict_folder(predictor, data, df)
+    probs = (predict_lesions(predictor, data, rows, aspect=aspect) if by_lesion
+             else predict_folder(predictor, data, df, aspect=aspect))
     y = labels(rows)
-    metrics = {k: classification_metrics(y, p) for k, p in probs.items()}
+    metrics = {k: {**classification_metrics(y, p), **transfer_figures(y, p)} for k, p in probs.items()}
+    for k in MODEL_KEYS:
+        if predictor.set_thresholds:
+            metrics[k]["sets"] = set_figures(predictor, k, y, probs[k])
     metrics["data"] = {"folder": str(data), "n_images": int(len(df)),
                        "n_lesions": int(df["lesion_id"].nunique())}
     if by_lesion:
@@ -149,14 +191,22 @@ def main(argv=None):
     p.add_argument("--sets", type=Path, default=None, help="also write each model's prediction sets here")
     p.add_argument("--by-lesion", action="store_true",
                    help="one row per lesion_id from all of its images (image_id: its first image)")
+    p.add_argument("--aspect", default=None, metavar="W:H",
+                   help="resize each image to this aspect (same width) first: 4:3 for a folder stored squashed")
     p.add_argument("--masks-out", type=Path, default=None,
                    help="write the predicted lesion mask of every image here (<image_id>_segmentation.png)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
+        aspect = parse_aspect(a.aspect)
+    except ValueError as e:
+        p.error(str(e))
+    try:
         predictor = Predictor(a.weights)
-        metrics, preds = evaluate(a.data, a.weights, predictor, by_lesion=a.by_lesion)
+        metrics, preds = evaluate(a.data, a.weights, predictor, by_lesion=a.by_lesion, aspect=aspect)
+        if aspect is not None:
+            metrics["data"]["aspect"] = a.aspect
         if a.masks_out:
             seg = write_masks(predictor, a.data, load_metadata(a.data)["image_id"], a.masks_out)
             if seg:
@@ -177,7 +227,15 @@ def main(argv=None):
     for k in (*MODEL_KEYS, *(["knn"] if "knn" in metrics else [])):
         m = metrics[k]
         print(f"{k:10s} bacc {m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
-              f"acc {m['accuracy']:.4f}  AUC {m['macro_auc']:.4f}  ECE {m['ece']:.4f}")
+              f"acc {m['accuracy']:.4f}  AUC {m['macro_auc']:.4f}  ECE {m['ece']:.4f}"
+              + "".join(f"  {name} {m[key]:.4f}" for name, key in (("mel AUC", "mel_auc"),
+                                                                    ("mel-vs-nv AUC", "mel_vs_nv_auc"))
+                        if m.get(key) is not None)
+              + "".join(f"  {float(level):.0%} sets cover {s['coverage']:.3f} (size {s['mean_size']:.2f})"
+                        for level, s in m.get("sets", {}).items()))
+    classes = metrics["fusion"]["classes_present"]
+    if len(classes) < len(CLASSES):
+        print(f"classes present: {', '.join(classes)}; balanced accuracy, macro-F1 and macro AUC run over these")
     what = f"{metrics['data']['n_lesions']} lesions from " if a.by_lesion else ""
     if "segmentation" in metrics:
         m = metrics["segmentation"]

@@ -14,6 +14,7 @@ from lesion_app.classifier.vocab import CLASSES
 from train.evaluation.stats import sensitivity_at_specificity
 
 MEL = CLASSES.index("mel")
+NV = CLASSES.index("nv")
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -66,6 +67,29 @@ def mel_sensitivity_at(specificity: float):
                                           specificity)["sensitivity"]
     metric.__name__ = f"mel_sensitivity_at_{int(specificity * 100)}_specificity"
     return metric
+
+
+def mel_auc(y, probs) -> float | None:
+    """Melanoma's one-vs-rest AUC on P(mel); None without melanomas or without other cases."""
+    return class_aucs(y, probs)[MEL]
+
+
+def mel_vs_nv_auc(y, probs) -> float | None:
+    """AUC of P(mel) for melanoma against nevi only (the hard pair at other clinics); None
+    without both."""
+    y, probs = np.asarray(y), np.asarray(probs)
+    keep = (y == MEL) | (y == NV)
+    if not ((y[keep] == MEL).any() and (y[keep] == NV).any()):
+        return None
+    return float(roc_auc_score(y[keep] == MEL, probs[keep, MEL]))
+
+
+def transfer_figures(y, probs) -> dict:
+    """What a folder from another clinic is scored on, beside classification_metrics (whose
+    balanced accuracy, macro-F1 and macro AUC already run over the classes present): the classes
+    present, melanoma AUC and melanoma-vs-nevus AUC."""
+    return {"classes_present": [CLASSES[k] for k in sorted(set(np.asarray(y).tolist()))],
+            "mel_auc": mel_auc(y, probs), "mel_vs_nv_auc": mel_vs_nv_auc(y, probs)}
 
 
 # The clinical report's headline metrics, under the names report.json gives them, in its order.
