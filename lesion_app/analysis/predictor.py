@@ -32,6 +32,7 @@ from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FINE_STAGE_BLOCK
 from ..evidence.lesion import lesion_findings
 from ..evidence.ood import OODDetector
 from ..evidence.shapley import PLAYERS, coalition_rows, shapley_values
+from ..evidence.shift import ShiftScore
 
 
 AGE_SWEEP = tuple(range(0, 91, 5))   # the what-if's ages, years
@@ -78,7 +79,8 @@ class Predictor:
         self.ood = self._load_ood(weights_dir) if ood and with_ood else None
         self.archive = self._load_archive(weights_dir) if self.manifest.archive else None
         self.segmenter = self._load_segmenter(weights_dir) if self.manifest.segmentation else None
-        if self.frozen.needs_imagenet and (self.ood or self.segmenter or self._archive_reads_trunk):
+        self.shift = self._load_shift(weights_dir) if self.manifest.shift and with_ood else None
+        if self.frozen.needs_imagenet and (self.ood or self.shift or self.segmenter or self._archive_reads_trunk):
             self.frozen.load_imagenet()   # at start rather than in the first analysis
 
     @property
@@ -100,6 +102,14 @@ class Predictor:
                                f"reads (conv_stem..blocks[4], whatever the members) gives {self.reference_channels}: "
                                "restore the shipped one (it serves any members), or refit it on those features")
         return ood
+
+    def _load_shift(self, weights_dir: Path) -> ShiftScore:
+        path = verify_file(weights_dir, self.manifest.shift)
+        shift = ShiftScore.load(path)
+        if shift.mean.shape[0] != self.reference_channels:
+            raise WeightsError(f"{path} was fitted on {shift.mean.shape[0]} features, but the frozen ImageNet trunk it "
+                               f"reads gives {self.reference_channels}: refit it with python -m train.release.fit_shift")
+        return shift
 
     def _load_archive(self, weights_dir: Path) -> Archive:
         entry = self.manifest.archive
@@ -335,8 +345,8 @@ class Predictor:
         with self._lock:
             # The frozen stages' only run for these images (the shared trunk, and what the segmenter,
             # the OOD check and the archive read).
-            fp = self._frozen_pass(x, outlines=True, reference=self.ood is not None or self._archive_reads_trunk,
-                                   fine_stage=True)
+            fp = self._frozen_pass(x, outlines=True, fine_stage=True,
+                                   reference=self.ood is not None or self.shift is not None or self._archive_reads_trunk)
             per_image, kept = self._upper_pass(x, fp.low, fp.views, keep=True)
             low = fp.low
             unflipped = None if low is None else low.view(n, len(low) // n, *low.shape[1:])[:, 0].clone()
@@ -358,6 +368,8 @@ class Predictor:
                     w = self.ood.warning(trunk[i], rgb[i:i + 1])
                     warnings += [w if n == 1 else f"Image {i + 1} of {n}: {w}"] if w else []
                     features.unlike_dermoscopy |= i == 0 and w is not None
+            if self.shift is not None:
+                features.shift = self.shift.reading(OODDetector.trunk_features(fp.reference, n)[0])
             image_only_p = probabilities_dict(image_only)
             image_only_result = ModelResult(image_only_p, *self._cam(
                 features, "image_only", heatmap_target(cam_class, image_only_p), None, cam_method))
@@ -480,7 +492,7 @@ class Predictor:
             no_metadata_top=CLASSES[int(by_coalition[0].argmax())],
             metadata=parsed,
             similar_cases=self.similar_cases(f, similar, parsed["sex"], parsed["site"]),
-            what_if=self._what_if(swept), model_info=self.model_info, features=f,
+            what_if=self._what_if(swept), model_info=self.model_info, features=f, shift=f.shift,
             prediction_sets={level: {k: [c for c, inside in zip(CLASSES, m[0]) if inside] for k, m in kinds.items()}
                              for level, kinds in sets.items()})
 

@@ -74,6 +74,7 @@ class Manifest:
     archive: dict | None = None      # train.release.archive (similar confirmed cases)
     reader_cases: dict | None = None  # train.release.reader_cases (the held-out cases of 'Test yourself')
     segmentation: dict | None = None  # train.fitting.segmentation (the lesion's outline)
+    shift: dict | None = None        # train.release.fit_shift (how unlike the training images, and what it did)
     extra: dict = field(default_factory=dict)   # keys this code does not know, kept as read
     # The keys' order as read, so a rewrite keeps the file's own order (new keys go last).
     key_order: tuple = field(default=(), repr=False, compare=False)
@@ -165,6 +166,10 @@ class Manifest:
         """A copy with the lesion segmenter's entry (train.fitting.segmentation)."""
         return replace(self, segmentation=entry)
 
+    def with_shift(self, entry: dict) -> "Manifest":
+        """A copy with the graded shift score's entry (train.release.fit_shift)."""
+        return replace(self, shift=entry)
+
     def with_heldout(self, metrics: dict, seconds: float) -> "Manifest":
         """A copy with each kind's held-out metrics (metrics[kind]) and the scoring time."""
         models = {k: {**v, "heldout_metrics": metrics[k]} if k in MODEL_KEYS else v
@@ -252,11 +257,12 @@ class Manifest:
     def file_entries(self) -> list[dict]:
         """Every weights file the manifest names ({"file", "sha256", ...}: the trunk, each member
         of each ensemble, the OOD detector, the similar-cases archive, the lesion segmenter, the reader
-        mode's cases), in the manifest's order."""
+        mode's cases, the shift score), in the manifest's order."""
         entries = {"trunk": [self.trunk] if self.trunk else [], "ood": [self.ood] if self.ood else [],
                    "archive": [self.archive] if self.archive else [],
                    "reader_cases": [self.reader_cases] if self.reader_cases else [],
                    "segmentation": [self.segmentation] if self.segmentation else [],
+                   "shift": [self.shift] if self.shift else [],
                    "models": [m for v in self.models.values() for m in v.get("members", [])]}
         return [e for key in self.to_dict() for e in entries.get(key, ())]
 

@@ -66,6 +66,7 @@ class ImageFeatures:
     images: object = None            # torch.Tensor (images, 3, H, W): each unflipped view, kept for the
                                      # heatmaps of whole-network members (None when there are none)
     unlike_dermoscopy: bool = False  # the OOD check flagged the first image (its outline may be no lesion)
+    shift: object = None             # lesion_app.evidence.shift.ShiftReading of the first image, when the weights have one
     measured: dict = field(default_factory=dict)   # the first image's outline measures, once taken
 
 
@@ -113,6 +114,7 @@ class Analysis:
     extra_images: list = field(default_factory=list)  # further images of the same lesion, as `image`
     repeated: list = field(default_factory=list)  # how often each image given more than once was given
     lesion: LesionFindings | None = None  # the outline and its measures, when the weights have a segmenter
+    shift: object = None             # lesion_app.evidence.shift.ShiftReading: how unlike the training images (first image)
 
     @property
     def images(self) -> list[np.ndarray]:
@@ -201,6 +203,7 @@ class Analysis:
             **({"n_images": self.n_images} if self.n_images > 1 or self.repeated else {}),
             **({"note": self.repeat_note} if self.repeated else {}),
             **({"lesion": self.lesion.to_report()} if self.lesion is not None else {}),
+            **({"shift": self.shift.to_report()} if self.shift is not None else {}),
         }
 
 

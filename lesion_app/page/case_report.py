@@ -318,6 +318,9 @@ def reading(c: ReportContext) -> list[Flowable]:
         out += [_marked("<b>Warning:</b> " + escape(plain(w)), "warning") for w in a.warnings]
     else:
         out.append(_p("Warnings: none."))
+    if a.shift is not None:
+        out.append(_marked("<b>Likeness to the training images:</b> " + escape(plain(a.shift.sentence())),
+                           "body" if a.shift.typical else "warning"))
     return [*out, Spacer(0, 5)]
 
 

@@ -127,6 +127,15 @@ def cam_strip(a: Analysis, r: ModelResult, name: str, heatmap: Callable[..., str
            f'{"".join(cells)}</div>'
 
 
+def warnings_markdown(a: Analysis) -> str:
+    """The warnings line: each warning, then how unlike the training images the image is (a note
+    when typical, a warning otherwise), when the weights have a shift score."""
+    lines = [f"⚠️ {w}" for w in a.warnings]
+    if a.shift is not None:
+        lines.append(("ℹ️ " if a.shift.typical else "⚠️ ") + a.shift.sentence())
+    return "\n".join(lines)
+
+
 def metadata_warning(error: Exception) -> str:
     """The warnings line for an unfinished or invalid age, sex or site."""
     return f"⚠️ {error} The results below are for the last valid entry."
@@ -143,7 +152,7 @@ def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: 
     measures (whose attention figures follow the heatmaps) are always set.
     """
     page = PageContent(
-        reading=f"### {a.reading()}", warnings="\n".join(f"⚠️ {w}" for w in a.warnings),
+        reading=f"### {a.reading()}", warnings=warnings_markdown(a),
         fusion_probs=a.fusion.labelled(),
         fusion_cam=cam_strip(a, a.fusion, "Fusion", heatmap, outline), lesion_measures=lesion_markdown(a),
         fusion_note=cam_note(a.fusion), shap_plot=shap_figure(a), report_json=a.to_report(),

@@ -72,6 +72,9 @@ def _ood(m: Manifest) -> str:
             by_class += f"; {', '.join(unmeasured)}: all in the fit sample, not measured here"
         lines.append(f"| other HAM10000 images, used for neither fit nor threshold | dermoscopic | "
                      f"{f['dermoscopic_unused']:.1%} of {f['dermoscopic_unused_n']} ({by_class}) |")
+    if "other_clinic_unused" in f:
+        lines.append(f"| {f['other_clinic']} images not fitted on (other clinics) | dermoscopic | "
+                     f"{f['other_clinic_unused']:.1%} of {f['other_clinic_unused_n']} |")
     lines.append(f"| synthetic (plain colours, gradients, text, cartoons, patterns, noise) | not dermoscopic | "
                  f"{f['synthetic_non_dermoscopic']:.0%} of {f['synthetic_n']} |")
     for which in ("tuning", "evaluation"):
@@ -82,6 +85,27 @@ def _ood(m: Manifest) -> str:
                          f"{r['flagged'] / max(r['n'], 1):.0%} of {r['n']} |")
     if o.get("real_photos"):
         lines += ["", f"Real photos: {o['real_photos']['about']}. The evaluation set's photos were kept for measurement only."]
+    return "\n".join(lines) + "\n"
+
+
+def _shift(m: Manifest) -> str:
+    sh = m.shift
+    if not sh:
+        return ""
+    lines = ["## How unlike the training images (shift score)",
+             f"{sh['method']}. Fitted on {sh['fitted_on']}; percentiles from {sh['reference']}. "
+             f"Measured on {sh['measured_on']}.", "",
+             "| band (percentile) | images | fusion bal. acc. | melanoma AUC | 90% sets cover | 95% sets cover |",
+             "|---|---|---|---|---|---|"]
+    for b in sh["bands"]:
+        r = b["measured"]
+        src = ", ".join(f"{k} {v}" for k, v in r["sources"].items())
+        fig = lambda k, f=".3f": format(r[k], f) if r.get(k) is not None else "n/a"  # noqa: E731
+        lines.append(f"| {b['name']} ({b['from']:.0f}-{b['to']:.0f}) | {r['n']} ({src}) | {fig('balanced_accuracy')} | "
+                     f"{fig('mel_auc')} | {fig('coverage_0.9')} | {fig('coverage_0.95')} |")
+    lines += ["", "Where the images lie: " + "; ".join(
+        f"{s}: median percentile {r['median_percentile']:.0f}, "
+        + ", ".join(f"{k} {v:.0%}" for k, v in r["share_by_band"].items()) for s, r in sh["by_source"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -230,6 +254,7 @@ Scored through the app's own inference path. Small (4 df and 4 vasc images), so 
   (wall time: it includes any time the machine was shared with other work or the run was paused).
 
 {_ood(m)}
+{_shift(m)}
 {_archive(m)}
 {_segmentation(m)}
 {coverage_markdown(m.prediction_sets)}
