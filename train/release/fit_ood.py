@@ -1,6 +1,7 @@
 """Fits the out-of-distribution check on the shared trunk's features of dermoscopic images.
 
     python -m train.release.fit_ood [--weights weights] [--data DIR] [--percentile 98] [--fit-per-class 200]
+                                    [--other DIR --other-aspect 4:3 --other-fit-share 0.5]
 
 Fitted (one Gaussian of the trunk's channel means) on a class-stratified sample of images
 outside the held-out slice, each as given and once more recompressed, re-exposed or
@@ -10,6 +11,10 @@ a percentile of the held-out slice's distances and saturation, images no member 
 images used for neither (the trunk is frozen ImageNet, so the detector has never seen them);
 on ~40 synthetic non-dermoscopic images; and on real photographs that installed packages
 ship (train/data/real_photos.py: tuning and evaluation sets, per kind).
+With --other (another clinic's dermoscopy, such as ../shared/data/isic2017): a share of its images
+joins the fit, so dermoscopy from other devices is not called "not dermoscopic", and the rest
+measures how many such images are still flagged. No classifier trained on them; the figures the app
+quotes about other clinics come from the shift score (train.release.fit_shift), not from this fit.
 Only the trunk runs (no member), so it takes a few minutes on a 2-core CPU.
 Writes weights/ood.safetensors, its manifest entry and the model card's OOD section
 (overwrites them).
@@ -106,6 +111,10 @@ def main(argv=None):
     p.add_argument("--percentile", type=float, default=98.0)
     p.add_argument("--colour-percentile", type=float, default=0.5)
     p.add_argument("--fit-per-class", type=int, default=200, help="images per class to fit on (at most)")
+    p.add_argument("--other", type=Path, default=None,
+                   help="another clinic's dermoscopy (HAM10000 layout): a share joins the fit, the rest is measured")
+    p.add_argument("--other-aspect", default=None, metavar="W:H", help="un-squash its images first (isic2017: 4:3)")
+    p.add_argument("--other-fit-share", type=float, default=0.5)
     p.add_argument("--check", type=int, default=2000,
                    help="dermoscopic images, neither fitted on nor thresholded on, to measure the flag rate on")
     a = p.parse_args(argv)
@@ -123,6 +132,15 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     fit_images = [load_image(a.data, i) for i in fit["image_id"]]
     fit_images += [upload_variant(im, rng) for im in fit_images]
+    other_fit = other_check = None
+    if a.other is not None:
+        from train.evaluation.evaluate import folder_image, parse_aspect
+        aspect = parse_aspect(a.other_aspect)
+        other = load_metadata(a.other)
+        other_fit = other.groupby("dx", group_keys=False).sample(frac=a.other_fit_share, random_state=0)
+        other_check = other[~other["image_id"].isin(set(other_fit["image_id"]))]
+        extra = [folder_image(a.other, i, aspect) for i in other_fit["image_id"]]
+        fit_images += extra + [upload_variant(im, rng) for im in extra]
     f_fit, _ = trunk_features(predictor, fit_images, views=False)
     f_held, rgb_held = trunk_features(predictor, [load_image(a.data, i) for i in held["image_id"]])
     det = OODDetector.fit(f_fit.numpy())
@@ -137,6 +155,10 @@ def main(argv=None):
     chk_flags = det.flags(f_chk, rgb_chk).numpy()
     flagged_check = float(chk_flags.mean())
     by_class = {dx: float(chk_flags[(check["dx"] == dx).to_numpy()].mean()) for dx in sorted(check["dx"].unique())}
+    other_flagged = None
+    if other_check is not None:
+        f_o, rgb_o = trunk_features(predictor, [folder_image(a.other, i, aspect) for i in other_check["image_id"]])
+        other_flagged = float(det.flags(f_o, rgb_o).numpy().mean())
     m = measure(predictor, det)
     path = a.weights / "ood.safetensors"
     det.save(path)
@@ -147,14 +169,18 @@ def main(argv=None):
         "method": "Mahalanobis distance of the shared frozen trunk's output (ImageNet lower stages; each "
                   "channel's mean over positions and the 4 flip views) to a Gaussian of dermoscopic "
                   "training images; or mean HSV saturation below min_saturation",
-        "fitted_on": f"{len(fit)} images outside the held-out slice, at most {a.fit_per_class} per class, "
-                     "each as given and once as an upload variant (JPEG quality 20-90, brightness x0.7-1.35, "
+        "fitted_on": f"{len(fit)} images outside the held-out slice, at most {a.fit_per_class} per class"
+                     + (f", and {len(other_fit)} images of {a.other.name} (another clinic's dermoscopy, "
+                        f"{a.other_fit_share:.0%} of each class)" if other_fit is not None else "")
+                     + ", each as given and once as an upload variant (JPEG quality 20-90, brightness x0.7-1.35, "
                      "30-70% resolution or contrast x0.7-1.3); one view each",
         "threshold_rule": f"{a.percentile}th percentile of the held-out slice's distances; colour: "
                           f"{a.colour_percentile}th percentile of its saturation",
         "flagged_share": {"heldout": flagged_held, "n_heldout": len(held),
                           "dermoscopic_unused": flagged_check, "dermoscopic_unused_n": len(check),
                           "dermoscopic_unused_by_class": by_class,
+                          **({"other_clinic": a.other.name, "other_clinic_unused": other_flagged,
+                              "other_clinic_unused_n": len(other_check)} if other_check is not None else {}),
                           "synthetic_non_dermoscopic": syn["flagged"] / syn["n"], "synthetic_n": syn["n"],
                           "real_photos_tuning": tun["flagged"] / max(tun["n"], 1), "real_photos_tuning_n": tun["n"],
                           "real_photos_evaluation": ev["flagged"] / max(ev["n"], 1),
@@ -171,7 +197,8 @@ def main(argv=None):
     print(f"threshold {det.threshold:.2f}, min saturation {det.min_saturation:.3f}; flagged: held-out slice "
           f"{flagged_held:.1%} of {len(held)} (threshold set there), other dermoscopic images {flagged_check:.1%} "
           f"of {len(check)} (by class: {', '.join(f'{k} {v:.1%}' for k, v in by_class.items())}), synthetic {syn['flagged']}/{syn['n']} "
-          f"(missed: {', '.join(syn['missed']) or 'none'})")
+          f"(missed: {', '.join(syn['missed']) or 'none'})"
+          + (f"; {a.other.name} images not fitted on: {other_flagged:.1%} of {len(other_check)}" if other_check is not None else ""))
     for which, r in (("tuning", tun), ("evaluation", ev)):
         kinds = ", ".join(f"{k} {v['flagged']}/{v['n']}" for k, v in r["by_kind"].items())
         print(f"real photos, {which}: {r['flagged']}/{r['n']} ({kinds}); missed: {', '.join(r['missed']) or 'none'}")
