@@ -101,3 +101,47 @@ def test_a_carry_view_can_show_a_round_black_field_of_view():
     # Some corner of some view is black (the rotation and crop may move the disc's edge).
     corners = torch.stack([v[:, :8, :8].mean() for v in views] + [v[:, -8:, -8:].mean() for v in views])
     assert (corners < -0.8).any()
+
+
+def test_the_skin_tone_angle_matches_cielab_on_synthetic_skin_of_known_colour():
+    from skimage.color import rgb2lab
+    from lesion_app.evidence.skin_tone import band_of, skin_ita, srgb_to_lab
+    for rgb in ((255, 255, 255), (255, 0, 0), (224, 172, 150), (141, 85, 36), (60, 40, 30)):
+        assert np.allclose(srgb_to_lab(np.array(rgb, np.uint8)), rgb2lab(np.array([[rgb]], np.uint8))[0, 0], atol=0.05)
+    # Patches of uniform skin: the angle is arctan((L* - 50) / b*) of their colour, and the band follows it.
+    for rgb, band in (((236, 205, 190), "very light"), ((200, 150, 120), "intermediate"), ((120, 80, 55), "brown")):
+        patch = np.full((60, 80, 3), rgb, np.uint8)
+        L, _, b = rgb2lab(patch[:1, :1])[0, 0]
+        ita = skin_ita(patch, None)
+        assert ita == pytest.approx(np.degrees(np.arctan((L - 50) / b)), abs=0.05)
+        assert band_of(ita) == band
+
+
+def test_the_skin_tone_reads_the_skin_outside_the_outline_and_any_black_frame():
+    from lesion_app.evidence.skin_tone import skin_ita
+    light = np.full((60, 80, 3), (236, 205, 190), np.uint8)
+    img = light.copy()
+    lesion = np.zeros((60, 80), bool)
+    lesion[20:40, 25:55] = True
+    img[lesion] = (60, 40, 30)                     # a dark lesion
+    img[:, :6] = 0                                 # a black border
+    assert skin_ita(img, lesion) == pytest.approx(skin_ita(light, None), abs=0.5)
+    assert skin_ita(np.zeros((60, 80, 3), np.uint8), None) is None   # no skin: no angle
+
+
+def test_a_4000_px_upload_and_a_100_px_one_take_the_scale_step_as_documented(tmp_path):
+    """4000 px: decoded at most 1024 px (image_input), then brought to 200 px, then to the input size;
+    100 px: never enlarged before the input size (only the final resize, as today)."""
+    import io
+    from lesion_app.files.image_input import load_upload
+    spec = InputSpec(source_width=200)
+    big = skin(4000, 3000)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=95)
+    upload = load_upload(buf.getvalue())
+    assert max(upload.size) == 1024
+    expected = upload.resize((200, 150), Image.Resampling.LANCZOS).resize((256, 192), Image.Resampling.BICUBIC)
+    assert np.array_equal(np.asarray(fit_to_aspect(upload, spec)), np.asarray(expected))
+    small = skin(100, 75)
+    assert np.array_equal(np.asarray(fit_to_aspect(small, spec)),
+                          np.asarray(small.resize((256, 192), Image.Resampling.BICUBIC)))

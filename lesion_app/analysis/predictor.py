@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from ..classifier.frozen import FrozenStages, reference_channels
 from ..classifier.metadata import encode_metadata, parse_age, parse_choice, unknown_row
 from ..classifier.models import ARCH
-from ..classifier.preprocess import flip_views, input_box, mean_over_views, to_tensor, unnormalise
+from ..classifier.preprocess import fit_to_aspect, flip_views, input_box, mean_over_views, to_tensor, unnormalise
 from ..classifier.result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
 from ..classifier.segmenter import STAGES as TRUNK_STAGES
 from ..classifier.segmenter import THRESHOLD as SEGMENT_THRESHOLD, LesionSegmenter, largest_component, \
@@ -33,6 +33,7 @@ from ..evidence.lesion import lesion_findings
 from ..evidence.ood import OODDetector
 from ..evidence.shapley import PLAYERS, coalition_rows, shapley_values
 from ..evidence.shift import ShiftScore
+from ..evidence.skin_tone import skin_tone
 
 
 AGE_SWEEP = tuple(range(0, 91, 5))   # the what-if's ages, years
@@ -370,6 +371,9 @@ class Predictor:
                     features.unlike_dermoscopy |= i == 0 and w is not None
             if self.shift is not None:
                 features.shift = self.shift.reading(OODDetector.trunk_features(fp.reference, n)[0])
+            if self.manifest.skin_tone:   # on the input before colour constancy, outside the outline
+                features.skin_tone = skin_tone(np.asarray(fit_to_aspect(images[0], self.spec)),
+                                               fp.outlines[0] if fp.outlines else None, self.manifest.skin_tone)
             image_only_p = probabilities_dict(image_only)
             image_only_result = ModelResult(image_only_p, *self._cam(
                 features, "image_only", heatmap_target(cam_class, image_only_p), None, cam_method))
@@ -493,6 +497,7 @@ class Predictor:
             metadata=parsed,
             similar_cases=self.similar_cases(f, similar, parsed["sex"], parsed["site"]),
             what_if=self._what_if(swept), model_info=self.model_info, features=f, shift=f.shift,
+            skin_tone=f.skin_tone, dermoscopic=not f.unlike_dermoscopy,
             prediction_sets={level: {k: [c for c, inside in zip(CLASSES, m[0]) if inside] for k, m in kinds.items()}
                              for level, kinds in sets.items()})
 

@@ -75,6 +75,7 @@ class Manifest:
     reader_cases: dict | None = None  # train.release.reader_cases (the held-out cases of 'Test yourself')
     segmentation: dict | None = None  # train.fitting.segmentation (the lesion's outline)
     shift: dict | None = None        # train.release.fit_shift (how unlike the training images, and what it did)
+    skin_tone: dict | None = None    # train.release.skin_tone (the training images' skin-tone angles)
     extra: dict = field(default_factory=dict)   # keys this code does not know, kept as read
     # The keys' order as read, so a rewrite keeps the file's own order (new keys go last).
     key_order: tuple = field(default=(), repr=False, compare=False)
@@ -169,6 +170,10 @@ class Manifest:
     def with_shift(self, entry: dict) -> "Manifest":
         """A copy with the graded shift score's entry (train.release.fit_shift)."""
         return replace(self, shift=entry)
+
+    def with_skin_tone(self, entry: dict) -> "Manifest":
+        """A copy with the training images' skin-tone angles (train.release.skin_tone)."""
+        return replace(self, skin_tone=entry)
 
     def with_heldout(self, metrics: dict, seconds: float) -> "Manifest":
         """A copy with each kind's held-out metrics (metrics[kind]) and the scoring time."""

@@ -67,6 +67,7 @@ class ImageFeatures:
                                      # heatmaps of whole-network members (None when there are none)
     unlike_dermoscopy: bool = False  # the OOD check flagged the first image (its outline may be no lesion)
     shift: object = None             # lesion_app.evidence.shift.ShiftReading of the first image, when the weights have one
+    skin_tone: object = None         # lesion_app.evidence.skin_tone.SkinTone of the first image, when the weights have one
     measured: dict = field(default_factory=dict)   # the first image's outline measures, once taken
 
 
@@ -115,6 +116,8 @@ class Analysis:
     repeated: list = field(default_factory=list)  # how often each image given more than once was given
     lesion: LesionFindings | None = None  # the outline and its measures, when the weights have a segmenter
     shift: object = None             # lesion_app.evidence.shift.ShiftReading: how unlike the training images (first image)
+    skin_tone: object = None         # lesion_app.evidence.skin_tone.SkinTone: the skin around the lesion (first image)
+    dermoscopic: bool = True         # False when the OOD check called the first image not dermoscopic
 
     @property
     def images(self) -> list[np.ndarray]:
@@ -203,8 +206,16 @@ class Analysis:
             **({"n_images": self.n_images} if self.n_images > 1 or self.repeated else {}),
             **({"note": self.repeat_note} if self.repeated else {}),
             **({"lesion": self.lesion.to_report()} if self.lesion is not None else {}),
-            **({"shift": self.shift.to_report()} if self.shift is not None else {}),
+            "image_check": self.image_check(),
         }
+
+    def image_check(self) -> dict:
+        """/report's image_check: dermoscopic (false only for what does not look like dermoscopy),
+        shift (how unlike the training images; None without a shift score) and skin_tone (None
+        without a reference or with too little skin)."""
+        return {"dermoscopic": self.dermoscopic,
+                "shift": self.shift.to_report() if self.shift is not None else None,
+                "skin_tone": self.skin_tone.to_report() if self.skin_tone is not None else None}
 
 
 def probabilities_dict(p: np.ndarray) -> dict[str, float]:

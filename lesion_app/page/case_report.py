@@ -321,6 +321,9 @@ def reading(c: ReportContext) -> list[Flowable]:
     if a.shift is not None:
         out.append(_marked("<b>Likeness to the training images:</b> " + escape(plain(a.shift.sentence())),
                            "body" if a.shift.typical else "warning"))
+    if a.skin_tone is not None:
+        out.append(_marked("<b>Skin tone:</b> " + escape(plain(a.skin_tone.sentence())),
+                           "body" if a.skin_tone.inside else "warning"))
     return [*out, Spacer(0, 5)]
 
 

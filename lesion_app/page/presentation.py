@@ -128,11 +128,14 @@ def cam_strip(a: Analysis, r: ModelResult, name: str, heatmap: Callable[..., str
 
 
 def warnings_markdown(a: Analysis) -> str:
-    """The warnings line: each warning, then how unlike the training images the image is (a note
-    when typical, a warning otherwise), when the weights have a shift score."""
+    """The warnings line: each warning, then how unlike the training images the image is and the
+    skin around the lesion against the training images' (each a note when inside the training
+    images' range, a warning otherwise), when the weights can tell."""
     lines = [f"⚠️ {w}" for w in a.warnings]
     if a.shift is not None:
         lines.append(("ℹ️ " if a.shift.typical else "⚠️ ") + a.shift.sentence())
+    if a.skin_tone is not None:
+        lines.append(("ℹ️ " if a.skin_tone.inside else "⚠️ ") + a.skin_tone.sentence())
     return "\n".join(lines)
 
 
