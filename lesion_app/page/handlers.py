@@ -32,7 +32,11 @@ class NothingToReport(ValueError):
     """A case report asked for before any analysis; the message is shown to the user as is."""
 
 
-USER_ERRORS = (ChoiceError, InputError, MetadataError, NothingToReport)
+class NothingToRedraw(ValueError):
+    """A heatmap class or method chosen before any image; the message is shown to the user as is."""
+
+
+USER_ERRORS = (ChoiceError, InputError, MetadataError, NothingToReport, NothingToRedraw)
 
 
 def similar_query(k_choice=None, same_site=None, same_sex=None) -> SimilarQuery:
@@ -158,7 +162,7 @@ class PageEvents:
         try:
             meta = parse_metadata(age, sex, site)
         except MetadataError as e:
-            return PageUpdate(PageContent(warnings=metadata_warning(e)))
+            return PageUpdate(PageContent(warnings=metadata_warning(e, state.analysis)))
         a = self.predictor.with_metadata(state.analysis, *meta, HEATMAP_CLASS.parse(cam_choice),
                                          HEATMAP_METHOD.parse(method_choice),
                                          similar_query(k_choice, same_site, same_sex))
@@ -171,9 +175,11 @@ class PageEvents:
                         state: SessionState, k_choice=None, same_site=None, same_sex=None,
                         extra=None) -> PageUpdate | None:
         """A new heatmap class or method: the current image and inputs again (once analysed, from
-        the kept features: heatmaps only); nothing before an upload."""
+        the kept features: heatmaps only). Before an upload NothingToRedraw says the choice waits for
+        one (the choice itself stays as chosen)."""
         if payload is None:
-            return None
+            raise NothingToRedraw("No image yet: upload one and press Analyze; its heatmaps will use the class "
+                                  "and method chosen here.")
         return self.analyze(payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice, state,
                             k_choice, same_site, same_sex, extra)
 

@@ -127,9 +127,16 @@ def cam_strip(a: Analysis, r: ModelResult, name: str, heatmap: Callable[..., str
            f'{"".join(cells)}</div>'
 
 
-def metadata_warning(error: Exception) -> str:
-    """The warnings line for an unfinished or invalid age, sex or site."""
-    return f"⚠️ {error} The results below are for the last valid entry."
+def warnings_markdown(a: Analysis) -> str:
+    """The analysis's own warnings, one line each."""
+    return "\n".join(f"⚠️ {w}" for w in a.warnings)
+
+
+def metadata_warning(error: Exception, a: Analysis | None = None) -> str:
+    """The warnings line for an unfinished or invalid age, sex or site, above the shown analysis's own
+    warnings (they still hold for the results shown)."""
+    return "\n".join([f"⚠️ {error} The results below are for the last valid entry.",
+                      *([warnings_markdown(a)] if a is not None and a.warnings else [])])
 
 
 def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: str, level: str = "0.9",
@@ -143,7 +150,7 @@ def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: 
     measures (whose attention figures follow the heatmaps) are always set.
     """
     page = PageContent(
-        reading=f"### {a.reading()}", warnings="\n".join(f"⚠️ {w}" for w in a.warnings),
+        reading=f"### {a.reading()}", warnings=warnings_markdown(a),
         fusion_probs=a.fusion.labelled(),
         fusion_cam=cam_strip(a, a.fusion, "Fusion", heatmap, outline), lesion_measures=lesion_markdown(a),
         fusion_note=cam_note(a.fusion), shap_plot=shap_figure(a), report_json=a.to_report(),

@@ -24,6 +24,7 @@ from .handlers import USER_ERRORS, PageEvents, SessionState
 from . import reader_tab
 from .presentation import START
 from .reader import ReaderEvents
+from .slips import warn
 
 EXAMPLES_DIR = PACKAGE / "examples"
 NOTICE = ("**Research demo, not a medical device. Not for diagnosis.** Outputs are from models "
@@ -128,6 +129,7 @@ class View:
     state: gr.State
     case_report: gr.Button
     case_report_file: gr.File  # hidden: the PDF the browser is handed, then downloads
+    analyze_api: gr.Button     # hidden: carries the /analyze endpoint (a slip is an error there, not a toast)
     report_button: gr.Button   # hidden: carries the /report endpoint
     report_out: gr.JSON        # hidden
     case_report_api: gr.Button  # hidden: carries the /case_report endpoint
@@ -242,6 +244,7 @@ def layout(clinical: ClinicalReport | None) -> View:
         gr.Markdown(clinical.markdown() if clinical else
                     "No evaluation report yet: run `python -m train.evaluation.report`.", elem_id="model_report")
     c["state"] = gr.State(SessionState())  # this session's decoded image and analysis, in memory only
+    c["analyze_api"] = gr.Button(visible=False)
     c["report_button"] = gr.Button(visible=False)
     c["report_out"] = gr.JSON(visible=False)
     c["case_report_api"] = gr.Button(visible=False)
@@ -250,7 +253,8 @@ def layout(clinical: ClinicalReport | None) -> View:
 
 
 def for_user(fn, *args):
-    """fn(*args); a mistake the user can fix becomes a gr.Error with its plain message, no traceback."""
+    """fn(*args) for an API endpoint: a mistake the caller can fix becomes a gr.Error with its plain
+    message, no traceback, which the client raises (on the page, see Handlers._show)."""
     try:
         return fn(*args)
     except USER_ERRORS as e:
@@ -259,7 +263,8 @@ def for_user(fn, *args):
 
 class Handlers:
     """The page's events as Gradio calls them: each PageUpdate from PageEvents becomes {component: value}
-    (gr.skip() for none), each user error a gr.Error (for_user)."""
+    (gr.skip() for none). On the page a user's slip is one warning toast and every output stays as it
+    was (_show); the API endpoints raise it as a gr.Error instead (for_user)."""
 
     def __init__(self, predictor: Predictor, clinical: ClinicalReport | None, view: View,
                  files: ReportFiles | None = None):
@@ -271,7 +276,17 @@ class Handlers:
         return self.events.predictor
 
     def _show(self, event, *values):
-        update = for_user(event, *values)
+        """A page event's PageUpdate as {component: value}. A slip the user can put right is one
+        warning toast, and every output is skipped: gr.Error would mark each output with an "Error"
+        badge whose overlay takes the clicks, and nothing on the page (an earlier analysis) is lost."""
+        try:
+            update = event(*values)
+        except USER_ERRORS as e:
+            warn(e)
+            return gr.skip()
+        return self._render(update)
+
+    def _render(self, update):
         if update is None:
             return gr.skip()
         out = {getattr(self.view, name): value for name, value in update.content.shown().items()}
@@ -287,9 +302,17 @@ class Handlers:
     def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                 state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
         """Analyses the current image (and further images of the lesion) with the current inputs
-        (the Analyze button, /analyze)."""
+        (the Analyze button and an example click; a slip is a warning)."""
         return self._show(self.events.analyze, payload, age, sex, site, cam_choice, op_choice, level_choice,
                           method_choice, state, k_choice, same_site, same_sex, extra)
+
+    def analyze_api(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
+                    state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
+        """Analyses the image (and up to 3 further images of the same lesion) with the given inputs; returns
+        every output of the page's analysis, the report JSON tenth. A mistake in the inputs is an error
+        with a plain message."""
+        return self._render(for_user(self.events.analyze, payload, age, sex, site, cam_choice, op_choice,
+                                     level_choice, method_choice, state, k_choice, same_site, same_sex, extra))
 
     def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                          state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None):
@@ -326,9 +349,14 @@ class Handlers:
         """
         return for_user(self.events.report, image, age, sex, site, k, same_site, same_sex, extra_images)
 
-    def case_report(self, state: SessionState, op_choice, level_choice, request: gr.Request) -> str:
-        """The current analysis as a PDF in the private folder (removed once served); its path."""
-        pdf = for_user(self.events.case_report, state, op_choice, level_choice)
+    def case_report(self, state: SessionState, op_choice, level_choice, request: gr.Request) -> str | None:
+        """The current analysis as a PDF in the private folder (removed once served); its path. Before
+        an analysis: a warning, and None (the download that follows fetches nothing, not an old PDF)."""
+        try:
+            pdf = self.events.case_report(state, op_choice, level_choice)
+        except USER_ERRORS as e:
+            warn(e)
+            return None
         return str(self.files.write(pdf, request.session_hash if request else None))
 
     def case_report_for(self, image, age, sex, site, k=None, same_site=None, same_sex=None, extra_images=None,
@@ -347,7 +375,10 @@ def wire(v: View, h: Handlers) -> None:
     (clear messages for broken files; Gradio never decodes or re-saves it) and every other
     value arrives raw, so blank and padded values are parsed by one rule."""
     private = {"api_visibility": "private", "preprocess": False}
-    v.button.click(h.analyze, v.inputs, v.outputs, api_name="analyze", preprocess=False, **MODEL_QUEUE)
+    # /analyze: the page's analysis for API callers, whose slips are errors they can catch (no page to
+    # warn); the Analyze button runs the same analysis with a warning for a slip.
+    v.analyze_api.click(h.analyze_api, v.inputs, v.outputs, api_name="analyze", preprocess=False, **MODEL_QUEUE)
+    v.button.click(h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
     # One click on an example loads it and analyses it.
     # (An example is another lesion: further images of the previous one are cleared first.)
     v.examples.load_input_event.then(None, None, v.extra_images, js="() => null").then(
