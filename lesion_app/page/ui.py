@@ -284,6 +284,8 @@ class Handlers:
         except USER_ERRORS as e:
             warn(e)
             return gr.skip()
+        if update is not None and update.slip is not None:
+            warn(update.slip)   # the content is left as it was; the state keeps the uploads read
         return self._render(update)
 
     def _render(self, update):
@@ -311,8 +313,11 @@ class Handlers:
         """Analyses the image (and up to 3 further images of the same lesion) with the given inputs; returns
         every output of the page's analysis, the report JSON tenth. A mistake in the inputs is an error
         with a plain message."""
-        return self._render(for_user(self.events.analyze, payload, age, sex, site, cam_choice, op_choice,
-                                     level_choice, method_choice, state, k_choice, same_site, same_sex, extra))
+        update = for_user(self.events.analyze, payload, age, sex, site, cam_choice, op_choice, level_choice,
+                          method_choice, state, k_choice, same_site, same_sex, extra)
+        if update.slip is not None:
+            raise gr.Error(str(update.slip), print_exception=False)
+        return self._render(update)
 
     def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                          state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None):
