@@ -388,7 +388,9 @@ def wire(v: View, h: Handlers) -> None:
     # (An example is another lesion: further images of the previous one are cleared first.)
     v.examples.load_input_event.then(None, None, v.extra_images, js="() => null").then(
         h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
-    gr.on([v.cam_class.input, v.cam_method.input], h.heatmap_changed, v.inputs, v.outputs, **private, **MODEL_QUEUE)
+    # The class dropdown's .select: its .input fires twice for one pick (seen in Chromium: two heatmap
+    # redraws, or two 'No image yet' warnings).
+    gr.on([v.cam_class.select, v.cam_method.input], h.heatmap_changed, v.inputs, v.outputs, **private, **MODEL_QUEUE)
     # Live what-if: a new age, sex or site re-runs only the fusion heads on the kept features.
     # always_last: keystrokes that arrive while one update runs collapse into one more with the final value.
     gr.on([v.age.input, v.sex.input, v.site.input], h.metadata_changed, v.inputs, v.outputs,
