@@ -289,7 +289,8 @@ def test_a_slip_on_the_page_is_one_warning_and_leaves_the_analysis_as_it_was(app
         (lambda: (payload, "abc", None), "Age must be a number of years, got 'abc'."),
         (lambda: (payload, "300", None), "Age must be between 0 and 120 years, got 300."),
         (lambda: (broken("not_an_image"), "", None), "The file is not an image this app can read"),
-        (lambda: (payload, "", [broken("truncated_jpeg")]), "The image file is damaged or truncated"),
+        (lambda: (payload, "", [upload("ISIC_0024403.jpg"), broken("truncated_jpeg")]),
+         "Further image 2: The image file is damaged or truncated"),
         (lambda: (payload, "", [upload("ISIC_0024403.jpg") for _ in range(4)]),
          "At most 3 more images of the same lesion (4 in all); 4 were given."),
     ]

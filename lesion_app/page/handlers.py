@@ -53,6 +53,12 @@ def upload_key(payload, extra=None):
     return key if not extra else (key, *(upload_key(e) for e in extra))
 
 
+def further_image_name(payload, i: int) -> str:
+    """How a message names the i-th further image: its file's name as uploaded, else its place."""
+    name = payload.get("orig_name") if isinstance(payload, dict) else None
+    return f"{name} (further image {i})" if name else f"Further image {i}"
+
+
 def extra_payloads(extra) -> list:
     """The further images of the lesion as a list of payloads (blank: none)."""
     if extra is None or extra == "":
@@ -147,7 +153,7 @@ class PageEvents:
         fresh = [k is None or k not in kept for k in keys]
         taken = iter(take_uploads([p for p, f in zip(payloads, fresh) if f], self.keep, raise_errors=False))
         images, read, error = [], {}, None
-        for k, f in zip(keys, fresh):
+        for i, (p, k, f) in enumerate(zip(payloads, keys, fresh)):
             data = next(taken) if f else None
             if k is not None and k in read:
                 images.append(read[k])
@@ -159,7 +165,7 @@ class PageEvents:
                     raise data
                 image = load_upload(data) if f else kept[k]
             except InputError as e:
-                error = error or e
+                error = error or (InputError(f"{further_image_name(p, i)}: {e}") if i else e)
                 continue
             images.append(image)
             if k is not None:
