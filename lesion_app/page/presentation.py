@@ -150,7 +150,7 @@ def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: 
     measures (whose attention figures follow the heatmaps) are always set.
     """
     page = PageContent(
-        reading=f"### {a.reading()}", warnings=warnings_markdown(a),
+        reading=f"## {a.reading()}", warnings=warnings_markdown(a),
         fusion_probs=a.fusion.labelled(),
         fusion_cam=cam_strip(a, a.fusion, "Fusion", heatmap, outline), lesion_measures=lesion_markdown(a),
         fusion_note=cam_note(a.fusion), shap_plot=shap_figure(a), report_json=a.to_report(),

@@ -326,7 +326,7 @@ def truth_markdown(a: CaseAnswer, case: ReaderCase) -> str:
     excise = f"; would excise or biopsy: **{a.excise_before}**" if a.excise_before else ""
     vote = f" · similar cases' vote: {class_label(a.similar_vote)} {_mark(a.similar_vote == a.truth)}" \
         if a.similar_vote else ""
-    return (f"### Confirmed diagnosis: {class_label(a.truth)}\n"
+    return (f"## Confirmed diagnosis: {class_label(a.truth)}\n"
             f"Confirmed by **{case.confirmed_by}** (HAM10000 dx_type `{a.dx_type}`) · image **{a.image_id}** · "
             f"lesion {a.lesion_id}\n\n"
             f"Your answer: **{class_label(a.before)}** {_mark(a.correct('before'))}{excise}\n\n"

@@ -28,7 +28,7 @@ STYLE = """<style>
 #reader_start, #reader_new, #reader_reveal, #reader_next, #reader_csv {font-size:1.3rem; min-height:3.4rem}
 #reader_progress .prose {font-size:1.4rem}
 #reader_case .prose, #reader_truth .prose, #reader_similar .prose, #reader_score .prose {font-size:1.15rem}
-#reader_truth h3 {font-size:1.8rem; margin:0.2rem 0 0.4rem}
+#reader_truth h2 {font-size:1.8rem; margin:0.2rem 0 0.4rem}
 #reader_answer .wrap, #reader_revision .wrap {display:grid; grid-template-columns:1fr; gap:0.4rem}
 #reader_answer label, #reader_revision label, #reader_excise label, #reader_excise_after label
   {font-size:1.2rem; padding:0.55rem 0.9rem}
@@ -46,7 +46,7 @@ STYLE = """<style>
   #reader_answer label, #reader_revision label, #reader_excise label, #reader_excise_after label
     {font-size:1.05rem; padding:0.45rem 0.7rem}
   #reader_progress .prose {font-size:1.2rem}
-  #reader_truth h3 {font-size:1.4rem}
+  #reader_truth h2 {font-size:1.4rem}
   #reader_case .prose, #reader_truth .prose, #reader_similar .prose, #reader_score .prose {font-size:1rem}
   #reader_score table {font-size:0.85rem}
   #reader_score th, #reader_score td {padding:0.3rem 0.35rem; overflow-wrap:normal; word-break:normal}

@@ -59,10 +59,14 @@ DOWNLOAD_JS = """(f) => {
   }
   return [];
 }"""
-# The page's own styling (demo.launch(css=CSS)). The measures table breaks lines between words
-# only (Gradio's prose style would break inside "0.06" in a narrow column); at phone width it
-# takes a smaller font and tighter cells, and scrolls sideways inside itself if it still does not fit.
+# The page's own styling (demo.launch(css=CSS, theme=THEME)). The page's headings under its title are
+# h2 (axe's heading-order: no level skipped), drawn at the size of the h3 they were. The measures table
+# breaks lines between words only (Gradio's prose style would break inside "0.06" in a narrow column);
+# at phone width it takes a smaller font and tighter cells, and scrolls sideways inside itself if it
+# still does not fit.
 CSS = """
+#reading h2, #lesion_title h2, #similar_title h2 { font-size: var(--text-lg); font-weight: 600; line-height: 1.3; margin: 0; }
+body:not(.dark) [role="tab"][aria-selected="true"] { color: var(--primary-700); }
 #lesion_measures table { display: block; max-width: 100%; overflow-x: auto; border: none !important; }
 #lesion_measures th, #lesion_measures td { overflow-wrap: normal !important; word-break: normal !important; }
 @media (max-width: 600px) {
@@ -70,6 +74,15 @@ CSS = """
   #lesion_measures th, #lesion_measures td { padding: 3px 3px !important; }
 }
 """
+# Gradio's default theme with text that passes WCAG AA contrast (axe's color-contrast): white on the
+# primary buttons needs orange 700 (5.2:1; orange 500 gave 2.8:1), and the subdued grey of "- or -"
+# in the upload box and of the footer's "Use via API" needs neutral 600 (7.8:1; axe measured 1.9:1).
+# (The selected tab's name, in the accent colour, is orange 700 on white by CSS: the accent has no
+# dark-mode value of its own, and orange 700 would fail on the dark background.)
+THEME = gr.themes.Default().set(
+    button_primary_background_fill="*primary_700", button_primary_background_fill_hover="*primary_800",
+    button_primary_background_fill_dark="*primary_700", button_primary_background_fill_hover_dark="*primary_800",
+    body_text_color_subdued="*neutral_600")
 # Every event that runs the models: one at a time in one queue, whoever launches the app
 # (Predictor and its Grad-CAM hooks are not safe to run concurrently).
 MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
@@ -206,13 +219,13 @@ def layout(clinical: ClinicalReport | None) -> View:
                             c[f"{key}_set"] = gr.Markdown(elem_id=f"{key}_set")
                             c[f"{key}_cam"] = gr.HTML(elem_id=f"{key}_cam")
                             c[f"{key}_note"] = gr.Markdown(elem_id=f"{key}_cam_note")
-                gr.Markdown("### The lesion, outlined and measured", elem_id="lesion_title")
+                gr.Markdown("## The lesion, outlined and measured", elem_id="lesion_title")
                 with gr.Row():   # side by side on a desktop, stacked on a phone
                     with gr.Column(min_width=240):
                         c["lesion_view"] = gr.HTML(elem_id="lesion_view")
                     with gr.Column(scale=2, min_width=300):
                         c["lesion_measures"] = gr.Markdown(elem_id="lesion_measures")
-                gr.Markdown("### Similar confirmed cases", elem_id="similar_title")
+                gr.Markdown("## Similar confirmed cases", elem_id="similar_title")
                 with gr.Row():
                     c["similar_k"] = gr.Radio(list(SIMILAR_K.labels), value=str(SIMILAR_K.default),
                                               label="Cases shown", elem_id="similar_k", min_width=160)
