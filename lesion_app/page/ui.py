@@ -63,10 +63,14 @@ DOWNLOAD_JS = """(f) => {
 # h2 (axe's heading-order: no level skipped), drawn at the size of the h3 they were. The measures table
 # breaks lines between words only (Gradio's prose style would break inside "0.06" in a narrow column);
 # at phone width it takes a smaller font and tighter cells, and scrolls sideways inside itself if it
-# still does not fit.
+# still does not fit. An unexpected failure still marks an event's outputs with Gradio's "Error" badge
+# (slips never do: lesion_app.page.slips), but its overlay no longer hides the component under it nor
+# takes its clicks (it took the reader's choices); the badge and its clear button stay.
 CSS = """
 #reading h2, #lesion_title h2, #similar_title h2 { font-size: var(--text-lg); font-weight: 600; line-height: 1.3; margin: 0; }
 body:not(.dark) [role="tab"][aria-selected="true"] { color: var(--primary-700); }
+[data-testid="status-tracker"]:has(> .error) { pointer-events: none; background: transparent; }
+[data-testid="status-tracker"]:has(> .error) > * { pointer-events: auto; }
 #lesion_measures table { display: block; max-width: 100%; overflow-x: auto; border: none !important; }
 #lesion_measures th, #lesion_measures td { overflow-wrap: normal !important; word-break: normal !important; }
 @media (max-width: 600px) {
