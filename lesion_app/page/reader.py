@@ -301,8 +301,9 @@ class ReaderView:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not KEEP}
 
 
-START_TEXT = ("Press **Start deck** for a new deck of 20 held-out cases, or type the code a presenter shows "
-              "to follow the same deck.")
+# HTML, in the case image's place (a gr.HTML, where Markdown's ** showed as is).
+START_TEXT = ("Press <strong>Start deck</strong> for a new deck of 20 held-out cases, or type the code a presenter "
+              "shows to follow the same deck.")
 
 
 def case_image_html(case: ReaderCase, number: int, of: int) -> str:
