@@ -46,13 +46,13 @@ def main() -> None:
         sys.exit(f"error: cannot start the app: {e}")
     from lesion_app.evidence.clinical_report import REPORTS_DIR, ClinicalReport
     from lesion_app.files.report_files import ReportFiles, app_kwargs
-    from lesion_app.page.ui import CSS, build_app, example_digests
+    from lesion_app.page.ui import CSS, THEME, build_app, example_digests
     # Case-report PDFs live in the same private folder, and are removed once served.
     reports = ReportFiles(uploads.path)
     demo = build_app(predictor, ClinicalReport.load(predictor.model_info), reports, reader_cases)
     # One analysis at a time: each already uses every CPU core; others wait in the queue.
     demo.queue(default_concurrency_limit=1, max_size=64)
-    demo.launch(footer_links=["api"], max_file_size="40mb", allowed_paths=[str(REPORTS_DIR)], css=CSS,
+    demo.launch(footer_links=["api"], max_file_size="40mb", allowed_paths=[str(REPORTS_DIR)], css=CSS, theme=THEME,
                 app_kwargs=app_kwargs(reports), prevent_thread_lock=True)
     uploads.install_exit_cleanup()  # again: Gradio's SSR mode installs its own handlers in launch()
     # Uploads that are never analysed are deleted after ttl seconds (analysed ones are deleted

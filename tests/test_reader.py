@@ -329,3 +329,42 @@ def test_reveal_waits_in_the_models_queue_and_the_tab_is_wired(events, cases):
     assert set(fns) == {"start", "new_deck", "reveal", "next", "answers_csv"}
     assert fns["reveal"].concurrency_id == "model" and fns["reveal"].concurrency_limit == 1
     assert all(fn.api_visibility == "private" for fn in fns.values())
+
+
+def test_a_readers_slip_is_one_warning_and_keeps_the_deck_and_the_answers(events, tmp_path):
+    """Reveal before a diagnosis, Next before Reveal, Reveal twice, a malformed deck code, Reveal or
+    Next on a finished deck or before any deck, the CSV before any answer: each is one warning (outside
+    a Gradio event, gr.Warning is a Python UserWarning) and every output stays as it was, so the
+    reader's deck, place and answers are kept; the right next action then works."""
+    from dataclasses import replace
+    import gradio as gr
+    from lesion_app.page.reader_tab import ReaderHandlers, layout
+    with gr.Blocks():
+        tab = layout()
+    h = ReaderHandlers(events, ReportFiles(tmp_path), tab)
+
+    def slip(message, event, *args):
+        with pytest.warns(UserWarning) as said:
+            out = event(*args)
+        assert [str(w.message) for w in said] == [message] or \
+            (len(said) == 1 and str(said[0].message).startswith(message)), [str(w.message) for w in said]
+        return out
+    s = h.start("k7m2q", ReaderSession())[tab.state]
+    assert slip("Choose a diagnosis first; then reveal.", h.reveal, None, "yes", s) == gr.skip()
+    assert slip("Reveal this case first.", h.next, "mel", None, s) == gr.skip()
+    # What the reader typed comes back escaped: Gradio renders a toast's text as HTML.
+    assert slip("A deck code is 3 to 12 letters and digits", h.start, "<b>K7</b>", s) == gr.skip()
+    with pytest.warns(UserWarning, match="not '&lt;b&gt;K7&lt;/b&gt;'"):
+        h.start("<b>K7</b>", s)
+    assert slip("Start a deck first.", h.reveal, "mel", None, ReaderSession()) == gr.skip()
+    assert slip("No answers yet: finish a case", h.answers_csv, s, None) is None   # the download fetches nothing
+    revealed = h.reveal("mel", "yes", s)
+    r = revealed[tab.state]
+    assert r.pending.before == "mel" and "Confirmed diagnosis" in revealed[tab.truth]
+    assert slip("Already revealed: revise your answer", h.reveal, "bcc", None, r) == gr.skip()
+    done = h.next(None, None, r)
+    assert "Cases done: 1 of 7" in done[tab.score] and done[tab.state].answers[0].before == "mel"
+    finished = replace(done[tab.state], position=len(s.deck))
+    for event, args in ((h.reveal, ("mel", None)), (h.next, ("mel", None))):
+        assert slip("This deck is finished: start another one.", event, *args, finished) == gr.skip()
+    assert finished.answers == done[tab.state].answers and h.answers_csv(finished, None).endswith(".csv")

@@ -1,6 +1,10 @@
 """The UI's event logic in-process (no server): what reaches the Predictor, session state,
-and clear errors. The handlers get raw component values, as Gradio passes them."""
+and clear errors. The handlers get raw component values, as Gradio passes them. On the page a slip
+is a warning (outside a Gradio event, gr.Warning is a Python UserWarning) and every output is skipped;
+the API endpoints raise it as a gr.Error."""
+import re
 import shutil
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -107,9 +111,11 @@ def test_a_new_image_invalidates_the_session(app, upload, predictor):
     assert out[v.state].key == new["path"]
 
 
-def test_heatmap_class_before_any_upload_does_nothing(app):
+def test_heatmap_class_before_any_upload_says_so_and_changes_nothing(app):
     h, _ = app
-    assert h.heatmap_changed(None, "", "unknown", "unknown", "Melanoma (mel)", OP, LEVEL, METHOD, SessionState()) == gr.skip()
+    with pytest.warns(UserWarning, match="No image yet: upload one and press Analyze") as said:
+        out = h.heatmap_changed(None, "", "unknown", "unknown", "Melanoma (mel)", OP, LEVEL, METHOD, SessionState())
+    assert out == gr.skip() and len(said) == 1
     assert h.predictor.calls == []
 
 
@@ -131,9 +137,12 @@ def test_the_reading_explains_the_fusion_top_class_whatever_the_heatmap_class(ap
 ])
 def test_unknown_choices_are_clear_errors_before_any_work(app, upload, cam, op, message):
     h, _ = app
-    with pytest.raises(gr.Error) as e:
-        h.analyze(upload("ISIC_0024403.jpg"), "", "unknown", "unknown", cam, op, LEVEL, METHOD, SessionState())
+    with pytest.raises(gr.Error) as e:   # /analyze
+        h.analyze_api(upload("ISIC_0024403.jpg"), "", "unknown", "unknown", cam, op, LEVEL, METHOD, SessionState())
     assert e.value.message.startswith(message) and "expected" in e.value.message
+    with pytest.warns(UserWarning, match=message):   # the page: a warning, every output as it was
+        assert h.analyze(upload("ISIC_0024403.jpg"), "", "unknown", "unknown", cam, op, LEVEL, METHOD,
+                         SessionState()) == gr.skip()
     assert h.predictor.calls == []
 
 
@@ -199,8 +208,8 @@ def test_prediction_sets_follow_the_chosen_level(app, upload):
         assert set(a.prediction_sets["0.9"][kind]) <= set(a.prediction_sets["0.95"][kind])
     assert out[v.fusion_set].startswith("**95% prediction set:**")
     assert h.level_changed("90%", out[v.state])[v.fusion_set].startswith("**90% prediction set:**")
-    with pytest.raises(gr.Error, match="Unknown prediction set level"):
-        h.level_changed("80%", out[v.state])
+    with pytest.warns(UserWarning, match="Unknown prediction set level"):
+        assert h.level_changed("80%", out[v.state]) == gr.skip()
 
 
 def test_a_heatmap_method_change_redraws_both_heatmaps_from_the_kept_features(app, upload):
@@ -224,8 +233,9 @@ def test_a_heatmap_method_change_redraws_both_heatmaps_from_the_kept_features(ap
     for side, kept, again in ((a.fusion, before.fusion, fresh.fusion), (a.image_only, before.image_only, fresh.image_only)):
         assert np.allclose(side.cam, again.cam, atol=1e-4)
         assert not np.allclose(side.cam, kept.cam, atol=1e-4)
-    with pytest.raises(gr.Error, match="Unknown heatmap method 'ScoreCAM'"):
-        h.heatmap_changed(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, "ScoreCAM", out[v.state])
+    with pytest.warns(UserWarning, match="Unknown heatmap method 'ScoreCAM'"):
+        assert h.heatmap_changed(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, "ScoreCAM",
+                                 out[v.state]) == gr.skip()
 
 
 def test_the_outline_toggle_redraws_both_heatmaps_without_a_model_run_and_is_kept(app, upload):
@@ -251,3 +261,87 @@ def test_the_outline_toggle_redraws_both_heatmaps_without_a_model_run_and_is_kep
     again = h.analyze(other, "", "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, cleared[v.state])
     on = h.outline_changed(True, again[v.state])
     assert on[v.fusion_cam] != again[v.fusion_cam]
+
+
+def test_a_slip_on_the_page_is_one_warning_and_leaves_the_analysis_as_it_was(app, upload, tmp_path):
+    """No image, an age that is not a number or out of range, an unreadable file, an unreadable further
+    image, too many further images, a case report before any analysis: each is one warning, every
+    output is skipped (so the page keeps the analysis it shows), the session's analysis is untouched,
+    no model runs, and the right next action works. /analyze raises the same slips as errors."""
+    import copy
+    import itertools
+    from inputs import bad_files
+    h, v = app
+    bad, n = bad_files(tmp_path / "bad"), itertools.count()
+
+    def broken(name):   # a fresh upload of a bad file each time (a file is deleted once read)
+        dst = tmp_path / f"up-{next(n)}-{name}.png"
+        shutil.copy(bad[name][0], dst)
+        return {"path": str(dst)}
+    payload = upload("ISIC_0024394.jpg")
+    with pytest.warns(UserWarning, match="Analyze an image first: the case report describes the current analysis"):
+        assert h.case_report(SessionState(), OP, LEVEL, None) is None   # the download that follows fetches nothing
+    first = h.analyze(payload, "40", "male", "back", PREDICTED, OP, LEVEL, METHOD, SessionState())
+    state = first[v.state]
+    kept = copy.copy(state.__dict__)
+    slips = [
+        (lambda: (None, "40", None), "Please upload a dermoscopic image first."),
+        (lambda: (payload, "abc", None), "Age must be a number of years, got 'abc'."),
+        (lambda: (payload, "300", None), "Age must be between 0 and 120 years, got 300."),
+        (lambda: (broken("not_an_image"), "", None), "The file is not an image this app can read"),
+        (lambda: (payload, "", [upload("ISIC_0024403.jpg"), broken("truncated_jpeg")]),
+         "Further image 2: The image file is damaged or truncated"),
+        (lambda: (payload, "", [upload("ISIC_0024403.jpg") for _ in range(4)]),
+         "At most 3 more images of the same lesion (4 in all); 4 were given."),
+    ]
+    calls = len(h.predictor.calls)
+    for inputs, message in slips:
+        image, age, extra = inputs()
+        with pytest.warns(UserWarning) as said:
+            out = h.analyze(image, age, "male", "back", PREDICTED, OP, LEVEL, METHOD, state, extra=extra)
+        # Every output skipped, or (uploads read) only the session's memory of them updated.
+        assert out == gr.skip() or list(out) == [v.state], message
+        assert [str(w.message) for w in said] == [message] or \
+            (len(said) == 1 and str(said[0].message).startswith(message)), (message, [str(w.message) for w in said])
+        assert state.__dict__ == kept and state.analysis is first[v.state].analysis
+        if out != gr.skip():
+            assert (out[v.state].key, out[v.state].image, out[v.state].analysis) == (state.key, state.image,
+                                                                                     state.analysis)
+        image, age, extra = inputs()
+        with pytest.raises(gr.Error, match=re.escape(message)):   # /analyze: an error its caller reads
+            h.analyze_api(image, age, "male", "back", PREDICTED, OP, LEVEL, METHOD, state, extra=extra)
+    assert len(h.predictor.calls) == calls   # no slip ran a model
+    # The right next action: a valid age re-runs the fusion side of the analysed image.
+    again = h.analyze(payload, "41", "male", "back", PREDICTED, OP, LEVEL, METHOD, state)
+    assert again[v.report_json]["metadata"]["age"] == 41.0
+
+
+def test_an_upload_read_once_is_not_asked_for_again(app, tmp_path):
+    """A patient's image (not a bundled example: its file is deleted once read) stays usable: after a
+    broken further image is refused and removed, and when a further image is added after an analysis,
+    Analyze works without 'no longer available', and the analysis is of all the images given."""
+    from PIL import Image
+    from inputs import bad_files
+    h, v = app
+    im = Image.open(EXAMPLES / "images" / "ISIC_0024394.jpg").transpose(Image.Transpose.ROTATE_180)
+    main, other = tmp_path / "patient.png", tmp_path / "patient_zoom.png"
+    im.save(main)
+    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    broken = {"path": str(bad_files(tmp_path / "bad")["truncated_jpeg"][0])}
+    payload = {"path": str(main)}
+    with pytest.warns(UserWarning, match="damaged or truncated"):
+        out = h.analyze(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, SessionState(), extra=[broken])
+    assert not main.exists() and not Path(broken["path"]).exists()   # read, then deleted, slip or not
+    cleared = h.image_changed(payload, out[v.state], [])              # the broken image removed
+    alone = h.analyze(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, cleared[v.state], extra=[])
+    assert alone[v.report_json]["fusion"]["top"] and "n_images" not in alone[v.report_json]
+    # A further image added after that analysis: both are analysed, the first from memory.
+    extra = [{"path": str(other)}]
+    cleared = h.image_changed(payload, alone[v.state], extra)
+    both = h.analyze(payload, "", "unknown", "unknown", PREDICTED, OP, LEVEL, METHOD, cleared[v.state], extra=extra)
+    assert both[v.report_json]["n_images"] == 2 and not other.exists()
+    assert set(both[v.state].uploads) == {str(main), str(other)}
+    # Another image forgets them: nothing of the old ones stays in memory.
+    new = tmp_path / "next.png"
+    im.save(new)
+    assert h.image_changed({"path": str(new)}, both[v.state], None)[v.state].uploads == {}

@@ -62,16 +62,19 @@ def take_upload(payload, keep_digests: frozenset[str] = frozenset()) -> bytes:
     return take_uploads([payload], keep_digests)[0]
 
 
-def take_uploads(payloads, keep_digests: frozenset[str] = frozenset(), raise_errors: bool = True) -> list[bytes]:
+def take_uploads(payloads, keep_digests: frozenset[str] = frozenset(),
+                 raise_errors: bool = True) -> list[bytes | InputError]:
     """take_upload for every upload of one request: each file is read before any is deleted,
     the same file given twice (Gradio stores identical uploads at one path) is read once and
     answers for both, and every file read is deleted even when another is refused; then the
-    first InputError, if any, is raised (raise_errors=False: the readable ones are returned)."""
+    first InputError, if any, is raised (raise_errors=False: each upload's bytes or its
+    InputError, in order)."""
     data, read, error = [], {}, None
     for payload in payloads:
         try:
             data.append(_read_upload(payload, read))
         except InputError as e:
+            data.append(e)
             error = error or e
     for path, content in read.items():
         if hashlib.sha256(content).hexdigest() not in keep_digests:

@@ -32,7 +32,12 @@ class NothingToReport(ValueError):
     """A case report asked for before any analysis; the message is shown to the user as is."""
 
 
-USER_ERRORS = (ChoiceError, InputError, MetadataError, NothingToReport)
+class NothingToRedraw(ValueError):
+    """A heatmap class or method chosen before any image; the message is shown to the user as is."""
+
+
+USER_ERRORS = (ChoiceError, InputError, MetadataError, NothingToReport, NothingToRedraw)
+KEPT_UPLOADS = 2 * MAX_IMAGES   # the most uploads one page's session keeps decoded (at most about 3 MB each)
 
 
 def similar_query(k_choice=None, same_site=None, same_sex=None) -> SimilarQuery:
@@ -46,6 +51,12 @@ def upload_key(payload, extra=None):
     key = payload.get("path") if isinstance(payload, dict) else payload
     extra = extra_payloads(extra)
     return key if not extra else (key, *(upload_key(e) for e in extra))
+
+
+def further_image_name(payload, i: int) -> str:
+    """How a message names the i-th further image: its file's name as uploaded, else its place."""
+    name = payload.get("orig_name") if isinstance(payload, dict) else None
+    return f"{name} (further image {i})" if name else f"Further image {i}"
 
 
 def extra_payloads(extra) -> list:
@@ -85,20 +96,32 @@ class SessionState:
     analysis: Analysis | None = None
     heatmaps: HeatmapCache = field(default_factory=HeatmapCache, compare=False, repr=False)
     outline: bool = True   # the lesion's outline drawn on the heatmaps (the page's toggle; kept across images)
+    # The page's current uploads already read, decoded, by server path: each file is deleted once read,
+    # so a further image added later, or a slip put right (a broken further image removed), must not
+    # need the file again.
+    uploads: dict = field(default_factory=dict, compare=False, repr=False)
 
     def holds(self, payload, extra=None) -> bool:
         return self.image is not None and payload is not None and self.key == upload_key(payload, extra)
 
     def follow(self, analysis: Analysis) -> "SessionState":
         """The same upload with a newer analysis (its heatmaps kept)."""
-        return SessionState(self.key, self.image, analysis, self.heatmaps, self.outline)
+        return SessionState(self.key, self.image, analysis, self.heatmaps, self.outline, self.uploads)
+
+    def uploads_among(self, payload, extra=None) -> dict:
+        """The uploads read before that are still among these inputs."""
+        keys = {upload_key(p) for p in (payload, *extra_payloads(extra))}
+        return {k: im for k, im in self.uploads.items() if k in keys}
 
 
 @dataclass
 class PageUpdate:
-    """What one event changes: the page's content and the session's state (None: unchanged)."""
+    """What one event changes: the page's content and the session's state (None: unchanged).
+    `slip`: a mistake the user can put right, found once the state had learned something (uploads
+    read, their files deleted): the content is then left as it was and only the state changes."""
     content: PageContent
     state: SessionState | None = None
+    slip: Exception | None = None
 
 
 class PageEvents:
@@ -110,15 +133,49 @@ class PageEvents:
 
     def decode(self, payload, extra=None) -> Image.Image | list[Image.Image]:
         """The upload as an in-memory image (with further images of the lesion, the list of
-        all); every file is read, then deleted, before any analysis runs."""
+        all); every file is read, then deleted, before any analysis runs. InputError for the first
+        one that cannot be read, or too many."""
+        images, _, error = self.read(payload, extra)
+        if error is not None:
+            raise error
+        return images
+
+    def read(self, payload, extra=None, kept: dict | None = None) -> tuple:
+        """(the upload as an in-memory image, with further images of the lesion the list of all; the
+        uploads read, by server path, for SessionState.uploads; the first InputError, the images
+        then None). Every file is read, then deleted, even when another is refused; an upload in
+        `kept` (read before: its file is gone) is taken from there. At most KEPT_UPLOADS are
+        decoded: more are refused anyway, and their files deleted all the same."""
+        kept = kept or {}
         extra = extra_payloads(extra)
+        payloads = [payload, *extra]
+        keys = [upload_key(p) for p in payloads]
+        fresh = [k is None or k not in kept for k in keys]
+        taken = iter(take_uploads([p for p, f in zip(payloads, fresh) if f], self.keep, raise_errors=False))
+        images, read, error = [], {}, None
+        for i, (p, k, f) in enumerate(zip(payloads, keys, fresh)):
+            data = next(taken) if f else None
+            if k is not None and k in read:
+                images.append(read[k])
+                continue
+            if len(read) >= KEPT_UPLOADS:
+                continue
+            try:
+                if isinstance(data, InputError):
+                    raise data
+                image = load_upload(data) if f else kept[k]
+            except InputError as e:
+                error = error or (InputError(f"{further_image_name(p, i)}: {e}") if i else e)
+                continue
+            images.append(image)
+            if k is not None:
+                read[k] = image
         if len(extra) > MAX_IMAGES - 1:
-            take_uploads([payload, *extra], self.keep, raise_errors=False)   # deleted all the same
-            raise InputError(f"At most {MAX_IMAGES - 1} more images of the same lesion ({MAX_IMAGES} in all); "
-                             f"{len(extra)} were given.")
-        data = take_uploads([payload, *extra], self.keep)
-        images = [load_upload(d) for d in data]
-        return images if extra else images[0]
+            error = InputError(f"At most {MAX_IMAGES - 1} more images of the same lesion ({MAX_IMAGES} in all); "
+                               f"{len(extra)} were given.")
+        if error is not None:
+            return None, read, error
+        return (images if extra else images[0]), read, None
 
     def run(self, image: Image.Image, age, sex, site, cam: str | None,
             previous: Analysis | None = None, method: str = DEFAULT_CAM_METHOD,
@@ -138,12 +195,19 @@ class PageEvents:
         cam, spec = HEATMAP_CLASS.parse(cam_choice), OPERATING_POINT.parse(op_choice)
         level, method = SET_LEVEL.parse(level_choice), HEATMAP_METHOD.parse(method_choice)
         similar = similar_query(k_choice, same_site, same_sex)
+        parse_metadata(age, sex, site)   # and the metadata, before any upload is read (and deleted)
         # Re-analysing the same upload (its file already deleted) uses the in-memory copy and,
         # once analysed, its kept features: the backbones do not run again.
         same = state.holds(payload, extra)
-        image = state.image if same else self.decode(payload, extra)
+        if same:
+            image, read = state.image, state.uploads
+        else:
+            image, read, error = self.read(payload, extra, state.uploads_among(payload, extra))
+            if error is not None:   # the page stays as it was; the session remembers what was read
+                return PageUpdate(PageContent(), replace(state, uploads=read), slip=error)
         a = self.run(image, age, sex, site, cam, state.analysis if same else None, method, similar)
-        state = state.follow(a) if same else SessionState(upload_key(payload, extra), image, a, outline=state.outline)
+        state = state.follow(a) if same else SessionState(upload_key(payload, extra), image, a, outline=state.outline,
+                                                          uploads=read)
         return PageUpdate(analysis_content(a, self.clinical, spec, level, state.heatmaps.html,
                                            outline=state.outline), state)
 
@@ -158,7 +222,7 @@ class PageEvents:
         try:
             meta = parse_metadata(age, sex, site)
         except MetadataError as e:
-            return PageUpdate(PageContent(warnings=metadata_warning(e)))
+            return PageUpdate(PageContent(warnings=metadata_warning(e, state.analysis)))
         a = self.predictor.with_metadata(state.analysis, *meta, HEATMAP_CLASS.parse(cam_choice),
                                          HEATMAP_METHOD.parse(method_choice),
                                          similar_query(k_choice, same_site, same_sex))
@@ -171,9 +235,11 @@ class PageEvents:
                         state: SessionState, k_choice=None, same_site=None, same_sex=None,
                         extra=None) -> PageUpdate | None:
         """A new heatmap class or method: the current image and inputs again (once analysed, from
-        the kept features: heatmaps only); nothing before an upload."""
+        the kept features: heatmaps only). Before an upload NothingToRedraw says the choice waits for
+        one (the choice itself stays as chosen)."""
         if payload is None:
-            return None
+            raise NothingToRedraw("No image yet: upload one and press Analyze; its heatmaps will use the class "
+                                  "and method chosen here.")
         return self.analyze(payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice, state,
                             k_choice, same_site, same_sex, extra)
 
@@ -214,7 +280,7 @@ class PageEvents:
         if state.holds(payload, extra):
             return None
         return PageUpdate(PageContent.blank(NEW_IMAGE if payload is not None else START),
-                          SessionState(outline=state.outline))
+                          SessionState(outline=state.outline, uploads=state.uploads_among(payload, extra)))
 
     def report(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
         """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings,

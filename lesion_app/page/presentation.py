@@ -139,9 +139,11 @@ def warnings_markdown(a: Analysis) -> str:
     return "\n".join(lines)
 
 
-def metadata_warning(error: Exception) -> str:
-    """The warnings line for an unfinished or invalid age, sex or site."""
-    return f"⚠️ {error} The results below are for the last valid entry."
+def metadata_warning(error: Exception, a: Analysis | None = None) -> str:
+    """The warnings line for an unfinished or invalid age, sex or site, above the shown analysis's own
+    warnings (they still hold for the results shown)."""
+    below = warnings_markdown(a) if a is not None else ""
+    return "\n".join([f"⚠️ {error} The results below are for the last valid entry.", *([below] if below else [])])
 
 
 def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: str, level: str = "0.9",
@@ -155,7 +157,7 @@ def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: 
     measures (whose attention figures follow the heatmaps) are always set.
     """
     page = PageContent(
-        reading=f"### {a.reading()}", warnings=warnings_markdown(a),
+        reading=f"## {a.reading()}", warnings=warnings_markdown(a),
         fusion_probs=a.fusion.labelled(),
         fusion_cam=cam_strip(a, a.fusion, "Fusion", heatmap, outline), lesion_measures=lesion_markdown(a),
         fusion_note=cam_note(a.fusion), shap_plot=shap_figure(a), report_json=a.to_report(),

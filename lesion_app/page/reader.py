@@ -301,8 +301,9 @@ class ReaderView:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not KEEP}
 
 
-START_TEXT = ("Press **Start deck** for a new deck of 20 held-out cases, or type the code a presenter shows "
-              "to follow the same deck.")
+# HTML, in the case image's place (a gr.HTML, where Markdown's ** showed as is).
+START_TEXT = ("Press <strong>Start deck</strong> for a new deck of 20 held-out cases, or type the code a presenter "
+              "shows to follow the same deck.")
 
 
 def case_image_html(case: ReaderCase, number: int, of: int) -> str:
@@ -326,7 +327,7 @@ def truth_markdown(a: CaseAnswer, case: ReaderCase) -> str:
     excise = f"; would excise or biopsy: **{a.excise_before}**" if a.excise_before else ""
     vote = f" · similar cases' vote: {class_label(a.similar_vote)} {_mark(a.similar_vote == a.truth)}" \
         if a.similar_vote else ""
-    return (f"### Confirmed diagnosis: {class_label(a.truth)}\n"
+    return (f"## Confirmed diagnosis: {class_label(a.truth)}\n"
             f"Confirmed by **{case.confirmed_by}** (HAM10000 dx_type `{a.dx_type}`) · image **{a.image_id}** · "
             f"lesion {a.lesion_id}\n\n"
             f"Your answer: **{class_label(a.before)}** {_mark(a.correct('before'))}{excise}\n\n"

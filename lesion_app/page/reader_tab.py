@@ -13,6 +13,7 @@ from ..files.report_files import ReportFiles
 from .choices import ChoiceError
 from .reader import (ANSWERING, ATTRIBUTION, DECK_SIZE, REVEALED, START_TEXT, ReaderError, ReaderEvents,
                      ReaderSession, ReaderView, score, score_markdown)
+from .slips import warn
 
 DIAGNOSES = [(class_label(c), c) for c in CLASSES]
 EXCISE_CHOICES = [("Yes", "yes"), ("No", "no")]
@@ -27,7 +28,7 @@ STYLE = """<style>
 #reader_start, #reader_new, #reader_reveal, #reader_next, #reader_csv {font-size:1.3rem; min-height:3.4rem}
 #reader_progress .prose {font-size:1.4rem}
 #reader_case .prose, #reader_truth .prose, #reader_similar .prose, #reader_score .prose {font-size:1.15rem}
-#reader_truth h3 {font-size:1.8rem; margin:0.2rem 0 0.4rem}
+#reader_truth h2 {font-size:1.8rem; margin:0.2rem 0 0.4rem}
 #reader_answer .wrap, #reader_revision .wrap {display:grid; grid-template-columns:1fr; gap:0.4rem}
 #reader_answer label, #reader_revision label, #reader_excise label, #reader_excise_after label
   {font-size:1.2rem; padding:0.55rem 0.9rem}
@@ -45,7 +46,7 @@ STYLE = """<style>
   #reader_answer label, #reader_revision label, #reader_excise label, #reader_excise_after label
     {font-size:1.05rem; padding:0.45rem 0.7rem}
   #reader_progress .prose {font-size:1.2rem}
-  #reader_truth h3 {font-size:1.4rem}
+  #reader_truth h2 {font-size:1.4rem}
   #reader_case .prose, #reader_truth .prose, #reader_similar .prose, #reader_score .prose {font-size:1rem}
   #reader_score table {font-size:0.85rem}
   #reader_score th, #reader_score td {padding:0.3rem 0.35rem; overflow-wrap:normal; word-break:normal}
@@ -163,16 +164,14 @@ def layout() -> ReaderTab:
     return ReaderTab(**c)
 
 
-def for_reader(fn, *args):
-    """fn(*args); a mistake the reader can put right becomes a gr.Error with its plain message."""
-    try:
-        return fn(*args)
-    except (ReaderError, ChoiceError) as e:
-        raise gr.Error(str(e), print_exception=False) from None
+READER_SLIPS = (ReaderError, ChoiceError)   # mistakes the reader can put right; the message is shown as is
 
 
 class ReaderHandlers:
-    """The tab's events as Gradio calls them: each ReaderView becomes {component: update}."""
+    """The tab's events as Gradio calls them: each ReaderView becomes {component: update}. A slip
+    (Reveal before a diagnosis is chosen, a malformed deck code, ...) is one warning toast and every
+    output stays as it was: gr.Error would mark each output with an "Error" badge whose overlay takes
+    the clicks on the choices, and the reader's deck, answers and place are kept."""
 
     def __init__(self, events: ReaderEvents, files: ReportFiles, tab: ReaderTab, demo: gr.Blocks | None = None):
         self.events, self.files, self.tab, self.demo = events, files, tab, demo
@@ -197,21 +196,35 @@ class ReaderHandlers:
         out[t.state] = session
         return out
 
+    def _run(self, event, *args):
+        """event(*args) shown; a slip: a warning, and every output skipped."""
+        try:
+            view, session = event(*args)
+        except READER_SLIPS as e:
+            warn(e)
+            return gr.skip()
+        return self._show(view, session)
+
     def start(self, code, session: ReaderSession) -> dict:
-        return self._show(*for_reader(self.events.start, code, session))
+        return self._run(self.events.start, code, session)
 
     def new_deck(self, session: ReaderSession) -> dict:
-        return self._show(*for_reader(self.events.new_deck, session))
+        return self._run(self.events.new_deck, session)
 
     def reveal(self, answer, excise, session: ReaderSession) -> dict:
-        return self._show(*for_reader(self.events.reveal, answer, excise, session))
+        return self._run(self.events.reveal, answer, excise, session)
 
     def next(self, revision, excise_after, session: ReaderSession) -> dict:
-        return self._show(*for_reader(self.events.next, revision, excise_after, session))
+        return self._run(self.events.next, revision, excise_after, session)
 
-    def answers_csv(self, session: ReaderSession, request: gr.Request) -> str:
-        """The cases done as a CSV in the private folder (removed once served or when the page closes)."""
-        data, name = for_reader(self.events.answers_file, session)
+    def answers_csv(self, session: ReaderSession, request: gr.Request) -> str | None:
+        """The cases done as a CSV in the private folder (removed once served or when the page closes).
+        No answers yet: a warning, and None (the download that follows fetches nothing)."""
+        try:
+            data, name = self.events.answers_file(session)
+        except READER_SLIPS as e:
+            warn(e)
+            return None
         return str(self.files.write(data, request.session_hash if request else None, name=name, suffix=".csv"))
 
     def forget(self, request: gr.Request) -> None:

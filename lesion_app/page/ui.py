@@ -24,6 +24,7 @@ from .handlers import USER_ERRORS, PageEvents, SessionState
 from . import reader_tab
 from .presentation import START
 from .reader import ReaderEvents
+from .slips import warn
 
 EXAMPLES_DIR = PACKAGE / "examples"
 NOTICE = ("**Research demo, not a medical device. Not for diagnosis.** Outputs are from models "
@@ -58,10 +59,18 @@ DOWNLOAD_JS = """(f) => {
   }
   return [];
 }"""
-# The page's own styling (demo.launch(css=CSS)). The measures table breaks lines between words
-# only (Gradio's prose style would break inside "0.06" in a narrow column); at phone width it
-# takes a smaller font and tighter cells, and scrolls sideways inside itself if it still does not fit.
+# The page's own styling (demo.launch(css=CSS, theme=THEME)). The page's headings under its title are
+# h2 (axe's heading-order: no level skipped), drawn at the size of the h3 they were. The measures table
+# breaks lines between words only (Gradio's prose style would break inside "0.06" in a narrow column);
+# at phone width it takes a smaller font and tighter cells, and scrolls sideways inside itself if it
+# still does not fit. An unexpected failure still marks an event's outputs with Gradio's "Error" badge
+# (slips never do: lesion_app.page.slips), but its overlay no longer hides the component under it nor
+# takes its clicks (it took the reader's choices); the badge and its clear button stay.
 CSS = """
+#reading h2, #lesion_title h2, #similar_title h2 { font-size: var(--text-lg); font-weight: 600; line-height: 1.3; margin: 0; }
+body:not(.dark) [role="tab"][aria-selected="true"] { color: var(--primary-700); }
+[data-testid="status-tracker"]:has(> .error) { pointer-events: none; background: transparent; }
+[data-testid="status-tracker"]:has(> .error) > * { pointer-events: auto; }
 #lesion_measures table { display: block; max-width: 100%; overflow-x: auto; border: none !important; }
 #lesion_measures th, #lesion_measures td { overflow-wrap: normal !important; word-break: normal !important; }
 @media (max-width: 600px) {
@@ -69,6 +78,15 @@ CSS = """
   #lesion_measures th, #lesion_measures td { padding: 3px 3px !important; }
 }
 """
+# Gradio's default theme with text that passes WCAG AA contrast (axe's color-contrast): white on the
+# primary buttons needs orange 700 (5.2:1; orange 500 gave 2.8:1), and the subdued grey of "- or -"
+# in the upload box and of the footer's "Use via API" needs neutral 600 (7.8:1; axe measured 1.9:1).
+# (The selected tab's name, in the accent colour, is orange 700 on white by CSS: the accent has no
+# dark-mode value of its own, and orange 700 would fail on the dark background.)
+THEME = gr.themes.Default().set(
+    button_primary_background_fill="*primary_700", button_primary_background_fill_hover="*primary_800",
+    button_primary_background_fill_dark="*primary_700", button_primary_background_fill_hover_dark="*primary_800",
+    body_text_color_subdued="*neutral_600")
 # Every event that runs the models: one at a time in one queue, whoever launches the app
 # (Predictor and its Grad-CAM hooks are not safe to run concurrently).
 MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
@@ -128,6 +146,7 @@ class View:
     state: gr.State
     case_report: gr.Button
     case_report_file: gr.File  # hidden: the PDF the browser is handed, then downloads
+    analyze_api: gr.Button     # hidden: carries the /analyze endpoint (a slip is an error there, not a toast)
     report_button: gr.Button   # hidden: carries the /report endpoint
     report_out: gr.JSON        # hidden
     case_report_api: gr.Button  # hidden: carries the /case_report endpoint
@@ -204,13 +223,13 @@ def layout(clinical: ClinicalReport | None) -> View:
                             c[f"{key}_set"] = gr.Markdown(elem_id=f"{key}_set")
                             c[f"{key}_cam"] = gr.HTML(elem_id=f"{key}_cam")
                             c[f"{key}_note"] = gr.Markdown(elem_id=f"{key}_cam_note")
-                gr.Markdown("### The lesion, outlined and measured", elem_id="lesion_title")
+                gr.Markdown("## The lesion, outlined and measured", elem_id="lesion_title")
                 with gr.Row():   # side by side on a desktop, stacked on a phone
                     with gr.Column(min_width=240):
                         c["lesion_view"] = gr.HTML(elem_id="lesion_view")
                     with gr.Column(scale=2, min_width=300):
                         c["lesion_measures"] = gr.Markdown(elem_id="lesion_measures")
-                gr.Markdown("### Similar confirmed cases", elem_id="similar_title")
+                gr.Markdown("## Similar confirmed cases", elem_id="similar_title")
                 with gr.Row():
                     c["similar_k"] = gr.Radio(list(SIMILAR_K.labels), value=str(SIMILAR_K.default),
                                               label="Cases shown", elem_id="similar_k", min_width=160)
@@ -242,6 +261,7 @@ def layout(clinical: ClinicalReport | None) -> View:
         gr.Markdown(clinical.markdown() if clinical else
                     "No evaluation report yet: run `python -m train.evaluation.report`.", elem_id="model_report")
     c["state"] = gr.State(SessionState())  # this session's decoded image and analysis, in memory only
+    c["analyze_api"] = gr.Button(visible=False)
     c["report_button"] = gr.Button(visible=False)
     c["report_out"] = gr.JSON(visible=False)
     c["case_report_api"] = gr.Button(visible=False)
@@ -250,7 +270,8 @@ def layout(clinical: ClinicalReport | None) -> View:
 
 
 def for_user(fn, *args):
-    """fn(*args); a mistake the user can fix becomes a gr.Error with its plain message, no traceback."""
+    """fn(*args) for an API endpoint: a mistake the caller can fix becomes a gr.Error with its plain
+    message, no traceback, which the client raises (on the page, see Handlers._show)."""
     try:
         return fn(*args)
     except USER_ERRORS as e:
@@ -259,7 +280,8 @@ def for_user(fn, *args):
 
 class Handlers:
     """The page's events as Gradio calls them: each PageUpdate from PageEvents becomes {component: value}
-    (gr.skip() for none), each user error a gr.Error (for_user)."""
+    (gr.skip() for none). On the page a user's slip is one warning toast and every output stays as it
+    was (_show); the API endpoints raise it as a gr.Error instead (for_user)."""
 
     def __init__(self, predictor: Predictor, clinical: ClinicalReport | None, view: View,
                  files: ReportFiles | None = None):
@@ -271,7 +293,19 @@ class Handlers:
         return self.events.predictor
 
     def _show(self, event, *values):
-        update = for_user(event, *values)
+        """A page event's PageUpdate as {component: value}. A slip the user can put right is one
+        warning toast, and every output is skipped: gr.Error would mark each output with an "Error"
+        badge whose overlay takes the clicks, and nothing on the page (an earlier analysis) is lost."""
+        try:
+            update = event(*values)
+        except USER_ERRORS as e:
+            warn(e)
+            return gr.skip()
+        if update is not None and update.slip is not None:
+            warn(update.slip)   # the content is left as it was; the state keeps the uploads read
+        return self._render(update)
+
+    def _render(self, update):
         if update is None:
             return gr.skip()
         out = {getattr(self.view, name): value for name, value in update.content.shown().items()}
@@ -287,9 +321,20 @@ class Handlers:
     def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                 state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
         """Analyses the current image (and further images of the lesion) with the current inputs
-        (the Analyze button, /analyze)."""
+        (the Analyze button and an example click; a slip is a warning)."""
         return self._show(self.events.analyze, payload, age, sex, site, cam_choice, op_choice, level_choice,
                           method_choice, state, k_choice, same_site, same_sex, extra)
+
+    def analyze_api(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
+                    state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
+        """Analyses the image (and up to 3 further images of the same lesion) with the given inputs; returns
+        every output of the page's analysis, the report JSON tenth. A mistake in the inputs is an error
+        with a plain message."""
+        update = for_user(self.events.analyze, payload, age, sex, site, cam_choice, op_choice, level_choice,
+                          method_choice, state, k_choice, same_site, same_sex, extra)
+        if update.slip is not None:
+            raise gr.Error(str(update.slip), print_exception=False)
+        return self._render(update)
 
     def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                          state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None):
@@ -326,9 +371,14 @@ class Handlers:
         """
         return for_user(self.events.report, image, age, sex, site, k, same_site, same_sex, extra_images)
 
-    def case_report(self, state: SessionState, op_choice, level_choice, request: gr.Request) -> str:
-        """The current analysis as a PDF in the private folder (removed once served); its path."""
-        pdf = for_user(self.events.case_report, state, op_choice, level_choice)
+    def case_report(self, state: SessionState, op_choice, level_choice, request: gr.Request) -> str | None:
+        """The current analysis as a PDF in the private folder (removed once served); its path. Before
+        an analysis: a warning, and None (the download that follows fetches nothing, not an old PDF)."""
+        try:
+            pdf = self.events.case_report(state, op_choice, level_choice)
+        except USER_ERRORS as e:
+            warn(e)
+            return None
         return str(self.files.write(pdf, request.session_hash if request else None))
 
     def case_report_for(self, image, age, sex, site, k=None, same_site=None, same_sex=None, extra_images=None,
@@ -347,12 +397,17 @@ def wire(v: View, h: Handlers) -> None:
     (clear messages for broken files; Gradio never decodes or re-saves it) and every other
     value arrives raw, so blank and padded values are parsed by one rule."""
     private = {"api_visibility": "private", "preprocess": False}
-    v.button.click(h.analyze, v.inputs, v.outputs, api_name="analyze", preprocess=False, **MODEL_QUEUE)
+    # /analyze: the page's analysis for API callers, whose slips are errors they can catch (no page to
+    # warn); the Analyze button runs the same analysis with a warning for a slip.
+    v.analyze_api.click(h.analyze_api, v.inputs, v.outputs, api_name="analyze", preprocess=False, **MODEL_QUEUE)
+    v.button.click(h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
     # One click on an example loads it and analyses it.
     # (An example is another lesion: further images of the previous one are cleared first.)
     v.examples.load_input_event.then(None, None, v.extra_images, js="() => null").then(
         h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
-    gr.on([v.cam_class.input, v.cam_method.input], h.heatmap_changed, v.inputs, v.outputs, **private, **MODEL_QUEUE)
+    # The class dropdown's .select: its .input fires twice for one pick (seen in Chromium: two heatmap
+    # redraws, or two 'No image yet' warnings).
+    gr.on([v.cam_class.select, v.cam_method.input], h.heatmap_changed, v.inputs, v.outputs, **private, **MODEL_QUEUE)
     # Live what-if: a new age, sex or site re-runs only the fusion heads on the kept features.
     # always_last: keystrokes that arrive while one update runs collapse into one more with the final value.
     gr.on([v.age.input, v.sex.input, v.site.input], h.metadata_changed, v.inputs, v.outputs,
