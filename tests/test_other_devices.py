@@ -58,9 +58,10 @@ def test_a_wide_image_reaches_the_model_at_the_training_images_scale():
     spec = InputSpec(source_width=200)
     expected = big.resize((200, 150), Image.Resampling.LANCZOS).resize((256, 192), Image.Resampling.BICUBIC)
     assert np.array_equal(np.asarray(fit_to_aspect(big, spec)), np.asarray(expected))
-    # A training-sized (or smaller) image is not touched: the shipped path is unchanged for HAM10000.
-    small = skin(200, 150)
-    assert torch.equal(to_tensor(small, spec), to_tensor(small, InputSpec()))
+    # A training-sized image, or one less than twice as wide (ISIC 2017's copy: 256 px), is not touched.
+    for w in (200, 256, 399):
+        small = skin(w, w * 3 // 4)
+        assert torch.equal(to_tensor(small, spec), to_tensor(small, InputSpec()))
     assert not torch.equal(to_tensor(big, spec), to_tensor(big, InputSpec()))
 
 

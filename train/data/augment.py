@@ -26,7 +26,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from lesion_app.classifier.colour import shades_of_gray
-from lesion_app.classifier.preprocess import InputSpec, fit_to_aspect, input_box
+from lesion_app.classifier.preprocess import InputSpec, fit_to_aspect, input_box, to_source_scale
 
 
 @dataclass(frozen=True)
@@ -176,10 +176,8 @@ def carry_view(image: Image.Image, spec: InputSpec, g: torch.Generator, aug: Aug
     """One random "carry" training view, (3, spec.height, spec.width) normalised: the part of the
     image the app would use (input_box: field of view, 4:3), degraded (degrade), lit by a random
     illuminant, then the spec's colour constancy, then train_view's warp and colour jitter."""
-    image = image.convert("RGB").crop(input_box(image.convert("RGB"), spec))
-    if spec.source_width is not None and image.width > spec.source_width:
-        image = image.resize((spec.source_width, max(1, round(image.height * spec.source_width / image.width))),
-                             Image.Resampling.LANCZOS)
+    image = image.convert("RGB")
+    image = to_source_scale(image.crop(input_box(image, spec)), spec)
     x = to_unit(degrade(image, carry, g))
     gains = torch.tensor([_uniform(g, 1 - carry.illuminant, 1 + carry.illuminant) for _ in range(3)])
     x = (x * gains[:, None, None]).clamp(0, 1)
