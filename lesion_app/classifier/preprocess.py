@@ -66,7 +66,7 @@ class InputSpec:
         return d
 
 
-# Measured with Model v3 (reports/transfer/serving_steps.md): ISIC 2017's 256 px images lost balanced
+# Measured with Model v3 (reports/transfer/serving_steps_isic2017.md): ISIC 2017's 256 px images lost balanced
 # accuracy when brought down to 200 px (-0.019), while an atlas's 768 px images gained (0.447 -> 0.615,
 # issue 36); so only images at least twice the training width are brought down.
 SOURCE_SCALE_FROM = 2.0

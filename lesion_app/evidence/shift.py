@@ -42,7 +42,8 @@ class ShiftReading:
         where = {"typical": "typical of the two clinics the models learnt from",
                  "unusual": "unusual for the two clinics the models learnt from",
                  "far out": "further from the training images than almost all of them"}.get(b["name"], b["name"])
-        line = (f"Likeness to the training images: this image lies further out than {p:.0f}% of HAM10000's own "
+        share = f"{p:.0f}%" if p < 99 else f"{min(p, 99.9):.1f}%"    # never "100%": the reference is a sample
+        line = (f"Likeness to the training images: this image lies further out than {share} of HAM10000's own "
                 f"images ({where}).")
         if not m.get("n") or m.get("balanced_accuracy") is None:
             return line + " No images this far out were measured."

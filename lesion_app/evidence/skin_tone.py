@@ -71,10 +71,12 @@ class SkinTone:
         line = f"Skin around the lesion: ITA {self.ita:.0f}° ({self.band}); {where}."
         if self.inside:
             return line
-        side = "darker" if self.ita < self.training_range[0] else "lighter"
-        return (f"{line} It is {side} than 99 in 100 training images: HAM10000 is almost all light skin, and on "
-                "darker skin such models do worse (AUC 0.72 on Fitzpatrick I-II fell to 0.57 on V-VI in one "
-                "study): read both models with more caution.")
+        if self.ita < self.training_range[0]:
+            return (f"{line} It is darker than 99 in 100 training images: HAM10000 is almost all light skin, and "
+                    "on darker skin such models do worse (AUC 0.72 on Fitzpatrick I-II fell to 0.57 on V-VI in one "
+                    "study): read both models with more caution.")
+        return (f"{line} Its colour is outside 99 in 100 training images' (often a bluish cast of another "
+                "dermatoscope's light rather than the skin itself): read both models with more caution.")
 
     def to_report(self) -> dict:
         return {"ita": round(self.ita, 1), "band": self.band, "inside_training_range": self.inside,

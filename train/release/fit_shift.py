@@ -34,7 +34,7 @@ from train import REPO
 from train.data.dataset import DEFAULT_DATA, labels, load_image, load_metadata
 from train.data.splits import read_heldout
 from train.evaluation.evaluate import folder_image, parse_aspect
-from train.evaluation.metrics import balanced_accuracy, mel_auc
+from train.evaluation.metrics import balanced_accuracy, mel_auc, mel_vs_nv_auc
 from train.release.fit_ood import trunk_features
 from train.release.model_card import model_card
 
@@ -51,7 +51,7 @@ def scored(predictor: Predictor, images, metadata, batch: int = 16) -> tuple[np.
 
 def band_figures(y: np.ndarray, probs: np.ndarray, source: np.ndarray, predictor: Predictor) -> dict:
     """What the fusion model did on these images."""
-    out = {"n": int(len(y)), "sources": {s: int((source == s).sum()) for s in sorted(set(source))}}
+    out = {"n": int(len(y)), "sources": {str(s): int((source == s).sum()) for s in sorted(set(source))}}
     if not len(y):
         return out
     out["classes_present"] = [CLASSES[k] for k in sorted(set(y.tolist()))]
@@ -106,7 +106,9 @@ def main(argv=None):
         last = band is score.bands[-1]
         inside = (pct >= band["from"]) & ((pct <= band["to"]) if last else (pct < band["to"]))
         band["measured"] = band_figures(y[inside], probs[inside], sources[inside], predictor)
-    by_source = {s: {"n": int((sources == s).sum()), "median_percentile": float(np.median(pct[sources == s])),
+    by_source = {s: {**band_figures(y[sources == s], probs[sources == s], sources[sources == s], predictor),
+                     "mel_vs_nv_auc": mel_vs_nv_auc(y[sources == s], probs[sources == s]),
+                     "n": int((sources == s).sum()), "median_percentile": float(np.median(pct[sources == s])),
                      "share_by_band": {b["name"]: float(np.mean([ShiftScore.band_of(q, score.bands) is b
                                                                   for q in pct[sources == s]]))
                                        for b in score.bands}}

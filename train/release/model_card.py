@@ -103,10 +103,29 @@ def _shift(m: Manifest) -> str:
         fig = lambda k, f=".3f": format(r[k], f) if r.get(k) is not None else "n/a"  # noqa: E731
         lines.append(f"| {b['name']} ({b['from']:.0f}-{b['to']:.0f}) | {r['n']} ({src}) | {fig('balanced_accuracy')} | "
                      f"{fig('mel_auc')} | {fig('coverage_0.9')} | {fig('coverage_0.95')} |")
+    lines += ["", "By source, the fusion ensemble as the app serves it:", "",
+              "| images | n | bal. acc. (classes present) | melanoma AUC | mel-vs-nevus AUC | 90% sets cover |",
+              "|---|---|---|---|---|---|"]
+    for name, r in sh["by_source"].items():
+        fig = lambda k, r=r: format(r[k], ".3f") if r.get(k) is not None else "n/a"  # noqa: E731
+        lines.append(f"| {name} | {r['n']} | {fig('balanced_accuracy')} | {fig('mel_auc')} | {fig('mel_vs_nv_auc')} | "
+                     f"{fig('coverage_0.9')} |")
     lines += ["", "Where the images lie: " + "; ".join(
         f"{s}: median percentile {r['median_percentile']:.0f}, "
         + ", ".join(f"{k} {v:.0%}" for k, v in r["share_by_band"].items()) for s, r in sh["by_source"].items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _skin_tone(m: Manifest) -> str:
+    st = m.skin_tone
+    if not st:
+        return ""
+    q = st["percentiles"]
+    bands = ", ".join(f"{k} {v:.1%}" for k, v in st["band_share"].items())
+    return ("## Skin tone of the training images\n"
+            f"{st['method']}; measured on {st['measured_on']}. Angles: 1st-99th percentile {q[1]:.0f}-{q[99]:.0f} degrees, "
+            f"median {q[50]:.0f} (above 90: b* below 0, a bluish cast). Bands: {bands}. The app warns outside the "
+            "1st-99th percentiles.\n")
 
 
 def _archive(m: Manifest) -> str:
@@ -255,6 +274,7 @@ Scored through the app's own inference path. Small (4 df and 4 vasc images), so 
 
 {_ood(m)}
 {_shift(m)}
+{_skin_tone(m)}
 {_archive(m)}
 {_segmentation(m)}
 {coverage_markdown(m.prediction_sets)}
