@@ -39,6 +39,7 @@ from lesion_app.evidence.archive import EMBEDDINGS, K_CHOICES, VOTES, Projection
     raw_embedding, vote
 from lesion_app.evidence.ood import OODDetector
 from lesion_app.analysis.predictor import Predictor
+from lesion_app.classifier.preprocess import InputSpec
 from lesion_app.classifier.vocab import CLASSES
 from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR
 from train.data.dataset import DEFAULT_DATA, labels, load_image, load_metadata
@@ -77,8 +78,10 @@ def image_features(predictor: Predictor, data: Path, ids, batch: int = 16) -> di
 
 
 def cached_features(predictor: Predictor, data: Path, ids, cache: Path = CACHE) -> dict[str, np.ndarray]:
-    """image_features, kept in cache/ per weights version, member hashes and image list."""
-    key = hashlib.sha256(json.dumps([predictor.model_info, list(ids)]).encode()).hexdigest()[:16]
+    """image_features, kept in cache/ per weights version, member hashes, input spec and image list."""
+    key = hashlib.sha256(json.dumps([predictor.model_info, list(ids)]
+                                    + ([predictor.spec.to_dict()] if predictor.spec != InputSpec() else []))
+                         .encode()).hexdigest()[:16]
     path = cache / f"features-{key}.npz"
     if path.is_file():
         with np.load(path) as z:

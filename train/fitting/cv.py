@@ -3,6 +3,7 @@
     python -m train.fitting.cv --out runs/cv [--data DIR] [--folds train/splits/ham10000_folds.csv]
                        [--kinds image_only fusion] [--split-block 5] [--arch tf_efficientnet_lite0]
                        [--device cpu] [--threads 2] [recipe flags]
+                       [--views carry --colour-constancy 6 --field-of-view --source-width 200]
 
 Reads top to bottom: the folds and the held-out slice -> the lower-stage cache of every
 image (train.data.features, computed once and shared by all members) -> per fold, the
@@ -10,6 +11,10 @@ curriculum's difficulty ranking of that fold's training cases -> per kind and fo
 fine-tuned on every other fold (minus the held-out slice) with a fixed schedule, so no
 choice looks at the fold it will score -> its logits on its own fold (out-of-fold) and on
 the held-out slice -> out/oof_logits.csv, out/heldout_logits.csv and out/cv.json.
+
+--views carry (issue 37) caches, per image, the flips of the app's input and 4 random views of other
+devices' looks instead of the zoomed centre's flips; the input-spec flags apply at training and are
+recorded in cv.json, which train.release.bundle serves them from.
 
 Resumable per member: a finished member (its logits.npz) is skipped, an interrupted one
 continues from its last finished epoch; --minutes stops cleanly before the next member and
