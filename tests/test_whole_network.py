@@ -29,7 +29,7 @@ from train.release import bundle
 EXAMPLES = REPO / "lesion_app" / "examples"
 SIZE = (192, 256)
 METADATA = (55, "male", "back")
-EXTRAS = ("ood", "archive", "segmentation", "reader_cases")   # the shipped files a bundle keeps
+EXTRAS = ("ood", "archive", "segmentation", "reader_cases", "shift")   # the shipped files a bundle keeps
 LITE2 = "tf_efficientnet_lite2"
 SHIPPED_SPLIT = Manifest.load(WEIGHTS_DIR).member_split("fusion")   # where the shipped members' own stages start
 OTHER_SPLIT = 5 if SHIPPED_SPLIT == 4 else 4

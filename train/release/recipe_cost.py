@@ -66,7 +66,7 @@ def recipe_bundle(arch: str, split, out: Path, n_members: int = 5) -> Path:
     base = Manifest.load(WEIGHTS_DIR)
     # The archive embeds every image-only member's features: it fits only as many members as shipped.
     drop = () if n_members == len(base.members("image_only")) else ("archive",)
-    for key in ("ood", "archive", "segmentation", "reader_cases"):
+    for key in ("ood", "archive", "segmentation", "reader_cases", "shift"):
         entry = getattr(base, key)
         if entry and key not in drop:
             shutil.copyfile(WEIGHTS_DIR / entry["file"], weights / entry["file"])
