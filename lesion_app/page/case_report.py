@@ -318,12 +318,11 @@ def reading(c: ReportContext) -> list[Flowable]:
         out += [_marked("<b>Warning:</b> " + escape(plain(w)), "warning") for w in a.warnings]
     else:
         out.append(_p("Warnings: none."))
+    # Each sentence names itself ("Likeness to the training images: ...", "Skin around the lesion: ...").
     if a.shift is not None:
-        out.append(_marked("<b>Likeness to the training images:</b> " + escape(plain(a.shift.sentence())),
-                           "body" if a.shift.typical else "warning"))
+        out.append(_marked(escape(plain(a.shift.sentence())), "body" if a.shift.typical else "warning"))
     if a.skin_tone is not None:
-        out.append(_marked("<b>Skin tone:</b> " + escape(plain(a.skin_tone.sentence())),
-                           "body" if a.skin_tone.inside else "warning"))
+        out.append(_marked(escape(plain(a.skin_tone.sentence())), "body" if a.skin_tone.inside else "warning"))
     return [*out, Spacer(0, 5)]
 
 

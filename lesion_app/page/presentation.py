@@ -136,14 +136,14 @@ def warnings_markdown(a: Analysis) -> str:
         lines.append(("ℹ️ " if a.shift.typical else "⚠️ ") + a.shift.sentence())
     if a.skin_tone is not None:
         lines.append(("ℹ️ " if a.skin_tone.inside else "⚠️ ") + a.skin_tone.sentence())
-    return "\n".join(lines)
+    return "\n\n".join(lines)   # one paragraph each: joined by one newline, Markdown ran them together
 
 
 def metadata_warning(error: Exception, a: Analysis | None = None) -> str:
     """The warnings line for an unfinished or invalid age, sex or site, above the shown analysis's own
     warnings (they still hold for the results shown)."""
     below = warnings_markdown(a) if a is not None else ""
-    return "\n".join([f"⚠️ {error} The results below are for the last valid entry.", *([below] if below else [])])
+    return "\n\n".join([f"⚠️ {error} The results below are for the last valid entry.", *([below] if below else [])])
 
 
 def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: str, level: str = "0.9",
