@@ -218,6 +218,7 @@ def test_a_carry_run_caches_the_apps_input_first_and_records_its_input_spec(tiny
     summary = json.loads((tiny["out"] / "cv.json").read_text())
     spec = InputSpec(**summary["input_spec"])
     assert spec == InputSpec(source_width=200, field_of_view=True, colour_constancy=6.0) and summary["views"] == "carry"
+    assert summary["carry_views"]["carry"]["vignette"] == 0.25 and summary["carry_views"]["augment"]["min_area"] == 0.4
     (cache,) = [np.load(f, mmap_mode="r") for f in tiny["cache"].glob("*/lower.npy")]
     ids = pd.read_csv(tiny["out"] / "oof_logits.csv")["image_id"].unique()
     order = list(load_metadata(tiny["data"]).merge(load_folds(tiny["folds"])[["image_id"]], on="image_id")["image_id"])

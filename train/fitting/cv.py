@@ -40,6 +40,7 @@ from lesion_app.paths import repo_relative
 from lesion_app.classifier.vocab import CLASSES
 from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata
 from lesion_app.classifier.preprocess import InputSpec
+from train.data.augment import CARRY_AUGMENT, Carry
 from train.data.features import DEFAULT_CACHE, VIEW_KINDS, build_cache, build_pooled_imagenet
 from train.data.splits import DEFAULT_FOLDS, load_folds, load_heldout
 from train.evaluation.metrics import classification_metrics, softmax
@@ -175,6 +176,8 @@ def main(argv=None):
                     "recipe": {k: getattr(a, k) for k in asdict(Config()) if k not in ("model",)},
                     "split_block": a.split_block, "arch": a.arch, "folds_file": repo_relative(a.folds),
                     "input_spec": spec.to_dict(), "views": a.views,
+                    **({"carry_views": {"augment": CARRY_AUGMENT.to_dict(), "carry": Carry().to_dict()}}
+                       if a.views == "carry" else {}),
                     "age_scaler": asdict(scaler),
                     "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else
                     f"cpu ({a.threads} threads)", "wall_time_seconds": times,
