@@ -27,7 +27,7 @@ from train.data.logits import LOGIT_COLUMNS
 from train.data.pack import PackedData
 from train.data.splits import heldout_path, load_folds, load_heldout, make_folds, make_heldout
 from train.fitting import gpu_cv, gpu_files
-from train.fitting.core import Config
+from train.fitting.recipe import Config
 from train.release import bundle
 
 MIB16 = 16 * 2 ** 20

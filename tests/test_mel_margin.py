@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 from conftest import run_module
 from lesion_app.classifier.vocab import CLASSES
-from test_core import cases, member  # noqa: F401  (cases is a fixture)
+from test_recipe import cases, member  # noqa: F401  (cases is a fixture)
 from test_gpu_cv import command, tiny_folder
 from train.data.dataset import load_metadata
 from train.data.splits import load_folds, load_heldout
 from train.fitting import gpu_cv
-from train.fitting.core import Config, recipe_loss
+from train.fitting.recipe import Config, recipe_loss
 from train.fitting.objectives import (FOLLOW_UP_NEVUS, HARD_NEGATIVE, OTHER, case_roles, class_weights, loss_fn,
                                       mel_margin_term)
 
@@ -169,7 +169,7 @@ def test_the_options_refuse_to_run_without_roles_or_out_of_range():
             loss_fn("wce", torch.ones(len(CLASSES)), **kw)
 
 
-# ----------------------------------------------------------------------------- one member (train.fitting.core)
+# ----------------------------------------------------------------------------- one member (train.fitting.recipe)
 
 def test_a_member_with_the_options_trains_differently_and_at_the_defaults_ignores_roles(cases, tmp_path):  # noqa: F811
     """One batch of every case (sampler none), so each option meets its cases in the one step."""

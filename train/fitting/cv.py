@@ -44,7 +44,7 @@ from train.data.augment import CARRY_AUGMENT, Carry
 from train.data.features import DEFAULT_CACHE, VIEW_KINDS, build_cache, build_pooled_imagenet
 from train.data.splits import DEFAULT_FOLDS, load_folds, load_heldout
 from train.evaluation.metrics import classification_metrics, softmax
-from train.fitting.core import Config, Log, add_config_arguments, case_roles_of, command_line, train_member, tta_logits
+from train.fitting.recipe import Config, Log, add_config_arguments, case_roles_of, command_line, train_member, tta_logits
 from train.fitting.members import KINDS, collect, fold_frames, member_dir, round_to_fp16, upper_state
 from train.fitting.pooled_heads import difficulty_rank
 

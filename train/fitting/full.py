@@ -6,7 +6,7 @@
 The cross-validated members (train.fitting.cv) train the upper stages on fixed views of a frozen
 trunk; this command decodes and augments every image on the fly (train.data.augment) in
 DataLoader workers, with AMP on CUDA (bf16, or fp16 with a gradient scaler) and fp32 on the CPU,
-on one split (train.data.splits.resolve_split). The recipe is train.fitting.core's: Config, the
+on one split (train.data.splits.resolve_split). The recipe is train.fitting.recipe's: Config, the
 heads, losses, metadata encoding and dropout, the samplers and curriculum (EpochPlan), the
 optimiser and schedule, the epoch skeleton and loop, checkpoints and --resume, the best epoch on
 validation balanced accuracy, the temperature and the run record.
@@ -42,7 +42,7 @@ from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagene
 from train.data.splits import SplitData, resolve_split
 from train.evaluation.metrics import classification_metrics, softmax
 from train.fitting import distributed
-from train.fitting.core import (BestEpoch, Config, Log, ResumeMismatch, add_config_arguments, calibration,
+from train.fitting.recipe import (BestEpoch, Config, Log, ResumeMismatch, add_config_arguments, calibration,
                                 case_roles_of, command_line, make_optimizer, recipe_loss, restore_checkpoint,
                                 save_checkpoint, save_model, summary_line, train_epochs)
 from train.fitting.curriculum import EpochPlan

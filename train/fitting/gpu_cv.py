@@ -58,7 +58,7 @@ from train.data.dataset import DatasetError, labels
 from train.data.device_views import cache_views, decode_images, eval_batch, train_views
 from train.data.pack import PackedData
 from train.evaluation.metrics import classification_metrics, softmax
-from train.fitting.core import (Config, Log, add_config_arguments, case_roles_of, command_line, make_optimizer,
+from train.fitting.recipe import (Config, Log, add_config_arguments, case_roles_of, command_line, make_optimizer,
                                 recipe_loss, train_epochs)
 from train.fitting.curriculum import EpochPlan
 from train.fitting.members import KINDS, fold_frames, round_to_fp16, upper_state

@@ -1,5 +1,5 @@
 """One training epoch, the loop every training path shares: the cached-feature members
-(train.fitting.core.train_member), the whole-network path (train.fitting.full, AMP and DDP)
+(train.fitting.recipe.train_member), the whole-network path (train.fitting.full, AMP and DDP)
 and the heads on pooled features (train.fitting.pooled_heads).
 
 A batch is whatever the caller's iterable yields (rows of a plan, or a DataLoader's tensors);

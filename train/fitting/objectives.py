@@ -1,4 +1,4 @@
-"""Training objectives shared by train.fitting.core and the study: class weights, the three losses,
+"""Training objectives shared by train.fitting.recipe and the study: class weights, the three losses,
 the melanoma margin term, follow-up weighting and metadata dropout."""
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ from train.data.dataset import DEFAULT_DATA, load_image, load_mask, load_metadat
 from train.data.features import DEFAULT_CACHE
 from train.data.splits import DEFAULT_FOLDS, load_folds, load_heldout
 from train.evaluation.segmentation_metrics import mask_scores, summarise
-from train.fitting.core import Log, command_line
+from train.fitting.recipe import Log, command_line
 from train.fitting.members import fold_frames
 
 FILE = "segmenter.safetensors"

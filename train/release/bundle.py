@@ -54,7 +54,7 @@ from train.data.logits import kind_logits, kind_rows, read_logits
 from train.evaluation.evaluate import evaluate
 from train.data.splits import heldout_path, load_folds, read_heldout
 from train.evaluation.metrics import classification_metrics, softmax
-from train.fitting.core import Config
+from train.fitting.recipe import Config
 from train.release.model_card import model_card
 from train import REPO
 

@@ -6,7 +6,7 @@ Every arm trains only a head, on the same frozen features: the whole backbone at
 ImageNet weights, pooled, 8 augmented views per image, cached once by train.data.features.
 So a training takes seconds and arms differ only in what is studied:
 
-  loss      ce | wce (class-weighted) | focal (class-weighted, gamma 2)      as in train.fitting.core
+  loss      ce | wce (class-weighted) | focal (class-weighted, gamma 2)      as in train.fitting.recipe
   sampling  none | balanced (inverse frequency) | curriculum (train.fitting.curriculum)
   fusion    image-only | concat | film | late (joint sum of logits)       the app's heads
             | mean | max of the image-only and a metadata-only model's probabilities

@@ -1,4 +1,4 @@
-"""train.fitting.core: the recipe every training path shares (the cached-feature member here;
+"""train.fitting.recipe: the recipe every training path shares (the cached-feature member here;
 the whole-network path in test_full.py, the command lines in test_cv.py and test_full.py)."""
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 from conftest import run_module
 from lesion_app.classifier.metadata import META_DIM
 from lesion_app.classifier.models import LesionClassifier
-from train.fitting.core import Config, ResumeMismatch, train_member
+from train.fitting.recipe import Config, ResumeMismatch, train_member
 from train.fitting.curriculum import within_class_rank
 from train.data.features import N_VIEWS
 
