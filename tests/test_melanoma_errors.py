@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 from lesion_app.classifier.vocab import CLASSES
 from train.data.logits import logits_frame, write_logits
 from train.evaluation import melanoma_errors
-from train.evaluation.melanoma_errors import markdown, study, weighted_aucs
+from train.evaluation.melanoma_errors import markdown, study
+from train.evaluation.stats import weighted_aucs
 
 # image: (dx, site, top class, p(top), p(mel)); the rest of the mass spread evenly over the others.
 CASES = {

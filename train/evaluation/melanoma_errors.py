@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -41,12 +39,8 @@ from train.data.dataset import DEFAULT_DATA, labels, load_metadata
 from train.data.logits import kind_logits, read_logits
 from train.data.splits import DEFAULT_FOLDS, load_folds
 from train.evaluation.metrics import MEL, class_aucs, softmax
-from train.evaluation.stats import (
-    confusion_metrics,
-    paired_bootstrap,
-    resample_counts,
-    sensitivity_at_specificity,
-)
+from train.evaluation.stats import (auc_and_draws, interval, paired_bootstrap, recall_and_draws, resample_counts,
+                                    sensitivity_at_specificity, share_and_draws)
 
 SPECIFICITY = 0.90
 NV, BKL = CLASSES.index("nv"), CLASSES.index("bkl")
@@ -55,60 +49,6 @@ FACTORS = {"site": "localization", "age_band": "age_band", "sex": "sex", "dx_typ
 MIN_MEL_AUC = 5      # melanomas (and non-melanomas) a group needs for an AUC
 MIN_MEL_VS_REST = 20  # ... and for the group-minus-rest comparison
 N_WORST = 15
-
-
-# ----------------------------------------------------------------------------- bootstrap pieces
-
-def _interval(estimate, draws) -> list:
-    """[estimate, lower, upper] with the percentile 95% CI of the draws (NaN draws ignored)."""
-    draws = np.asarray(draws, float)
-    draws = draws[~np.isnan(draws)]
-    if estimate is None or (isinstance(estimate, float) and np.isnan(estimate)) or len(draws) < 10:
-        return [None if estimate is None or np.isnan(estimate) else float(estimate), None, None]
-    return [float(estimate), float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))]
-
-
-def _hit_rate(positive: np.ndarray, hit: np.ndarray, mask: np.ndarray, W: np.ndarray):
-    """(estimate, draws): the share of positive rows in mask that are hit (a recall), on all rows
-    and on each resample (rows of W), via stats.confusion_metrics."""
-    pos, h = positive[mask].astype(int), hit[mask].astype(int)
-    if not pos.any():
-        return float("nan"), np.full(len(W), np.nan)
-    with warnings.catch_warnings():   # resamples without a negative: balanced accuracy's empty mean
-        warnings.simplefilter("ignore", RuntimeWarning)
-        est = confusion_metrics(pos, h, np.ones((1, len(pos))), 2, 1)["recall"][0]
-        return float(est), confusion_metrics(pos, h, W[:, mask], 2, 1)["recall"]
-
-
-def _share(part: np.ndarray, whole: np.ndarray, W: np.ndarray):
-    """(estimate, draws) of the weighted share of `whole` rows that are also `part` rows."""
-    num, den = W @ (part & whole), W @ whole
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return float((part & whole).sum() / max(whole.sum(), 1)), np.where(den > 0, num / den, np.nan)
-
-
-def weighted_aucs(positive: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """(B,) ROC AUC of score for positive under each row of count weights W (B, n), all at once:
-    the Mann-Whitney statistic, ties counted half, which is what roc_auc_score gives on the rows
-    repeated by their counts. NaN where a row weighs no positive or no negative."""
-    levels, which = np.unique(score, return_inverse=True)
-    onehot = sparse.csr_matrix((np.ones(len(score)), (np.arange(len(score)), which)),
-                               shape=(len(score), len(levels)))
-    wp = (onehot.T @ (W * positive).T).T           # (B, levels): positive weight at each score
-    wn = (onehot.T @ (W * ~positive).T).T
-    below = np.cumsum(wn, 1) - wn                    # negative weight strictly below each level
-    num, den = (wp * (below + 0.5 * wn)).sum(1), wp.sum(1) * wn.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan)
-
-
-def _auc(positive: np.ndarray, score: np.ndarray, mask: np.ndarray, W: np.ndarray):
-    """(estimate, draws): ROC AUC of score for positive within mask (roc_auc_score), and on each
-    lesion resample (weighted_aucs); NaN when mask has under MIN_MEL_AUC of either side."""
-    pos, s = positive[mask], score[mask]
-    if min(pos.sum(), (~pos).sum()) < MIN_MEL_AUC:
-        return float("nan"), np.full(len(W), np.nan)
-    return float(roc_auc_score(pos, s)), weighted_aucs(pos, s, W[:, mask])
 
 
 def _mean(x) -> float | None:
@@ -164,9 +104,9 @@ def missed_melanomas(df, y, P, W, thresholds) -> dict:
             for c in np.argsort(-np.bincount(pred[miss], minlength=len(CLASSES))):
                 count = int((miss & (pred == c)).sum())
                 if count:
-                    est, draws = _share(pred == c, miss, W)
-                    taken[CLASSES[c]] = {"n": count, "share": _interval(est, draws)}
-            r[name] = {"n_missed": int(miss.sum()), "missed_share": _interval(*_share(miss, mel, W)),
+                    est, draws = share_and_draws(pred == c, miss, W)
+                    taken[CLASSES[c]] = {"n": count, "share": interval(est, draws)}
+            r[name] = {"n_missed": int(miss.sum()), "missed_share": interval(*share_and_draws(miss, mel, W)),
                        "taken_by": taken,
                        "p_mel_of_missed_quartiles": [float(q) for q in np.quantile(pm[miss], [0.25, 0.5, 0.75])]
                        if miss.any() else None}
@@ -221,27 +161,27 @@ def subgroups(df, y, P, W, thresholds) -> dict:
             for k in kinds:
                 p = P[k]
                 pm, pred = p[:, MEL], p.argmax(1)
-                rec, rec_d = _hit_rate(mel, pred == MEL, m, W)
-                sens, sens_d = _hit_rate(mel, pm >= thresholds[k], m, W)
-                fpr, fpr_d = _hit_rate(~mel, pm >= thresholds[k], m, W)
-                auc, auc_d = _auc(mel, pm, m, W)
-                auc_all, auc_all_d = _auc(mel, pm, own, W)
+                rec, rec_d = recall_and_draws(mel, pred == MEL, m, W)
+                sens, sens_d = recall_and_draws(mel, pm >= thresholds[k], m, W)
+                fpr, fpr_d = recall_and_draws(~mel, pm >= thresholds[k], m, W)
+                auc, auc_d = auc_and_draws(mel, pm, m, W, MIN_MEL_AUC)
+                auc_all, auc_all_d = auc_and_draws(mel, pm, own, W, MIN_MEL_AUC)
                 auc_draws[k] = auc_d
                 taken = np.bincount(pred[m & mel & (pred != MEL)], minlength=len(CLASSES))
-                r = {"recall": _interval(rec, rec_d), "sensitivity_at_op": _interval(sens, sens_d),
-                     "false_mel_rate_at_op": _interval(fpr, fpr_d), "auc_within_group": _interval(auc, auc_d),
-                     "auc_vs_all_non_mel": _interval(auc_all, auc_all_d),
+                r = {"recall": interval(rec, rec_d), "sensitivity_at_op": interval(sens, sens_d),
+                     "false_mel_rate_at_op": interval(fpr, fpr_d), "auc_within_group": interval(auc, auc_d),
+                     "auc_vs_all_non_mel": interval(auc_all, auc_all_d),
                      "top_class_misses_taken_by": {CLASSES[c]: int(taken[c]) for c in np.argsort(-taken) if taken[c]}}
                 if row["n_mel"] >= MIN_MEL_VS_REST and (mel & ~m).sum() >= MIN_MEL_VS_REST:
-                    rest_rec, rest_rec_d = _hit_rate(mel, pred == MEL, ~m, W)
-                    rest_auc, rest_auc_d = _auc(mel, pm, ~m, W)
-                    rest_all, rest_all_d = _auc(mel, pm, others, W)
-                    r["recall_minus_rest"] = _interval(rec - rest_rec, rec_d - rest_rec_d)
-                    r["auc_within_group_minus_rest"] = _interval(auc - rest_auc, auc_d - rest_auc_d)
-                    r["auc_vs_all_non_mel_minus_rest"] = _interval(auc_all - rest_all, auc_all_d - rest_all_d)
+                    rest_rec, rest_rec_d = recall_and_draws(mel, pred == MEL, ~m, W)
+                    rest_auc, rest_auc_d = auc_and_draws(mel, pm, ~m, W, MIN_MEL_AUC)
+                    rest_all, rest_all_d = auc_and_draws(mel, pm, others, W, MIN_MEL_AUC)
+                    r["recall_minus_rest"] = interval(rec - rest_rec, rec_d - rest_rec_d)
+                    r["auc_within_group_minus_rest"] = interval(auc - rest_auc, auc_d - rest_auc_d)
+                    r["auc_vs_all_non_mel_minus_rest"] = interval(auc_all - rest_all, auc_all_d - rest_all_d)
                 row[k] = r
             if {"fusion", "image_only"} <= set(kinds) and row["fusion"]["auc_within_group"][0] is not None:
-                row["auc_within_group_fusion_minus_image_only"] = _interval(
+                row["auc_within_group_fusion_minus_image_only"] = interval(
                     row["fusion"]["auc_within_group"][0] - row["image_only"]["auc_within_group"][0],
                     auc_draws["fusion"] - auc_draws["image_only"])
             rows.append(row)
@@ -258,7 +198,8 @@ def pairwise(df, y, P, W) -> dict:
         negatives[f"nv ({t})"] = (y == NV) & (df["dx_type"].to_numpy() == t)
     out = {}
     for k, p in P.items():
-        out[k] = {name: {"n": int(neg.sum()), "auc": _interval(*_auc(mel, p[:, MEL], mel | neg, W))}
+        out[k] = {name: {"n": int(neg.sum()),
+                         "auc": interval(*auc_and_draws(mel, p[:, MEL], mel | neg, W, MIN_MEL_AUC))}
                   for name, neg in negatives.items()}
     return out
 
@@ -355,13 +296,14 @@ def study(md: pd.DataFrame, frame: pd.DataFrame, temperatures: dict, folds: pd.D
     for k in kinds:
         fold_auc = {int(f): _mel_auc(y[df["fold"] == f], P[k][df["fold"] == f]) for f in sorted(df["fold"].unique())}
         overall[k] = {"temperature": float(temperatures[k]),
-                      "mel_recall": _interval(*_hit_rate(mel, P[k].argmax(1) == MEL, np.ones(len(y), bool), W)),
-                      "mel_auc": _interval(*_auc(mel, P[k][:, MEL], np.ones(len(y), bool), W)),
+                      "mel_recall": interval(*recall_and_draws(mel, P[k].argmax(1) == MEL, np.ones(len(y), bool), W)),
+                      "mel_auc": interval(*auc_and_draws(mel, P[k][:, MEL], np.ones(len(y), bool), W, MIN_MEL_AUC)),
                       "operating_point": ops[k], "mel_auc_by_fold": fold_auc}
     if {"fusion", "image_only"} <= set(kinds):
         everything = np.ones(len(y), bool)
-        (ef, df_), (ei, di) = (_auc(mel, P[k][:, MEL], everything, W) for k in ("fusion", "image_only"))
-        overall["mel_auc_fusion_minus_image_only"] = _interval(ef - ei, df_ - di)
+        (ef, df_), (ei, di) = (auc_and_draws(mel, P[k][:, MEL], everything, W, MIN_MEL_AUC)
+                               for k in ("fusion", "image_only"))
+        overall["mel_auc_fusion_minus_image_only"] = interval(ef - ei, df_ - di)
     return {"protocol": " ".join(__doc__.split("\n\n")[2].split()), "n_images": len(df),
             "n_lesions": int(df["lesion_id"].nunique()), "n_mel": int(mel.sum()),
             "n_mel_lesions": int(df.loc[mel, "lesion_id"].nunique()), "n_boot": len(W),

@@ -4,11 +4,13 @@ The metrics they resample (balanced accuracy, macro-F1, ...) live in train.evalu
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
+from scipy import sparse
 from scipy.stats import binom, chi2
-from sklearn.metrics import roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def _cluster_resample(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -153,3 +155,59 @@ def confusion_metrics(y, pred, weights: np.ndarray, n_classes: int, positive: in
         f1 = np.where(present, 2 * tp / (support + predicted), np.nan)
     return {"balanced_accuracy": np.nanmean(recall, 1), "macro_f1": np.nanmean(f1, 1),
             "recall": recall[:, positive]}
+
+
+# Estimates with their lesion-bootstrap draws, from count weights W (B, N) of resample_counts: every
+# group, model and difference computed on the same resamples, so differences are paired.
+
+def interval(estimate, draws) -> list:
+    """[estimate, lower, upper] with the percentile 95% CI of the draws (NaN draws ignored; no CI
+    from fewer than 10 draws)."""
+    draws = np.asarray(draws, float)
+    draws = draws[~np.isnan(draws)]
+    if estimate is None or (isinstance(estimate, float) and np.isnan(estimate)) or len(draws) < 10:
+        return [None if estimate is None or np.isnan(estimate) else float(estimate), None, None]
+    return [float(estimate), float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))]
+
+
+def recall_and_draws(positive: np.ndarray, hit: np.ndarray, mask: np.ndarray, W: np.ndarray):
+    """(estimate, draws): the share of positive rows in mask that are hit (a recall), on all rows
+    and on each resample (rows of W), via confusion_metrics."""
+    pos, h = positive[mask].astype(int), hit[mask].astype(int)
+    if not pos.any():
+        return float("nan"), np.full(len(W), np.nan)
+    with warnings.catch_warnings():   # resamples without a negative: balanced accuracy's empty mean
+        warnings.simplefilter("ignore", RuntimeWarning)
+        est = confusion_metrics(pos, h, np.ones((1, len(pos))), 2, 1)["recall"][0]
+        return float(est), confusion_metrics(pos, h, W[:, mask], 2, 1)["recall"]
+
+
+def share_and_draws(part: np.ndarray, whole: np.ndarray, W: np.ndarray):
+    """(estimate, draws) of the weighted share of `whole` rows that are also `part` rows."""
+    num, den = W @ (part & whole), W @ whole
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float((part & whole).sum() / max(whole.sum(), 1)), np.where(den > 0, num / den, np.nan)
+
+
+def weighted_aucs(positive: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """(B,) ROC AUC of score for positive under each row of count weights W (B, n), all at once:
+    the Mann-Whitney statistic, ties counted half, which is what roc_auc_score gives on the rows
+    repeated by their counts. NaN where a row weighs no positive or no negative."""
+    levels, which = np.unique(score, return_inverse=True)
+    onehot = sparse.csr_matrix((np.ones(len(score)), (np.arange(len(score)), which)),
+                               shape=(len(score), len(levels)))
+    wp = (onehot.T @ (W * positive).T).T           # (B, levels): positive weight at each score
+    wn = (onehot.T @ (W * ~positive).T).T
+    below = np.cumsum(wn, 1) - wn                    # negative weight strictly below each level
+    num, den = (wp * (below + 0.5 * wn)).sum(1), wp.sum(1) * wn.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def auc_and_draws(positive: np.ndarray, score: np.ndarray, mask: np.ndarray, W: np.ndarray, min_each: int):
+    """(estimate, draws): ROC AUC of score for positive within mask (roc_auc_score), and on each
+    lesion resample (weighted_aucs); NaN when mask has under min_each of either side."""
+    pos, s = positive[mask], score[mask]
+    if min(pos.sum(), (~pos).sum()) < min_each:
+        return float("nan"), np.full(len(W), np.nan)
+    return float(roc_auc_score(pos, s)), weighted_aucs(pos, s, W[:, mask])
