@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from lesion_app.classifier.metadata import (GROUPS, META_DIM, AgeScaler, MetadataError, encode_metadata,
-                                 parse_age, parse_metadata, unknown_row)
+from lesion_app.classifier.metadata import (GROUPS, META_DIM, AgeScaler, Metadata, MetadataError,
+                                             encode_metadata, parse_age, unknown_row)
 from lesion_app.classifier.vocab import SEXES, SITES
 
 SCALER = AgeScaler(mean=50.0, std=20.0)
@@ -45,13 +45,13 @@ def test_site_is_one_hot_never_ordinal():
 
 @pytest.mark.parametrize("blank", [None, "", "   ", "\t\n", float("nan")])
 def test_blank_means_not_entered(blank):
-    assert parse_metadata(blank, blank, blank) == (None, "unknown", "unknown")
+    assert Metadata.parse(blank, blank, blank) == (None, "unknown", "unknown")
 
 
 @pytest.mark.parametrize("age,sex,site", [(" 63 ", " male ", " back "), ("63", "Male", "BACK"),
                                           (63, "male\t", "\nback"), (63.0, "male", "back")])
 def test_padded_values_are_their_vocabulary_entries(age, sex, site):
-    assert parse_metadata(age, sex, site) == (63.0, "male", "back")
+    assert Metadata.parse(age, sex, site) == (63.0, "male", "back")
 
 
 def test_age_zero_is_an_age_not_a_blank():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -79,27 +80,40 @@ def parse_choice(value, vocabulary, what: str) -> str:
     return v
 
 
-def parse_metadata(age, sex, site) -> tuple[float | None, str, str]:
-    """(age, sex, site) as the models take them: None / 'unknown' for what was not entered."""
-    return parse_age(age), parse_choice(sex, SEXES, "sex"), parse_choice(site, SITES, "site")
+class Metadata(NamedTuple):
+    """One patient's (age, sex, site) as the models take them: None / 'unknown' for what was not
+    entered. Made by `parse` (from form, API or CSV values, once) or from values already parsed;
+    `encode` does not parse them again."""
+    age: float | None = None
+    sex: str = UNKNOWN
+    site: str = UNKNOWN
+
+    @classmethod
+    def parse(cls, age, sex, site) -> "Metadata":
+        """parse_age, then parse_choice for the sex and the site: MetadataError for the first
+        invalid value, with a message for the user."""
+        return cls(parse_age(age), parse_choice(sex, SEXES, "sex"), parse_choice(site, SITES, "site"))
+
+    def encode(self, scaler: AgeScaler) -> np.ndarray:
+        """This patient as a float32 row of length META_DIM."""
+        row = np.zeros(META_DIM, dtype=np.float32)
+        if self.age is None:
+            row[1] = 1.0
+        else:
+            row[0] = (self.age - scaler.mean) / scaler.std
+        row[GROUPS["sex"]][SEXES.index(self.sex)] = 1.0
+        row[GROUPS["site"]][SITES.index(self.site)] = 1.0
+        return row
 
 
 def encode_metadata(age, sex, site, scaler: AgeScaler) -> np.ndarray:
-    """Encodes one patient's (age, sex, site) as a float32 row of length META_DIM."""
-    a = parse_age(age)
-    row = np.zeros(META_DIM, dtype=np.float32)
-    if a is None:
-        row[1] = 1.0
-    else:
-        row[0] = (a - scaler.mean) / scaler.std
-    row[GROUPS["sex"]][SEXES.index(parse_choice(sex, SEXES, "sex"))] = 1.0
-    row[GROUPS["site"]][SITES.index(parse_choice(site, SITES, "site"))] = 1.0
-    return row
+    """Encodes one patient's (age, sex, site), as given, as a float32 row of length META_DIM."""
+    return Metadata.parse(age, sex, site).encode(scaler)
 
 
 def unknown_row(scaler: AgeScaler) -> np.ndarray:
     """The 'nothing entered' row: missing age, unknown sex, unknown site."""
-    return encode_metadata(None, UNKNOWN, UNKNOWN, scaler)
+    return Metadata().encode(scaler)
 
 
 def encode_frame(df, scaler: AgeScaler) -> np.ndarray:

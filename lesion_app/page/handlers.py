@@ -3,7 +3,7 @@ and the session's new state), None when an event has nothing to do. All model wo
 Predictor's; all rendering is lesion_app.page.presentation's.
 
 Blank means not entered everywhere: an empty age box reaches the Predictor as None, an empty
-sex or site as 'unknown' (lesion_app.classifier.metadata.parse_metadata). A mistake the user can fix raises
+sex or site as 'unknown' (lesion_app.classifier.metadata.Metadata.parse). A mistake the user can fix raises
 one of USER_ERRORS, whose message is meant to be shown as is.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..analysis.predictor import MAX_IMAGES, Predictor
-from ..classifier.metadata import MetadataError, parse_metadata
+from ..classifier.metadata import Metadata, MetadataError
 from ..classifier.result import Analysis
 from ..evidence.archive import SimilarQuery
 from ..evidence.clinical_report import ClinicalReport
@@ -182,7 +182,7 @@ class PageEvents:
             similar: SimilarQuery = SimilarQuery()) -> Analysis:
         """Predictor.analyze on parsed metadata (blank -> None / 'unknown'); with the previous
         analysis of the same image, only the fusion side runs again (Predictor.with_metadata)."""
-        meta = parse_metadata(age, sex, site)
+        meta = Metadata.parse(age, sex, site)
         if previous is not None:
             return self.predictor.with_metadata(previous, *meta, cam, method, similar)
         return self.predictor.analyze(image, *meta, cam, method, similar)
@@ -195,7 +195,7 @@ class PageEvents:
         cam, spec = HEATMAP_CLASS.parse(cam_choice), OPERATING_POINT.parse(op_choice)
         level, method = SET_LEVEL.parse(level_choice), HEATMAP_METHOD.parse(method_choice)
         similar = similar_query(k_choice, same_site, same_sex)
-        parse_metadata(age, sex, site)   # and the metadata, before any upload is read (and deleted)
+        Metadata.parse(age, sex, site)   # and the metadata, before any upload is read (and deleted)
         # Re-analysing the same upload (its file already deleted) uses the in-memory copy and,
         # once analysed, its kept features: the backbones do not run again.
         same = state.holds(payload, extra)
@@ -220,7 +220,7 @@ class PageEvents:
         if state.analysis is None or not state.holds(payload, extra):
             return None
         try:
-            meta = parse_metadata(age, sex, site)
+            meta = Metadata.parse(age, sex, site)
         except MetadataError as e:
             return PageUpdate(PageContent(warnings=metadata_warning(e, state.analysis)))
         a = self.predictor.with_metadata(state.analysis, *meta, HEATMAP_CLASS.parse(cam_choice),
