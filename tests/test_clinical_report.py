@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from lesion_app.evidence.clinical_report import ClinicalReport, age_band, melanoma_markdown
+from lesion_app.evidence.clinical_report import ClinicalReport, age_band
 from lesion_app.classifier.result import Analysis, ModelResult, ShapleyResult
 from lesion_app.classifier.vocab import CLASSES
+from lesion_app.page.clinical import melanoma_markdown, model_report_markdown
 
 
 @pytest.mark.parametrize("age,band", [(None, "missing"), (float("nan"), "missing"), (0, "<30"), (29.9, "<30"),
@@ -41,7 +42,8 @@ def report(tmp_path):
 
 def test_operating_point_flags_follow_the_validation_threshold(report):
     a = analysis(0.4, 0.2, {"age": 65.0, "sex": "male", "site": "back"})
-    f90, f95 = report.melanoma_flags(a, "90"), report.melanoma_flags(a, "95")
+    p_mel = {"fusion": a.fusion.probabilities["mel"], "image_only": a.image_only.probabilities["mel"]}
+    f90, f95 = report.melanoma_flags(p_mel, "90"), report.melanoma_flags(p_mel, "95")
     assert f90["fusion"]["flagged"] and not f90["image_only"]["flagged"]
     assert not f95["fusion"]["flagged"]
     assert "above" in melanoma_markdown(report, a, "90")
@@ -55,11 +57,11 @@ def test_subgroup_rows_match_the_entered_patient(report):
 def test_missing_report_and_stale_report(tmp_path, report):
     assert ClinicalReport.load({"sha256": {}}, tmp_path / "nowhere") is None
     stale = ClinicalReport.load({"sha256": {"fusion": "other"}}, report.folder)
-    assert not stale.matches_weights and "other weights" in stale.markdown()
+    assert not stale.matches_weights and "other weights" in model_report_markdown(stale)
 
 
 def test_the_report_tab_appends_the_study_when_there_is_one(report):
-    assert report.markdown() == "# report\n"
+    assert model_report_markdown(report) == "# report\n"
     (report.folder / "study.md").write_text("## Imbalance and fusion study\n")
-    assert report.markdown().endswith("## Imbalance and fusion study\n")
-    assert report.markdown().startswith("# report\n")
+    assert model_report_markdown(report).endswith("## Imbalance and fusion study\n")
+    assert model_report_markdown(report).startswith("# report\n")

@@ -1,5 +1,6 @@
 """The clinical evaluation report (written by `python -m train.evaluation.report`) as the app uses it:
-the Markdown for the "Model report" tab, melanoma operating points and subgroup rows."""
+its files, the melanoma operating points and the subgroup rows (their words are the page's:
+lesion_app.page.clinical)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..classifier.result import Analysis
 from ..paths import REPO
 
 REPORTS_DIR = REPO / "reports"
@@ -39,25 +39,12 @@ class ClinicalReport:
         data = json.loads(path.read_text())
         return cls(data, Path(folder), data.get("weights", {}).get("sha256") == model_info["sha256"])
 
-    def markdown(self) -> str:
-        """report.md, then the study's study.md if there is one, with figure links pointing
-        at files the app serves."""
-        text = (self.folder / "report.md").read_text()
-        if (self.folder / "study.md").is_file():
-            text += "\n\n" + (self.folder / "study.md").read_text()
-        for f in self.data["figures"]:
-            text = text.replace(f"]({f})", f"](/gradio_api/file={(self.folder / f).resolve()})")
-        if not self.matches_weights:
-            text = ("> ⚠️ This report was made for other weights than the ones loaded; rerun "
-                    "`python -m train.evaluation.report`.\n\n" + text)
-        return text
-
-    def melanoma_flags(self, a: Analysis, specificity: str) -> dict[str, dict]:
-        """Per model: P(mel), the out-of-fold threshold for this specificity, and whether it crosses."""
+    def melanoma_flags(self, p_mel: dict[str, float], specificity: str) -> dict[str, dict]:
+        """Per model (p_mel: kind -> its P(mel)): P(mel), the out-of-fold threshold for this
+        specificity, and whether it crosses."""
         out = {}
-        for key, result in (("fusion", a.fusion), ("image_only", a.image_only)):
+        for key, p in p_mel.items():
             op = self.data["models"][key]["melanoma_operating_points"][specificity]
-            p = result.probabilities["mel"]
             out[key] = {"p_mel": p, "threshold": op["threshold"], "flagged": p >= op["threshold"],
                         "sensitivity": op["sensitivity"], "specificity": op["specificity"]}
         return out
@@ -67,37 +54,3 @@ class ClinicalReport:
         wanted = {"age": age_band(metadata["age"]), "sex": metadata["sex"], "site": metadata["site"]}
         return {key: next((r for r in self.data["subgroups"][key]["rows"] if r["group"] == value), None)
                 for key, value in wanted.items()}
-
-
-def melanoma_markdown(report: ClinicalReport | None, a: Analysis, specificity: str) -> str:
-    if report is None:
-        return "No evaluation report found (run `python -m train.evaluation.report`), so no operating points."
-    names = {"fusion": "Fusion", "image_only": "Image-only"}
-    lines = [f"**Melanoma at the {specificity}% specificity operating point** (threshold set on out-of-fold predictions):"]
-    for key, f in report.melanoma_flags(a, specificity).items():
-        verdict = "**above**: flagged as melanoma" if f["flagged"] else "below: not flagged"
-        lines.append(f"- {names[key]}: P(mel) = {f['p_mel']:.3f} vs threshold {f['threshold']:.3f}, {verdict} "
-                     f"(out-of-fold over all images: sensitivity {f['sensitivity']:.0%}, "
-                     f"specificity {f['specificity']:.0%})")
-    return "\n".join(lines)
-
-
-def subgroup_markdown(report: ClinicalReport | None, a: Analysis) -> str:
-    """Four narrow columns (each cell 'fusion / image-only'), so the table reads at phone width."""
-    if report is None:
-        return ""
-    def fmt(x):
-        return "–" if x is None else f"{x:.2f}"
-    lines = ["**How the models did on similar patients** (out-of-fold, all images; each cell: "
-             "fusion / image-only):", "",
-             "| group | images | balanced accuracy | melanoma recall |", "|---|---|---|---|"]
-    entered = a.entered()
-    for key, r in report.subgroup_rows(a.metadata).items():
-        if r is None:
-            lines.append(f"| {key}: no such cases | 0 | – | – |")
-            continue
-        group = f"{key} {r['group']}" if key in entered else f"{key} not entered"
-        lines.append(f"| {group} | {r['n']} | {fmt(r['fusion_balanced_accuracy'])} / "
-                     f"{fmt(r['image_only_balanced_accuracy'])} | {fmt(r['fusion_mel_recall'])} / "
-                     f"{fmt(r['image_only_mel_recall'])} |")
-    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The page: ui (layout and wiring), handlers (events as plain functions -> a PageUpdate),
 choices (the one parser of the page's choices), presentation (an Analysis -> Markdown and
-HTML), figures, case_report (the PDF of an analysis), reader ("Test yourself": decks, scoring, the
+HTML), clinical (the evaluation report's words: the Model report tab, melanoma flags, similar
+patients), figures, case_report (the PDF of an analysis), reader ("Test yourself": decks, scoring, the
 answers' CSV), reader_tab (its tab's layout and wiring) and slips (a user's slip on the page: a
 warning toast, every output left as it was).
 

@@ -43,9 +43,10 @@ from reportlab.platypus import (BaseDocTemplate, Flowable, Frame, Image, KeepTog
 
 from ..classifier.result import Analysis, LesionFindings, ShapleyResult
 from ..classifier.vocab import CLASSES, UNKNOWN, class_label
-from ..evidence.clinical_report import ClinicalReport, melanoma_markdown
+from ..evidence.clinical_report import ClinicalReport
 from ..evidence.gradcam import gradcam_overlay
 from ..evidence.lesion import with_outline as draw_outline
+from .clinical import melanoma_markdown
 
 DISCLAIMER = ("Research demo, not a medical device. Not for diagnosis. Outputs come from models trained on one "
               "public dataset (HAM10000) and can be wrong; they must not guide care.")

@@ -13,9 +13,10 @@ from PIL import Image
 from ..classifier.result import Analysis, ModelResult
 from ..classifier.vocab import CLASSES, class_label
 from ..evidence.archive import ATTRIBUTION, DESCRIPTIONS, SimilarCases
-from ..evidence.clinical_report import ClinicalReport, melanoma_markdown, subgroup_markdown
+from ..evidence.clinical_report import ClinicalReport
 from ..evidence.gradcam import gradcam_overlay
 from ..evidence.lesion import COLOUR_MIN_SHARE, COLOURS, OUTLINE_CAVEAT, with_outline
+from .clinical import melanoma_markdown, subgroup_markdown
 from .figures import shap_figure, what_if_figure
 
 START = "Upload an image or pick an example, then press **Analyze**."

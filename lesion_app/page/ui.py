@@ -20,6 +20,7 @@ from ..evidence.gradcam import DEFAULT_CAM_METHOD
 from ..files.report_files import ReportFiles
 from ..paths import PACKAGE
 from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, PREDICTED, SET_LEVEL, SIMILAR_K
+from .clinical import model_report_markdown
 from .handlers import USER_ERRORS, PageEvents, SessionState
 from . import reader_tab
 from .presentation import START
@@ -258,7 +259,7 @@ def layout(clinical: ClinicalReport | None) -> View:
     with gr.Tab("Test yourself", elem_id="reader"):
         c["reader"] = reader_tab.layout()
     with gr.Tab("Model report"):
-        gr.Markdown(clinical.markdown() if clinical else
+        gr.Markdown(model_report_markdown(clinical) if clinical else
                     "No evaluation report yet: run `python -m train.evaluation.report`.", elem_id="model_report")
     c["state"] = gr.State(SessionState())  # this session's decoded image and analysis, in memory only
     c["analyze_api"] = gr.Button(visible=False)
