@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import EXAMPLES
 from lesion_app.analysis.predictor import Predictor
-from lesion_app.classifier.result import LesionFindings
+from lesion_app.evidence.lesion import LesionFindings
 from lesion_app.evidence.clinical_report import ClinicalReport
 from lesion_app.page.case_report import case_report_pdf
 

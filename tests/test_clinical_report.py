@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from lesion_app.evidence.clinical_report import ClinicalReport, age_band
-from lesion_app.classifier.result import Analysis, ModelResult, ShapleyResult
+from lesion_app.analysis.analysis import Analysis, ModelResult
+from lesion_app.evidence.shapley import ShapleyResult
 from lesion_app.classifier.vocab import CLASSES
 from lesion_app.page.clinical import melanoma_markdown, model_report_markdown
 

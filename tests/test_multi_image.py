@@ -6,6 +6,7 @@ from PIL import Image
 
 from conftest import EXAMPLES
 from lesion_app.analysis.predictor import MAX_IMAGES, Predictor
+from lesion_app.analysis.reading import reading
 from lesion_app.classifier.vocab import CLASSES
 
 
@@ -46,7 +47,7 @@ def test_heatmaps_and_the_reading_are_per_image_explanations_use_the_combined_an
     case, images = views
     a = predictor.analyze(images[:3], float(case.age), case.sex, case.localization)
     assert a.n_images == 3 and len(a.extra_images) == 2
-    assert a.reading().startswith("From 3 images of this lesion: ")
+    assert reading(a).startswith("From 3 images of this lesion: ")
     for r in (a.fusion, a.image_only):
         assert len(r.extra_cams) == 2
         maps = [r.cam, *(c for c, _ in r.extra_cams)]
@@ -61,7 +62,7 @@ def test_heatmaps_and_the_reading_are_per_image_explanations_use_the_combined_an
                       atol=1e-6)
     # A metadata change keeps all three images and their combined features.
     b = predictor.with_metadata(a, None, "unknown", "unknown")
-    assert b.n_images == 3 and len(b.fusion.extra_cams) == 2 and b.reading().startswith("From 3 images")
+    assert b.n_images == 3 and len(b.fusion.extra_cams) == 2 and reading(b).startswith("From 3 images")
 
 
 def test_the_ood_check_warns_per_image(predictor, views):

@@ -16,6 +16,7 @@ from lesion_app.classifier.reader_cases import CONFIRMATIONS, ReaderCases, load_
 from lesion_app.classifier.vocab import CLASSES, class_label
 from lesion_app.classifier.weights import WEIGHTS_DIR, sha256_file
 from lesion_app.files.report_files import ReportFiles, ServeOnce
+from lesion_app.page.presentation import labelled
 from lesion_app.page.reader import (ANSWERING, CSV_COLUMNS, FINISHED, REVEALED, CaseAnswer, ReaderError,
                                     ReaderEvents, ReaderSession, answers_csv, balanced_accuracy, draw_deck,
                                     new_deck_code, parse_deck_code, score, score_markdown)
@@ -287,7 +288,7 @@ def test_a_deck_through_to_its_end_on_the_real_models(events, cases):
         assert case.confirmed_by in view.truth
         a = events.predictor.analyze(case.image(), case.age, case.sex, case.site)
         assert s.pending.fusion == a.fusion.top and s.pending.image_only == a.image_only.top
-        assert view.fusion_probs == a.fusion.labelled() and view.fusion_cam.startswith("<img")
+        assert view.fusion_probs == labelled(a.fusion) and view.fusion_cam.startswith("<img")
         assert f"for {class_label(a.fusion.top)}" in view.fusion_cam
         assert "Similar confirmed cases' vote" in view.similar
         with pytest.raises(ReaderError, match="Already revealed"):

@@ -19,8 +19,8 @@ from safetensors import SafetensorError
 from ..classifier.frozen import FrozenStages, reference_channels
 from ..classifier.metadata import encode_metadata, parse_age, parse_choice, unknown_row
 from ..classifier.models import ARCH
+from ..classifier.passes import ImageFeatures
 from ..classifier.preprocess import fit_to_aspect, flip_views, input_box, mean_over_views, to_tensor, unnormalise
-from ..classifier.result import Analysis, ImageFeatures, ModelResult, ShapleyResult, probabilities_dict
 from ..classifier.segmenter import STAGES as TRUNK_STAGES
 from ..classifier.segmenter import THRESHOLD as SEGMENT_THRESHOLD, LesionSegmenter, largest_component, \
     mask_for_image
@@ -31,9 +31,10 @@ from ..evidence.conformal import prediction_sets as conformal_sets
 from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FINE_STAGE_BLOCK, TOP_TWO, gradcam, gradcam_from_kept
 from ..evidence.lesion import lesion_findings
 from ..evidence.ood import OODDetector
-from ..evidence.shapley import PLAYERS, coalition_rows, shapley_values
+from ..evidence.shapley import PLAYERS, ShapleyResult, coalition_rows, shapley_values
 from ..evidence.shift import ShiftScore
 from ..evidence.skin_tone import skin_tone
+from .analysis import Analysis, ModelResult, probabilities_dict
 
 
 AGE_SWEEP = tuple(range(0, 91, 5))   # the what-if's ages, years

@@ -23,11 +23,12 @@ measure is one more function, not a branch elsewhere.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from ..classifier.result import LesionFindings
 
 # Reference RGB values of the dermoscopic colours (Kasmi & Mokrani 2016, as used for ABCD colour counts).
 COLOURS = {
@@ -42,6 +43,32 @@ COLOUR_MIN_SHARE = 0.05   # a colour counts when at least 5% of the lesion's pix
 MIN_AREA_SHARE = 0.005    # smaller outlines are no lesion (a speck)
 MAX_BORDER_SHARE = 0.6    # an outline touching this share of the image border or more ...
 MAX_AREA_SHARE = 0.85     # ... and covering this share of the image or more is no lesion found
+
+
+@dataclass
+class LesionFindings:
+    """The lesion as the segmentation outlines it in the first image the models saw, measured from
+    the outline: measurements of the outline, not the ABCD rule's scores and not a diagnosis.
+    Measures are None when no lesion was found."""
+    mask: np.ndarray                 # (H, W) bool, the size of Analysis.image: True inside the outline
+    found: bool                      # False: no lesion, or one covering nearly the whole image
+    area_share: float | None = None  # lesion pixels / image pixels, 0..1
+    asymmetry: float | None = None   # 0 (mirror-symmetric about both principal axes) .. 1
+    border: dict = field(default_factory=dict)   # {"irregularity": float >= 0, "sharpness": float 0..1}
+    colours: dict = field(default_factory=dict)  # dermoscopic colour -> share of the lesion (those present)
+    attention_inside: dict = field(default_factory=dict)  # kind -> share of its heatmap's mass inside, 0..1
+    attention_ratio: dict = field(default_factory=dict)   # kind -> mean map value inside / outside
+    reference: dict = field(default_factory=dict)  # measure -> class -> [q1, median, q3] in the archive
+    warnings: list = field(default_factory=list)   # plain sentences (no lesion found, evidence off it)
+
+    def to_report(self) -> dict:
+        """/report's `lesion`: found, the measures, and each heatmap's share inside the outline."""
+        if not self.found:
+            return {"found": False, "warnings": list(self.warnings)}
+        return {"found": True, "area_share": self.area_share, "asymmetry": self.asymmetry,
+                "border": dict(self.border), "colours": dict(self.colours),
+                "attention_inside": dict(self.attention_inside), "attention_ratio": dict(self.attention_ratio),
+                "warnings": list(self.warnings)}
 
 
 def no_lesion_reason(mask: np.ndarray) -> str | None:

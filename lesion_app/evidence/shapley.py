@@ -7,6 +7,7 @@ once and reused, only the small fusion head runs per coalition.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import factorial
 
 import numpy as np
@@ -16,6 +17,21 @@ from ..classifier.metadata import GROUPS
 
 PLAYERS = tuple(GROUPS)          # ("age", "sex", "site")
 N_COALITIONS = 2 ** len(PLAYERS)
+ABSENT_BASELINE = ("a feature that is absent is set to 'not entered' (age missing, sex unknown, "
+                   "site unknown); base = the fusion model's probability with none of the three entered")
+
+
+@dataclass
+class ShapleyResult:
+    """Exact Shapley values of age, sex and site for the fusion probability of `cls`."""
+    cls: str
+    base: float
+    contributions: dict[str, float]  # age, sex, site
+    value: float                     # = base + sum(contributions), the fusion probability
+
+    def to_report(self) -> dict:
+        return {"class": self.cls, "space": "probability", "base": self.base,
+                **self.contributions, "baseline": ABSENT_BASELINE}
 
 
 def coalition_rows(entered: torch.Tensor, absent: torch.Tensor) -> torch.Tensor:

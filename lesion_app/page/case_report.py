@@ -41,11 +41,14 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import (BaseDocTemplate, Flowable, Frame, Image, KeepTogether, PageTemplate, Paragraph, Spacer,
                                 Table, TableStyle)
 
-from ..classifier.result import Analysis, LesionFindings, ShapleyResult
+from ..analysis.analysis import Analysis
+from ..analysis.reading import reading as reading_of
 from ..classifier.vocab import CLASSES, UNKNOWN, class_label
 from ..evidence.clinical_report import ClinicalReport
 from ..evidence.gradcam import gradcam_overlay
+from ..evidence.lesion import LesionFindings
 from ..evidence.lesion import with_outline as draw_outline
+from ..evidence.shapley import ShapleyResult
 from .clinical import melanoma_markdown
 
 DISCLAIMER = ("Research demo, not a medical device. Not for diagnosis. Outputs come from models trained on one "
@@ -314,7 +317,7 @@ def melanoma(c: ReportContext) -> list[Flowable]:
 
 def reading(c: ReportContext) -> list[Flowable]:
     a = c.a
-    out = [_marked("<b>Reading:</b> " + escape(plain(a.reading())))]
+    out = [_marked("<b>Reading:</b> " + escape(plain(reading_of(a))))]
     if a.warnings:
         out += [_marked("<b>Warning:</b> " + escape(plain(w)), "warning") for w in a.warnings]
     else:

@@ -3,7 +3,7 @@ its numbers): the "Model report" tab's Markdown, the melanoma flags at an operat
 the models did on patients like this one."""
 from __future__ import annotations
 
-from ..classifier.result import Analysis
+from ..analysis.analysis import Analysis
 from ..evidence.clinical_report import ClinicalReport
 
 

@@ -10,7 +10,7 @@ import json
 
 from gradio.components.plot import PlotData
 
-from ..classifier.result import Analysis
+from ..analysis.analysis import Analysis
 
 LINE_COLOURS = ("#1d3557", "#e63946", "#2a9d8f", "#f4a261")
 FIELDS = ("age", "sex", "site")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..analysis.predictor import MAX_IMAGES, Predictor
 from ..classifier.metadata import Metadata, MetadataError
-from ..classifier.result import Analysis
+from ..analysis.analysis import Analysis
 from ..evidence.archive import SimilarQuery
 from ..evidence.clinical_report import ClinicalReport
 from ..evidence.gradcam import DEFAULT_CAM_METHOD

@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..classifier.result import Analysis, ModelResult
+from ..analysis.analysis import Analysis, ModelResult
+from ..analysis.reading import reading
 from ..classifier.vocab import CLASSES, class_label
 from ..evidence.archive import ATTRIBUTION, DESCRIPTIONS, SimilarCases
 from ..evidence.clinical_report import ClinicalReport
@@ -62,6 +63,11 @@ class PageContent:
     def blank(cls, reading: str) -> "PageContent":
         """Every output emptied, the reading line set to `reading`."""
         return cls(**{**{f.name: None for f in fields(cls)}, "reading": reading})
+
+
+def labelled(r: ModelResult) -> dict[str, float]:
+    """{'Melanoma (mel)': p, ...} for all 7 classes: one model's probabilities as gr.Label shows them."""
+    return {class_label(c): p for c, p in r.probabilities.items()}
 
 
 def set_markdown(a: Analysis, level: str, kind: str) -> str:
@@ -158,15 +164,15 @@ def analysis_content(a: Analysis, clinical: ClinicalReport | None, specificity: 
     measures (whose attention figures follow the heatmaps) are always set.
     """
     page = PageContent(
-        reading=f"## {a.reading()}", warnings=warnings_markdown(a),
-        fusion_probs=a.fusion.labelled(),
+        reading=f"## {reading(a)}", warnings=warnings_markdown(a),
+        fusion_probs=labelled(a.fusion),
         fusion_cam=cam_strip(a, a.fusion, "Fusion", heatmap, outline), lesion_measures=lesion_markdown(a),
         fusion_note=cam_note(a.fusion), shap_plot=shap_figure(a), report_json=a.to_report(),
         melanoma=melanoma_markdown(clinical, a, specificity), subgroup=subgroup_markdown(clinical, a),
         what_if=what_if_figure(a), fusion_set=set_markdown(a, level, "fusion"),
         similar_vote=similar_markdown(a.similar_cases), similar_cases=similar_html(a.similar_cases))
     if image_side:
-        page.image_only_probs = a.image_only.labelled()
+        page.image_only_probs = labelled(a.image_only)
         page.image_only_cam = cam_strip(a, a.image_only, "Image-only", heatmap, outline)
         page.lesion_view = lesion_view_html(a)
         page.image_only_note = cam_note(a.image_only)

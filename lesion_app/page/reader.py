@@ -26,10 +26,10 @@ import numpy as np
 
 from ..analysis.predictor import Predictor
 from ..classifier.reader_cases import ReaderCase, ReaderCases
-from ..classifier.result import Analysis, ModelResult
+from ..analysis.analysis import Analysis, ModelResult
 from ..classifier.vocab import CLASSES, class_label
 from .choices import Choice
-from .presentation import heatmap_html
+from .presentation import heatmap_html, labelled
 
 DECK_SIZE = 20
 MELANOMA_SHARE = 0.25          # melanoma enriched to about a quarter of a deck (4-11% of real lesions)
@@ -423,7 +423,7 @@ class ReaderEvents:
         session = replace(session, pending=pending)
         view = ReaderView(
             REVEALED, truth=truth_markdown(pending, case), answer=before, excise=excise,
-            fusion_probs=a.fusion.labelled(), image_only_probs=a.image_only.labelled(),
+            fusion_probs=labelled(a.fusion), image_only_probs=labelled(a.image_only),
             fusion_cam=cam_html(a, a.fusion, "Fusion"), image_only_cam=cam_html(a, a.image_only, "Image-only"),
             similar=similar_vote_markdown(a), revision=before, excise_after=excise)
         return view, session

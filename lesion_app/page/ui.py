@@ -13,10 +13,10 @@ from gradio.utils import get_upload_folder
 
 from ..analysis.predictor import MAX_IMAGES, Predictor
 from ..classifier.reader_cases import ReaderCases
-from ..classifier.result import ABSENT_BASELINE
 from ..classifier.vocab import CLASSES, SEXES, SITES, class_label
 from ..evidence.clinical_report import ClinicalReport
 from ..evidence.gradcam import DEFAULT_CAM_METHOD
+from ..evidence.shapley import ABSENT_BASELINE
 from ..files.report_files import ReportFiles
 from ..paths import PACKAGE
 from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, PREDICTED, SET_LEVEL, SIMILAR_K
