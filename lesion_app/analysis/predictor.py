@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,9 @@ from safetensors import SafetensorError
 from ..classifier.frozen import FrozenStages, reference_channels
 from ..classifier.metadata import encode_metadata, parse_age, parse_choice, unknown_row
 from ..classifier.models import ARCH
-from ..classifier.passes import ImageFeatures
-from ..classifier.preprocess import fit_to_aspect, flip_views, input_box, mean_over_views, to_tensor, unnormalise
-from ..classifier.segmenter import STAGES as TRUNK_STAGES
-from ..classifier.segmenter import THRESHOLD as SEGMENT_THRESHOLD, LesionSegmenter, largest_component, \
-    mask_for_image
+from ..classifier.passes import ImageFeatures, Passes, combined
+from ..classifier.preprocess import fit_to_aspect, unnormalise
+from ..classifier.segmenter import LesionSegmenter
 from ..classifier.vocab import CLASSES, SEXES, SITES
 from ..classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_models, torch_device, verify_file
 from ..evidence.archive import Archive, SimilarCases, SimilarQuery, raw_embedding
@@ -82,15 +79,9 @@ class Predictor:
         self.archive = self._load_archive(weights_dir) if self.manifest.archive else None
         self.segmenter = self._load_segmenter(weights_dir) if self.manifest.segmentation else None
         self.shift = self._load_shift(weights_dir) if self.manifest.shift and with_ood else None
+        self.passes = Passes(self.models, self.frozen, self.segmenter, self.spec, self.temperature, self.device)
         if self.frozen.needs_imagenet and (self.ood or self.shift or self.segmenter or self._archive_reads_trunk):
             self.frozen.load_imagenet()   # at start rather than in the first analysis
-
-    @property
-    def trunk(self) -> torch.nn.Module:
-        """What trunk_features runs, as a module whose `lower` runs it: the shared trunk (an Ensemble
-        over it), or without one the frozen ImageNet trunk (loaded on first use)."""
-        shared = [m for m in self.models.values() if not m.whole_network]
-        return shared[0] if shared else self.frozen.load_imagenet()
 
     @property
     def _archive_reads_trunk(self) -> bool:
@@ -139,110 +130,51 @@ class Predictor:
                                "restore it, or retrain it with python -m train.fitting.segmentation and ship it "
                                "with python -m train.release.segmenter") from None
 
+    @property
+    def trunk(self) -> torch.nn.Module:
+        """What trunk_features runs, as a module whose `lower` runs it (lesion_app.classifier.passes)."""
+        return self.passes.trunk
+
     def encode(self, age, sex, site) -> torch.Tensor:
         """One encoded metadata row; raises MetadataError on invalid values."""
         return torch.from_numpy(encode_metadata(age, sex, site, self.scaler))
 
     def image_tensor(self, image: Image.Image) -> torch.Tensor:
-        return to_tensor(image, self.spec)
+        return self.passes.image_tensor(image)
 
     @property
     def has_shared_trunk(self) -> bool:
         """Whether some member runs on the shared trunk (else every member holds its whole network)."""
-        return self.frozen.shared is not None
+        return self.passes.has_shared_trunk
 
     def views(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> every flip view, (B * V, 3, H, W), channels-last on the device."""
-        return flip_views(x.to(self.device)).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        return self.passes.views(x)
 
-    @torch.inference_mode()
     def trunk_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> the shared trunk's output for every flip view, (B * V, C, h, w); without a
-        shared trunk, the frozen ImageNet trunk's (what the OOD check reads; one extra pass)."""
-        low, reference, _ = self.frozen.run(self.views(x), reference=not self.has_shared_trunk)
-        return low if low is not None else reference
+        """The shared trunk's output for every flip view (lesion_app.classifier.passes)."""
+        return self.passes.trunk_features(x)
 
-    @torch.inference_mode()
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> the frozen ImageNet trunk's output (conv_stem..blocks[4]) for every flip
-        view, (B * V, 112, h, w): what the OOD check and a trunk-feature archive read. A shared trunk
-        split at 5 gives it as is; otherwise it is computed as lesion_app.classifier.frozen says (the
-        shipped trunk, split at 4, continued by the frozen blocks[4])."""
-        return self.frozen.run(self.views(x), reference=True)[1]
+        """The frozen ImageNet trunk's output for every flip view (lesion_app.classifier.passes)."""
+        return self.passes.frozen_features(x)
 
-    @torch.inference_mode()
     def trunk_and_outlines(self, x: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray] | None, torch.Tensor | None]:
         """trunk_features(x); with a segmenter, each image's lesion outline (bool (H, W) at the
         input size; the largest region, holes filled); and each image's unflipped view's trunk stage
         FINE_STAGE_BLOCK (B, C, 2h, 2w), for the fine heatmaps (None when the shared trunk stops
         before it, or there is none): all from the same trunk pass."""
-        p = self._frozen_pass(x, outlines=True, reference=not self.has_shared_trunk, fine_stage=True)
+        p = self.passes.frozen_pass(x, outlines=True, reference=not self.has_shared_trunk, fine_block=FINE_STAGE_BLOCK)
         return (p.low if p.low is not None else p.reference), p.outlines, p.stage
 
-    @torch.inference_mode()
-    def _frozen_pass(self, x: torch.Tensor, outlines: bool = False, reference: bool = False,
-                     fine_stage: bool = False) -> "_FrozenPass":
-        """One pass of the frozen stages over x's flip views (lesion_app.classifier.frozen): the
-        shared trunk's output, the reference output when asked for (or free), with outlines (and a
-        segmenter) each image's lesion outline, and with fine_stage each unflipped view's stage
-        FINE_STAGE_BLOCK when the shared trunk computes it (for the fine heatmaps)."""
-        views = self.views(x)
-        n, v = len(x), len(views) // len(x)
-        fine_stage = fine_stage and self.has_shared_trunk and self.frozen.split > FINE_STAGE_BLOCK
-        segment = outlines and self.segmenter is not None
-        low, ref, stages = self.frozen.run(views, stages=segment or fine_stage, reference=reference)
-        stage = None
-        if fine_stage:
-            fine = stages[TRUNK_STAGES.index(FINE_STAGE_BLOCK)]
-            stage = fine.view(n, v, *fine.shape[1:])[:, 0]
-        masks = None
-        if segment:
-            # The outline's map: every flip view segmented, flipped back and averaged (no trunk cost).
-            prob = self.segmenter.probabilities(stages, (self.spec.height, self.spec.width), v).cpu().numpy()
-            masks = [largest_component(p > SEGMENT_THRESHOLD) for p in prob]
-        return _FrozenPass(views, low, ref, masks, stage)
-
-    @torch.inference_mode()
     def pooled_features(self, x: torch.Tensor, low: torch.Tensor | None = None,
                         views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) -> per kind (M, B, V, F): each member's pooled features of the flip views.
-        low: the shared trunk's output (trunk_features(x)), reused when given; views: x's flip views
-        (self.views(x)), which whole-network members run on, reused when given."""
-        return self._upper_pass(x, low, views)[0]
+        """Per kind (M, B, V, F): each member's pooled features of the flip views (lesion_app.classifier.passes)."""
+        return self.passes.pooled_features(x, low, views)
 
-    def _upper_pass(self, x: torch.Tensor, low: torch.Tensor | None = None, views: torch.Tensor | None = None,
-                    keep: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-        """pooled_features(x, low, views); with keep, also per kind each member's last block output
-        on each image's unflipped view (M, B, C, h, w), from which the heatmaps are drawn without
-        running a block again (lesion_app.evidence.gradcam.gradcam_from_kept)."""
-        out, kept = {}, {} if keep else None
-        for k, m in self.models.items():
-            if m.whole_network:
-                views = self.views(x) if views is None else views
-                start = views
-            else:
-                low = self.trunk_features(x) if low is None else low
-                start = low
-            v = len(start) // len(x)
-            if keep:
-                pooled, kept[k] = m.pooled_and_kept(start, list(range(0, len(start), v)))
-            else:
-                pooled = m.pooled(start)
-            out[k] = pooled.view(len(m.members), len(x), v, -1)
-        return out, kept
-
-    @torch.inference_mode()
     def head_probabilities(self, key: str, pooled: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities from pooled member features (M, B, V, F) and meta (B, META_DIM):
-        softmax(mean over members and views of the logits / temperature), (B, classes).
-
-        Cheap (heads only), so explanations can call it once per metadata coalition.
-        """
-        m, b, v, f = pooled.shape
-        ens = self.models[key]
-        meta = meta.to(self.device).repeat_interleave(v, 0) if ens.uses_metadata else None
-        logits = mean_over_views(ens.head_logits(pooled.reshape(m, b * v, f), meta), v)
-        return torch.softmax(logits / self.temperature[key], dim=1)
+        """Calibrated probabilities from pooled member features and metadata rows (lesion_app.classifier.passes)."""
+        return self.passes.head_probabilities(key, pooled, meta)
 
     def prediction_sets(self, probs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         """Per level and kind, (N, classes) bool class-conditional conformal sets of calibrated
@@ -258,7 +190,7 @@ class Predictor:
         x = torch.stack([self.image_tensor(im) for im in images])
         meta = torch.stack([self.encode(*m) for m in metadata])
         with self._lock:
-            f = self._frozen_pass(x, reference=knn and self._archive_reads_trunk)
+            f = self.passes.frozen_pass(x, reference=knn and self._archive_reads_trunk)
             pooled = self.pooled_features(x, f.low, f.views)
             out = {k: self.head_probabilities(k, pooled[k], meta).cpu().numpy() for k in MODEL_KEYS}
             if knn and self.archive is not None:
@@ -273,13 +205,8 @@ class Predictor:
         WeightsError when these weights have no segmenter."""
         if self.segmenter is None:
             raise WeightsError("these weights have no lesion segmenter (python -m train.release.segmenter)")
-        x = torch.stack([self.image_tensor(im) for im in images])
-        views = self.views(x)
-        with self._lock, torch.inference_mode():
-            _, _, stages = self.frozen.run(views, stages=True)
-            prob = self.segmenter.probabilities(stages, (self.spec.height, self.spec.width),
-                                                len(views) // len(x)).cpu().numpy()
-        return [mask_for_image(p, im.size, self.spec, input_box(im, self.spec)) for p, im in zip(prob, images)]
+        with self._lock:
+            return self.passes.lesion_masks(images)
 
     def lesion_probabilities(self, lesions: list[list[Image.Image]], metadata: list[tuple],
                              knn: bool = False) -> dict[str, np.ndarray]:
@@ -291,7 +218,7 @@ class Predictor:
         meta = torch.stack([self.encode(*m) for m in metadata])
         starts = np.cumsum([0] + [len(images) for images in lesions])
         with self._lock:
-            f = self._frozen_pass(x, reference=knn and self._archive_reads_trunk)
+            f = self.passes.frozen_pass(x, reference=knn and self._archive_reads_trunk)
             pooled = self.pooled_features(x, f.low, f.views)
             out = {k: [] for k in MODEL_KEYS}
             for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
@@ -347,9 +274,9 @@ class Predictor:
         with self._lock:
             # The frozen stages' only run for these images (the shared trunk, and what the segmenter,
             # the OOD check and the archive read).
-            fp = self._frozen_pass(x, outlines=True, fine_stage=True,
-                                   reference=self.ood is not None or self.shift is not None or self._archive_reads_trunk)
-            per_image, kept = self._upper_pass(x, fp.low, fp.views, keep=True)
+            fp = self.passes.frozen_pass(x, outlines=True, fine_block=FINE_STAGE_BLOCK,
+                                        reference=self.ood is not None or self.shift is not None or self._archive_reads_trunk)
+            per_image, kept = self.passes.upper_pass(x, fp.low, fp.views, keep=True)
             low = fp.low
             unflipped = None if low is None else low.view(n, len(low) // n, *low.shape[1:])[:, 0].clone()
             embedding = (self.embedding(fp.reference, per_image, n).mean(0, keepdim=True)
@@ -544,20 +471,3 @@ def distinct_images(images: list[Image.Image]) -> tuple[list[Image.Image], list[
             distinct.append(im)
             given.append(1)
     return distinct, [g for g in given if g > 1]
-
-
-@dataclass
-class _FrozenPass:
-    """What one pass of the frozen stages gives an analysis (Predictor._frozen_pass)."""
-    views: torch.Tensor                 # (B * V, 3, H, W) every flip view, what whole-network members run on
-    low: torch.Tensor | None            # the shared trunk's output for every view; None without one
-    reference: torch.Tensor | None      # the frozen ImageNet trunk's output (OOD, trunk-feature archive)
-    outlines: list | None               # each image's lesion outline, with a segmenter
-    stage: torch.Tensor | None          # each unflipped view's shared-trunk stage FINE_STAGE_BLOCK
-
-
-def combined(pooled: torch.Tensor) -> torch.Tensor:
-    """(M, N, V, F) pooled features of N images of one lesion -> (M, 1, N * V, F): every image's
-    views as views of one input, so the heads' mean over views averages the logits over them all."""
-    m, n, v, f = pooled.shape
-    return pooled.reshape(m, 1, n * v, f)
