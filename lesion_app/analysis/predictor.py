@@ -13,25 +13,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
 
-from ..classifier.frozen import FrozenStages, reference_channels
-from ..classifier.metadata import encode_metadata, parse_age, parse_choice, unknown_row
-from ..classifier.models import ARCH
-from ..classifier.passes import ImageFeatures, Passes, combined
+from ..classifier.metadata import encode_metadata, parse_age, parse_choice
+from ..classifier.passes import ImageFeatures, combined
 from ..classifier.preprocess import fit_to_aspect, unnormalise
-from ..classifier.segmenter import LesionSegmenter
 from ..classifier.vocab import CLASSES, SEXES, SITES
-from ..classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError, load_models, torch_device, verify_file
-from ..evidence.archive import Archive, SimilarCases, SimilarQuery, raw_embedding
+from ..classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError
+from ..evidence.archive import SimilarCases, SimilarQuery, raw_embedding
 from ..evidence.conformal import prediction_sets as conformal_sets
 from ..evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FINE_STAGE_BLOCK, TOP_TWO, gradcam, gradcam_from_kept
 from ..evidence.lesion import lesion_findings
 from ..evidence.ood import OODDetector
 from ..evidence.shapley import PLAYERS, ShapleyResult, coalition_rows, shapley_values
-from ..evidence.shift import ShiftScore
 from ..evidence.skin_tone import skin_tone
 from .analysis import Analysis, ModelResult, probabilities_dict
+from .loading import Served, load_served
 
 
 AGE_SWEEP = tuple(range(0, 91, 5))   # the what-if's ages, years
@@ -40,7 +36,8 @@ ADDITIVE_HEADS = ("image_only", "concat", "late")   # class-score gradients do n
 
 
 class Predictor:
-    """Loads the bundled ensembles once; predicts with flip test-time augmentation.
+    """Serves the bundled ensembles, loaded once (lesion_app.analysis.loading); predicts with flip
+    test-time augmentation.
 
     The frozen trunk runs once per image for all members over it (both ensembles, as shipped);
     each member then runs only its upper stages and head. Whole-network members run their whole
@@ -53,82 +50,30 @@ class Predictor:
     """
 
     def __init__(self, weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = None,
-                 with_ood: bool = True):
-        """with_ood=False skips the bundled OOD check (train.release.fit_ood, which refits it)."""
-        self.weights_dir = Path(weights_dir)
-        self.manifest, self.models = load_models(weights_dir)
-        self.device = device or torch_device()
-        for m in self.models.values():
-            # Inference only (Grad-CAM needs activation grads, not weight grads); channels-last
-            # convolutions run about twice as fast on CPU here.
-            m.to(self.device, memory_format=torch.channels_last).requires_grad_(False)
-        self.spec = self.manifest.input_spec
-        self.scaler = self.manifest.age_scaler
-        self.temperature = {k: self.manifest.temperature(k) for k in MODEL_KEYS}
-        shared = [m for m in self.models.values() if not m.whole_network]
-        self.frozen = FrozenStages(shared[0].members[0] if shared else None, self.device)
-        self.absent_row = torch.from_numpy(unknown_row(self.scaler))
-        self.model_info = self.manifest.model_info
-        self.set_thresholds = self.manifest.set_thresholds
+                 with_ood: bool = True, served: Served | None = None):
+        """Serves `served`, or what load_served builds from weights_dir; with_ood=False skips the
+        bundled OOD check and shift score (train.release.fit_ood and fit_shift, which refit them)."""
+        self.served = served or load_served(weights_dir, device, with_ood)
+        self.passes = self.served.passes
         self._lock = threading.RLock()
-        # The reference trunk's width, from a member of its backbone (else from the ImageNet network itself).
-        same = [m.members[0] for m in self.models.values() if m.members[0].arch == ARCH]
-        self.reference_channels = reference_channels(same[0] if same else self.frozen.load_imagenet())
-        ood = self.manifest.ood
-        self.ood = self._load_ood(weights_dir) if ood and with_ood else None
-        self.archive = self._load_archive(weights_dir) if self.manifest.archive else None
-        self.segmenter = self._load_segmenter(weights_dir) if self.manifest.segmentation else None
-        self.shift = self._load_shift(weights_dir) if self.manifest.shift and with_ood else None
-        self.passes = Passes(self.models, self.frozen, self.segmenter, self.spec, self.temperature, self.device)
-        if self.frozen.needs_imagenet and (self.ood or self.shift or self.segmenter or self._archive_reads_trunk):
-            self.frozen.load_imagenet()   # at start rather than in the first analysis
 
-    @property
-    def _archive_reads_trunk(self) -> bool:
-        return self.archive is not None and self.archive.embedding == "trunk_mean"
-
-    def _load_ood(self, weights_dir: Path) -> OODDetector:
-        path = verify_file(weights_dir, self.manifest.ood)
-        ood = OODDetector.load(path)
-        if ood.mean.shape[0] != self.reference_channels:
-            raise WeightsError(f"{path} was fitted on {ood.mean.shape[0]} features, but the frozen ImageNet trunk it "
-                               f"reads (conv_stem..blocks[4], whatever the members) gives {self.reference_channels}: "
-                               "restore the shipped one (it serves any members), or refit it on those features")
-        return ood
-
-    def _load_shift(self, weights_dir: Path) -> ShiftScore:
-        path = verify_file(weights_dir, self.manifest.shift)
-        shift = ShiftScore.load(path)
-        if shift.mean.shape[0] != self.reference_channels:
-            raise WeightsError(f"{path} was fitted on {shift.mean.shape[0]} features, but the frozen ImageNet trunk it "
-                               f"reads gives {self.reference_channels}: refit it with python -m train.release.fit_shift")
-        return shift
-
-    def _load_archive(self, weights_dir: Path) -> Archive:
-        entry = self.manifest.archive
-        path = verify_file(weights_dir, entry)
-        archive = Archive.load(path)
-        if archive.embedding != entry.get("embedding") or archive.vectors.shape[1] != entry.get("dims"):
-            raise WeightsError(f"{path} holds {archive.embedding} vectors of {archive.vectors.shape[1]} values, "
-                               f"the manifest says {entry.get('embedding')} of {entry.get('dims')}: rebuild it "
-                               "with python -m train.release.archive")
-        ens = self.models.get(archive.embedding)   # an ensemble's: its members' pooled features side by side
-        raw = (len(ens.members) * ens.members[0].backbone.num_features if ens is not None
-               else self.reference_channels)
-        if archive.projection.mean.shape[0] != raw:
-            raise WeightsError(f"{path} embeds {archive.projection.mean.shape[0]} values of {archive.embedding} "
-                               f"features, but these weights give {raw}: it was built for other members; rebuild it "
-                               "with python -m train.release.archive")
-        return archive
-
-    def _load_segmenter(self, weights_dir: Path) -> LesionSegmenter:
-        path = verify_file(weights_dir, self.manifest.segmentation)
-        try:
-            return LesionSegmenter.load(path).to(self.device).requires_grad_(False)
-        except (SafetensorError, RuntimeError, ValueError, KeyError) as e:   # not one, or another shape
-            raise WeightsError(f"{path} is not a lesion segmenter this code can run ({type(e).__name__}): "
-                               "restore it, or retrain it with python -m train.fitting.segmentation and ship it "
-                               "with python -m train.release.segmenter") from None
+    # What the toolbox's users read (train/, the page, the tests): the served pieces.
+    weights_dir = property(lambda self: self.served.weights_dir)
+    manifest = property(lambda self: self.served.manifest)
+    models = property(lambda self: self.served.models)
+    device = property(lambda self: self.served.device)
+    spec = property(lambda self: self.served.spec)
+    scaler = property(lambda self: self.served.scaler)
+    temperature = property(lambda self: self.passes.temperature)
+    frozen = property(lambda self: self.passes.frozen)
+    absent_row = property(lambda self: self.served.absent_row)
+    model_info = property(lambda self: self.served.model_info)
+    set_thresholds = property(lambda self: self.served.set_thresholds)
+    reference_channels = property(lambda self: self.served.reference_channels)
+    ood = property(lambda self: self.served.ood)
+    shift = property(lambda self: self.served.shift)
+    archive = property(lambda self: self.served.archive)
+    segmenter = property(lambda self: self.served.segmenter)
 
     @property
     def trunk(self) -> torch.nn.Module:
@@ -190,7 +135,7 @@ class Predictor:
         x = torch.stack([self.image_tensor(im) for im in images])
         meta = torch.stack([self.encode(*m) for m in metadata])
         with self._lock:
-            f = self.passes.frozen_pass(x, reference=knn and self._archive_reads_trunk)
+            f = self.passes.frozen_pass(x, reference=knn and self.served.archive_reads_trunk)
             pooled = self.pooled_features(x, f.low, f.views)
             out = {k: self.head_probabilities(k, pooled[k], meta).cpu().numpy() for k in MODEL_KEYS}
             if knn and self.archive is not None:
@@ -218,7 +163,7 @@ class Predictor:
         meta = torch.stack([self.encode(*m) for m in metadata])
         starts = np.cumsum([0] + [len(images) for images in lesions])
         with self._lock:
-            f = self.passes.frozen_pass(x, reference=knn and self._archive_reads_trunk)
+            f = self.passes.frozen_pass(x, reference=knn and self.served.archive_reads_trunk)
             pooled = self.pooled_features(x, f.low, f.views)
             out = {k: [] for k in MODEL_KEYS}
             for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
@@ -275,7 +220,7 @@ class Predictor:
             # The frozen stages' only run for these images (the shared trunk, and what the segmenter,
             # the OOD check and the archive read).
             fp = self.passes.frozen_pass(x, outlines=True, fine_block=FINE_STAGE_BLOCK,
-                                        reference=self.ood is not None or self.shift is not None or self._archive_reads_trunk)
+                                        reference=self.ood is not None or self.shift is not None or self.served.archive_reads_trunk)
             per_image, kept = self.passes.upper_pass(x, fp.low, fp.views, keep=True)
             low = fp.low
             unflipped = None if low is None else low.view(n, len(low) // n, *low.shape[1:])[:, 0].clone()
