@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from conftest import EXAMPLES
-from lesion_app.analysis.predictor import MAX_IMAGES, Predictor
+from lesion_app.analysis.pipeline import MAX_IMAGES
+from lesion_app.analysis.predictor import Predictor
 from lesion_app.analysis.reading import reading
 from lesion_app.classifier.vocab import CLASSES
 

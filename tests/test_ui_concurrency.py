@@ -17,17 +17,18 @@ META = [(60, "male", "back"), ("", "unknown", "unknown"), (50, "female", "lower 
 
 
 class Overlap:
-    """A Predictor that records the most analyses ever running at the same time."""
+    """A Predictor that records the most analyses ever running at the same time (the page's
+    analyses: it parses the metadata and calls analyze_parsed)."""
 
     def __init__(self, predictor):
         self.predictor, self.lock, self.running, self.peak = predictor, threading.Lock(), 0, 0
 
-    def analyze(self, *args, **kwargs):
+    def analyze_parsed(self, *args, **kwargs):
         with self.lock:
             self.running += 1
             self.peak = max(self.peak, self.running)
         try:
-            return self.predictor.analyze(*args, **kwargs)
+            return self.predictor.analyze_parsed(*args, **kwargs)
         finally:
             with self.lock:
                 self.running -= 1

@@ -27,19 +27,20 @@ METHOD = "Grad-CAM"
 
 
 class Recording:
-    """A Predictor that records the metadata and class of every analysis, full (analyze) or
-    of the fusion side only (with_metadata, which reuses the image's kept features)."""
+    """A Predictor that records the metadata and class of every analysis, full (analyze_parsed) or
+    of the fusion side only (with_metadata_parsed, which reuses the image's kept features): the page
+    parses the metadata once and hands them over parsed."""
 
     def __init__(self, predictor):
         self.predictor, self.calls = predictor, []
 
-    def analyze(self, *args):
-        self.calls.append(args[1:6])   # age, sex, site, heatmap class, heatmap method
-        return self.predictor.analyze(*args)
+    def analyze_parsed(self, image, metadata, *args):
+        self.calls.append((*metadata, *args[:2]))   # age, sex, site, heatmap class, heatmap method
+        return self.predictor.analyze_parsed(image, metadata, *args)
 
-    def with_metadata(self, *args):
-        self.calls.append(args[1:6])
-        return self.predictor.with_metadata(*args)
+    def with_metadata_parsed(self, previous, metadata, *args):
+        self.calls.append((*metadata, *args[:2]))
+        return self.predictor.with_metadata_parsed(previous, metadata, *args)
 
     def __getattr__(self, name):
         return getattr(self.predictor, name)

@@ -1,7 +1,7 @@
 """The classifier's side of an analysis: the forward passes of a batch of images through both
 ensembles, each run once, and what an analysis keeps of them.
 
-`Passes` runs them over the loaded pieces it is given:
+`Passes` runs them over the loaded pieces it is given (lesion_app.analysis.loading builds them):
 one pass of the frozen stages over every flip view (the shared trunk, and the frozen ImageNet
 stages the segmenter, the OOD check and a trunk-feature archive read: lesion_app.classifier.frozen),
 each image's lesion outline from that same pass (the segmenter), the members' upper stages (their
@@ -42,8 +42,9 @@ class ImageFeatures:
     in the session's memory only (never on disk): the shared trunk's output for each image's
     unflipped view (the image itself too when some members hold their whole network), each member's
     pooled features per kind (every image's views as views of one input), their last block's
-    output on each unflipped view (where most heatmaps start), and heatmaps already computed, by (kind,
-    class, versus, method)."""
+    output on each unflipped view (where most heatmaps start), and what the evidence computed
+    once per image: heatmaps by (kind, class, versus, method), the similar-cases query, the
+    outline's measures."""
     low: object                      # torch.Tensor (images, C, h, w); None when no member uses a shared trunk
     pooled: dict                     # kind -> torch.Tensor (members, 1, images * views, F)
     cams: dict = field(default_factory=dict)
@@ -56,9 +57,6 @@ class ImageFeatures:
                                      # lesion_app.evidence.gradcam.FINE_STAGE_BLOCK, for the fine heatmaps
     images: object = None            # torch.Tensor (images, 3, H, W): each unflipped view, kept for the
                                      # heatmaps of whole-network members (None when there are none)
-    unlike_dermoscopy: bool = False  # the OOD check flagged the first image (its outline may be no lesion)
-    shift: object = None             # lesion_app.evidence.shift.ShiftReading of the first image, when the weights have one
-    skin_tone: object = None         # lesion_app.evidence.skin_tone.SkinTone of the first image, when the weights have one
     measured: dict = field(default_factory=dict)   # the first image's outline measures, once taken
 
 

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from ..classifier.manifest import RESTORE_HINT, WeightsError
 from ..classifier.vocab import CLASSES, UNKNOWN
+from .ood import OODDetector
 
 EMBEDDINGS = ("trunk_mean", "image_only", "fusion")   # the candidates train.evaluation.retrieval compares
 DESCRIPTIONS = {"trunk_mean": "the shared frozen ImageNet trunk's features",
@@ -57,6 +58,15 @@ def raw_embedding(name: str, trunk_mean: torch.Tensor, pooled: dict[str, torch.T
         raise ValueError(f"unknown embedding {name!r}; one of {EMBEDDINGS}")
     p = torch.nn.functional.normalize(pooled[name].float().mean(2), dim=-1)   # (M, B, F)
     return p.permute(1, 0, 2).reshape(p.shape[1], -1) / math.sqrt(p.shape[0])
+
+
+def image_embedding(name: str, reference: torch.Tensor | None, pooled: dict[str, torch.Tensor],
+                    n_images: int) -> torch.Tensor:
+    """raw_embedding `name` of n_images images from their frozen trunk output for every flip view
+    (reference; None will do unless name is "trunk_mean") and their members' pooled features (kind ->
+    (M, n_images, V, F)): no network pass of its own."""
+    trunk = None if reference is None else OODDetector.trunk_features(reference, n_images)
+    return raw_embedding(name, trunk, {k: v.cpu() for k, v in pooled.items()})
 
 
 @dataclass

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from ..classifier.vocab import CLASSES
+
 LEVELS = ("0.9", "0.95")   # coverage levels, as the manifest and /report key them
 
 
@@ -36,6 +38,18 @@ def class_thresholds(probs: np.ndarray, y: np.ndarray, coverage: float) -> np.nd
 def prediction_sets(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """(N, classes) bool: class c is in image i's set when 1 - p_ic <= q_c."""
     return (1.0 - np.asarray(probs, float)) <= np.asarray(thresholds)[None, :] + 1e-12
+
+
+def sets_by_level(probs: dict[str, np.ndarray], thresholds: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Per level and kind, (N, classes) bool sets of calibrated probabilities probs (kind -> (N,
+    classes)) under thresholds (level -> kind -> class thresholds: the manifest's); {} without any."""
+    return {level: {k: prediction_sets(probs[k], q[k]) for k in probs if k in q} for level, q in thresholds.items()}
+
+
+def set_classes(sets: dict) -> dict[str, dict[str, list[str]]]:
+    """sets_by_level's sets of one image, as the classes in each: level -> kind -> classes."""
+    return {level: {k: [c for c, inside in zip(CLASSES, m[0]) if inside] for k, m in kinds.items()}
+            for level, kinds in sets.items()}
 
 
 def coverage_report(sets: np.ndarray, y: np.ndarray, classes) -> dict:

@@ -86,6 +86,18 @@ class OODDetector:
             return OOD_WARNING.format(reason=f"almost no colour: saturation {sat:.2f} < {self.min_saturation:.2f}")
         return None
 
+    def image_warnings(self, reference: torch.Tensor, rgb: torch.Tensor, n_images: int) -> tuple[list[str], bool]:
+        """(the warnings for n_images images of one lesion, each named by its place when there are
+        several; whether the first image was flagged). reference: their frozen trunk output for
+        every flip view (trunk_features' input); rgb (n_images, 3, H, W) in [0, 1]."""
+        trunk = self.trunk_features(reference, n_images)
+        warnings, first = [], False
+        for i in range(n_images):
+            w = self.warning(trunk[i], rgb[i:i + 1])
+            warnings += [w if n_images == 1 else f"Image {i + 1} of {n_images}: {w}"] if w else []
+            first |= i == 0 and w is not None
+        return warnings, first
+
     def save(self, path: Path) -> None:
         save_file({"mean": self.mean.contiguous(), "projection": self.projection.contiguous(),
                    "threshold": torch.tensor([self.threshold]),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..classifier.metadata import GROUPS
+from ..classifier.vocab import CLASSES
 
 PLAYERS = tuple(GROUPS)          # ("age", "sex", "site")
 N_COALITIONS = 2 ** len(PLAYERS)
@@ -59,3 +60,12 @@ def shapley_values(values: np.ndarray) -> np.ndarray:
                 w = factorial(size) * factorial(n - size - 1) / factorial(n)
                 phi[i] += w * (values[s | 1 << i] - values[s])
     return phi
+
+
+def shapley_result(by_coalition: np.ndarray, phi: np.ndarray, cls: str) -> ShapleyResult:
+    """Class cls's Shapley values, from the coalitions' probabilities (8, classes) and their Shapley
+    values (3, classes: shapley_values); base: nothing entered, value: everything entered."""
+    k = CLASSES.index(cls)
+    return ShapleyResult(cls=cls, base=float(by_coalition[0, k]),
+                         contributions={p: float(phi[i, k]) for i, p in enumerate(PLAYERS)},
+                         value=float(by_coalition[-1][k]))

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
-from ..analysis.predictor import MAX_IMAGES, Predictor
+from ..analysis.pipeline import MAX_IMAGES
+from ..analysis.predictor import Predictor
 from ..classifier.metadata import Metadata, MetadataError
 from ..analysis.analysis import Analysis
 from ..evidence.archive import SimilarQuery
@@ -22,8 +23,8 @@ from ..evidence.clinical_report import ClinicalReport
 from ..evidence.gradcam import DEFAULT_CAM_METHOD
 from ..files.image_input import InputError, load_upload, take_uploads
 from .case_report import case_report_pdf, close_call
-from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, SAME_SEX, SAME_SITE, SET_LEVEL, SIMILAR_K, \
-    ChoiceError
+from .choices import (HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, SAME_SEX, SAME_SITE, SET_LEVEL, SIMILAR_K,
+                      ChoiceError)
 from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heatmap_html, heatmaps_content,
                            melanoma_content, metadata_warning, prediction_sets_content, similar_content)
 
@@ -177,15 +178,14 @@ class PageEvents:
             return None, read, error
         return (images if extra else images[0]), read, None
 
-    def run(self, image: Image.Image, age, sex, site, cam: str | None,
+    def run(self, image: Image.Image, metadata: Metadata, cam: str | None,
             previous: Analysis | None = None, method: str = DEFAULT_CAM_METHOD,
             similar: SimilarQuery = SimilarQuery()) -> Analysis:
-        """Predictor.analyze on parsed metadata (blank -> None / 'unknown'); with the previous
-        analysis of the same image, only the fusion side runs again (Predictor.with_metadata)."""
-        meta = Metadata.parse(age, sex, site)
+        """Predictor.analyze_parsed on the metadata the event parsed; with the previous analysis of
+        the same image, only the fusion side runs again (Predictor.with_metadata_parsed)."""
         if previous is not None:
-            return self.predictor.with_metadata(previous, *meta, cam, method, similar)
-        return self.predictor.analyze(image, *meta, cam, method, similar)
+            return self.predictor.with_metadata_parsed(previous, metadata, cam, method, similar)
+        return self.predictor.analyze_parsed(image, metadata, cam, method, similar)
 
     def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                 state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None) -> PageUpdate:
@@ -195,7 +195,7 @@ class PageEvents:
         cam, spec = HEATMAP_CLASS.parse(cam_choice), OPERATING_POINT.parse(op_choice)
         level, method = SET_LEVEL.parse(level_choice), HEATMAP_METHOD.parse(method_choice)
         similar = similar_query(k_choice, same_site, same_sex)
-        Metadata.parse(age, sex, site)   # and the metadata, before any upload is read (and deleted)
+        metadata = Metadata.parse(age, sex, site)   # and the metadata, before any upload is read (and deleted)
         # Re-analysing the same upload (its file already deleted) uses the in-memory copy and,
         # once analysed, its kept features: the backbones do not run again.
         same = state.holds(payload, extra)
@@ -205,7 +205,7 @@ class PageEvents:
             image, read, error = self.read(payload, extra, state.uploads_among(payload, extra))
             if error is not None:   # the page stays as it was; the session remembers what was read
                 return PageUpdate(PageContent(), replace(state, uploads=read), slip=error)
-        a = self.run(image, age, sex, site, cam, state.analysis if same else None, method, similar)
+        a = self.run(image, metadata, cam, state.analysis if same else None, method, similar)
         state = state.follow(a) if same else SessionState(upload_key(payload, extra), image, a, outline=state.outline,
                                                           uploads=read)
         return PageUpdate(analysis_content(a, self.clinical, spec, level, state.heatmaps.html,
@@ -220,12 +220,12 @@ class PageEvents:
         if state.analysis is None or not state.holds(payload, extra):
             return None
         try:
-            meta = Metadata.parse(age, sex, site)
+            metadata = Metadata.parse(age, sex, site)
         except MetadataError as e:
             return PageUpdate(PageContent(warnings=metadata_warning(e, state.analysis)))
-        a = self.predictor.with_metadata(state.analysis, *meta, HEATMAP_CLASS.parse(cam_choice),
-                                         HEATMAP_METHOD.parse(method_choice),
-                                         similar_query(k_choice, same_site, same_sex))
+        a = self.predictor.with_metadata_parsed(state.analysis, metadata, HEATMAP_CLASS.parse(cam_choice),
+                                                HEATMAP_METHOD.parse(method_choice),
+                                                similar_query(k_choice, same_site, same_sex))
         state = state.follow(a)
         return PageUpdate(analysis_content(a, self.clinical, OPERATING_POINT.parse(op_choice),
                                          SET_LEVEL.parse(level_choice), state.heatmaps.html, image_side=False,
@@ -291,7 +291,7 @@ class PageEvents:
         'unknown'; values are stripped and lower-cased (' Back ' -> 'back').
         """
         similar = similar_query(k_choice, same_site, same_sex)
-        return self.run(self.decode(image, extra), age, sex, site, None, similar=similar).to_report()
+        return self.run(self.decode(image, extra), Metadata.parse(age, sex, site), None, similar=similar).to_report()
 
     def case_report(self, state: SessionState, op_choice=None, level_choice=None) -> bytes:
         """The one-page PDF of the session's current analysis, at the page's melanoma operating
@@ -305,7 +305,7 @@ class PageEvents:
                         extra=None) -> bytes:
         """/case_report: the PDF for the same inputs as /report (90% specificity, 90% sets)."""
         similar = similar_query(k_choice, same_site, same_sex)
-        a = self.run(self.decode(image, extra), age, sex, site, None, similar=similar)
+        a = self.run(self.decode(image, extra), Metadata.parse(age, sex, site), None, similar=similar)
         return case_report_pdf(a, self.clinical, OPERATING_POINT.default, SET_LEVEL.default, contrast=self.contrast(a))
 
     def contrast(self, a: Analysis) -> tuple | None:

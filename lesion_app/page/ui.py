@@ -11,7 +11,8 @@ import gradio as gr
 import pandas as pd
 from gradio.utils import get_upload_folder
 
-from ..analysis.predictor import MAX_IMAGES, Predictor
+from ..analysis.pipeline import MAX_IMAGES
+from ..analysis.predictor import Predictor
 from ..classifier.reader_cases import ReaderCases
 from ..classifier.vocab import CLASSES, SEXES, SITES, class_label
 from ..evidence.clinical_report import ClinicalReport
