@@ -45,7 +45,7 @@ COMMANDS = {
 # The app's modules the page probe imports (where a refactor moves one, change it here).
 APP_MODULES = {
     "predictor": "lesion_app.analysis.predictor",
-    "handlers": "lesion_app.page.handlers",
+    "handlers": "lesion_app.page.events",
     "clinical_report": "lesion_app.evidence.clinical_report",
     "case_report": "lesion_app.page.case_report",
 }

@@ -14,7 +14,7 @@ from conftest import EXAMPLES
 from lesion_app.classifier.vocab import class_label
 from lesion_app.evidence.gradcam import TOP_TWO
 from lesion_app.page.choices import CONTRAST, OPERATING_POINT, PREDICTED
-from lesion_app.page.handlers import SessionState
+from lesion_app.page.events import SessionState
 from lesion_app.files.image_input import load_upload
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.analysis.reading import reading

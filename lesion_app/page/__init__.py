@@ -1,4 +1,4 @@
-"""The page: ui (layout and wiring), handlers (events as plain functions -> a PageUpdate),
+"""The page: ui (layout and wiring), events (events as plain functions -> a PageUpdate),
 choices (the one parser of the page's choices), presentation (an Analysis -> Markdown and
 HTML), clinical (the evaluation report's words: the Model report tab, melanoma flags, similar
 patients), figures, case_report (the PDF of an analysis), reader ("Test yourself": decks, scoring, the

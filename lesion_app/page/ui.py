@@ -1,5 +1,5 @@
 """The Gradio app, as layout and wiring only: `layout` places the components, `Handlers` maps each
-event's plain PageUpdate (lesion_app.page.handlers) to its components, `wire` connects the two. Model work
+event's plain PageUpdate (lesion_app.page.events) to its components, `wire` connects the two. Model work
 is the Predictor's, rendering lesion_app.page.presentation's, choice parsing lesion_app.page.choices'.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..files.report_files import ReportFiles
 from ..paths import PACKAGE
 from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, PREDICTED, SET_LEVEL, SIMILAR_K
 from .clinical import model_report_markdown
-from .handlers import USER_ERRORS, PageEvents, SessionState
+from .events import USER_ERRORS, PageEvents, SessionState
 from . import reader_tab
 from .presentation import START
 from .reader import ReaderEvents
