@@ -46,7 +46,8 @@ def main() -> None:
         sys.exit(f"error: cannot start the app: {e}")
     from lesion_app.evidence.clinical_report import REPORTS_DIR, ClinicalReport
     from lesion_app.files.report_files import ReportFiles, app_kwargs
-    from lesion_app.page.ui import CSS, THEME, build_app, example_digests
+    from lesion_app.page.layout import CSS, THEME, example_digests
+    from lesion_app.page.ui import build_app
     # Case-report PDFs live in the same private folder, and are removed once served.
     reports = ReportFiles(uploads.path)
     demo = build_app(predictor, ClinicalReport.load(predictor.model_info), reports, reader_cases)

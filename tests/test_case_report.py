@@ -13,7 +13,8 @@ from pypdf import PdfReader
 from conftest import EXAMPLES
 from lesion_app.page.case_report import DISCLAIMER, case_report_pdf
 from lesion_app.evidence.clinical_report import ClinicalReport
-from lesion_app.page.events import NothingToReport, PageEvents, SessionState
+from lesion_app.page.events import NothingToReport, PageEvents
+from lesion_app.page.session import SessionState
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.files.image_input import load_upload
 from lesion_app.files.report_files import ReportFiles, ServeOnce

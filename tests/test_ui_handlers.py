@@ -1,7 +1,7 @@
 """The UI's event logic in-process (no server): what reaches the Predictor, session state,
-and clear errors. The handlers get raw component values, as Gradio passes them. On the page a slip
-is a warning (outside a Gradio event, gr.Warning is a Python UserWarning) and every output is skipped;
-the API endpoints raise it as a gr.Error."""
+and clear errors. The events get raw component values, as Gradio passes them, through the wiring's
+own rule (lesion_app.page.ui): on the page a slip is a warning (outside a Gradio event, gr.Warning is a
+Python UserWarning) and every output is skipped; the API endpoints raise it as a gr.Error."""
 import re
 import shutil
 from pathlib import Path
@@ -13,13 +13,15 @@ import pytest
 from conftest import EXAMPLES
 from lesion_app.classifier.vocab import class_label
 from lesion_app.evidence.gradcam import TOP_TWO
-from lesion_app.page.choices import CONTRAST, OPERATING_POINT, PREDICTED
-from lesion_app.page.events import SessionState
+from lesion_app.page.choices import CONTRAST, HEATMAP_CLASS, OPERATING_POINT, PREDICTED
+from lesion_app.page.events import PageEvents
 from lesion_app.files.image_input import load_upload
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.analysis.reading import reading
+from lesion_app.page.layout import example_digests, layout
 from lesion_app.page.presentation import NEW_IMAGE
-from lesion_app.page.ui import Handlers, layout
+from lesion_app.page.session import SessionState
+from lesion_app.page.ui import for_user, on_api, on_page
 
 OP = "90% specificity"
 LEVEL = "90%"
@@ -46,6 +48,27 @@ class Recording:
         return getattr(self.predictor, name)
 
 
+class Page:
+    """The page's events as the wiring hands them to Gradio (lesion_app.page.ui.wire): each through
+    on_page, /analyze through on_api; the case report's button returns None for a slip."""
+
+    def __init__(self, events: PageEvents, view):
+        self.events, self.view, self.predictor = events, view, events.predictor
+
+    def __getattr__(self, name):
+        return on_page(self.view, getattr(self.events, name))
+
+    def analyze_api(self, *values, **named):
+        return on_api(self.view, self.events.analyze)(*values, **named)
+
+    def case_report(self, *values):
+        return on_page(self.view, self.events.case_report, nothing=lambda: None)(*values)
+
+    def cam_code(self, choice) -> str | None:
+        """A heatmap-class choice as the API reads it (a slip is a gr.Error)."""
+        return for_user(HEATMAP_CLASS.parse, choice)
+
+
 @pytest.fixture(scope="module")
 def predictor():
     return Predictor()
@@ -55,7 +78,7 @@ def predictor():
 def app(predictor):
     with gr.Blocks():
         view = layout(None)
-    return Handlers(Recording(predictor), None, view), view
+    return Page(PageEvents(Recording(predictor), None, example_digests()), view), view
 
 
 @pytest.fixture

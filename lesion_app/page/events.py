@@ -1,32 +1,38 @@
-"""The page's events as plain functions: raw component values in, a `PageUpdate` out (what to show
-and the session's new state), None when an event has nothing to do. All model work is the
-Predictor's; all rendering is lesion_app.page.presentation's.
+"""The page's events, each defined once: raw component values in, as Gradio passes them; out what the
+page shows (a PageUpdate: its content and the session's new state; None when the event has nothing
+to do), the /report JSON, or the path of a file served once. lesion_app.page.ui connects components
+to these methods as they are, through one rule for slips (a warning on the page, an error through
+the API); nothing forwards them. All model work is the Predictor's; all rendering is
+lesion_app.page.presentation's.
 
-Blank means not entered everywhere: an empty age box reaches the Predictor as None, an empty
-sex or site as 'unknown' (lesion_app.classifier.metadata.Metadata.parse). A mistake the user can fix raises
-one of USER_ERRORS, whose message is meant to be shown as is.
+Blank means not entered everywhere: an empty age box reaches the Predictor as None, an empty sex or
+site as 'unknown' (lesion_app.classifier.metadata.Metadata.parse, the one parser, once per event). A
+mistake the user can fix raises one of USER_ERRORS, whose message is meant to be shown as is.
 """
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
-import numpy as np
+import gradio as gr
+from gradio.utils import get_upload_folder
 from PIL import Image
 
-from ..analysis.pipeline import MAX_IMAGES
+from ..analysis.analysis import Analysis
 from ..analysis.predictor import Predictor
 from ..classifier.metadata import Metadata, MetadataError
-from ..analysis.analysis import Analysis
 from ..evidence.archive import SimilarQuery
 from ..evidence.clinical_report import ClinicalReport
 from ..evidence.gradcam import DEFAULT_CAM_METHOD
-from ..files.image_input import InputError, load_upload, take_uploads
+from ..files.image_input import InputError
+from ..files.report_files import ReportFiles
 from .case_report import case_report_pdf, close_call
 from .choices import (HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, SAME_SEX, SAME_SITE, SET_LEVEL, SIMILAR_K,
                       ChoiceError)
-from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heatmap_html, heatmaps_content,
-                           melanoma_content, metadata_warning, prediction_sets_content, similar_content)
+from .presentation import (NEW_IMAGE, START, PageContent, analysis_content, heatmaps_content, melanoma_content,
+                           metadata_warning, prediction_sets_content, similar_content)
+from .session import SessionState
+from .uploads import decode_uploads, read_uploads, upload_key
 
 
 class NothingToReport(ValueError):
@@ -38,7 +44,6 @@ class NothingToRedraw(ValueError):
 
 
 USER_ERRORS = (ChoiceError, InputError, MetadataError, NothingToReport, NothingToRedraw)
-KEPT_UPLOADS = 2 * MAX_IMAGES   # the most uploads one page's session keeps decoded (at most about 3 MB each)
 
 
 def similar_query(k_choice=None, same_site=None, same_sex=None) -> SimilarQuery:
@@ -46,73 +51,22 @@ def similar_query(k_choice=None, same_site=None, same_sex=None) -> SimilarQuery:
     return SimilarQuery(SIMILAR_K.parse(k_choice), SAME_SITE.parse(same_site), SAME_SEX.parse(same_sex))
 
 
-def upload_key(payload, extra=None):
-    """Which upload a payload is: its server path (None when there is no image); with further
-    images of the lesion, the tuple of all their paths."""
-    key = payload.get("path") if isinstance(payload, dict) else payload
-    extra = extra_payloads(extra)
-    return key if not extra else (key, *(upload_key(e) for e in extra))
-
-
-def further_image_name(payload, i: int) -> str:
-    """How a message names the i-th further image: its file's name as uploaded, else its place."""
-    name = payload.get("orig_name") if isinstance(payload, dict) else None
-    return f"{name} (further image {i})" if name else f"Further image {i}"
-
-
-def extra_payloads(extra) -> list:
-    """The further images of the lesion as a list of payloads (blank: none)."""
-    if extra is None or extra == "":
-        return []
-    return list(extra) if isinstance(extra, (list, tuple)) else [extra]
-
-
-class HeatmapCache:
-    """One image's last few heatmaps as inline images, by the map's bytes: a metadata change
-    that leaves a map as it was does not encode it again."""
-    SIZE = 4
-
-    def __init__(self):
-        self.entries: dict[tuple[str, str], str] = {}
-
-    def html(self, rgb: np.ndarray, cam: np.ndarray, alt: str, outline: np.ndarray | None = None) -> str:
-        """heatmap_html(rgb, cam, alt, outline), drawn once per map and outline (one image's outline
-        never changes); the oldest entry goes first."""
-        key = (hashlib.blake2b(cam.tobytes(), digest_size=16).hexdigest(), alt, outline is not None)
-        if key not in self.entries:
-            while len(self.entries) >= self.SIZE:
-                self.entries.pop(next(iter(self.entries)))
-            self.entries[key] = heatmap_html(rgb, cam, alt, outline)
-        return self.entries[key]
-
-
-@dataclass
-class SessionState:
-    """One browser session's last analysed upload, decoded in memory, and its analysis.
-
-    Valid only for the upload named by `key`; any other image means start again.
-    """
-    key: str | tuple | None = None   # upload_key of the upload (and its further images)
-    image: Image.Image | list[Image.Image] | None = None   # a list: several images of one lesion
-    analysis: Analysis | None = None
-    heatmaps: HeatmapCache = field(default_factory=HeatmapCache, compare=False, repr=False)
-    outline: bool = True   # the lesion's outline drawn on the heatmaps (the page's toggle; kept across images)
-    # The page's current uploads already read, decoded, by server path: each file is deleted once read,
-    # so a further image added later, or a slip put right (a broken further image removed), must not
-    # need the file again.
-    uploads: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def holds(self, payload, extra=None) -> bool:
-        return self.image is not None and payload is not None and self.key == upload_key(payload, extra)
-
-    def follow(self, analysis: Analysis) -> "SessionState":
-        """The same upload with a newer analysis (its heatmaps kept)."""
-        return SessionState(self.key, self.image, analysis, self.heatmaps, self.outline, self.uploads)
-
-    def uploads_among(self, payload, extra=None) -> dict:
-        """The uploads read before that are still among these inputs."""
-        keys = {upload_key(p) for p in (payload, *extra_payloads(extra))}
-        return {k: im for k, im in self.uploads.items() if k in keys}
+class Inputs(NamedTuple):
+    """What an analysis reads from the page, raw, in the order of the page's analysis inputs
+    (lesion_app.page.layout.View.inputs), which are /analyze's parameters (PageEvents.analyze)."""
+    payload: object           # the image's upload payload
+    age: object
+    sex: object
+    site: object
+    cam_choice: object        # heatmap class
+    op_choice: object         # melanoma operating point
+    level_choice: object      # prediction-set level
+    method_choice: object     # heatmap method
+    state: SessionState
+    k_choice: object = None   # how many similar cases
+    same_site: object = None
+    same_sex: object = None
+    extra: object = None      # further images of the same lesion
 
 
 @dataclass
@@ -126,122 +80,88 @@ class PageUpdate:
 
 
 class PageEvents:
-    """The event logic. `keep`: digests of uploads whose files are not deleted once read (the
-    bundled examples, which every example click uploads again)."""
+    """The page's events. `keep`: digests of uploads whose files are not deleted once read (the
+    bundled examples, which every example click uploads again); `files`: where case-report PDFs
+    are written, each removed once served (default: in Gradio's upload folder)."""
 
-    def __init__(self, predictor: Predictor, clinical: ClinicalReport | None, keep: frozenset[str] = frozenset()):
+    def __init__(self, predictor: Predictor, clinical: ClinicalReport | None, keep: frozenset[str] = frozenset(),
+                 files: ReportFiles | None = None):
         self.predictor, self.clinical, self.keep = predictor, clinical, keep
+        self.files = files or ReportFiles(get_upload_folder())
 
     def decode(self, payload, extra=None) -> Image.Image | list[Image.Image]:
-        """The upload as an in-memory image (with further images of the lesion, the list of
-        all); every file is read, then deleted, before any analysis runs. InputError for the first
-        one that cannot be read, or too many."""
-        images, _, error = self.read(payload, extra)
-        if error is not None:
-            raise error
-        return images
+        """The upload (and its further images) in memory, every file read and deleted first
+        (lesion_app.page.uploads.decode_uploads)."""
+        return decode_uploads(payload, extra, self.keep)
 
-    def read(self, payload, extra=None, kept: dict | None = None) -> tuple:
-        """(the upload as an in-memory image, with further images of the lesion the list of all; the
-        uploads read, by server path, for SessionState.uploads; the first InputError, the images
-        then None). Every file is read, then deleted, even when another is refused; an upload in
-        `kept` (read before: its file is gone) is taken from there. At most KEPT_UPLOADS are
-        decoded: more are refused anyway, and their files deleted all the same."""
-        kept = kept or {}
-        extra = extra_payloads(extra)
-        payloads = [payload, *extra]
-        keys = [upload_key(p) for p in payloads]
-        fresh = [k is None or k not in kept for k in keys]
-        taken = iter(take_uploads([p for p, f in zip(payloads, fresh) if f], self.keep, raise_errors=False))
-        images, read, error = [], {}, None
-        for i, (p, k, f) in enumerate(zip(payloads, keys, fresh)):
-            data = next(taken) if f else None
-            if k is not None and k in read:
-                images.append(read[k])
-                continue
-            if len(read) >= KEPT_UPLOADS:
-                continue
-            try:
-                if isinstance(data, InputError):
-                    raise data
-                image = load_upload(data) if f else kept[k]
-            except InputError as e:
-                error = error or (InputError(f"{further_image_name(p, i)}: {e}") if i else e)
-                continue
-            images.append(image)
-            if k is not None:
-                read[k] = image
-        if len(extra) > MAX_IMAGES - 1:
-            error = InputError(f"At most {MAX_IMAGES - 1} more images of the same lesion ({MAX_IMAGES} in all); "
-                               f"{len(extra)} were given.")
-        if error is not None:
-            return None, read, error
-        return (images if extra else images[0]), read, None
-
-    def run(self, image: Image.Image, metadata: Metadata, cam: str | None,
-            previous: Analysis | None = None, method: str = DEFAULT_CAM_METHOD,
-            similar: SimilarQuery = SimilarQuery()) -> Analysis:
-        """Predictor.analyze_parsed on the metadata the event parsed; with the previous analysis of
-        the same image, only the fusion side runs again (Predictor.with_metadata_parsed)."""
+    def run(self, image, metadata: Metadata, cam: str | None, previous: Analysis | None = None,
+            method: str = DEFAULT_CAM_METHOD, similar: SimilarQuery = SimilarQuery()) -> Analysis:
+        """Predictor.analyze_parsed; with the previous analysis of the same image, only the fusion
+        side runs again (Predictor.with_metadata_parsed)."""
         if previous is not None:
             return self.predictor.with_metadata_parsed(previous, metadata, cam, method, similar)
         return self.predictor.analyze_parsed(image, metadata, cam, method, similar)
 
+    # ------------------------------------------------------------------ the analysis and its choices
+
     def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
                 state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None) -> PageUpdate:
         """Analyses the current image (and further images of the lesion) with the current inputs
-        (the Analyze button, /analyze)."""
+        (the Analyze button, an example click, /analyze)."""
+        return self._analyze(Inputs(payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
+                                    state, k_choice, same_site, same_sex, extra))
+
+    def _analyze(self, i: Inputs) -> PageUpdate:
         # Refuse unknown choices before any work.
-        cam, spec = HEATMAP_CLASS.parse(cam_choice), OPERATING_POINT.parse(op_choice)
-        level, method = SET_LEVEL.parse(level_choice), HEATMAP_METHOD.parse(method_choice)
-        similar = similar_query(k_choice, same_site, same_sex)
-        metadata = Metadata.parse(age, sex, site)   # and the metadata, before any upload is read (and deleted)
+        cam, spec = HEATMAP_CLASS.parse(i.cam_choice), OPERATING_POINT.parse(i.op_choice)
+        level, method = SET_LEVEL.parse(i.level_choice), HEATMAP_METHOD.parse(i.method_choice)
+        similar = similar_query(i.k_choice, i.same_site, i.same_sex)
+        metadata = Metadata.parse(i.age, i.sex, i.site)   # and the metadata, before any upload is read (and deleted)
         # Re-analysing the same upload (its file already deleted) uses the in-memory copy and,
         # once analysed, its kept features: the backbones do not run again.
-        same = state.holds(payload, extra)
+        state = i.state
+        same = state.holds(i.payload, i.extra)
         if same:
             image, read = state.image, state.uploads
         else:
-            image, read, error = self.read(payload, extra, state.uploads_among(payload, extra))
+            image, read, error = read_uploads(i.payload, i.extra, self.keep, state.uploads_among(i.payload, i.extra))
             if error is not None:   # the page stays as it was; the session remembers what was read
                 return PageUpdate(PageContent(), replace(state, uploads=read), slip=error)
         a = self.run(image, metadata, cam, state.analysis if same else None, method, similar)
-        state = state.follow(a) if same else SessionState(upload_key(payload, extra), image, a, outline=state.outline,
-                                                          uploads=read)
+        state = state.follow(a) if same else SessionState(upload_key(i.payload, i.extra), image, a,
+                                                          outline=state.outline, uploads=read)
         return PageUpdate(analysis_content(a, self.clinical, spec, level, state.heatmaps.html,
                                            outline=state.outline), state)
 
-    def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                         state: SessionState, k_choice=None, same_site=None, same_sex=None,
-                         extra=None) -> PageUpdate | None:
-        """Live what-if: new age, sex or site for the analysed image updates the fusion side at once,
-        from the kept features (fusion heads only). Before an analysis it does nothing; an
-        unfinished or invalid entry says so in the warnings line and changes nothing else."""
-        if state.analysis is None or not state.holds(payload, extra):
+    def metadata_changed(self, *inputs, **named) -> PageUpdate | None:
+        """Live what-if (inputs: analyze's, Inputs): new age, sex or site for the analysed image updates
+        the fusion side at once, from the kept features (fusion heads only). Before an analysis it does
+        nothing; an unfinished or invalid entry says so in the warnings line and changes nothing else."""
+        i = Inputs(*inputs, **named)
+        state = i.state
+        if state.analysis is None or not state.holds(i.payload, i.extra):
             return None
         try:
-            metadata = Metadata.parse(age, sex, site)
+            metadata = Metadata.parse(i.age, i.sex, i.site)
         except MetadataError as e:
             return PageUpdate(PageContent(warnings=metadata_warning(e, state.analysis)))
-        a = self.predictor.with_metadata_parsed(state.analysis, metadata, HEATMAP_CLASS.parse(cam_choice),
-                                                HEATMAP_METHOD.parse(method_choice),
-                                                similar_query(k_choice, same_site, same_sex))
+        a = self.predictor.with_metadata_parsed(state.analysis, metadata, HEATMAP_CLASS.parse(i.cam_choice),
+                                                HEATMAP_METHOD.parse(i.method_choice),
+                                                similar_query(i.k_choice, i.same_site, i.same_sex))
         state = state.follow(a)
-        return PageUpdate(analysis_content(a, self.clinical, OPERATING_POINT.parse(op_choice),
-                                         SET_LEVEL.parse(level_choice), state.heatmaps.html, image_side=False,
-                                         outline=state.outline), state)
+        return PageUpdate(analysis_content(a, self.clinical, OPERATING_POINT.parse(i.op_choice),
+                                           SET_LEVEL.parse(i.level_choice), state.heatmaps.html, image_side=False,
+                                           outline=state.outline), state)
 
-    def heatmap_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                        state: SessionState, k_choice=None, same_site=None, same_sex=None,
-                        extra=None) -> PageUpdate | None:
-        """A new heatmap class or method: the current image and inputs again (once analysed, from
-        the kept features: heatmaps only). Before an upload NothingToRedraw says the choice waits for
-        one (the choice itself stays as chosen)."""
-        if payload is None:
+    def heatmap_changed(self, *inputs, **named) -> PageUpdate:
+        """A new heatmap class or method (inputs: analyze's, Inputs): the current image and inputs
+        again (once analysed, from the kept features: heatmaps only). Before an upload
+        NothingToRedraw says the choice waits for one (the choice itself stays as chosen)."""
+        i = Inputs(*inputs, **named)
+        if i.payload is None:
             raise NothingToRedraw("No image yet: upload one and press Analyze; its heatmaps will use the class "
                                   "and method chosen here.")
-        return self.analyze(payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice, state,
-                            k_choice, same_site, same_sex, extra)
+        return self._analyze(i)
 
     def similar_changed(self, k_choice, same_site, same_sex, state: SessionState) -> PageUpdate | None:
         """Another number of similar cases or other filters: the archive is searched again from the
@@ -254,7 +174,7 @@ class PageEvents:
                                                                   a.metadata["site"]))
         return PageUpdate(similar_content(a), state.follow(a))
 
-    def outline_changed(self, show, state: SessionState) -> PageUpdate | None:
+    def outline_changed(self, show, state: SessionState) -> PageUpdate:
         """The outline toggle: both heatmaps again, with or without the lesion's outline (no model
         runs); remembered for the next analyses of this session."""
         state = replace(state, outline=bool(show))
@@ -282,31 +202,41 @@ class PageEvents:
         return PageUpdate(PageContent.blank(NEW_IMAGE if payload is not None else START),
                           SessionState(outline=state.outline, uploads=state.uploads_among(payload, extra)))
 
-    def report(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
+    # ------------------------------------------------------------------ the API and the files
+
+    def report(self, image, age, sex, site, k=None, same_site=None, same_sex=None, extra_images=None) -> dict:
         """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings,
-        and the similar confirmed cases (k: 4, 8 or 16, default 8; filters off by default).
-        extra: up to 3 further images of the same lesion (the answer is then the lesion's).
+        and the similar confirmed cases (k: 4, 8 or 16, default 8; same_site / same_sex filters, off).
+        extra_images: up to 3 further images of the same lesion; the answer is then the lesion's.
 
         Blank means not entered: age None or '' -> no age; sex or site None, '' or whitespace ->
         'unknown'; values are stripped and lower-cased (' Back ' -> 'back').
         """
-        similar = similar_query(k_choice, same_site, same_sex)
-        return self.run(self.decode(image, extra), Metadata.parse(age, sex, site), None, similar=similar).to_report()
+        similar = similar_query(k, same_site, same_sex)
+        return self.run(self.decode(image, extra_images), Metadata.parse(age, sex, site), None,
+                        similar=similar).to_report()
 
-    def case_report(self, state: SessionState, op_choice=None, level_choice=None) -> bytes:
-        """The one-page PDF of the session's current analysis, at the page's melanoma operating
-        point and prediction-set level (the "Download case report" button)."""
+    def case_report(self, state: SessionState, op_choice=None, level_choice=None, request: gr.Request = None) -> str:
+        """The session's current analysis as a one-page PDF, at the page's melanoma operating point and
+        prediction-set level (the "Download case report" button), written to the private folder
+        (removed once served); its path. NothingToReport before an analysis."""
         spec, level = OPERATING_POINT.parse(op_choice), SET_LEVEL.parse(level_choice)
         if state.analysis is None:
             raise NothingToReport("Analyze an image first: the case report describes the current analysis.")
-        return case_report_pdf(state.analysis, self.clinical, spec, level, contrast=self.contrast(state.analysis))
+        pdf = case_report_pdf(state.analysis, self.clinical, spec, level, contrast=self.contrast(state.analysis))
+        return str(self.files.write(pdf, request.session_hash if request else None))
 
-    def case_report_for(self, image, age, sex, site, k_choice=None, same_site=None, same_sex=None,
-                        extra=None) -> bytes:
-        """/case_report: the PDF for the same inputs as /report (90% specificity, 90% sets)."""
-        similar = similar_query(k_choice, same_site, same_sex)
-        a = self.run(self.decode(image, extra), Metadata.parse(age, sex, site), None, similar=similar)
-        return case_report_pdf(a, self.clinical, OPERATING_POINT.default, SET_LEVEL.default, contrast=self.contrast(a))
+    def case_report_for(self, image, age, sex, site, k=None, same_site=None, same_sex=None, extra_images=None,
+                        request: gr.Request = None) -> str:
+        """/case_report: the same inputs as /report; the one-page PDF (90% specificity, 90% sets)."""
+        similar = similar_query(k, same_site, same_sex)
+        a = self.run(self.decode(image, extra_images), Metadata.parse(age, sex, site), None, similar=similar)
+        pdf = case_report_pdf(a, self.clinical, OPERATING_POINT.default, SET_LEVEL.default, contrast=self.contrast(a))
+        return str(self.files.write(pdf, request.session_hash if request else None))
+
+    def session_ended(self, request: gr.Request) -> None:
+        """A closed or reloaded page: its PDFs that were never fetched go."""
+        self.files.end_session(request.session_hash if request else None)
 
     def contrast(self, a: Analysis) -> tuple | None:
         """The fusion model's map for its first class rather than its second, when the case report

@@ -1,57 +1,28 @@
-"""The Gradio app, as layout and wiring only: `layout` places the components, `Handlers` maps each
-event's plain PageUpdate (lesion_app.page.events) to its components, `wire` connects the two. Model work
-is the Predictor's, rendering lesion_app.page.presentation's, choice parsing lesion_app.page.choices'.
+"""The Gradio app, as wiring only: `wire` connects the components `layout` placed
+(lesion_app.page.layout) to the page's events as lesion_app.page.events defines them, each once;
+`build_app` makes the whole app. The one rule between the two: a slip the user can put right is a
+warning toast on the page (on_page) and an error through the API (on_api); a PageUpdate becomes
+{component: value}. Model work is the Predictor's, rendering lesion_app.page.presentation's, choice
+parsing lesion_app.page.choices'.
 """
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable
 
 import gradio as gr
-import pandas as pd
 from gradio.utils import get_upload_folder
 
-from ..analysis.pipeline import MAX_IMAGES
 from ..analysis.predictor import Predictor
 from ..classifier.reader_cases import ReaderCases
-from ..classifier.vocab import CLASSES, SEXES, SITES, class_label
 from ..evidence.clinical_report import ClinicalReport
-from ..evidence.gradcam import DEFAULT_CAM_METHOD
-from ..evidence.shapley import ABSENT_BASELINE
 from ..files.report_files import ReportFiles
-from ..paths import PACKAGE
-from .choices import HEATMAP_CLASS, HEATMAP_METHOD, OPERATING_POINT, PREDICTED, SET_LEVEL, SIMILAR_K
-from .clinical import model_report_markdown
-from .events import USER_ERRORS, PageEvents, SessionState
 from . import reader_tab
-from .presentation import START
+from .events import USER_ERRORS, PageEvents, PageUpdate
+from .layout import View, example_digests, layout
 from .reader import ReaderEvents
 from .slips import warn
 
-EXAMPLES_DIR = PACKAGE / "examples"
-NOTICE = ("**Research demo, not a medical device. Not for diagnosis.** Outputs are from models "
-          "trained on one public dataset (HAM10000) and can be wrong; they must not guide care.")
-SET_NOTE = ("A **90% prediction set** contains the true class for at least 90% of images *of each class*, "
-            "melanoma included, provided new images are like the HAM10000 images it was calibrated on. "
-            "It is not a probability for this image, and a lesion outside the 7 classes has no right answer in it.")
-HOW_TO_READ = """- **Probabilities** are calibrated: among images given 70% for a class, about 70% were that class (on \
-HAM10000, out-of-fold). They are not a diagnosis; each model is an ensemble of five.
-- **Prediction sets** (90% or 95%) list every class the model cannot rule out at that level. A longer set means \
-more doubt. The promise holds per class over many images, not for this one image.
-- **Heatmaps** show which regions raised the chosen class's score most. They show where the model looked, not \
-why, and not whether it was right. Grad-CAM (the default) weighs each feature map by its average gradient; \
-Grad-CAM++ and LayerCAM weigh positions by their own positive gradients, so they show more of a lesion and \
-several separate regions; LayerCAM (fine) adds the image network's earlier, finer stages where the last stage \
-sees the class, so it draws finer detail. "Top two" shows why each model chose its first class rather than its \
-second: the regions that raised the first's score over the second's. An empty map is said so, never shown blank.
-- **The lesion's outline** is drawn by a segmentation model trained on HAM10000's lesion masks. Its measures \
-(area share, asymmetry, border, colours) describe the outline, not the ABCD rule's scores and not a diagnosis; \
-each sits beside the archive's medians for melanomas, nevi and keratoses. "Heatmap mass inside the outline" \
-says how much of each model's evidence lies on the lesion; the page warns when most of it lies elsewhere.
-- **Shapley values** split the fusion model's change from "nothing entered" to "what you entered" among age, \
-sex and site, exactly (all 8 combinations). They describe this model, not medicine.
-- **What if?** re-runs only the fusion model for other ages, sexes and sites with this same image: it shows \
-how much the model leans on metadata, which is a property of the model and its training data."""
 # Fetches the case report the hidden File was handed, as a download under its own name.
 DOWNLOAD_JS = """(f) => {
   if (f && f.url) {
@@ -61,378 +32,115 @@ DOWNLOAD_JS = """(f) => {
   }
   return [];
 }"""
-# The page's own styling (demo.launch(css=CSS, theme=THEME)). The page's headings under its title are
-# h2 (axe's heading-order: no level skipped), drawn at the size of the h3 they were. The measures table
-# breaks lines between words only (Gradio's prose style would break inside "0.06" in a narrow column);
-# at phone width it takes a smaller font and tighter cells, and scrolls sideways inside itself if it
-# still does not fit. An unexpected failure still marks an event's outputs with Gradio's "Error" badge
-# (slips never do: lesion_app.page.slips), but its overlay no longer hides the component under it nor
-# takes its clicks (it took the reader's choices); the badge and its clear button stay.
-CSS = """
-#reading h2, #lesion_title h2, #similar_title h2 { font-size: var(--text-lg); font-weight: 600; line-height: 1.3; margin: 0; }
-body:not(.dark) [role="tab"][aria-selected="true"] { color: var(--primary-700); }
-[data-testid="status-tracker"]:has(> .error) { pointer-events: none; background: transparent; }
-[data-testid="status-tracker"]:has(> .error) > * { pointer-events: auto; }
-#lesion_measures table { display: block; max-width: 100%; overflow-x: auto; border: none !important; }
-#lesion_measures th, #lesion_measures td { overflow-wrap: normal !important; word-break: normal !important; }
-@media (max-width: 600px) {
-  #lesion_measures table { font-size: 12px; }
-  #lesion_measures th, #lesion_measures td { padding: 3px 3px !important; }
-}
-"""
-# Gradio's default theme with text that passes WCAG AA contrast (axe's color-contrast): white on the
-# primary buttons needs orange 700 (5.2:1; orange 500 gave 2.8:1), and the subdued grey of "- or -"
-# in the upload box and of the footer's "Use via API" needs neutral 600 (7.8:1; axe measured 1.9:1).
-# (The selected tab's name, in the accent colour, is orange 700 on white by CSS: the accent has no
-# dark-mode value of its own, and orange 700 would fail on the dark background.)
-THEME = gr.themes.Default().set(
-    button_primary_background_fill="*primary_700", button_primary_background_fill_hover="*primary_800",
-    button_primary_background_fill_dark="*primary_700", button_primary_background_fill_hover_dark="*primary_800",
-    body_text_color_subdued="*neutral_600")
 # Every event that runs the models: one at a time in one queue, whoever launches the app
 # (Predictor and its Grad-CAM hooks are not safe to run concurrently).
 MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
+# What /analyze promises its callers (the page's Analyze button runs the same event with a warning
+# for a slip, lesion_app.page.events.PageEvents.analyze).
+ANALYZE_API = ("Analyses the image (and up to 3 further images of the same lesion) with the given inputs; returns "
+               "every output of the page's analysis, the report JSON tenth. A mistake in the inputs is an error "
+               "with a plain message.")
 
 
-def example_rows() -> tuple[list[list], list[str]]:
-    md = pd.read_csv(EXAMPLES_DIR / "metadata.csv")
-    # Age as text: the age box is a Textbox, so that blank can mean "not entered".
-    rows = [[str(EXAMPLES_DIR / "images" / f"{r.image_id}.jpg"), "" if pd.isna(r.age) else f"{r.age:g}",
-             r.sex, r.localization] for r in md.itertuples()]
-    labels = [f"{class_label(r.dx)} · {r.age:.0f} y {r.sex} · {r.localization}" for r in md.itertuples()]
-    return rows, labels
+def shown(view: View, result):
+    """An event's result as Gradio takes it: a PageUpdate as {component: value} (its state too,
+    when it has one), None as gr.skip() (nothing to do), anything else as it is."""
+    if result is None:
+        return gr.skip()
+    if not isinstance(result, PageUpdate):
+        return result
+    out = {getattr(view, name): value for name, value in result.content.shown().items()}
+    if result.state is not None:
+        out[view.state] = result.state
+    return out
 
 
-def example_digests() -> frozenset[str]:
-    return frozenset(hashlib.sha256(p.read_bytes()).hexdigest()
-                     for p in (EXAMPLES_DIR / "images").glob("*.jpg"))
-
-
-@dataclass
-class View:
-    """The app's components, as `layout` placed them."""
-    image: gr.Image
-    extra_images: gr.File
-    age: gr.Textbox
-    sex: gr.Radio
-    site: gr.Dropdown
-    button: gr.Button
-    examples: gr.Examples
-    reading: gr.Markdown
-    warnings: gr.Markdown
-    cam_class: gr.Dropdown
-    cam_method: gr.Radio
-    fusion_probs: gr.Label
-    fusion_cam: gr.HTML
-    fusion_note: gr.Markdown
-    image_only_probs: gr.Label
-    image_only_cam: gr.HTML
-    image_only_note: gr.Markdown
-    fusion_set: gr.Markdown
-    image_only_set: gr.Markdown
-    set_level: gr.Radio
-    shap_plot: gr.Plot
-    what_if: gr.Plot
-    operating_point: gr.Radio
-    melanoma: gr.Markdown
-    subgroup: gr.Markdown
-    report_json: gr.JSON
-    similar_k: gr.Radio
-    same_site: gr.Checkbox
-    same_sex: gr.Checkbox
-    similar_vote: gr.Markdown
-    similar_cases: gr.HTML
-    lesion_view: gr.HTML
-    lesion_measures: gr.Markdown
-    outline: gr.Checkbox
-    state: gr.State
-    case_report: gr.Button
-    case_report_file: gr.File  # hidden: the PDF the browser is handed, then downloads
-    analyze_api: gr.Button     # hidden: carries the /analyze endpoint (a slip is an error there, not a toast)
-    report_button: gr.Button   # hidden: carries the /report endpoint
-    report_out: gr.JSON        # hidden
-    case_report_api: gr.Button  # hidden: carries the /case_report endpoint
-    case_report_api_out: gr.File  # hidden
-    reader: reader_tab.ReaderTab | None = None   # the "Test yourself" tab
-
-    @property
-    def inputs(self) -> list:
-        """What an analysis reads, in /analyze's parameter order (the state is not an API parameter)."""
-        return [self.image, self.age, self.sex, self.site, self.cam_class, self.operating_point, self.set_level,
-                self.cam_method, self.state, *self.similar_inputs, self.extra_images]
-
-    @property
-    def similar_inputs(self) -> list:
-        """The similar cases' number and filters (the last /analyze and /report parameters)."""
-        return [self.similar_k, self.same_site, self.same_sex]
-
-    @property
-    def outputs(self) -> list:
-        """What an analysis writes, in /analyze's return order, then the state."""
-        return [self.reading, self.warnings, self.fusion_probs, self.fusion_cam, self.fusion_note,
-                self.image_only_probs, self.image_only_cam, self.image_only_note, self.shap_plot,
-                self.report_json, self.melanoma, self.subgroup, self.what_if, self.fusion_set,
-                self.image_only_set, self.similar_vote, self.similar_cases, self.lesion_view,
-                self.lesion_measures, self.state]
-
-
-def layout(clinical: ClinicalReport | None) -> View:
-    """Places every component; call inside a gr.Blocks context. No events here."""
-    c = {}
-    gr.Markdown("# Skin lesion: image-only vs image + patient metadata")
-    gr.Markdown(NOTICE, elem_id="notice")
-    with gr.Tab("Analysis"):
-        with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                c["image"] = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"],
-                                      label="Dermoscopic image", elem_id="lesion_image", height=260)
-                c["extra_images"] = gr.File(file_count="multiple", file_types=["image"], height=150,
-                                            label=f"More images of the same lesion (optional, up to {MAX_IMAGES - 1}: "
-                                                  "other zooms or angles)", elem_id="extra_images")
-                # A Textbox, not gr.Number: Number shows and sends 0 when untouched (a newborn).
-                c["age"] = gr.Textbox(label="Age (years, optional)", elem_id="age", value="", lines=1,
-                                      max_lines=1, placeholder="blank = not entered")
-                c["sex"] = gr.Radio(list(SEXES), value="unknown", label="Sex", elem_id="sex")
-                c["site"] = gr.Dropdown(list(SITES), value="unknown", label="Body site", elem_id="site")
-                c["button"] = gr.Button("Analyze", variant="primary", elem_id="analyze")
-                rows, labels = example_rows()
-                c["examples"] = gr.Examples(
-                    rows, [c["image"], c["age"], c["sex"], c["site"]], example_labels=labels,
-                    cache_examples=False,
-                    label="Examples: one case per class from the HAM10000 slice that no model trained on "
-                          "(click one to analyse it). Images CC BY-NC 4.0, Tschandl et al. 2018")
-            with gr.Column(scale=2):
-                c["reading"] = gr.Markdown(START, elem_id="reading")
-                with gr.Accordion("How to read this", open=False, elem_id="how_to_read"):
-                    gr.Markdown(HOW_TO_READ)
-                c["warnings"] = gr.Markdown(elem_id="warnings")
-                # min_width: three across at 1400 px, one per line at phone width (no clipped labels).
-                with gr.Row():
-                    c["cam_class"] = gr.Dropdown(list(HEATMAP_CLASS.labels), value=PREDICTED,
-                                                 label="Heatmap class", elem_id="cam_class", min_width=220, scale=2)
-                    c["cam_method"] = gr.Radio(list(HEATMAP_METHOD.labels), value=DEFAULT_CAM_METHOD,
-                                               label="Heatmap method", elem_id="cam_method", min_width=220)
-                    c["set_level"] = gr.Radio(list(SET_LEVEL.labels), value="90%", label="Prediction set level",
-                                              elem_id="set_level", min_width=220)
-                gr.Markdown(SET_NOTE, elem_id="set_note")
-                c["outline"] = gr.Checkbox(True, label="Lesion outline on the heatmaps", elem_id="outline_toggle")
-                with gr.Row():
-                    for key, title in (("fusion", "Fusion model (image + age, sex, site)"),
-                                       ("image_only", "Image-only model")):
-                        with gr.Column():
-                            c[f"{key}_probs"] = gr.Label(num_top_classes=len(CLASSES), label=title,
-                                                         elem_id=f"{key}_probs")
-                            c[f"{key}_set"] = gr.Markdown(elem_id=f"{key}_set")
-                            c[f"{key}_cam"] = gr.HTML(elem_id=f"{key}_cam")
-                            c[f"{key}_note"] = gr.Markdown(elem_id=f"{key}_cam_note")
-                gr.Markdown("## The lesion, outlined and measured", elem_id="lesion_title")
-                with gr.Row():   # side by side on a desktop, stacked on a phone
-                    with gr.Column(min_width=240):
-                        c["lesion_view"] = gr.HTML(elem_id="lesion_view")
-                    with gr.Column(scale=2, min_width=300):
-                        c["lesion_measures"] = gr.Markdown(elem_id="lesion_measures")
-                gr.Markdown("## Similar confirmed cases", elem_id="similar_title")
-                with gr.Row():
-                    c["similar_k"] = gr.Radio(list(SIMILAR_K.labels), value=str(SIMILAR_K.default),
-                                              label="Cases shown", elem_id="similar_k", min_width=160)
-                    c["same_site"] = gr.Checkbox(False, label="Same body site as entered", elem_id="similar_same_site",
-                                                 min_width=160)
-                    c["same_sex"] = gr.Checkbox(False, label="Same sex as entered", elem_id="similar_same_sex",
-                                                min_width=160)
-                c["similar_vote"] = gr.Markdown(elem_id="similar_vote")
-                c["similar_cases"] = gr.HTML(elem_id="similar_cases")
-                c["shap_plot"] = gr.Plot(label="Metadata attribution (exact Shapley values)", elem_id="shap_plot")
-                gr.Markdown(f"Shapley values over three groups (age, sex, site), computed exactly over "
-                            f"all 8 coalitions. Baseline: {ABSENT_BASELINE}.", elem_id="shap_baseline")
-                c["what_if"] = gr.Plot(label="What if? Other patients with this image", elem_id="what_if")
-                gr.Markdown("The fusion model's answer for this same image as age, sex or site changes, the other "
-                            "two as entered. Change age, sex or site above and the whole fusion side updates at once.",
-                            elem_id="what_if_note")
-                c["operating_point"] = gr.Radio(list(OPERATING_POINT.labels), value=next(iter(OPERATING_POINT.labels)),
-                                                label="Melanoma operating point", elem_id="mel_operating_point")
-                c["melanoma"] = gr.Markdown(elem_id="melanoma_flag")
-                c["subgroup"] = gr.Markdown(elem_id="subgroup")
-                # After the operating point and sets it uses: the PDF shows the page's current choices.
-                c["case_report"] = gr.Button("Download case report (PDF)", elem_id="case_report")
-                c["case_report_file"] = gr.File(visible="hidden", elem_id="case_report_file", interactive=False)
-                with gr.Accordion("Report JSON (what the /report API returns)", open=False, elem_id="report_accordion"):
-                    c["report_json"] = gr.JSON(elem_id="report_json", open=True)  # every level shown, what_if too
-    with gr.Tab("Test yourself", elem_id="reader"):
-        c["reader"] = reader_tab.layout()
-    with gr.Tab("Model report"):
-        gr.Markdown(model_report_markdown(clinical) if clinical else
-                    "No evaluation report yet: run `python -m train.evaluation.report`.", elem_id="model_report")
-    c["state"] = gr.State(SessionState())  # this session's decoded image and analysis, in memory only
-    c["analyze_api"] = gr.Button(visible=False)
-    c["report_button"] = gr.Button(visible=False)
-    c["report_out"] = gr.JSON(visible=False)
-    c["case_report_api"] = gr.Button(visible=False)
-    c["case_report_api_out"] = gr.File(visible=False)
-    return View(**c)
-
-
-def for_user(fn, *args):
+def for_user(fn, *args, **kwargs):
     """fn(*args) for an API endpoint: a mistake the caller can fix becomes a gr.Error with its plain
-    message, no traceback, which the client raises (on the page, see Handlers._show)."""
+    message, no traceback, which the client raises (on the page, see on_page)."""
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except USER_ERRORS as e:
         raise gr.Error(str(e), print_exception=False) from None
 
 
-class Handlers:
-    """The page's events as Gradio calls them: each PageUpdate from PageEvents becomes {component: value}
-    (gr.skip() for none). On the page a user's slip is one warning toast and every output stays as it
-    was (_show); the API endpoints raise it as a gr.Error instead (for_user)."""
-
-    def __init__(self, predictor: Predictor, clinical: ClinicalReport | None, view: View,
-                 files: ReportFiles | None = None):
-        self.events, self.view = PageEvents(predictor, clinical, example_digests()), view
-        self.files = files or ReportFiles(get_upload_folder())
-
-    @property
-    def predictor(self) -> Predictor:
-        return self.events.predictor
-
-    def _show(self, event, *values):
-        """A page event's PageUpdate as {component: value}. A slip the user can put right is one
-        warning toast, and every output is skipped: gr.Error would mark each output with an "Error"
-        badge whose overlay takes the clicks, and nothing on the page (an earlier analysis) is lost."""
+def on_page(view: View, event: Callable, nothing: Callable = gr.skip) -> Callable:
+    """event as the page calls it (its signature, name and docstring kept: Gradio reads them), its
+    result shown. A slip the user can put right is one warning toast, and nothing() is returned
+    (every output skipped): gr.Error would mark each output with an "Error" badge whose overlay
+    takes the clicks, and nothing on the page (an earlier analysis) is lost."""
+    @functools.wraps(event)
+    def call(*values, **named):
         try:
-            update = event(*values)
+            result = event(*values, **named)
         except USER_ERRORS as e:
             warn(e)
-            return gr.skip()
-        if update is not None and update.slip is not None:
-            warn(update.slip)   # the content is left as it was; the state keeps the uploads read
-        return self._render(update)
-
-    def _render(self, update):
-        if update is None:
-            return gr.skip()
-        out = {getattr(self.view, name): value for name, value in update.content.shown().items()}
-        if update.state is not None:
-            out[self.view.state] = update.state
-        return out
-
-    def cam_code(self, choice) -> str | None:
-        """A heatmap-class choice (label or class code) -> class code; blank or PREDICTED -> None; the top
-        two -> TOP_TWO."""
-        return for_user(HEATMAP_CLASS.parse, choice)
-
-    def analyze(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
-        """Analyses the current image (and further images of the lesion) with the current inputs
-        (the Analyze button and an example click; a slip is a warning)."""
-        return self._show(self.events.analyze, payload, age, sex, site, cam_choice, op_choice, level_choice,
-                          method_choice, state, k_choice, same_site, same_sex, extra)
-
-    def analyze_api(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                    state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None) -> dict:
-        """Analyses the image (and up to 3 further images of the same lesion) with the given inputs; returns
-        every output of the page's analysis, the report JSON tenth. A mistake in the inputs is an error
-        with a plain message."""
-        update = for_user(self.events.analyze, payload, age, sex, site, cam_choice, op_choice, level_choice,
-                          method_choice, state, k_choice, same_site, same_sex, extra)
-        if update.slip is not None:
-            raise gr.Error(str(update.slip), print_exception=False)
-        return self._render(update)
-
-    def metadata_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                         state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None):
-        return self._show(self.events.metadata_changed, payload, age, sex, site, cam_choice, op_choice,
-                          level_choice, method_choice, state, k_choice, same_site, same_sex, extra)
-
-    def heatmap_changed(self, payload, age, sex, site, cam_choice, op_choice, level_choice, method_choice,
-                        state: SessionState, k_choice=None, same_site=None, same_sex=None, extra=None):
-        return self._show(self.events.heatmap_changed, payload, age, sex, site, cam_choice, op_choice,
-                          level_choice, method_choice, state, k_choice, same_site, same_sex, extra)
-
-    def similar_changed(self, k_choice, same_site, same_sex, state: SessionState):
-        return self._show(self.events.similar_changed, k_choice, same_site, same_sex, state)
-
-    def level_changed(self, level_choice, state: SessionState):
-        return self._show(self.events.level_changed, level_choice, state)
-
-    def outline_changed(self, show, state: SessionState):
-        return self._show(self.events.outline_changed, show, state)
-
-    def operating_point(self, op_choice, state: SessionState):
-        return self._show(self.events.operating_point, op_choice, state)
-
-    def image_changed(self, payload, state: SessionState, extra=None):
-        return self._show(self.events.image_changed, payload, state, extra)
-
-    def report(self, image, age, sex, site, k=None, same_site=None, same_sex=None, extra_images=None) -> dict:
-        """JSON report: both models' probabilities, exact Shapley values of age/sex/site, warnings,
-        and the similar confirmed cases (k: 4, 8 or 16, default 8; same_site / same_sex filters, off).
-        extra_images: up to 3 further images of the same lesion; the answer is then the lesion's.
-
-        Blank means not entered: age None or '' -> no age; sex or site None, '' or whitespace ->
-        'unknown'; values are stripped and lower-cased (' Back ' -> 'back').
-        """
-        return for_user(self.events.report, image, age, sex, site, k, same_site, same_sex, extra_images)
-
-    def case_report(self, state: SessionState, op_choice, level_choice, request: gr.Request) -> str | None:
-        """The current analysis as a PDF in the private folder (removed once served); its path. Before
-        an analysis: a warning, and None (the download that follows fetches nothing, not an old PDF)."""
-        try:
-            pdf = self.events.case_report(state, op_choice, level_choice)
-        except USER_ERRORS as e:
-            warn(e)
-            return None
-        return str(self.files.write(pdf, request.session_hash if request else None))
-
-    def case_report_for(self, image, age, sex, site, k=None, same_site=None, same_sex=None, extra_images=None,
-                        request: gr.Request = None) -> str:
-        """/case_report: the same inputs as /report; the one-page PDF (90% specificity, 90% sets)."""
-        pdf = for_user(self.events.case_report_for, image, age, sex, site, k, same_site, same_sex, extra_images)
-        return str(self.files.write(pdf, request.session_hash if request else None))
-
-    def session_ended(self, request: gr.Request) -> None:
-        """A closed or reloaded page: its PDFs that were never fetched go."""
-        self.files.end_session(request.session_hash if request else None)
+            return nothing()
+        if isinstance(result, PageUpdate) and result.slip is not None:
+            warn(result.slip)   # the content is left as it was; the state keeps the uploads read
+        return shown(view, result)
+    return call
 
 
-def wire(v: View, h: Handlers) -> None:
-    """Connects events to handlers. preprocess=False: the upload reaches our own checks as is
-    (clear messages for broken files; Gradio never decodes or re-saves it) and every other
-    value arrives raw, so blank and padded values are parsed by one rule."""
+def on_api(view: View, event: Callable) -> Callable:
+    """event as an API endpoint calls it (its signature, name and docstring kept: Gradio reads them),
+    its result shown; a slip is a gr.Error the client raises (for_user), found before or after the
+    uploads were read."""
+    @functools.wraps(event)
+    def call(*values, **named):
+        result = for_user(event, *values, **named)
+        if isinstance(result, PageUpdate) and result.slip is not None:
+            raise gr.Error(str(result.slip), print_exception=False)
+        return shown(view, result)
+    return call
+
+
+def wire(v: View, events: PageEvents) -> None:
+    """Connects the page's components to its events. preprocess=False: the upload reaches our own
+    checks as is (clear messages for broken files; Gradio never decodes or re-saves it) and every
+    other value arrives raw, so blank and padded values are parsed by one rule."""
     private = {"api_visibility": "private", "preprocess": False}
+    page = functools.partial(on_page, v)
     # /analyze: the page's analysis for API callers, whose slips are errors they can catch (no page to
     # warn); the Analyze button runs the same analysis with a warning for a slip.
-    v.analyze_api.click(h.analyze_api, v.inputs, v.outputs, api_name="analyze", preprocess=False, **MODEL_QUEUE)
-    v.button.click(h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
+    v.analyze_api.click(on_api(v, events.analyze), v.inputs, v.outputs, api_name="analyze",
+                        api_description=ANALYZE_API, preprocess=False, **MODEL_QUEUE)
+    v.button.click(page(events.analyze), v.inputs, v.outputs, **private, **MODEL_QUEUE)
     # One click on an example loads it and analyses it.
     # (An example is another lesion: further images of the previous one are cleared first.)
     v.examples.load_input_event.then(None, None, v.extra_images, js="() => null").then(
-        h.analyze, v.inputs, v.outputs, **private, **MODEL_QUEUE)
+        page(events.analyze), v.inputs, v.outputs, **private, **MODEL_QUEUE)
     # The class dropdown's .select: its .input fires twice for one pick (seen in Chromium: two heatmap
     # redraws, or two 'No image yet' warnings).
-    gr.on([v.cam_class.select, v.cam_method.input], h.heatmap_changed, v.inputs, v.outputs, **private, **MODEL_QUEUE)
+    gr.on([v.cam_class.select, v.cam_method.input], page(events.heatmap_changed), v.inputs, v.outputs, **private,
+          **MODEL_QUEUE)
     # Live what-if: a new age, sex or site re-runs only the fusion heads on the kept features.
     # always_last: keystrokes that arrive while one update runs collapse into one more with the final value.
-    gr.on([v.age.input, v.sex.input, v.site.input], h.metadata_changed, v.inputs, v.outputs,
+    gr.on([v.age.input, v.sex.input, v.site.input], page(events.metadata_changed), v.inputs, v.outputs,
           trigger_mode="always_last", **private, **MODEL_QUEUE)
     # Same queue as the analyses, so a new upload is forgotten before the Analyze that follows it.
-    v.image.input(h.image_changed, [v.image, v.state, v.extra_images], v.outputs, **private, **MODEL_QUEUE)
-    gr.on([v.extra_images.upload, v.extra_images.clear, v.extra_images.delete], h.image_changed,
+    v.image.input(page(events.image_changed), [v.image, v.state, v.extra_images], v.outputs, **private, **MODEL_QUEUE)
+    gr.on([v.extra_images.upload, v.extra_images.clear, v.extra_images.delete], page(events.image_changed),
           [v.image, v.state, v.extra_images], v.outputs, **private, **MODEL_QUEUE)
-    v.operating_point.input(h.operating_point, [v.operating_point, v.state], [v.melanoma], **private)
-    v.set_level.input(h.level_changed, [v.set_level, v.state], [v.fusion_set, v.image_only_set], **private)
-    v.outline.input(h.outline_changed, [v.outline, v.state], [v.fusion_cam, v.image_only_cam, v.state], **private)
+    v.operating_point.input(page(events.operating_point), [v.operating_point, v.state], [v.melanoma], **private)
+    v.set_level.input(page(events.level_changed), [v.set_level, v.state], [v.fusion_set, v.image_only_set], **private)
+    v.outline.input(page(events.outline_changed), [v.outline, v.state], [v.fusion_cam, v.image_only_cam, v.state],
+                    **private)
     # Other similar cases: the archive only (no model), from the kept query.
-    gr.on([v.similar_k.input, v.same_site.input, v.same_sex.input], h.similar_changed,
+    gr.on([v.similar_k.input, v.same_site.input, v.same_sex.input], page(events.similar_changed),
           [*v.similar_inputs, v.state], [v.similar_vote, v.similar_cases, v.report_json, v.state], **private)
     # /report: the same inputs and the same Predictor.analyze, returned as JSON only.
-    v.report_button.click(h.report, [v.image, v.age, v.sex, v.site, *v.similar_inputs, v.extra_images], v.report_out,
-                          api_name="report",
-                          preprocess=False, **MODEL_QUEUE)
+    v.report_button.click(on_api(v, events.report), [v.image, v.age, v.sex, v.site, *v.similar_inputs,
+                                                     v.extra_images], v.report_out,
+                          api_name="report", preprocess=False, **MODEL_QUEUE)
     # The case report: the PDF is written, handed to the hidden File, fetched by the browser as a
-    # download (which removes it, lesion_app.files.report_files.ServeOnce).
-    v.case_report.click(h.case_report, [v.state, v.operating_point, v.set_level], v.case_report_file,
-                        api_name="case_report_download", **private).success(None, v.case_report_file, None, js=DOWNLOAD_JS)
-    v.case_report_api.click(h.case_report_for, [v.image, v.age, v.sex, v.site, *v.similar_inputs, v.extra_images],
+    # download (which removes it, lesion_app.files.report_files.ServeOnce). Before an analysis: a
+    # warning, and None (the download that follows fetches nothing, not an old PDF).
+    v.case_report.click(page(events.case_report, nothing=lambda: None), [v.state, v.operating_point, v.set_level],
+                        v.case_report_file, api_name="case_report_download", **private).success(
+        None, v.case_report_file, None, js=DOWNLOAD_JS)
+    v.case_report_api.click(on_api(v, events.case_report_for), [v.image, v.age, v.sex, v.site, *v.similar_inputs,
+                                                                v.extra_images],
                             v.case_report_api_out, api_name="case_report", preprocess=False, **MODEL_QUEUE)
 
 
@@ -447,9 +155,9 @@ def build_app(predictor: Predictor, clinical: ClinicalReport | None = None,
     """
     with gr.Blocks(title="Skin-lesion fusion demo", delete_cache=(60, 300)) as demo:
         view = layout(clinical)
-        handlers = Handlers(predictor, clinical, view, files)
-        wire(view, handlers)
-        reader_tab.wire(view.reader, reader_tab.ReaderHandlers(ReaderEvents(predictor, reader_cases), handlers.files,
+        events = PageEvents(predictor, clinical, example_digests(), files or ReportFiles(get_upload_folder()))
+        wire(view, events)
+        reader_tab.wire(view.reader, reader_tab.ReaderHandlers(ReaderEvents(predictor, reader_cases), events.files,
                                                                 view.reader, demo), MODEL_QUEUE, DOWNLOAD_JS)
-        demo.unload(handlers.session_ended)
+        demo.unload(events.session_ended)
     return demo

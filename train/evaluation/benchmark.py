@@ -9,7 +9,8 @@ measures, the similar-cases retrieval over the whole
 archive (embedding from the kept features + search, no network pass), and the whole `Predictor.analyze`
 (with Grad-CAM, and with LayerCAM (fine)). Medians after warm-up. With --app it
 also starts `python app.py`, times its first HTTP answer, sends requests and reads its peak
-memory (VmHWM). Also the live what-if's server time. With --training it measures this
+memory (VmHWM). Also the live what-if's model time (Predictor.with_metadata; the page's own
+part is tests/page_benchmark.py's). With --training it measures this
 CPU's cache and training-step rates and extrapolates a full train.fitting.cv run (cache + 10
 members). The machine is shared and noisy: compare figures within one run.
 """
@@ -112,31 +113,15 @@ def bench_predictor(repeats: int) -> None:
 
 
 def bench_metadata_change(repeats: int) -> None:
-    """Server time of a live what-if update: Predictor.with_metadata on the kept features,
-    then the whole handler (the fusion side's figures, heatmap and tables) and Gradio's
-    postprocessing of its outputs."""
-    from lesion_app.page.ui import Handlers, SessionState, layout
-    import gradio as gr
+    """Server time of a live what-if update's model work: Predictor.with_metadata on the kept
+    features. The page's part (its figures, heatmap and tables, and Gradio's postprocessing) is
+    tests/page_benchmark.py's: train/ imports nothing of the page."""
     p = Predictor()
     image = load_upload(EXAMPLE)
-    from lesion_app.evidence.clinical_report import ClinicalReport
-    clinical = ClinicalReport.load(p.model_info)   # as app.py: operating points and similar patients
-    with gr.Blocks():
-        view = layout(clinical)
-    h = Handlers(p, clinical, view)
     a = p.analyze(image, 35, "female", "ear")
-    state = SessionState("x", image, a)
     ages = iter(range(10 ** 6))
     med, p90 = timed(lambda: p.with_metadata(a, 20 + next(ages) % 60, "male", "back"), repeats)
     print(f"{'metadata change: Predictor.with_metadata':48s} {med:8.4f} {p90:8.4f}")
-
-    def change():
-        out = h.metadata_changed("x", str(20 + next(ages) % 60), "male", "back", None, "90% specificity",
-                                 "90%", "Grad-CAM", state)
-        for component, value in out.items():   # what Gradio does to each output before sending it
-            component.postprocess(value)
-    med, p90 = timed(change, repeats)
-    print(f"{'metadata change: handler + output postprocessing':48s} {med:8.4f} {p90:8.4f}")
 
 
 def bench_training(threads: int = 2, steps: int = 6) -> None:
