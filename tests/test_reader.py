@@ -17,9 +17,9 @@ from lesion_app.classifier.vocab import CLASSES, class_label
 from lesion_app.classifier.weights import WEIGHTS_DIR, sha256_file
 from lesion_app.files.report_files import ReportFiles, ServeOnce
 from lesion_app.page.presentation import labelled
-from lesion_app.page.reader import (ANSWERING, CSV_COLUMNS, FINISHED, REVEALED, CaseAnswer, ReaderError,
-                                    ReaderEvents, ReaderSession, answers_csv, balanced_accuracy, draw_deck,
-                                    new_deck_code, parse_deck_code, score, score_markdown)
+from lesion_app.page.reader import ANSWERING, FINISHED, REVEALED, ReaderEvents, ReaderSession
+from lesion_app.page.reader_deck import ReaderError, draw_deck, new_deck_code, parse_deck_code
+from lesion_app.page.reader_score import CSV_COLUMNS, CaseAnswer, answers_csv, balanced_accuracy, score, score_markdown
 
 HELDOUT = pd.read_csv(REPO / "train" / "splits" / "ham10000_heldout.csv")
 

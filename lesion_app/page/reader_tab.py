@@ -1,6 +1,7 @@
 """The "Test yourself" tab, as layout and wiring only: `layout` places its components (call it
 inside the tab), `ReaderHandlers` turns each ReaderView of lesion_app.page.reader into component
-updates, `wire` connects them. The deck, the scoring and the CSV are lesion_app.page.reader's.
+updates, `wire` connects them. The deck, the scoring and the CSV are lesion_app.page.reader_deck's
+and reader_score's.
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import gradio as gr
 from ..classifier.vocab import CLASSES, class_label
 from ..files.report_files import ReportFiles
 from .choices import ChoiceError
-from .reader import (ANSWERING, ATTRIBUTION, DECK_SIZE, REVEALED, START_TEXT, ReaderError, ReaderEvents,
-                     ReaderSession, ReaderView, score, score_markdown)
+from .reader import ANSWERING, ATTRIBUTION, REVEALED, START_TEXT, ReaderEvents, ReaderSession, ReaderView
+from .reader_deck import DECK_SIZE, ReaderError
+from .reader_score import score, score_markdown
 from .slips import warn
 
 DIAGNOSES = [(class_label(c), c) for c in CLASSES]
