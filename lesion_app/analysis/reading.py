@@ -48,14 +48,14 @@ def _verdict_and_metadata(a) -> str:
                 f"{class_label(a.no_metadata_top)} to {top}")
         if s is None:
             return line + "."
-        pushes = [f"{k} {_signed(s.contributions[k])}" for k in _by_size(s, fields)
+        pushes = [f"{k} {signed(s.contributions[k])}" for k in _by_size(s, fields)
                   if s.contributions[k] >= 0.0005]
         return line + (f", pushed by {', '.join(pushes)}." if pushes else
                        f"; no entered field alone raised P({f.top}).")
     line = f"{verdict} From the image alone the fusion model also says {f.top}"
     if s is None:
         return f"{line}; entered: {names}."
-    effects = ", ".join(f"{k} {_signed(s.contributions[k])}" for k in _by_size(s, fields))
+    effects = ", ".join(f"{k} {signed(s.contributions[k])}" for k in _by_size(s, fields))
     return f"{line}; the entered {names} changed P({f.top}) by {effects}."
 
 
@@ -68,7 +68,7 @@ def _value(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _signed(v: float) -> str:
+def signed(v: float) -> str:
     """A probability change in percentage points, one decimal; no '-0.0%'."""
     return "±0.0%" if abs(v) < 0.0005 else f"{v:+.1%}"
 
