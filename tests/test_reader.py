@@ -313,14 +313,14 @@ def test_a_deck_through_to_its_end_on_the_real_models(events, cases):
 
 def test_a_closed_page_forgets_its_reader_state():
     from types import SimpleNamespace
-    from lesion_app.page.reader_tab import ReaderHandlers
+    from lesion_app.page.reader_tab import forgetting
     state = SimpleNamespace(_id=7)
     session = SimpleNamespace(state_data={7: ReaderSession(code="K7M2Q"), 3: "the analysis tab's"})
     demo = SimpleNamespace(state_holder=SimpleNamespace(session_data={"abc": session}))
-    handlers = ReaderHandlers(None, None, SimpleNamespace(state=state), demo)
-    handlers.forget(SimpleNamespace(session_hash="abc"))
+    forget = forgetting(demo, SimpleNamespace(state=state))
+    forget(SimpleNamespace(session_hash="abc"))
     assert session.state_data == {3: "the analysis tab's"}
-    handlers.forget(SimpleNamespace(session_hash="gone"))   # an unknown session: nothing to do
+    forget(SimpleNamespace(session_hash="gone"))   # an unknown session: nothing to do
 
 
 def test_reveal_waits_in_the_models_queue_and_the_tab_is_wired(events, cases):
@@ -339,10 +339,18 @@ def test_a_readers_slip_is_one_warning_and_keeps_the_deck_and_the_answers(events
     reader's deck, place and answers are kept; the right next action then works."""
     from dataclasses import replace
     import gradio as gr
-    from lesion_app.page.reader_tab import ReaderHandlers, layout
+    from lesion_app.page.reader_tab import layout, on_tab
     with gr.Blocks():
         tab = layout()
-    h = ReaderHandlers(events, ReportFiles(tmp_path), tab)
+    served = ReaderEvents(events.predictor, events.cases, deck_size=7, files=ReportFiles(tmp_path))
+
+    class Tab:   # the tab's events as the wiring hands them to Gradio (reader_tab.wire)
+        def __getattr__(self, name):
+            return on_tab(tab, getattr(served, name))
+
+        def answers_csv(self, *values):
+            return on_tab(tab, served.answers_csv, nothing=lambda: None)(*values)
+    h = Tab()
 
     def slip(message, event, *args):
         with pytest.warns(UserWarning) as said:

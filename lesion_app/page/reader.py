@@ -1,4 +1,4 @@
-"""'Test yourself': the reader mode's session and events, testable without a browser or Gradio.
+"""'Test yourself': the reader mode's session and events, testable without a browser.
 
 A reader goes through a deck of held-out cases (lesion_app.page.reader_deck): for each one they
 choose a diagnosis (and optionally whether they would excise or biopsy), reveal the confirmed
@@ -6,17 +6,21 @@ diagnosis beside both models' answers, their heatmaps and the similar-cases vote
 answer once, and go on; lesion_app.page.reader_score keeps the score and builds the CSV.
 
 Everything about a reader lives in their ReaderSession (the page keeps it in gr.State, in memory);
-the CSV of their answers is built in memory. Rendering is plain Markdown and inline HTML.
+the CSV of their answers is built in memory and served once. Rendering is plain Markdown and inline
+HTML. lesion_app.page.reader_tab wires the tab's components to these events as they are.
 """
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, fields, replace
 
+import gradio as gr
+
 from ..analysis.analysis import Analysis, ModelResult
 from ..analysis.predictor import Predictor
 from ..classifier.reader_cases import ReaderCase, ReaderCases
 from ..classifier.vocab import CLASSES, class_label
+from ..files.report_files import ReportFiles
 from .choices import Choice
 from .presentation import heatmap_html, labelled
 from .reader_deck import DECK_SIZE, ReaderError, draw_deck, new_deck_code, parse_deck_code
@@ -140,11 +144,13 @@ def similar_vote_markdown(a: Analysis) -> str:
 
 
 class ReaderEvents:
-    """The tab's events as plain functions: raw values and the session in, (ReaderView, session) out.
+    """The tab's events, each defined once: raw values and the session in, (ReaderView, session) out;
+    the answers' CSV out as the path of a file served once (files: lesion_app.files.report_files).
     Only `reveal` runs the models."""
 
-    def __init__(self, predictor: Predictor | None, cases: ReaderCases | None, deck_size: int = DECK_SIZE):
-        self.predictor, self.cases, self.deck_size = predictor, cases, deck_size
+    def __init__(self, predictor: Predictor | None, cases: ReaderCases | None, deck_size: int = DECK_SIZE,
+                 files: ReportFiles | None = None):
+        self.predictor, self.cases, self.deck_size, self.files = predictor, cases, deck_size, files
 
     def _need_cases(self) -> ReaderCases:
         if self.cases is None:
@@ -229,3 +235,9 @@ class ReaderEvents:
         if not session.answers:
             raise ReaderError("No answers yet: finish a case (choose, reveal, Next case) first.")
         return answers_csv(session.answers, session.code), csv_name(session.code)
+
+    def answers_csv(self, session: ReaderSession, request: gr.Request = None) -> str:
+        """The cases done as a CSV in the private folder (removed once served or when the page closes);
+        its path."""
+        data, name = self.answers_file(session)
+        return str(self.files.write(data, request.session_hash if request else None, name=name, suffix=".csv"))

@@ -1,16 +1,17 @@
 """The "Test yourself" tab, as layout and wiring only: `layout` places its components (call it
-inside the tab), `ReaderHandlers` turns each ReaderView of lesion_app.page.reader into component
-updates, `wire` connects them. The deck, the scoring and the CSV are lesion_app.page.reader_deck's
-and reader_score's.
+inside the tab), `wire` connects them to the tab's events as lesion_app.page.reader defines them,
+each once, through one rule (on_tab: a ReaderView becomes component updates, a slip a warning).
+The deck, the scoring and the CSV are lesion_app.page.reader_deck's and reader_score's.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
 
 from ..classifier.vocab import CLASSES, class_label
-from ..files.report_files import ReportFiles
 from .choices import ChoiceError
 from .reader import ANSWERING, ATTRIBUTION, REVEALED, START_TEXT, ReaderEvents, ReaderSession, ReaderView
 from .reader_deck import DECK_SIZE, ReaderError
@@ -169,83 +170,70 @@ def layout() -> ReaderTab:
 READER_SLIPS = (ReaderError, ChoiceError)   # mistakes the reader can put right; the message is shown as is
 
 
-class ReaderHandlers:
-    """The tab's events as Gradio calls them: each ReaderView becomes {component: update}. A slip
-    (Reveal before a diagnosis is chosen, a malformed deck code, ...) is one warning toast and every
-    output stays as it was: gr.Error would mark each output with an "Error" badge whose overlay takes
+def shown(t: ReaderTab, view: ReaderView, session: ReaderSession) -> dict:
+    """What one event shows, as {component: update}: the view's values, which controls are open in
+    its phase, and the session."""
+    values = view.shown()
+    answering, revealed = view.phase == ANSWERING, view.phase == REVEALED
+
+    def radio(name, interactive, **extra):
+        return gr.update(interactive=interactive, **({"value": values[name]} if name in values else {}), **extra)
+
+    out = {getattr(t, name): value for name, value in values.items()
+           if name not in ("phase", "answer", "excise", "revision", "excise_after")}
+    out[t.answer] = radio("answer", answering)
+    out[t.excise] = radio("excise", answering)
+    out[t.revision] = radio("revision", True)
+    out[t.excise_after] = radio("excise_after", True)
+    out[t.reveal] = gr.update(interactive=answering)
+    out[t.first] = gr.update(visible=answering)
+    out[t.revise] = gr.update(visible=revealed)
+    out[t.models] = gr.update(visible=revealed)
+    out[t.state] = session
+    return out
+
+
+def on_tab(t: ReaderTab, event: Callable, nothing: Callable = gr.skip) -> Callable:
+    """event as the tab calls it (its signature, name and docstring kept: Gradio reads them): a
+    (ReaderView, session) shown, anything else (a served file's path) as it is. A slip (Reveal before
+    a diagnosis is chosen, a malformed deck code, ...) is one warning toast and nothing() is returned
+    (every output skipped): gr.Error would mark each output with an "Error" badge whose overlay takes
     the clicks on the choices, and the reader's deck, answers and place are kept."""
-
-    def __init__(self, events: ReaderEvents, files: ReportFiles, tab: ReaderTab, demo: gr.Blocks | None = None):
-        self.events, self.files, self.tab, self.demo = events, files, tab, demo
-
-    def _show(self, view: ReaderView, session: ReaderSession) -> dict:
-        t, shown = self.tab, view.shown()
-        answering, revealed = view.phase == ANSWERING, view.phase == REVEALED
-
-        def radio(name, interactive, **extra):
-            return gr.update(interactive=interactive, **({"value": shown[name]} if name in shown else {}), **extra)
-
-        out = {getattr(t, name): value for name, value in shown.items()
-               if name not in ("phase", "answer", "excise", "revision", "excise_after")}
-        out[t.answer] = radio("answer", answering)
-        out[t.excise] = radio("excise", answering)
-        out[t.revision] = radio("revision", True)
-        out[t.excise_after] = radio("excise_after", True)
-        out[t.reveal] = gr.update(interactive=answering)
-        out[t.first] = gr.update(visible=answering)
-        out[t.revise] = gr.update(visible=revealed)
-        out[t.models] = gr.update(visible=revealed)
-        out[t.state] = session
-        return out
-
-    def _run(self, event, *args):
-        """event(*args) shown; a slip: a warning, and every output skipped."""
+    @functools.wraps(event)
+    def call(*values, **named):
         try:
-            view, session = event(*args)
+            result = event(*values, **named)
         except READER_SLIPS as e:
             warn(e)
-            return gr.skip()
-        return self._show(view, session)
+            return nothing()
+        return shown(t, *result) if isinstance(result, tuple) else result
+    return call
 
-    def start(self, code, session: ReaderSession) -> dict:
-        return self._run(self.events.start, code, session)
 
-    def new_deck(self, session: ReaderSession) -> dict:
-        return self._run(self.events.new_deck, session)
-
-    def reveal(self, answer, excise, session: ReaderSession) -> dict:
-        return self._run(self.events.reveal, answer, excise, session)
-
-    def next(self, revision, excise_after, session: ReaderSession) -> dict:
-        return self._run(self.events.next, revision, excise_after, session)
-
-    def answers_csv(self, session: ReaderSession, request: gr.Request) -> str | None:
-        """The cases done as a CSV in the private folder (removed once served or when the page closes).
-        No answers yet: a warning, and None (the download that follows fetches nothing)."""
-        try:
-            data, name = self.events.answers_file(session)
-        except READER_SLIPS as e:
-            warn(e)
-            return None
-        return str(self.files.write(data, request.session_hash if request else None, name=name, suffix=".csv"))
-
-    def forget(self, request: gr.Request) -> None:
-        """A closed page: its reader state goes now, not after Gradio's hour for a reopened page."""
-        holder = getattr(self.demo, "state_holder", None)
+def forgetting(demo: gr.Blocks, t: ReaderTab) -> Callable:
+    """What the page's unload calls: a closed page's reader state goes now, not after Gradio's hour
+    for a reopened page."""
+    def forget(request: gr.Request) -> None:
+        holder = getattr(demo, "state_holder", None)
         sessions = getattr(holder, "session_data", {})
         session = sessions.get(request.session_hash) if request else None
         if session is not None:
-            session.state_data.pop(self.tab.state._id, None)
+            session.state_data.pop(t.state._id, None)
+    return forget
 
 
-def wire(t: ReaderTab, h: ReaderHandlers, model_queue: dict, download_js: str) -> None:
-    """Connects the tab's events. Reveal runs the models, so it waits in the models' one queue."""
+def wire(t: ReaderTab, events: ReaderEvents, demo: gr.Blocks | None, model_queue: dict, download_js: str) -> None:
+    """Connects the tab's components to its events. Reveal runs the models, so it waits in the models'
+    one queue."""
     private = {"api_visibility": "private"}
-    gr.on([t.start.click, t.code.submit], h.start, [t.code, t.state], t.outputs, **private)
-    t.new_deck.click(h.new_deck, [t.state], t.outputs, **private)
-    t.reveal.click(h.reveal, [t.answer, t.excise, t.state], t.outputs, **private, **model_queue)
-    t.next.click(h.next, [t.revision, t.excise_after, t.state], t.outputs, **private)
-    # Handed to the hidden File, fetched by the browser as a download, which removes it (ServeOnce).
-    t.csv.click(h.answers_csv, [t.state], t.csv_file, **private).success(None, t.csv_file, None, js=download_js)
-    if h.demo is not None:
-        h.demo.unload(h.forget)
+    tab = functools.partial(on_tab, t)
+    gr.on([t.start.click, t.code.submit], tab(events.start), [t.code, t.state], t.outputs, **private)
+    t.new_deck.click(tab(events.new_deck), [t.state], t.outputs, **private)
+    t.reveal.click(tab(events.reveal), [t.answer, t.excise, t.state], t.outputs, **private, **model_queue)
+    t.next.click(tab(events.next), [t.revision, t.excise_after, t.state], t.outputs, **private)
+    # Handed to the hidden File, fetched by the browser as a download, which removes it (ServeOnce). No
+    # answers yet: a warning, and None (the download that follows fetches nothing).
+    t.csv.click(tab(events.answers_csv, nothing=lambda: None), [t.state], t.csv_file, **private).success(
+        None, t.csv_file, None, js=download_js)
+    if demo is not None:
+        demo.unload(forgetting(demo, t))

@@ -157,7 +157,7 @@ def build_app(predictor: Predictor, clinical: ClinicalReport | None = None,
         view = layout(clinical)
         events = PageEvents(predictor, clinical, example_digests(), files or ReportFiles(get_upload_folder()))
         wire(view, events)
-        reader_tab.wire(view.reader, reader_tab.ReaderHandlers(ReaderEvents(predictor, reader_cases), events.files,
-                                                                view.reader, demo), MODEL_QUEUE, DOWNLOAD_JS)
+        reader_tab.wire(view.reader, ReaderEvents(predictor, reader_cases, files=events.files), demo, MODEL_QUEUE,
+                        DOWNLOAD_JS)
         demo.unload(events.session_ended)
     return demo
