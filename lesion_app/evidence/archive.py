@@ -48,7 +48,7 @@ def raw_embedding(name: str, trunk_mean: torch.Tensor, pooled: dict[str, torch.T
 
     trunk_mean: (B, C) the shared trunk's channel means over positions and flip views
     (lesion_app.evidence.ood.OODDetector.trunk_features); pooled: kind -> (M, B, V, F) each member's
-    pooled features (Predictor.pooled_features). An ensemble's vector joins its members'
+    pooled features (Passes.pooled_features). An ensemble's vector joins its members'
     view-averaged features, each scaled to unit length and by 1/sqrt(M), so the cosine of
     two vectors is the mean of the members' cosines.
     """

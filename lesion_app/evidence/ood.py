@@ -56,7 +56,7 @@ class OODDetector:
     @staticmethod
     def trunk_features(low: torch.Tensor, n_images: int) -> torch.Tensor:
         """The shared trunk's output for n_images images' flip views, (n_images * V, C, h, w)
-        in Predictor.trunk_features' order (image-major) -> (n_images, C): each channel's mean
+        in Passes.trunk_features' order (image-major) -> (n_images, C): each channel's mean
         over positions and views."""
         nv, c = low.shape[:2]
         return low.float().mean((2, 3)).view(n_images, nv // n_images, c).mean(1).cpu()

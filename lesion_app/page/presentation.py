@@ -34,7 +34,7 @@ KEEP = _Keep()   # a PageContent field the event leaves as the page shows it (No
 
 @dataclass
 class PageContent:
-    """What one event shows, by output (the names of ui.View's outputs); KEEP leaves one as is."""
+    """What one event shows, by output (the names of layout.View's outputs); KEEP leaves one as is."""
     reading: object = KEEP
     warnings: object = KEEP
     fusion_probs: object = KEEP
