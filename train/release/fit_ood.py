@@ -120,7 +120,7 @@ def choose_percentile(det: OODDetector, held_scores: np.ndarray, sets: dict, can
     """The highest candidate percentile (of the held-out slice's distances) at which every synthetic
     image and every tuning photo is still flagged with the distance threshold `margin` times higher
     (reports/transfer/criterion.md); the lowest candidate if none passes. Returns it and one row per
-    candidate (its threshold, whether it passed, the held-out share flagged)."""
+    candidate (its threshold, whether it passed, the held-out share its distance alone flags)."""
     rows, chosen = [], None
     base = det.threshold
     for pct in sorted(candidates):
@@ -130,7 +130,7 @@ def choose_percentile(det: OODDetector, held_scores: np.ndarray, sets: dict, can
         passed = all(m[k]["flagged"] == m[k]["n"] for k in ("synthetic", tuning))
         det.threshold = t
         rows.append({"percentile": pct, "threshold": t, "passes_with_margin": passed,
-                     "heldout_flagged": float((held_scores > t).mean())})
+                     "heldout_flagged_by_distance": float((held_scores > t).mean())})
         if passed:
             chosen = pct
     det.threshold = base
@@ -240,8 +240,8 @@ def main(argv=None):
     manifest.save(a.weights)
     (a.weights / "MODEL_CARD.md").write_text(model_card(manifest))   # its OOD section
     for c in candidates or []:
-        print(f"candidate {c['percentile']:g}th percentile: threshold {c['threshold']:.2f}, held-out flagged "
-              f"{c['heldout_flagged']:.1%}, every synthetic image and tuning photo flagged at x{a.margin:g}: "
+        print(f"candidate {c['percentile']:g}th percentile: threshold {c['threshold']:.2f}, held-out flagged by distance "
+              f"{c['heldout_flagged_by_distance']:.1%}, every synthetic image and tuning photo flagged at x{a.margin:g}: "
               f"{'yes' if c['passes_with_margin'] else 'no'}")
     print(f"percentile {percentile:g}: threshold {det.threshold:.2f}, min saturation {det.min_saturation:.3f}; flagged: held-out slice "
           f"{flagged_held:.1%} of {len(held)} (threshold set there), other dermoscopic images {flagged_check:.1%} "
