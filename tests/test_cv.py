@@ -233,3 +233,48 @@ def test_a_carry_run_caches_the_apps_input_first_and_records_its_input_spec(tiny
     tiny["out"] = tiny["out"].with_name("cv_flips")
     cv(tiny, "--kinds", "fusion")
     assert len(list(tiny["cache"].glob("*/lower.npy"))) == 2
+
+
+def test_a_runs_members_score_another_folder_before_the_bundle_as_its_heldout_logits_say(tiny, tmp_path):
+    """train.evaluation.run_transfer (issue 37: recipes compared on another clinic's images before
+    they ship): a carry run's fusion members, finished while its image-only members are not, score a
+    folder through the run's own input spec; on the run's own held-out images that gives the
+    held-out logits the run recorded (mean over members, the run's temperature), and the paired
+    figures are those of the two prediction sets."""
+    from train.evaluation.metrics import balanced_accuracy, softmax
+    from train.data.dataset import labels, load_metadata
+    cv(tiny, "--kinds", "fusion", "--views", "carry", "--colour-constancy", 6, "--field-of-view",
+       "--source-width", 200)
+    summary = json.loads((tiny["out"] / "cv.json").read_text())
+    held = pd.read_csv(tiny["out"] / "heldout_logits.csv")
+    held = held[held["model"] == "fusion"]
+    folder = tmp_path / "other"
+    (folder / "images").mkdir(parents=True)
+    md = load_metadata(tiny["data"])
+    for i in md["image_id"]:
+        shutil.copy(tiny["data"] / "images" / f"{i}.jpg", folder / "images" / f"{i}.jpg")
+    md.to_csv(folder / "metadata.csv", index=False)
+    # What it is compared against: another set of predictions of the same images (here the run's
+    # out-of-fold ones, each image from the member that did not train on it).
+    oof = pd.read_csv(tiny["out"] / "oof_logits.csv")
+    oof = oof[oof["model"] == "fusion"].set_index("image_id").loc[md["image_id"]]
+    against = softmax(oof[[f"logit_{c}" for c in CLASSES]].to_numpy(), 1.0)
+    pd.DataFrame(against, columns=list(CLASSES)).assign(image_id=md["image_id"], model="fusion").to_csv(
+        tmp_path / "against.csv", index=False)
+    r = run_module("train.evaluation.run_transfer", "--cv", tiny["out"], "--other", folder,
+                   "--against", tmp_path / "against.csv", "--out", tmp_path / "t")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "t.json").read_text())
+    probs = pd.read_csv(tmp_path / "t.csv").set_index("image_id").loc[md["image_id"], list(CLASSES)]
+    ids = sorted(held["image_id"].unique())
+    z = np.mean([held[held["member"] == k].set_index("image_id").loc[ids, [f"logit_{c}" for c in CLASSES]]
+                 for k in sorted(held["member"].unique())], axis=0)
+    expected = softmax(z, summary["out_of_fold"]["fusion"]["temperature"])
+    assert result["members"] == 2 and np.allclose(probs.loc[ids], expected, atol=0.01)   # the run scored a fp16 cache
+    y, got = labels(md), probs.to_numpy()
+    d = result["paired_difference"]["balanced_accuracy"]
+    assert d["difference"] == pytest.approx(balanced_accuracy(y, got) - balanced_accuracy(y, against), abs=1e-6)
+    # Asked for a kind the run has not finished, it says what to run.
+    r = run_module("train.evaluation.run_transfer", "--cv", tiny["out"], "--kind", "image_only", "--other", folder,
+                   "--against", tmp_path / "against.csv", "--out", tmp_path / "t2")
+    assert r.returncode == 2 and "--kinds image_only" in r.stderr

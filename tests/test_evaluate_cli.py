@@ -188,3 +188,29 @@ def test_a_bad_aspect_is_refused_with_the_form_it_takes(folder, tmp_path):
     r = run_module("train.evaluation.evaluate", "--data", folder, "--out", tmp_path / "m.json",
                    "--predictions", tmp_path / "p.csv", "--aspect", "wide")
     assert r.returncode == 2 and "--aspect takes W:H, such as 4:3" in r.stderr
+
+
+def test_a_folder_of_two_classes_is_scored_over_those_two(folder, tmp_path):
+    """A hospital set of nevi and melanomas only (issue 37's transfer table): balanced accuracy is the
+    mean recall of the two, macro AUC the mean of their one-vs-rest AUCs, whatever the other five
+    classes receive."""
+    from sklearn.metrics import roc_auc_score
+    md = pd.read_csv(folder / "metadata.csv")
+    md = md[md["dx"].isin(["mel", "nv"])]
+    md.to_csv(folder / "metadata.csv", index=False)
+    out, preds = tmp_path / "m.json", tmp_path / "p.csv"
+    r = run_module("train.evaluation.evaluate", "--data", folder, "--out", out, "--predictions", preds)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "classes present: mel, nv" in r.stdout
+    m, df = json.loads(out.read_text()), pd.read_csv(preds)
+    y = md.set_index("image_id")["dx"]
+    for k in ("fusion", "image_only"):
+        rows = df[df["model"] == k]
+        truth, probs = y.loc[rows["image_id"]].to_numpy(), rows[list(CLASSES)].to_numpy()
+        called = np.array(CLASSES)[probs.argmax(1)]
+        recalls = [np.mean(called[truth == c] == c) for c in ("mel", "nv")]
+        assert m[k]["classes_present"] == ["mel", "nv"]
+        assert m[k]["balanced_accuracy"] == pytest.approx(np.mean(recalls), abs=1e-6)
+        aucs = [roc_auc_score(truth == c, probs[:, CLASSES.index(c)]) for c in ("mel", "nv")]
+        assert m[k]["macro_auc"] == pytest.approx(np.mean(aucs), abs=1e-6)
+        assert m[k]["mel_vs_nv_auc"] == pytest.approx(roc_auc_score(truth == "mel", rows["mel"]), abs=1e-6)

@@ -12,16 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import EXAMPLES, REPO, add_mirrored_copies, run_module
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.metadata import AgeScaler, encode_frame
 from lesion_app.classifier.models import LesionClassifier, imagenet_state_dict
-from lesion_app.classifier.preprocess import InputSpec, fit_to_aspect, flip_views, mean_over_views, to_tensor
-from train.data.augment import Augment, train_view
+from lesion_app.classifier.preprocess import (InputSpec, fit_to_aspect, flip_views, input_box, mean_over_views,
+                                              to_tensor)
+from train.data.augment import Augment, Carry, carry_view, train_view
 from train.data.dataset import load_image, load_metadata
-from train.data.device_views import cache_views, decode_images, eval_batch, train_views
+from train.data.device_views import cache_views, carry_views, decode_images, eval_batch, train_views
 from train.data.features import image_views
 from train.data.logits import LOGIT_COLUMNS
 from train.data.pack import PackedData
@@ -109,8 +111,12 @@ def member_logits(model, data, image_ids, meta):
 
 # ----------------------------------------------------------------------------- the views and the pack
 
+def example_images():
+    return [load_image(EXAMPLES, p.stem) for p in sorted((EXAMPLES / "images").glob("*.jpg"))]
+
+
 def test_device_views_are_the_apps_input_the_cached_views_and_augments_training_view():
-    images = [load_image(EXAMPLES, p.stem) for p in sorted((EXAMPLES / "images").glob("*.jpg"))]
+    images = example_images()
     spec = InputSpec()
     u8 = decode_images(lambda r: images[r], len(images), spec, workers=2)
     assert u8.dtype == torch.uint8 and u8.shape == (len(images), 2, 3, spec.height, spec.width)
@@ -122,6 +128,49 @@ def test_device_views_are_the_apps_input_the_cached_views_and_augments_training_
                               for im, s in zip(images, seeds)])
     assert (batched - one_by_one).abs().max() < 1e-5
     assert (train_views(u8[:, 0], [s + 1 for s in seeds]) - batched).abs().mean() > 0.05   # the seed matters
+
+
+def test_with_colour_constancy_the_device_gives_the_apps_input_and_augments_training_view():
+    images, spec = example_images(), InputSpec(colour_constancy=6.0)
+    u8 = decode_images(lambda r: images[r], len(images), spec)
+    assert (eval_batch(u8[:, 0], spec) - torch.stack([to_tensor(im, spec) for im in images])).abs().max() < 1e-5
+    assert (eval_batch(u8[:, 0], spec) - eval_batch(u8[:, 0])).abs().mean() > 0.01    # the constancy acted
+    seeds = [13 * k + 2 for k in range(len(images))]
+    one_by_one = torch.stack([train_view(fit_to_aspect(im, spec), spec, Augment(), torch.Generator().manual_seed(s),
+                                         sog=6.0) for im, s in zip(images, seeds)])
+    assert (train_views(u8[:, 0], seeds, spec=spec) - one_by_one).abs().max() < 1e-5
+
+
+def test_device_carry_views_are_augments_carry_view_drawn_from_the_same_seed():
+    images, spec = example_images(), InputSpec(colour_constancy=6.0)
+    u8 = decode_images(lambda r: images[r], len(images), spec)[:, 0]
+    seeds = [101 * k + 7 for k in range(len(images))]
+
+    def on_cpu(carry):
+        return torch.stack([carry_view(fit_to_aspect(im, spec), spec, torch.Generator().manual_seed(s), carry=carry)
+                            for im, s in zip(images, seeds)])
+    # The light, the colour constancy, the warp and the jitter: the same pixels as the CPU's view.
+    light_only = Carry(vignette=0.0, resolution=(1.0, 1.0), jpeg=0.0)
+    assert (carry_views(u8, seeds, spec, carry=light_only) - on_cpu(light_only)).abs().max() < 1e-5
+    # With the field of view, resolution and JPEG drawn as well: the same draws, another codec and rounding.
+    views = carry_views(u8, seeds, spec)
+    assert views.shape == (len(images), 3, spec.height, spec.width) and views.min() >= -1 and views.max() <= 1
+    assert (views - on_cpu(Carry())).abs().mean() < 0.02
+    assert torch.equal(carry_views(u8, seeds, spec), views)
+    assert (carry_views(u8, [s + 1 for s in seeds], spec) - views).abs().mean() > 0.05   # the seed matters
+
+
+def test_a_device_carry_view_can_black_out_all_but_a_round_field_of_view():
+    images, spec = example_images(), InputSpec()
+    u8 = decode_images(lambda r: images[r], len(images), spec)[:, 0]
+    still = Augment(min_area=1.0, aspect_jitter=0.0, degrees=0.0, brightness=0.0, contrast=0.0, saturation=0.0,
+                    hue=0.0)
+    always = Carry(vignette=1.0, vignette_radius=(0.6, 0.6), resolution=(1.0, 1.0), jpeg=0.0, illuminant=0.0)
+    x = carry_views(u8, range(len(images)), spec, aug=still, carry=always)
+    # Flips may be drawn, so a corner stays a corner: every corner is black (-1 normalised), the centre is not.
+    corners = x[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert torch.all(corners == -1.0)
+    assert torch.all(x[:, :, spec.height // 2, spec.width // 2].amax(1) > -0.9)
 
 
 def test_a_pack_holds_the_folder_its_folds_and_the_imagenet_weights(tiny):
@@ -225,28 +274,17 @@ def test_a_resumed_run_skips_finished_members_and_returns_the_same_files(whole_r
         assert (tmp_path / "parts" / name).read_text() == (tmp_path / "straight" / name).read_text()
 
 
-def test_a_run_from_blocks_5_unpacks_into_a_folder_that_bundle_ships_and_the_predictor_serves(tmp_path):
-    """The shipped recipe's split, 5 folds, from a folder (balanced sampler: no ranking):
-    train.release.bundle takes the unpacked folder unchanged, and the app's Predictor reproduces
-    the logits the run recorded."""
-    tiny = tiny_folder(tmp_path, 5)
-    out, cv_dir, weights = tmp_path / "out", tmp_path / "cv", tmp_path / "weights"
-    assert command(gpu_cv.main, "--data", tiny["data"], "--folds", tiny["folds"], "--out", out,
-                   "--sampler", "balanced", *TINY) == 0
-    files = list(out.iterdir())
-    assert len(files) <= 8 and all(p.stat().st_size <= MIB16 for p in files)
-    cv = unpack(out, to=cv_dir)
-    assert cv["split_block"] == 5 and cv["recipe"]["sampler"] == "balanced"
-    assert command(bundle.main, "--cv", cv_dir, "--data", tiny["data"], "--out", weights,
-                   "--reports", tmp_path / "reports") == 0
-    # Through the app's own path: one trunk pass over the 4 flips, every member's upper stages and
-    # head (Predictor.pooled_features, Ensemble.member_logits), the temperature (head_probabilities).
+def assert_served_as_trained(weights, data, folds_file, cv_dir, cv):
+    """Through the app's own path (one trunk pass over the 4 flips, every member's upper stages and
+    head, Predictor.pooled_features, Ensemble.member_logits, the temperature, head_probabilities),
+    the bundled members give the logits the 5-fold run recorded: each member on its own fold, all
+    on the held-out slice."""
     predictor = Predictor(weights, device=torch.device("cpu"))
-    md = load_metadata(tiny["data"])
-    x = torch.stack([predictor.image_tensor(load_image(tiny["data"], i)) for i in md["image_id"]])
+    md = load_metadata(data)
+    x = torch.stack([predictor.image_tensor(load_image(data, i)) for i in md["image_id"]])
     meta = torch.stack([predictor.encode(r.age, r.sex, r.localization) for r in md.itertuples()])
     pooled = predictor.pooled_features(x)
-    folds = load_folds(tiny["folds"]).set_index("image_id").loc[md["image_id"], "fold"].to_numpy()
+    folds = load_folds(folds_file).set_index("image_id").loc[md["image_id"], "fold"].to_numpy()
     oof, held = pd.read_csv(cv_dir / "oof_logits.csv"), pd.read_csv(cv_dir / "heldout_logits.csv")
     held_rows = md.index[md["image_id"].isin(held["image_id"])]
     for kind in ("fusion", "image_only"):
@@ -267,6 +305,57 @@ def test_a_run_from_blocks_5_unpacks_into_a_folder_that_bundle_ships_and_the_pre
         expected = torch.softmax(torch.from_numpy(z.mean(0)) / t, 1).numpy()
         got = predictor.head_probabilities(kind, pooled[kind][:, held_rows], meta[held_rows]).numpy()
         assert np.allclose(got, expected, atol=1e-4)
+
+
+def test_a_run_from_blocks_5_unpacks_into_a_folder_that_bundle_ships_and_the_predictor_serves(tmp_path):
+    """The shipped recipe's split, 5 folds, from a folder (balanced sampler: no ranking):
+    train.release.bundle takes the unpacked folder unchanged, and the app's Predictor reproduces
+    the logits the run recorded."""
+    tiny = tiny_folder(tmp_path, 5)
+    out, cv_dir, weights = tmp_path / "out", tmp_path / "cv", tmp_path / "weights"
+    assert command(gpu_cv.main, "--data", tiny["data"], "--folds", tiny["folds"], "--out", out,
+                   "--sampler", "balanced", *TINY) == 0
+    files = list(out.iterdir())
+    assert len(files) <= 8 and all(p.stat().st_size <= MIB16 for p in files)
+    cv = unpack(out, to=cv_dir)
+    assert cv["split_block"] == 5 and cv["recipe"]["sampler"] == "balanced"
+    assert command(bundle.main, "--cv", cv_dir, "--data", tiny["data"], "--out", weights,
+                   "--reports", tmp_path / "reports") == 0
+    assert_served_as_trained(weights, tiny["data"], tiny["folds"], cv_dir, cv)
+
+
+def test_a_carry_run_trains_under_its_input_spec_and_the_app_serves_that_spec(tmp_path):
+    """Issue 37's options on the GPU path: carry views, colour constancy, the field of view and the
+    source width. One image is given a black frame around a 480 px copy of itself, so scoring goes
+    through the frame's crop and the scale step; the run records the spec, the bundle ships it, and
+    the app, serving it, reproduces the logits the run recorded on the device."""
+    tiny = tiny_folder(tmp_path, 5)
+    framed = tiny["data"] / "images" / f"{load_metadata(tiny['data'])['image_id'][0]}.jpg"
+    with Image.open(framed) as im:
+        big = im.convert("RGB").resize((480, 360), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (600, 420))
+    canvas.paste(big, (60, 30))
+    canvas.save(framed, quality=95)
+    spec = InputSpec(source_width=200, field_of_view=True, colour_constancy=6.0)
+    with Image.open(framed) as im:
+        left, top, right, bottom = input_box(im, spec)     # the frame is found: a 480 px crop, brought to 200 px
+    assert abs(left - 60) <= 4 and abs(top - 30) <= 4 and abs(right - 540) <= 4 and abs(bottom - 390) <= 4
+    out, cv_dir, weights = tmp_path / "out", tmp_path / "cv", tmp_path / "weights"
+    flags = ("--views", "carry", "--colour-constancy", 6, "--field-of-view", "--source-width", 200)
+    assert command(gpu_cv.main, "--data", tiny["data"], "--folds", tiny["folds"], "--out", out,
+                   "--sampler", "balanced", *flags, *TINY) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["view_kind"] == "carry" and InputSpec(**run["input"]) == spec \
+        and run["carry"] == json.loads(json.dumps(Carry().to_dict()))
+    cv = unpack(out, to=cv_dir)
+    assert InputSpec(**cv["input_spec"]) == spec and cv["view_kind"] == "carry"
+    assert command(bundle.main, "--cv", cv_dir, "--data", tiny["data"], "--out", weights,
+                   "--reports", tmp_path / "reports") == 0
+    assert InputSpec(**json.loads((weights / "manifest.json").read_text())["input"]["spec"]) == spec
+    assert_served_as_trained(weights, tiny["data"], tiny["folds"], cv_dir, cv)
+    # Continuing the run under another spec is refused: its members were trained on other pixels.
+    assert command(gpu_cv.main, "--data", tiny["data"], "--folds", tiny["folds"], "--out", out,
+                   "--sampler", "balanced", *flags[:-2], *TINY) == 2
 
 
 def test_a_lite2_pack_trains_lite2_members_that_bundle_and_serve_and_a_lite0_pack_refuses_lite2(tmp_path, capsys):

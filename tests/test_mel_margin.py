@@ -1,7 +1,7 @@
 """The recipe's melanoma options (issue 24, variant c): the margin between each melanoma and the
 batch's hard negatives (nevi and keratoses confirmed by histology or consensus), follow-up nevi
 down-weighted in the main loss, and both reaching train.fitting.cv and train.fitting.gpu_cv
-through the one recipe (Config, its flags, core.recipe_loss), with the defaults leaving today's
+through the one recipe (Config, its flags, recipe.recipe_loss), with the defaults leaving today's
 recipe as it was."""
 import json
 import math

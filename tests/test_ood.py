@@ -108,3 +108,32 @@ def test_a_detector_fitted_on_other_features_is_refused_with_the_fix(tmp_path):
     save_file(t, tmp_path / "ood.safetensors")      # the previous format: no features recorded
     with pytest.raises(WeightsError, match="train.release.fit_ood"):
         OODDetector.load(tmp_path / "ood.safetensors")
+
+
+def test_the_threshold_is_the_highest_candidate_that_still_flags_every_tuning_photo_with_margin():
+    """fit_ood --percentile 98 99 99.5 (reports/transfer/criterion.md): a candidate passes when every
+    synthetic image and tuning photo stays flagged with its threshold 25% higher; the highest that
+    passes is kept, and the evaluation photos play no part."""
+    from train.release.fit_ood import choose_percentile, measure
+    det = OODDetector.fit(np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32))
+    held = det.score(torch.from_numpy(np.random.default_rng(1).standard_normal((1000, 8)).astype(np.float32))).numpy()
+    t98, t99 = np.percentile(held, [98, 99])
+    step = torch.zeros(1, 8)
+    step[0, 0] = 1.0
+    unit = float(det.score(det.mean[None] + step))
+
+    def at(distance):     # one image whose features lie this far from the fitted Gaussian
+        return det.mean[None] + step * distance / unit
+
+    red = torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 1.0       # fully saturated: never flagged for lack of colour
+    for tuning_distance, expected in ((1.25 * t99 + 0.01, 99), (1.25 * t98 + 0.01, 98), (1.0, 98)):
+        sets = {"synthetic": (["s"], None, at(100.0), red), "tuning": (["t"], SOURCES[:1], at(tuning_distance), red),
+                "evaluation": (["e"], SOURCES[:1], at(0.0), red), "sources_missing": []}
+        chosen, rows = choose_percentile(det, held, sets, [99.5, 98, 99], 1.25)
+        assert chosen == expected, (tuning_distance, rows)
+        assert [r["percentile"] for r in rows] == [98, 99, 99.5]
+        assert [r["passes_with_margin"] for r in rows][:2] == [tuning_distance > 1.25 * t98, tuning_distance > 1.25 * t99]
+    det.threshold = float(t98)
+    m = measure(det, sets)       # an evaluation photo the threshold misses changed no choice above
+    assert m["evaluation"]["flagged"] == 0 and m["synthetic"]["flagged"] == 1 and m["tuning"]["missed"] == ["t"]

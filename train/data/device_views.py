@@ -10,10 +10,14 @@ normalisation) and the same of its 85% centre zoom (train.data.features.zoom). F
     affine warp (random resized crop, any rotation, flips; reflection at the borders) and colour
     jitter (brightness, contrast, saturation, hue). Each image's draws come from its own seed in
     the order train_view draws them, so a view equals train_view(fit_to_aspect(image), seed)
-    (tests/test_gpu_cv.py checks it); only the resampling and the jitter run batched.
+    (tests/test_gpu_cv.py checks it); only the resampling and the jitter run batched;
+  - carry_views: train.data.augment's carry view (issue 37: other devices' looks) likewise, from the
+    same draws, the field of view, resolution and JPEG applied to the input itself.
+The spec's colour constancy applies in eval_batch and the carry view, as the app applies it.
 """
 from __future__ import annotations
 
+import io
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -23,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lesion_app.classifier.colour import shades_of_gray
 from lesion_app.classifier.preprocess import InputSpec, fit_to_aspect, flip_views
-from train.data.augment import Augment, Normalise
+from train.data.augment import CARRY_AUGMENT, Augment, Carry, Normalise
 from train.data.features import zoom
 
 GRAY = (0.2989, 0.587, 0.114)   # torchvision's luminance weights (adjust_contrast, adjust_saturation)
@@ -50,8 +55,12 @@ def to_unit(u8: torch.Tensor) -> torch.Tensor:
 
 
 def eval_batch(u8: torch.Tensor, spec: InputSpec = InputSpec()) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> the app's normalised input (lesion_app.classifier.preprocess.to_tensor)."""
-    return (to_unit(u8) - spec.mean) / spec.std
+    """(B, 3, H, W) uint8 -> the app's normalised input (lesion_app.classifier.preprocess.to_tensor),
+    with the spec's colour constancy."""
+    x = to_unit(u8)
+    if spec.colour_constancy:
+        x = shades_of_gray(x, spec.colour_constancy)
+    return (x - spec.mean) / spec.std
 
 
 def cache_views(u8_pair: torch.Tensor, spec: InputSpec = InputSpec()) -> torch.Tensor:
@@ -147,17 +156,89 @@ def jitter(x: torch.Tensor, factors: torch.Tensor, hue: torch.Tensor | None) -> 
 def train_views(u8: torch.Tensor, seeds, aug: Augment = Augment(), normalise: Normalise = Normalise(),
                 spec: InputSpec = InputSpec()) -> torch.Tensor:
     """(B, 3, h, w) uint8 -> (B, 3, spec.height, spec.width) normalised training views on u8's
-    device, image i's drawn from seeds[i] as augment.train_view draws them."""
-    b, _, h, w = u8.shape
-    u = [draws(s, aug) for s in seeds]
+    device, image i's drawn from seeds[i] as augment.train_view draws them (with the spec's colour
+    constancy first, as train_view's sog)."""
+    x = to_unit(u8)
+    if spec.colour_constancy:
+        x = shades_of_gray(x, spec.colour_constancy)
+    return _warp_and_jitter(x, [draws(s, aug) for s in seeds], aug, normalise, spec)
+
+
+def _warp_and_jitter(x: torch.Tensor, u: list[list[float]], aug: Augment, normalise: Normalise,
+                     spec: InputSpec) -> torch.Tensor:
+    """augment.warp then augment.jitter of a batch x (B, 3, h, w) in [0, 1], each image from its
+    draws u[i] (area, ratio, centre x, centre y, angle, flip x, flip y, brightness, contrast,
+    saturation, hue); normalised."""
+    b, _, h, w = x.shape
     theta = torch.tensor([warp_theta(d, w, h, spec.width, spec.height, aug) for d in u], dtype=torch.float32)
-    grid = F.affine_grid(theta.to(u8.device), [b, 3, spec.height, spec.width], align_corners=False)
-    x = F.grid_sample(to_unit(u8), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    grid = F.affine_grid(theta.to(x.device), [b, 3, spec.height, spec.width], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     col = torch.tensor([[_lerp(1 - aug.brightness, 1 + aug.brightness, d[7]),
                          _lerp(1 - aug.contrast, 1 + aug.contrast, d[8]),
-                         _lerp(1 - aug.saturation, 1 + aug.saturation, d[9])] for d in u], device=u8.device)
-    hue = torch.tensor([_lerp(-aug.hue, aug.hue, d[10]) for d in u], device=u8.device) if aug.hue else None
+                         _lerp(1 - aug.saturation, 1 + aug.saturation, d[9])] for d in u], device=x.device)
+    hue = torch.tensor([_lerp(-aug.hue, aug.hue, d[10]) for d in u], device=x.device) if aug.hue else None
     x = jitter(x, col, hue)
-    mean = torch.tensor(normalise.mean, device=u8.device)[:, None, None]
-    std = torch.tensor(normalise.std, device=u8.device)[:, None, None]
+    mean = torch.tensor(normalise.mean, device=x.device)[:, None, None]
+    std = torch.tensor(normalise.std, device=x.device)[:, None, None]
     return (x.clamp(0, 1) - mean) / std
+
+
+# ----------------------------------------------------------------------------- the carry view
+
+def carry_draws(seed: int, aug: Augment = CARRY_AUGMENT, carry: Carry = Carry()) -> dict:
+    """The draws train.data.augment.carry_view makes from torch.Generator().manual_seed(seed), in
+    its order: the field of view (and its radius when drawn), the resolution, JPEG (and its quality
+    when drawn), the light's three channel gains, then the warp's and the jitter's draws."""
+    g = torch.Generator().manual_seed(int(seed))
+    rand = lambda: float(torch.rand((), generator=g))   # noqa: E731
+    vignette = rand() < carry.vignette
+    radius = _lerp(*carry.vignette_radius, rand()) if vignette else None
+    share = _lerp(*carry.resolution, rand())
+    jpeg = rand() < carry.jpeg
+    quality = int(round(_lerp(*carry.jpeg_quality, rand()))) if jpeg else None
+    gains = [_lerp(1 - carry.illuminant, 1 + carry.illuminant, rand()) for _ in range(3)]
+    return {"radius": radius, "share": share, "quality": quality, "gains": gains,
+            "view": [rand() for _ in range(11 if aug.hue else 10)]}
+
+
+def vignette_mask(h: int, w: int, radius: torch.Tensor) -> torch.Tensor:
+    """(B, 1, h, w) in [0, 1]: augment.vignette's soft-edged disc per image (radius (B,), a share of
+    the half-diagonal; inf keeps the whole image)."""
+    yy = torch.arange(h, device=radius.device, dtype=torch.float32)[:, None]
+    xx = torch.arange(w, device=radius.device, dtype=torch.float32)[None, :]
+    r = torch.hypot(xx - (w - 1) / 2, yy - (h - 1) / 2) / (math.hypot(w, h) / 2)
+    edge = max(0.02, 1.0 / w)
+    return ((radius[:, None, None] - r) / edge).clamp(0, 1)[:, None]
+
+
+def carry_views(u8: torch.Tensor, seeds, spec: InputSpec = InputSpec(), aug: Augment = CARRY_AUGMENT,
+                carry: Carry = Carry(), normalise: Normalise = Normalise()) -> torch.Tensor:
+    """(B, 3, h, w) uint8, the app's input before normalisation -> (B, 3, spec.height, spec.width)
+    normalised "carry" training views on u8's device, image i's drawn from seeds[i] as
+    augment.carry_view draws them: a round black field of view, lower resolution, JPEG (on the CPU,
+    with PIL, one image at a time), another light, the spec's colour constancy, then the warp and
+    the jitter. One difference from carry_view: the field of view, resolution and JPEG act on the
+    256x192 input rather than on the image at its source size (the device holds only the input)."""
+    b, _, h, w = u8.shape
+    d = [carry_draws(s, aug, carry) for s in seeds]
+    x = to_unit(u8)
+    radius = torch.tensor([math.inf if k["radius"] is None else k["radius"] for k in d], device=x.device)
+    x = x * vignette_mask(h, w, radius)
+    out = []
+    for i, k in enumerate(d):
+        xi = x[i:i + 1]
+        if k["share"] < 1.0:
+            small = (max(8, round(h * k["share"])), max(8, round(w * k["share"])))
+            xi = F.interpolate(F.interpolate(xi, size=small, mode="bilinear", antialias=True, align_corners=False),
+                               size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+        if k["quality"] is not None:     # on the CPU with PIL, as carry_view compresses
+            buf = io.BytesIO()
+            Image.fromarray((xi[0] * 255).round().byte().permute(1, 2, 0).cpu().numpy()).save(
+                buf, "JPEG", quality=k["quality"])
+            xi = to_unit(torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1)[None].to(x.device))
+        out.append(xi)
+    x = torch.cat(out) * torch.tensor([k["gains"] for k in d], device=x.device)[:, :, None, None]
+    x = x.clamp(0, 1)
+    if spec.colour_constancy:
+        x = shades_of_gray(x, spec.colour_constancy)
+    return _warp_and_jitter(x, [k["view"] for k in d], aug, normalise, spec)

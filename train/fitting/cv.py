@@ -39,14 +39,13 @@ from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, SPLIT_BLOCK, i
 from lesion_app.paths import repo_relative
 from lesion_app.classifier.vocab import CLASSES
 from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata
-from lesion_app.classifier.preprocess import InputSpec
-from train.data.augment import CARRY_AUGMENT, Carry
-from train.data.features import DEFAULT_CACHE, VIEW_KINDS, build_cache, build_pooled_imagenet
+from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
 from train.data.splits import DEFAULT_FOLDS, load_folds, load_heldout
 from train.evaluation.metrics import classification_metrics, softmax
 from train.fitting.recipe import Config, Log, add_config_arguments, case_roles_of, command_line, train_member, tta_logits
 from train.fitting.members import KINDS, collect, fold_frames, member_dir, round_to_fp16, upper_state
 from train.fitting.pooled_heads import difficulty_rank
+from train.fitting.view_flags import add_view_arguments, input_spec_of, views_record
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,15 +62,7 @@ def main(argv=None):
                    help="the backbone (one whose ImageNet weights a package ships; default %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0, help="image-decoding threads for the cache")
-    p.add_argument("--views", default="flips", choices=VIEW_KINDS,
-                   help="the cached training views: flips (of the image and its zoomed centre; shipped) or carry "
-                        "(flips of the app's input and 4 random views of other devices' looks, issue 37)")
-    p.add_argument("--colour-constancy", type=float, default=0.0, metavar="P",
-                   help="Shades-of-Gray colour constancy with this p at training and serving (0: off; 6 as ISIC 2019's winner)")
-    p.add_argument("--field-of-view", action="store_true",
-                   help="crop a dermatoscope's black frame at training and serving")
-    p.add_argument("--source-width", type=int, default=None,
-                   help="bring wider inputs down to this width first (the training images': 200)")
+    add_view_arguments(p)
     p.add_argument("--minutes", type=float, default=None,
                    help="stop cleanly after about this long; the same command continues")
     a = p.parse_args(argv)
@@ -111,7 +102,7 @@ def main(argv=None):
         return result
 
     ids = list(df["image_id"])
-    spec = InputSpec(source_width=a.source_width, field_of_view=a.field_of_view, colour_constancy=a.colour_constancy)
+    spec = input_spec_of(a)
     cached = timed("feature_cache", lambda: build_cache(a.data, ids, a.cache, spec, split_block=a.split_block,
                                                         arch=a.arch, device=a.device, workers=a.workers,
                                                         batch_images=32 if a.device != "cpu" else 2, kind=a.views))
@@ -175,9 +166,7 @@ def main(argv=None):
     summary.update({"command": command_line("train.fitting.cv", argv),
                     "recipe": {k: getattr(a, k) for k in asdict(Config()) if k not in ("model",)},
                     "split_block": a.split_block, "arch": a.arch, "folds_file": repo_relative(a.folds),
-                    "input_spec": spec.to_dict(), "views": a.views,
-                    **({"carry_views": {"augment": CARRY_AUGMENT.to_dict(), "carry": Carry().to_dict()}}
-                       if a.views == "carry" else {}),
+                    **views_record(a.views, spec),
                     "age_scaler": asdict(scaler),
                     "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else
                     f"cpu ({a.threads} threads)", "wall_time_seconds": times,

@@ -12,7 +12,7 @@ optimiser and schedule, the epoch skeleton and loop, checkpoints and --resume, t
 validation balanced accuracy, the temperature and the run record.
 
 Reads top to bottom: process group (train.fitting.distributed) -> backbone and its weights -> split
-and metadata -> the curriculum's difficulty ranking (rank 0, shared) -> core.train_epochs:
+and metadata -> the curriculum's difficulty ranking (rank 0, shared) -> recipe.train_epochs:
 each rank trains on its share of the epoch's plan, validation is sharded and gathered, rank 0
 logs, keeps the best epoch and writes a checkpoint -> rank 0 writes model.safetensors (the
 best epoch) and run.json (with world_size and every rank's parameter checksum).
@@ -204,7 +204,7 @@ def precision(amp: str, device: torch.device) -> torch.dtype | None:
 
 class TrainImages(Dataset):
     """Training cases by (row, draw seed), as RankShare yields them: the augmented image,
-    the encoded metadata row, the label and the case's role in the loss (core.case_roles_of;
+    the encoded metadata row, the label and the case's role in the loss (recipe.case_roles_of;
     objectives.OTHER for every case when the recipe needs none)."""
 
     def __init__(self, data: Path, image_ids, meta: torch.Tensor, y: np.ndarray, spec: InputSpec,

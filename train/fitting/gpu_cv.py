@@ -2,6 +2,7 @@
 
     python -m train.fitting.gpu_cv --data runs/ham10000_pack.safetensors --out $OUT
                                    [--split-block whole|N] [--epochs E] [recipe flags as train.fitting.cv]
+                                   [--views carry --colour-constancy 6 --field-of-view --source-width 200]
     python -m train.fitting.gpu_files $OUT --to runs/cv_gpu        (back on the CPU: cv's run folder)
 
 Every member of every fold and kind (fusion, image_only), each fine-tuned from blocks[N] upward
@@ -10,11 +11,14 @@ with its stem), trained on every fold but its own minus the held-out slice, on a
 The recipe is train.fitting.cv's, through the same code: Config and its flags, the heads, the
 loss and class weights, metadata dropout, the samplers and curriculum (EpochPlan, with each fold's
 difficulty ranked by pooled_heads.difficulty_rank on frozen ImageNet features of the same 8 views),
-AdamW one-cycle, the epoch skeleton and loop (core.train_epochs), the fp16 member files and
+AdamW one-cycle, the epoch skeleton and loop (recipe.train_epochs), the fp16 member files and
 fp16-rounded scoring (members.upper_state, members.round_to_fp16), and members.collect's temperatures and metrics
 (at unpacking). What differs is where the views come from: instead of a cache of 8 fixed views,
 every step draws train.data.augment's training view (crop, rotation, flips, colour jitter) on the
-device (train.data.device_views), since nothing is cached.
+device (train.data.device_views), since nothing is cached; --views carry draws its carry view
+instead (issue 37: also a round black field of view, lower resolution, JPEG, another light), and
+the input-spec flags (train.fitting.view_flags) apply at decoding, training and scoring alike and
+are recorded for the bundle, as cv records them.
 
 Reads top to bottom: the data (a folder, or a pack from train.data.pack) -> all images decoded
 once into one uint8 tensor on the device -> each fold's curriculum ranking -> per fold and kind, a
@@ -53,9 +57,9 @@ from lesion_app.classifier.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, SPLIT_BLOCK, LesionClassifier, imagenet_state_dict
 from lesion_app.classifier.preprocess import VIEWS, InputSpec, flip_views, mean_over_views
 from lesion_app.classifier.vocab import CLASSES
-from train.data.augment import Augment, Normalise
+from train.data.augment import CARRY_AUGMENT, Augment, Carry, Normalise
 from train.data.dataset import DatasetError, labels
-from train.data.device_views import cache_views, decode_images, eval_batch, train_views
+from train.data.device_views import cache_views, carry_views, decode_images, eval_batch, train_views
 from train.data.pack import PackedData
 from train.evaluation.metrics import classification_metrics, softmax
 from train.fitting.recipe import (Config, Log, add_config_arguments, case_roles_of, command_line, make_optimizer,
@@ -67,14 +71,20 @@ from train.fitting.gpu_files import MAX_FILE_BYTES, MAX_FILES, RunFiles, member_
 from train.fitting.loop import Step
 from train.fitting.objectives import drop_metadata
 from train.fitting.pooled_heads import difficulty_rank
+from train.fitting.view_flags import add_view_arguments, input_spec_of
 
 FORMAT = "gpu_cv/1"
 # How run.json, cv.json and member.json record --split-block whole: the value lesion_app's models give a
 # member that holds its whole network (its own trained stem), so that no reader takes it for cv's split 0
 # (a frozen, shared stem).
 WHOLE_NETWORK = "whole_network"
-VIEWS_NOTE = ("training: train.data.augment's training view of the app's 256x192 input, drawn on the device "
-              "(train.data.device_views); scoring: the app's 4 flips, fp32")
+VIEWS_NOTE = {
+    "flips": ("training: train.data.augment's training view of the app's 256x192 input, drawn on the device "
+              "(train.data.device_views); scoring: the app's 4 flips, fp32"),
+    "carry": ("training: train.data.augment's carry view of the app's 256x192 input (other devices' looks: "
+              "a round black field of view, lower resolution, JPEG, another light, then the training view's warp "
+              "and a stronger jitter), drawn on the device (train.data.device_views.carry_views); the curriculum "
+              "ranks on the flips of the input and its zoomed centre; scoring: the app's 4 flips, fp32")}
 
 
 def split_block_arg(value: str) -> int:
@@ -106,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a folder with rank_fold<k>.npy from an earlier run of the same folds and seed "
                         "(train.fitting.cv writes them): skips the curriculum ranking")
     p.add_argument("--ranks-only", action="store_true", help="decode and rank, then stop (e.g. on a CPU first)")
+    add_view_arguments(p)
     p.add_argument("--minutes", type=float, default=None, help="stop cleanly before a member after this long")
     p.add_argument("--members", type=int, default=None, help="stop after training this many members")
     return p
@@ -145,14 +156,15 @@ def autocast(device: torch.device):
 # ----------------------------------------------------------------------------- views and scores
 
 @torch.inference_mode()
-def pooled_imagenet(imagenet: dict, images: torch.Tensor, batch: int = 64, arch: str = ARCH) -> np.ndarray:
+def pooled_imagenet(imagenet: dict, images: torch.Tensor, batch: int = 64, arch: str = ARCH,
+                    spec: InputSpec = InputSpec()) -> np.ndarray:
     """(N, 8, F) fp16 pooled features of the whole ImageNet backbone over the 8 cached views, what
     train.data.features.build_pooled_imagenet gives the curriculum's ranking."""
     model = build_member("image_only", SPLIT_BLOCK, imagenet, arch).to(images.device, memory_format=torch.channels_last)
     model.eval()
     out = []
     for s in range(0, len(images), batch):
-        v = cache_views(images[s:s + batch])
+        v = cache_views(images[s:s + batch], spec)
         with autocast(images.device):
             f = model.features(v.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         out.append(f.float().view(len(v), v.shape[1], -1).cpu().numpy().astype(np.float16))
@@ -161,7 +173,7 @@ def pooled_imagenet(imagenet: dict, images: torch.Tensor, batch: int = 64, arch:
 
 @torch.inference_mode()
 def tta_logits(model: LesionClassifier, images: torch.Tensor, rows: np.ndarray, meta: torch.Tensor | None,
-               batch: int = 128) -> np.ndarray:
+               batch: int = 128, spec: InputSpec = InputSpec()) -> np.ndarray:
     """Mean logits over the app's 4 flips of the rows' images, in fp32 (no TF32), as the app scores."""
     model.eval()
     tf32 = torch.backends.cudnn.allow_tf32
@@ -170,7 +182,7 @@ def tta_logits(model: LesionClassifier, images: torch.Tensor, rows: np.ndarray, 
         out = [np.zeros((0, len(CLASSES)), np.float32)]
         for s in range(0, len(rows), batch):
             r = torch.as_tensor(rows[s:s + batch], device=images.device)
-            x = flip_views(eval_batch(images[r, 0])).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+            x = flip_views(eval_batch(images[r, 0], spec)).flatten(0, 1).contiguous(memory_format=torch.channels_last)
             m = None if meta is None else meta[r].repeat_interleave(len(VIEWS), 0)
             out.append(mean_over_views(model(x, m), len(VIEWS)).float().cpu().numpy())
         return np.concatenate(out)
@@ -182,10 +194,12 @@ def tta_logits(model: LesionClassifier, images: torch.Tensor, rows: np.ndarray, 
 
 def train_member(cfg: Config, model: LesionClassifier, images: torch.Tensor, rows: np.ndarray, meta: torch.Tensor,
                  y: np.ndarray, unknown: torch.Tensor, *, rank: np.ndarray | None, split_block: int,
-                 role: np.ndarray | None = None, log=print) -> list:
+                 role: np.ndarray | None = None, spec: InputSpec = InputSpec(), views: str = "flips",
+                 log=print) -> list:
     """Fine-tunes model on images[rows] for cfg.epochs (fixed schedule) with a training view drawn
-    on the device per case and step; returns the epoch history. meta, y and role (each case's role
-    in the loss, core.case_roles_of; None at the melanoma options' defaults) cover every image.
+    on the device per case and step (views: the training view, flips, or the carry view), under
+    the app's input spec; returns the epoch history. meta, y and role (each case's role
+    in the loss, recipe.case_roles_of; None at the melanoma options' defaults) cover every image.
     Every draw comes from cfg.seed: the plan and each case's view from RankShare's (row, seed) keys,
     dropout and metadata dropout from a generator seeded per epoch, so the same member comes out
     on the same device."""
@@ -201,6 +215,10 @@ def train_member(cfg: Config, model: LesionClassifier, images: torch.Tensor, row
     meta_t, y_t, unknown = meta[rows].to(dev), torch.as_tensor(y[rows], device=dev), unknown.to(dev)
     role_t = None if role is None else torch.as_tensor(role[rows], device=dev)
     aug, norm = Augment(), Normalise()
+    if views == "carry":
+        view_of = lambda u8, seeds: carry_views(u8, seeds, spec, normalise=norm)   # noqa: E731
+    else:
+        view_of = lambda u8, seeds: train_views(u8, seeds, aug, norm, spec)        # noqa: E731
 
     def start_epoch(epoch):
         torch.manual_seed(rank_seed(cfg.seed, epoch, 0))
@@ -212,7 +230,7 @@ def train_member(cfg: Config, model: LesionClassifier, images: torch.Tensor, row
 
     def loss_of(batch):
         pos = torch.as_tensor([r for r, _ in batch], device=dev)
-        x = train_views(images[rows_t[pos], 0], [s for _, s in batch], aug, norm)
+        x = view_of(images[rows_t[pos], 0], [s for _, s in batch])
         m = meta_t[pos]
         if model.uses_metadata and cfg.meta_dropout > 0:
             m = drop_metadata(m, unknown, cfg.meta_dropout)
@@ -242,6 +260,7 @@ def settings(run: dict) -> dict:
     recipe = {**{k: v for k, v in asdict(Config()).items() if k != "model"}, **run["recipe"]}
     return {"format": run.get("format"), "recipe": {k: v for k, v in recipe.items() if k != "threads"},
             **{k: run.get(k) for k in ("split_block", "kinds", "n_folds")}, "arch": run.get("arch", ARCH),
+            "input": run.get("input", InputSpec().to_dict()), "view_kind": run.get("view_kind", "flips"),
             "data": {k: v for k, v in run["data"].items() if k != "source"}}
 
 
@@ -260,6 +279,7 @@ def main(argv=None) -> int:
     scaler = AgeScaler.fit(df.loc[~df["heldout"], "age"])    # as train.fitting.cv: the non-held-out ages
     meta, unknown = torch.from_numpy(encode_frame(df, scaler)), torch.from_numpy(unknown_row(scaler))
     recipe = {k: getattr(a, k) for k in asdict(Config()) if k != "model"}
+    spec = input_spec_of(a)
     try:
         role = case_roles_of(Config(**recipe), df)     # None unless the melanoma options are on
     except DatasetError as e:
@@ -275,7 +295,9 @@ def main(argv=None) -> int:
         p.error(f"{e}; or carry the weights in a pack (python -m train.data.pack --arch {a.arch})")
     header = {"format": FORMAT, "recipe": recipe, "split_block": split_recorded, "arch": a.arch,
               "kinds": a.kinds, "n_folds": n_folds, "data": data.describe(), "age_scaler": asdict(scaler),
-              "views": VIEWS_NOTE, "augment": Augment().to_dict(), "input": InputSpec().to_dict()}
+              "views": VIEWS_NOTE[a.views], "view_kind": a.views, "input": spec.to_dict(),
+              "augment": (CARRY_AUGMENT if a.views == "carry" else Augment()).to_dict(),
+              **({"carry": Carry().to_dict()} if a.views == "carry" else {})}
 
     files = RunFiles(a.out)
     run = files.run
@@ -310,7 +332,7 @@ def main(argv=None) -> int:
                          "heldout": torch.tensor(df["heldout"].to_numpy(), dtype=torch.uint8)})
 
     t = time.time()
-    images = decode_images(data.image, len(df), workers=a.workers).to(dev)
+    images = decode_images(data.image, len(df), spec, workers=a.workers).to(dev)
     times.setdefault("decode", round(time.time() - t, 1))
     log(f"{len(df)} images decoded into {tuple(images.shape)} uint8 on {device_name} in {time.time() - t:.1f} s")
 
@@ -326,7 +348,7 @@ def main(argv=None) -> int:
             run["ranks_from"] = str(a.ranks)
         elif missing:
             t = time.time()
-            pooled = pooled_imagenet(imagenet, images, arch=a.arch)
+            pooled = pooled_imagenet(imagenet, images, arch=a.arch, spec=spec)
             times.setdefault("pooled_imagenet", round(time.time() - t, 1))
             for f in missing:
                 t = time.time()
@@ -364,13 +386,14 @@ def main(argv=None) -> int:
         model = build_member(cfg.head, a.split_block, imagenet, a.arch)
         rank = files.arrays[f"rank_fold{fold}"].numpy() if cfg.sampler == "curriculum" else None
         history = train_member(cfg, model, images, train_rows[fold], meta, y, unknown, rank=rank,
-                               split_block=a.split_block, role=role, log=lambda m, n=name: log(f"{n}: {m}"))
+                               split_block=a.split_block, role=role, spec=spec, views=a.views,
+                               log=lambda m, n=name: log(f"{n}: {m}"))
         train_seconds = time.time() - t
         state = member_state(model, a.split_block)
         round_to_fp16(model)      # scores describe the fp16 file
         m = meta.to(images.device) if model.uses_metadata else None
         score_rows = np.flatnonzero((df["fold"] == fold).to_numpy())
-        oof, held = tta_logits(model, images, score_rows, m), tta_logits(model, images, held_rows, m)
+        oof, held = tta_logits(model, images, score_rows, m, spec=spec), tta_logits(model, images, held_rows, m, spec=spec)
         bacc = classification_metrics(y[score_rows], softmax(oof))["balanced_accuracy"]
         files.add_member(name, state, {
             "oof_rows": torch.from_numpy(score_rows), "oof": torch.from_numpy(oof),

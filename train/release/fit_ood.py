@@ -86,29 +86,65 @@ def flagged_by_kind(names, sources, flags) -> dict:
             "missed": [n for n, f in zip(names, flags) if not f]}
 
 
-def measure(predictor: Predictor, det: OODDetector) -> dict:
-    """The detector's flags on synthetic and on real non-dermoscopic images."""
+def non_dermoscopic_features(predictor: Predictor) -> dict:
+    """The trunk features of the synthetic and the real non-dermoscopic images, per set:
+    {set: (names, sources or None, features, rgb)}, and "sources_missing"."""
     from train.data.real_photos import EVALUATION, SOURCES, TUNING, available, real_photos
     from train.data.synthetic_images import non_dermoscopic_images
     synth = non_dermoscopic_images()
-    f_syn, rgb_syn = trunk_features(predictor, list(synth.values()))
-    synth_flags = det.flags(f_syn, rgb_syn).numpy()
-    out = {"synthetic": {"n": len(synth), "flagged": int(synth_flags.sum()),
-                         "missed": [n for n, f in zip(synth, synth_flags) if not f]}}
+    out = {"synthetic": (list(synth), None, *trunk_features(predictor, list(synth.values())))}
     for which in (TUNING, EVALUATION):
         photos = real_photos(which)
-        f, rgb = trunk_features(predictor, [im for _, im in photos.values()])
-        out[which] = flagged_by_kind(list(photos), [s for s, _ in photos.values()], det.flags(f, rgb).numpy())
+        out[which] = (list(photos), [s for s, _ in photos.values()],
+                      *trunk_features(predictor, [im for _, im in photos.values()]))
     have = {s.name for s in available()}
     out["sources_missing"] = [f"{s.name} ({s.package})" for s in SOURCES if s.name not in have]
     return out
+
+
+def measure(det: OODDetector, sets: dict) -> dict:
+    """The detector's flags on the synthetic and the real non-dermoscopic images (non_dermoscopic_features)."""
+    out = {"sources_missing": sets["sources_missing"]}
+    for which, entry in sets.items():
+        if which == "sources_missing":
+            continue
+        names, sources, f, rgb = entry
+        flags = det.flags(f, rgb).numpy()
+        out[which] = ({"n": len(names), "flagged": int(flags.sum()), "missed": [n for n, x in zip(names, flags) if not x]}
+                      if sources is None else flagged_by_kind(names, sources, flags))
+    return out
+
+
+def choose_percentile(det: OODDetector, held_scores: np.ndarray, sets: dict, candidates, margin: float,
+                      tuning: str = "tuning") -> tuple[float, list[dict]]:
+    """The highest candidate percentile (of the held-out slice's distances) at which every synthetic
+    image and every tuning photo is still flagged with the distance threshold `margin` times higher
+    (reports/transfer/criterion.md); the lowest candidate if none passes. Returns it and one row per
+    candidate (its threshold, whether it passed, the held-out share its distance alone flags)."""
+    rows, chosen = [], None
+    base = det.threshold
+    for pct in sorted(candidates):
+        t = float(np.percentile(held_scores, pct))
+        det.threshold = t * margin
+        m = measure(det, sets)
+        passed = all(m[k]["flagged"] == m[k]["n"] for k in ("synthetic", tuning))
+        det.threshold = t
+        rows.append({"percentile": pct, "threshold": t, "passes_with_margin": passed,
+                     "heldout_flagged_by_distance": float((held_scores > t).mean())})
+        if passed:
+            chosen = pct
+    det.threshold = base
+    return (chosen if chosen is not None else min(candidates)), rows
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--percentile", type=float, default=98.0)
+    p.add_argument("--percentile", type=float, nargs="+", default=[98.0],
+                   help="of the held-out slice's distances; several are candidates, the highest kept at which every "
+                        "synthetic image and tuning photo is still flagged with the threshold --margin times higher")
+    p.add_argument("--margin", type=float, default=1.25)
     p.add_argument("--colour-percentile", type=float, default=0.5)
     p.add_argument("--fit-per-class", type=int, default=200, help="images per class to fit on (at most)")
     p.add_argument("--other", type=Path, default=None,
@@ -144,8 +180,13 @@ def main(argv=None):
     f_fit, _ = trunk_features(predictor, fit_images, views=False)
     f_held, rgb_held = trunk_features(predictor, [load_image(a.data, i) for i in held["image_id"]])
     det = OODDetector.fit(f_fit.numpy())
-    det.threshold = float(np.percentile(det.score(f_held).numpy(), a.percentile))
+    held_scores = det.score(f_held).numpy()
     det.min_saturation = float(np.percentile(OODDetector.saturation(rgb_held).numpy(), a.colour_percentile))
+    sets = non_dermoscopic_features(predictor)
+    percentile, candidates = a.percentile[0], None
+    if len(a.percentile) > 1:
+        percentile, candidates = choose_percentile(det, held_scores, sets, a.percentile, a.margin)
+    det.threshold = float(np.percentile(held_scores, percentile))
     flagged_held = float(det.flags(f_held, rgb_held).numpy().mean())
     # The trunk is frozen ImageNet, so every image outside the fit sample and the slice is
     # unseen by the detector: an independent false-alarm rate on dermoscopy.
@@ -159,7 +200,7 @@ def main(argv=None):
     if other_check is not None:
         f_o, rgb_o = trunk_features(predictor, [folder_image(a.other, i, aspect) for i in other_check["image_id"]])
         other_flagged = float(det.flags(f_o, rgb_o).numpy().mean())
-    m = measure(predictor, det)
+    m = measure(det, sets)
     path = a.weights / "ood.safetensors"
     det.save(path)
     syn, tun, ev = m["synthetic"], m["tuning"], m["evaluation"]
@@ -174,8 +215,12 @@ def main(argv=None):
                         f"{a.other_fit_share:.0%} of each class)" if other_fit is not None else "")
                      + ", each as given and once as an upload variant (JPEG quality 20-90, brightness x0.7-1.35, "
                      "30-70% resolution or contrast x0.7-1.3); one view each",
-        "threshold_rule": f"{a.percentile}th percentile of the held-out slice's distances; colour: "
-                          f"{a.colour_percentile}th percentile of its saturation",
+        "threshold_rule": f"{percentile}th percentile of the held-out slice's distances; colour: "
+                          f"{a.colour_percentile}th percentile of its saturation"
+                          + (f"; the highest of the candidates {', '.join(f'{c:g}' for c in a.percentile)} at which every "
+                             f"synthetic image and tuning photo is still flagged with the threshold x{a.margin:g} "
+                             "(reports/transfer/criterion.md)" if candidates else ""),
+        **({"threshold_candidates": candidates} if candidates else {}),
         "flagged_share": {"heldout": flagged_held, "n_heldout": len(held),
                           "dermoscopic_unused": flagged_check, "dermoscopic_unused_n": len(check),
                           "dermoscopic_unused_by_class": by_class,
@@ -194,7 +239,11 @@ def main(argv=None):
     })
     manifest.save(a.weights)
     (a.weights / "MODEL_CARD.md").write_text(model_card(manifest))   # its OOD section
-    print(f"threshold {det.threshold:.2f}, min saturation {det.min_saturation:.3f}; flagged: held-out slice "
+    for c in candidates or []:
+        print(f"candidate {c['percentile']:g}th percentile: threshold {c['threshold']:.2f}, held-out flagged by distance "
+              f"{c['heldout_flagged_by_distance']:.1%}, every synthetic image and tuning photo flagged at x{a.margin:g}: "
+              f"{'yes' if c['passes_with_margin'] else 'no'}")
+    print(f"percentile {percentile:g}: threshold {det.threshold:.2f}, min saturation {det.min_saturation:.3f}; flagged: held-out slice "
           f"{flagged_held:.1%} of {len(held)} (threshold set there), other dermoscopic images {flagged_check:.1%} "
           f"of {len(check)} (by class: {', '.join(f'{k} {v:.1%}' for k, v in by_class.items())}), synthetic {syn['flagged']}/{syn['n']} "
           f"(missed: {', '.join(syn['missed']) or 'none'})"
