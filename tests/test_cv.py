@@ -236,7 +236,7 @@ def test_a_carry_run_caches_the_apps_input_first_and_records_its_input_spec(tiny
 
 
 def test_a_runs_members_score_another_folder_before_the_bundle_as_its_heldout_logits_say(tiny, tmp_path):
-    """train.evaluation.run_transfer (issue 37: recipes compared on another clinic's images before
+    """train.release.run_transfer (issue 37: recipes compared on another clinic's images before
     they ship): a carry run's fusion members, finished while its image-only members are not, score a
     folder through the run's own input spec; on the run's own held-out images that gives the
     held-out logits the run recorded (mean over members, the run's temperature), and the paired
@@ -261,7 +261,7 @@ def test_a_runs_members_score_another_folder_before_the_bundle_as_its_heldout_lo
     against = softmax(oof[[f"logit_{c}" for c in CLASSES]].to_numpy(), 1.0)
     pd.DataFrame(against, columns=list(CLASSES)).assign(image_id=md["image_id"], model="fusion").to_csv(
         tmp_path / "against.csv", index=False)
-    r = run_module("train.evaluation.run_transfer", "--cv", tiny["out"], "--other", folder,
+    r = run_module("train.release.run_transfer", "--cv", tiny["out"], "--other", folder,
                    "--against", tmp_path / "against.csv", "--out", tmp_path / "t")
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "t.json").read_text())
@@ -275,6 +275,6 @@ def test_a_runs_members_score_another_folder_before_the_bundle_as_its_heldout_lo
     d = result["paired_difference"]["balanced_accuracy"]
     assert d["difference"] == pytest.approx(balanced_accuracy(y, got) - balanced_accuracy(y, against), abs=1e-6)
     # Asked for a kind the run has not finished, it says what to run.
-    r = run_module("train.evaluation.run_transfer", "--cv", tiny["out"], "--kind", "image_only", "--other", folder,
+    r = run_module("train.release.run_transfer", "--cv", tiny["out"], "--kind", "image_only", "--other", folder,
                    "--against", tmp_path / "against.csv", "--out", tmp_path / "t2")
     assert r.returncode == 2 and "--kinds image_only" in r.stderr

@@ -8,9 +8,10 @@ stage's artifacts, and no stage imports a later one.
   multi-GPU training, and the lesion segmenter's decoders.
 - `train.evaluation`: metrics and statistics, `evaluate`, the report, heatmap localisation,
   lesion measures and attention, melanoma errors, benchmarks and the load test.
-- `train.release`: what ships beside the members: the bundle of weights and its model card, the
-  OOD check, the shift score, the skin-tone reference, prediction sets, the similar-cases archive,
-  the segmenter, the reader mode's cases, the recipe's cost, and publishing to the Hub.
+- `train.release`: whether a run ships (its members on another clinic's folder) and what ships
+  beside the members: the bundle of weights and its model card, the OOD check, the shift score,
+  the skin-tone reference, prediction sets, the similar-cases archive, the segmenter, the reader
+  mode's cases, the recipe's cost, and publishing to the Hub.
 - `train.study`: the comparison of losses, samplers and fusions on frozen features.
 """
 from pathlib import Path

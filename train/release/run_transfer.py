@@ -1,8 +1,10 @@
 """One cross-validation run's ensemble scored on another clinic's folder before it is bundled, paired
-with the shipped ensemble's predictions on the same images (issue 37: compare recipes on transfer).
+with the shipped ensemble's predictions on the same images (issue 37: compare recipes on transfer). It
+is part of the release decision, so it lives in train.release, which may read a run's members
+(train.fitting); train.evaluation may not.
 
-    python -m train.evaluation.run_transfer --cv RUN [--kind fusion] [--other ../shared/data/isic2017]
-                                            [--aspect 4:3] --against P.csv --out OUT
+    python -m train.release.run_transfer --cv RUN [--kind fusion] [--other ../shared/data/isic2017]
+                                         [--aspect 4:3] --against P.csv --out OUT
     (P.csv: python -m train.evaluation.evaluate --data ../shared/data/isic2017 --aspect 4:3 --out m.json
      --predictions P.csv, with the weights to compare against)
 
