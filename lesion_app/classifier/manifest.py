@@ -76,6 +76,7 @@ class Manifest:
     segmentation: dict | None = None  # train.fitting.segmentation (the lesion's outline)
     shift: dict | None = None        # train.release.fit_shift (how unlike the training images, and what it did)
     skin_tone: dict | None = None    # train.release.skin_tone (the training images' skin-tone angles)
+    other_clinics: dict | None = None  # train.release.other_clinics (the ensembles on other clinics' images)
     extra: dict = field(default_factory=dict)   # keys this code does not know, kept as read
     # The keys' order as read, so a rewrite keeps the file's own order (new keys go last).
     key_order: tuple = field(default=(), repr=False, compare=False)
@@ -174,6 +175,10 @@ class Manifest:
     def with_skin_tone(self, entry: dict) -> "Manifest":
         """A copy with the training images' skin-tone angles (train.release.skin_tone)."""
         return replace(self, skin_tone=entry)
+
+    def with_other_clinics(self, entry: dict) -> "Manifest":
+        """A copy with the ensembles' figures on other clinics' images (train.release.other_clinics)."""
+        return replace(self, other_clinics=entry)
 
     def with_heldout(self, metrics: dict, seconds: float) -> "Manifest":
         """A copy with each kind's held-out metrics (metrics[kind]) and the scoring time."""

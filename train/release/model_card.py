@@ -56,6 +56,33 @@ def _variants(m: Manifest) -> str:
     return "\n".join(rows)
 
 
+def _other_clinics(m: Manifest) -> str:
+    oc = m.other_clinics
+    if not oc:
+        return ""
+    classes = ", ".join(oc["classes_present"] or [])
+
+    def cell(kind: dict, key: str) -> str:
+        return "n/a" if kind.get(key) is None else f"{kind[key]:.3f}"
+
+    def sets(kind: dict) -> str:
+        s = kind.get("sets_90")
+        return "n/a" if s is None else f"{s['coverage']:.3f} ({s['mean_size']:.2f})"
+
+    rows = "\n".join(
+        f"| {r['label']} | {r['weights_version']}{' (shipped)' if r['shipped_weights'] else ''} | "
+        f"{cell(r['fusion'], 'balanced_accuracy')} | {cell(r['fusion'], 'mel_auc')} | {cell(r['fusion'], 'mel_vs_nv_auc')} | "
+        f"{sets(r['fusion'])} | {cell(r['image_only'], 'balanced_accuracy')} | {cell(r['image_only'], 'mel_auc')} |"
+        for r in oc["rows"])
+    return ("## Other clinics' images\n"
+            f"{oc['folder']}: {oc['n']} dermoscopic images from other clinics and devices (classes {classes}; "
+            f"aspect {oc['aspect'] or 'as stored'}), none of them trained on; `train.evaluation.evaluate`, each row "
+            "through the input path it names. Balanced accuracy over the classes present. How many of them the OOD check calls "
+            "not dermoscopic: the OOD section below.\n\n"
+            "| scored | weights | fusion bal. acc. | melanoma AUC | mel-vs-nevus AUC | 90% sets cover (mean size) "
+            "| image-only bal. acc. | melanoma AUC |\n|---|---|---|---|---|---|---|---|\n" + rows + "\n")
+
+
 def _ood(m: Manifest) -> str:
     o = m.ood
     if not o:
@@ -272,6 +299,7 @@ Scored through the app's own inference path. Small (4 df and 4 vasc images), so 
   {wt['fusion_members']:.0f} s, image-only members {wt['image_only_members']:.0f} s; total {wt['total'] / 60:.1f} min
   (wall time: it includes any time the machine was shared with other work or the run was paused).
 
+{_other_clinics(m)}
 {_ood(m)}
 {_shift(m)}
 {_skin_tone(m)}
