@@ -53,7 +53,7 @@ def main(argv=None) -> None:
             component.postprocess(value)
     med, p90 = timed(change, repeats)
     print(f"{'piece':48s} {'median':>8s} {'p90':>8s}")
-    print(f"{'metadata change: handler + output postprocessing':48s} {med:8.4f} {p90:8.4f}")
+    print(f"{'metadata change: event + output postprocessing':48s} {med:8.4f} {p90:8.4f}")
 
 
 if __name__ == "__main__":

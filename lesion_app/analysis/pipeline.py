@@ -191,7 +191,8 @@ def contrast_map(s: Served, analysis: Analysis) -> tuple[np.ndarray, str, str] |
         return None if r.cam_empty else (r.cam, a, b)
     if analysis.features is None:
         return None
-    meta = torch.from_numpy(Metadata(**analysis.metadata).encode(s.scaler))
+    md = analysis.metadata   # parsed again, as any Analysis a caller built may hold raw values
+    meta = torch.from_numpy(Metadata.parse(md.get("age"), md.get("sex"), md.get("site")).encode(s.scaler))
     heat, _, empty, *_ = heatmaps(s, analysis.features, "fusion", (a, b), meta[None], r.cam_method)
     return None if empty else (heat, a, b)
 

@@ -65,10 +65,6 @@ def metadata_lines(a: Analysis) -> list[str]:
     return [f"Age: {age}", f"Sex: {sex}", f"Body site: {site}"]
 
 
-def entered_metadata(a: Analysis) -> str:
-    return "   ".join(metadata_lines(a))
-
-
 # --- the report's pieces ---------------------------------------------------------------------
 
 @dataclass(frozen=True)

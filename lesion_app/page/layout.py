@@ -75,6 +75,8 @@ THEME = gr.themes.Default().set(
     button_primary_background_fill="*primary_700", button_primary_background_fill_hover="*primary_800",
     button_primary_background_fill_dark="*primary_700", button_primary_background_fill_hover_dark="*primary_800",
     body_text_color_subdued="*neutral_600")
+
+
 def example_rows() -> tuple[list[list], list[str]]:
     md = pd.read_csv(EXAMPLES_DIR / "metadata.csv")
     # Age as text: the age box is a Textbox, so that blank can mean "not entered".

@@ -15,6 +15,7 @@ import base64
 from dataclasses import dataclass, fields, replace
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from ..analysis.analysis import Analysis, ModelResult
 from ..analysis.predictor import Predictor
@@ -145,12 +146,13 @@ def similar_vote_markdown(a: Analysis) -> str:
 
 class ReaderEvents:
     """The tab's events, each defined once: raw values and the session in, (ReaderView, session) out;
-    the answers' CSV out as the path of a file served once (files: lesion_app.files.report_files).
-    Only `reveal` runs the models."""
+    the answers' CSV out as the path of a file served once (files: lesion_app.files.report_files; by
+    default in Gradio's upload folder, as PageEvents'). Only `reveal` runs the models."""
 
     def __init__(self, predictor: Predictor | None, cases: ReaderCases | None, deck_size: int = DECK_SIZE,
                  files: ReportFiles | None = None):
-        self.predictor, self.cases, self.deck_size, self.files = predictor, cases, deck_size, files
+        self.predictor, self.cases, self.deck_size = predictor, cases, deck_size
+        self.files = files or ReportFiles(get_upload_folder())   # as PageEvents'
 
     def _need_cases(self) -> ReaderCases:
         if self.cases is None:

@@ -11,7 +11,6 @@ import functools
 from collections.abc import Callable
 
 import gradio as gr
-from gradio.utils import get_upload_folder
 
 from ..analysis.predictor import Predictor
 from ..classifier.reader_cases import ReaderCases
@@ -129,7 +128,7 @@ def wire(v: View, events: PageEvents) -> None:
     # Other similar cases: the archive only (no model), from the kept query.
     gr.on([v.similar_k.input, v.same_site.input, v.same_sex.input], page(events.similar_changed),
           [*v.similar_inputs, v.state], [v.similar_vote, v.similar_cases, v.report_json, v.state], **private)
-    # /report: the same inputs and the same Predictor.analyze, returned as JSON only.
+    # /report: the same inputs and the same analysis, returned as JSON only.
     v.report_button.click(on_api(v, events.report), [v.image, v.age, v.sex, v.site, *v.similar_inputs,
                                                      v.extra_images], v.report_out,
                           api_name="report", preprocess=False, **MODEL_QUEUE)
@@ -155,7 +154,7 @@ def build_app(predictor: Predictor, clinical: ClinicalReport | None = None,
     """
     with gr.Blocks(title="Skin-lesion fusion demo", delete_cache=(60, 300)) as demo:
         view = layout(clinical)
-        events = PageEvents(predictor, clinical, example_digests(), files or ReportFiles(get_upload_folder()))
+        events = PageEvents(predictor, clinical, example_digests(), files)
         wire(view, events)
         reader_tab.wire(view.reader, ReaderEvents(predictor, reader_cases, files=events.files), demo, MODEL_QUEUE,
                         DOWNLOAD_JS)
