@@ -8,8 +8,8 @@ from pytorch_grad_cam import HiResCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 
 from lesion_app.classifier.ensemble import Ensemble
-from lesion_app.evidence.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, FINE_STAGE_BLOCK, FixedMetadata, \
-    ImageSizedCAM, gradcam
+from lesion_app.evidence.gradcam import (CAM_METHODS, DEFAULT_CAM_METHOD, FINE_STAGE_BLOCK, FixedMetadata,
+    ImageSizedCAM, gradcam)
 from conftest import model_with_class0_weight
 from lesion_app.classifier.models import LesionClassifier
 from lesion_app.classifier.segmenter import STAGES, lower_with_stages

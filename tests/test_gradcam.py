@@ -4,8 +4,8 @@ import torch
 
 from lesion_app.classifier.ensemble import Ensemble
 from lesion_app.classifier.vocab import CLASSES
-from lesion_app.evidence.gradcam import CAM_METHODS, TOP_TWO, ContrastTarget, FixedMetadata, gradcam, gradcam_from_kept, \
-    gradcam_overlay
+from lesion_app.evidence.gradcam import (CAM_METHODS, TOP_TWO, ContrastTarget, FixedMetadata, gradcam, gradcam_from_kept,
+    gradcam_overlay)
 from lesion_app.classifier.metadata import META_DIM
 from conftest import EXAMPLES, model_with_class0_weight
 from lesion_app.classifier.models import LesionClassifier

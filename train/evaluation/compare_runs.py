@@ -35,8 +35,8 @@ from lesion_app.classifier.vocab import CLASSES
 from train import REPO
 from train.data.logits import kind_logits, read_logits
 from train.data.splits import DEFAULT_FOLDS, load_folds
-from train.evaluation.metrics import MEL, balanced_accuracy, class_aucs, expected_calibration_error, macro_auc, \
-    macro_f1, mel_sensitivity_at, softmax
+from train.evaluation.metrics import (MEL, balanced_accuracy, class_aucs, expected_calibration_error, macro_auc,
+    macro_f1, mel_sensitivity_at, softmax)
 from train.evaluation.stats import resample_rows
 
 SHIPPED = "shipped"

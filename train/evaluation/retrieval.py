@@ -35,8 +35,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from lesion_app.evidence.archive import EMBEDDINGS, K_CHOICES, VOTES, Projection, lesion_groups, lesion_similarity, \
-    raw_embedding, vote
+from lesion_app.evidence.archive import (EMBEDDINGS, K_CHOICES, VOTES, Projection, lesion_groups, lesion_similarity,
+    raw_embedding, vote)
 from lesion_app.evidence.ood import OODDetector
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.preprocess import InputSpec

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lesion_app.evidence.archive import ATTRIBUTION, DEFAULT_K, EMBEDDINGS, Archive, Projection, lesion_groups, \
-    thumbnail_bytes
+from lesion_app.evidence.archive import (ATTRIBUTION, DEFAULT_K, EMBEDDINGS, Archive, Projection, lesion_groups,
+    thumbnail_bytes)
 from lesion_app.classifier.manifest import Manifest
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.weights import WEIGHTS_DIR, sha256_file
