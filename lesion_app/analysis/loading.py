@@ -100,22 +100,24 @@ def load_served(weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = N
 
 
 def load_ood(weights_dir: Path, manifest: Manifest, channels: int) -> OODDetector:
-    path = verify_file(weights_dir, manifest.ood)
-    ood = OODDetector.load(path)
-    if ood.mean.shape[0] != channels:
-        raise WeightsError(f"{path} was fitted on {ood.mean.shape[0]} features, but the frozen ImageNet trunk it "
-                           f"reads (conv_stem..blocks[4], whatever the members) gives {channels}: "
-                           "restore the shipped one (it serves any members), or refit it on those features")
-    return ood
+    return _load_on_trunk(OODDetector, weights_dir, manifest.ood, channels, " (conv_stem..blocks[4], whatever the "
+                          "members)", "restore the shipped one (it serves any members), or refit it on those features")
 
 
 def load_shift(weights_dir: Path, manifest: Manifest, channels: int) -> ShiftScore:
-    path = verify_file(weights_dir, manifest.shift)
-    shift = ShiftScore.load(path)
-    if shift.mean.shape[0] != channels:
-        raise WeightsError(f"{path} was fitted on {shift.mean.shape[0]} features, but the frozen ImageNet trunk it "
-                           f"reads gives {channels}: refit it with python -m train.release.fit_shift")
-    return shift
+    return _load_on_trunk(ShiftScore, weights_dir, manifest.shift, channels, "",
+                          "refit it with python -m train.release.fit_shift")
+
+
+def _load_on_trunk(kind, weights_dir: Path, entry: dict, channels: int, trunk: str, fix: str):
+    """A Gaussian fitted on the frozen ImageNet trunk's features (the OOD check, the shift score),
+    checked against the trunk's width; WeightsError naming the fix otherwise."""
+    path = verify_file(weights_dir, entry)
+    fitted = kind.load(path)
+    if fitted.mean.shape[0] != channels:
+        raise WeightsError(f"{path} was fitted on {fitted.mean.shape[0]} features, but the frozen ImageNet trunk it "
+                           f"reads{trunk} gives {channels}: {fix}")
+    return fitted
 
 
 def load_archive(weights_dir: Path, manifest: Manifest, models: dict, channels: int) -> Archive:
