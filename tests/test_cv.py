@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from conftest import DATA, REPO, add_mirrored_copies, needs_dataset, run_module
 from lesion_app.files.image_input import load_upload
@@ -278,3 +279,93 @@ def test_a_runs_members_score_another_folder_before_the_bundle_as_its_heldout_lo
     r = run_module("train.release.run_transfer", "--cv", tiny["out"], "--kind", "image_only", "--other", folder,
                    "--against", tmp_path / "against.csv", "--out", tmp_path / "t2")
     assert r.returncode == 2 and "--kinds image_only" in r.stderr
+
+
+def squashed_other_clinic(tiny, folder):
+    """The tiny folder's images as another clinic's, stored squashed to 256x256 as ISIC 2017's are,
+    with ids of their own and no body site."""
+    from train.data.dataset import load_metadata
+    (folder / "images").mkdir(parents=True)
+    md = load_metadata(tiny["data"])
+    md = md.assign(image_id="OTHER_" + md["image_id"], lesion_id="OTHER_" + md["lesion_id"], localization="unknown")
+    for src, dst in zip(load_metadata(tiny["data"])["image_id"], md["image_id"]):
+        with Image.open(tiny["data"] / "images" / f"{src}.jpg") as im:
+            im.convert("RGB").resize((256, 256), Image.Resampling.LANCZOS).save(folder / "images" / f"{dst}.jpg")
+    md.to_csv(folder / "metadata.csv", index=False)
+    return md
+
+
+def test_a_second_source_trains_every_member_on_its_fit_half_and_is_scored_on_the_other(tiny, tmp_path):
+    """Issue 37, point 2: --second-source adds another clinic's fit half (train.data.make_halves) to
+    every member's training rows, restored to 4:3 and cached; the out-of-fold figures stay
+    HAM10000's; run_transfer scores such a run only on the half it never trained on."""
+    from lesion_app.classifier.models import LesionClassifier
+    from lesion_app.classifier.preprocess import InputSpec, flip_views, to_tensor
+    from train.data.dataset import folder_image, load_image
+    from train.data.splits import load_halves
+    other = squashed_other_clinic(tiny, tmp_path / "other")
+    halves_file = tmp_path / "halves.csv"
+    r = run_module("train.data.make_halves", "--data", tmp_path / "other", "--out", halves_file)
+    assert r.returncode == 0, r.stderr[-2000:]
+    halves = load_halves(halves_file)
+    fit = halves.loc[halves["half"] == "fit", "image_id"]
+    assert len(fit) == 7 and sorted(halves.loc[halves["half"] == "fit", "dx"]) == sorted(CLASSES)
+    again = run_module("train.data.make_halves", "--data", tmp_path / "other", "--out", halves_file)
+    assert again.returncode != 0 and "--force" in again.stderr          # the committed file is never overwritten
+
+    r = cv(tiny, "--kinds", "fusion", "--second-source", tmp_path / "other", "--second-halves", halves_file,
+           "--second-aspect", "4:3")
+    assert "second source: 7 images" in r.stdout
+    folds, held = load_folds(tiny["folds"]), load_heldout(tiny["folds"])
+    for f in (0, 1):
+        info = json.loads((tiny["out"] / f"fusion_fold{f}" / "member.json").read_text())
+        ham = folds[(folds["fold"] != f) & ~folds["image_id"].isin(held["image_id"])]
+        assert info["n_train"] == len(ham) + 7 and info["n_train_second_source"] == 7
+        assert len(np.load(tiny["out"] / f"rank_fold{f}.npy")) == info["n_train"]   # the curriculum ranked them too
+    oof = pd.read_csv(tiny["out"] / "oof_logits.csv")
+    assert set(oof["image_id"]) == set(folds["image_id"])                  # scored out of fold: HAM10000's only
+    record = json.loads((tiny["out"] / "cv.json").read_text())["second_source"]
+    assert record["n_fit"] == 7 and record["aspect"] == "4:3" and record["halves_file"] == str(halves_file)
+
+    # Its cache holds the fit half's flips, restored to 4:3 (not the squashed square).
+    (cache,) = [np.load(f, mmap_mode="r") for f in tiny["cache"].glob("*/lower.npy") if np.load(f, mmap_mode="r").shape[0] == 7]
+    trunk = LesionClassifier("image_only").eval()
+    first = fit.iloc[0]
+    with torch.inference_mode():
+        lower = lambda im: trunk.lower(flip_views(to_tensor(im, InputSpec())[None])[0]).numpy()  # noqa: E731
+        restored, squashed = lower(folder_image(tmp_path / "other", first, 4 / 3)), lower(load_image(tmp_path / "other", first))
+    assert np.allclose(cache[0, :4].astype(np.float32), restored, atol=0.02)
+    assert not np.allclose(cache[0, :4].astype(np.float32), squashed, atol=0.02)
+
+    uniform = pd.DataFrame(np.full((len(other), len(CLASSES)), 1 / len(CLASSES)), columns=list(CLASSES))
+    uniform.assign(image_id=other["image_id"], model="fusion").to_csv(tmp_path / "against.csv", index=False)
+    r = run_module("train.release.run_transfer", "--cv", tiny["out"], "--other", tmp_path / "other", "--aspect", "4:3",
+                   "--against", tmp_path / "against.csv", "--out", tmp_path / "t")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "t.json").read_text())
+    scored = set(pd.read_csv(tmp_path / "t.csv")["image_id"])
+    assert result["n"] == 7 and scored == set(halves.loc[halves["half"] == "heldout", "image_id"])
+    assert "held-out half" in result["images"]
+
+
+def test_a_second_source_with_halves_of_another_folder_is_refused_with_the_fix(tiny, tmp_path):
+    squashed_other_clinic(tiny, tmp_path / "other")
+    halves = tmp_path / "halves.csv"
+    assert run_module("train.data.make_halves", "--data", tiny["data"], "--out", halves).returncode == 0
+    r = run_module("train.fitting.cv", "--data", tiny["data"], "--folds", tiny["folds"], "--cache", tiny["cache"],
+                   "--out", tiny["out"], "--second-source", tmp_path / "other", "--second-halves", halves)
+    assert r.returncode == 2 and "python -m train.data.make_halves" in r.stderr and "Traceback" not in r.stderr
+    assert not (tiny["out"] / "fusion_fold0").exists()
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "isic2017" / "metadata.csv").is_file(),
+                    reason="../shared/data/isic2017 is absent (the committed halves are checked against it)")
+def test_the_committed_isic2017_halves_are_the_half_the_ood_check_was_fitted_on():
+    from train.data.dataset import load_metadata
+    from train.data.splits import SECOND_SOURCE_HALVES, draw_fit_half, load_halves, make_halves
+    md = load_metadata(REPO.parent / "shared" / "data" / "isic2017")
+    halves = load_halves(SECOND_SOURCE_HALVES)
+    assert halves.equals(make_halves(md))
+    fit = set(halves.loc[halves["half"] == "fit", "image_id"])
+    assert fit == set(draw_fit_half(md)["image_id"]) and len(fit) == len(md) // 2
+    assert (halves.groupby("dx")["half"].apply(lambda h: (h == "fit").mean()) - 0.5).abs().max() < 0.01

@@ -78,6 +78,30 @@ def load_mask(root: Path, image_id: str) -> np.ndarray | None:
         return np.asarray(im.convert("L")) > 127
 
 
+def parse_aspect(text: str | None) -> float | None:
+    """'4:3' -> 4/3 (None stays None); ValueError for anything else."""
+    if text is None:
+        return None
+    w, _, h = text.partition(":")
+    try:
+        ratio = float(w) / float(h)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"--aspect takes W:H, such as 4:3, not {text!r}") from None
+    if not ratio > 0:
+        raise ValueError(f"--aspect takes W:H with both positive, not {text!r}")
+    return ratio
+
+
+def folder_image(data: Path, image_id: str, aspect: float | None = None) -> Image.Image:
+    """The folder's image as the app is given it; with aspect, first resized to that aspect ratio
+    (same width), which undoes a folder's squashing to a square."""
+    image = load_image(data, image_id)
+    if aspect is None:
+        return image
+    w = image.width
+    return image.resize((w, max(1, round(w / aspect))), Image.Resampling.LANCZOS)
+
+
 def labels(df: pd.DataFrame) -> np.ndarray:
     return df["dx"].map(CLASSES.index).to_numpy()
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from train.data.dataset import DEFAULT_DATA, load_image, load_metadata
+from train.data.dataset import DEFAULT_DATA, folder_image, load_metadata
 from lesion_app.classifier.models import ARCH, SPLIT_BLOCK, LesionClassifier
 from lesion_app.classifier.preprocess import InputSpec, flip_views, to_tensor
 from train.data.augment import carry_view
@@ -64,10 +64,12 @@ def view_seed(image_id: str) -> int:
 
 
 def cache_dir(cache: Path, image_ids, spec: InputSpec, split_block: int = SPLIT_BLOCK, arch: str = ARCH,
-              kind: str = "flips") -> Path:
+              kind: str = "flips", aspect: float | None = None) -> Path:
     key = [arch, split_block, N_VIEWS, ZOOM, spec.to_dict(), list(image_ids)]
     if kind != "flips":   # the shipped recipe's caches keep their keys
         key.append(kind)
+    if aspect is not None:
+        key.append(["aspect", aspect])
     return Path(cache) / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -82,16 +84,17 @@ def cache_seconds(cache: Path, image_ids, spec: InputSpec = InputSpec(), split_b
 def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputSpec = InputSpec(),
                 batch_images: int = 2, model: LesionClassifier | None = None,
                 split_block: int = SPLIT_BLOCK, device: str = "cpu", workers: int = 0,
-                arch: str = ARCH, kind: str = "flips") -> np.ndarray:
+                arch: str = ARCH, kind: str = "flips", aspect: float | None = None) -> np.ndarray:
     """Returns the (N, N_VIEWS, C, h, w) fp16 array for image_ids, computing what is missing.
 
     arch: the backbone whose frozen lower stages are cached (one with packaged ImageNet weights,
     models.IMAGENET_PACKAGES); model, when given, must be that backbone split at split_block.
     workers > 0 decodes images in that many threads (for a GPU that outruns one decoder).
     kind: which views (image_views; "carry" draws each image's from its id, view_seed).
+    aspect: a folder stored squashed is first restored to this aspect ratio (dataset.folder_image).
     """
     image_ids = list(image_ids)
-    out = cache_dir(cache, image_ids, spec, split_block, arch, kind)
+    out = cache_dir(cache, image_ids, spec, split_block, arch, kind, aspect)
     out.mkdir(parents=True, exist_ok=True)
     progress_file, array_file = out / "progress.json", out / "lower.npy"
     done = json.loads(progress_file.read_text())["done"] if progress_file.exists() else 0
@@ -107,7 +110,7 @@ def build_cache(data: Path, image_ids, cache: Path = DEFAULT_CACHE, spec: InputS
     bar = tqdm(range(done, len(image_ids), batch_images), desc="caching lower features",
                unit="batch", mininterval=10)
     pool = ThreadPoolExecutor(workers) if workers else None
-    views_of = lambda i: image_views(load_image(data, i), spec, kind, view_seed(i))  # noqa: E731
+    views_of = lambda i: image_views(folder_image(data, i, aspect), spec, kind, view_seed(i))  # noqa: E731
     for start in bar:
         ids = image_ids[start:start + batch_images]
         x = torch.cat(list(pool.map(views_of, ids)) if pool else [views_of(i) for i in ids])
@@ -144,15 +147,16 @@ def cached_pooled(model: LesionClassifier, feats, batch: int = 128,
 def build_pooled_imagenet(data: Path, image_ids, cache: Path = DEFAULT_CACHE,
                           spec: InputSpec = InputSpec(), batch_images: int = 32,
                           split_block: int = SPLIT_BLOCK, device: str = "cpu", arch: str = ARCH,
-                          kind: str = "flips") -> np.ndarray:
+                          kind: str = "flips", aspect: float | None = None) -> np.ndarray:
     """(N, N_VIEWS, F) fp16 pooled features of the whole backbone (arch) at its ImageNet weights.
 
     What the study's heads train on: every arm sees the same frozen features, so arms
     differ only in their head, loss and sampling. Stored next to the lower-stage cache.
     """
     image_ids = list(image_ids)
-    lower = build_cache(data, image_ids, cache, spec, split_block=split_block, device=device, arch=arch, kind=kind)
-    path = cache_dir(cache, image_ids, spec, split_block, arch, kind) / "pooled_imagenet.npy"
+    lower = build_cache(data, image_ids, cache, spec, split_block=split_block, device=device, arch=arch, kind=kind,
+                        aspect=aspect)
+    path = cache_dir(cache, image_ids, spec, split_block, arch, kind, aspect) / "pooled_imagenet.npy"
     if path.exists():
         return np.load(path)
     model = LesionClassifier("image_only", arch=arch, split_block=split_block).to(device, memory_format=torch.channels_last)

@@ -11,6 +11,10 @@ so an image-level split would leak), and every split is dx-stratified where the 
 - the older split (train/splits/ham10000.csv: image_id,lesion_id,dx,split in train/val/test):
   the study's (train.study.compare) and whole-network training's default on the shared data.
 - validation_split: a seeded train/val split made on the fly for any other folder.
+- a second source's halves (train/splits/isic2017_halves.csv: image_id,lesion_id,dx,half in fit/heldout):
+  a dx-stratified half of another clinic's images that training (train.fitting.cv --second-source) and
+  the OOD check (train.release.fit_ood --other) may fit on; the other half is never fitted on and
+  carries every figure quoted for that source.
 
 Made by `python -m train.data.make_folds` and `python -m train.data.make_split` (committed files).
 """
@@ -30,6 +34,8 @@ from train.data.dataset import DEFAULT_DATA, labels, load_metadata
 
 DEFAULT_FOLDS = SPLITS / "ham10000_folds.csv"
 DEFAULT_SPLIT = SPLITS / "ham10000.csv"
+SECOND_SOURCE_HALVES = SPLITS / "isic2017_halves.csv"
+FIT_SHARE = 0.5   # of a second source's images (per class) that may be fitted on
 N_FOLDS = 5
 HELDOUT_SHARE = 0.05   # of lesions: ~400 images, enough for a paired ensemble-vs-member check
 VAL_FOLDS = 7          # an on-the-fly validation split is one of 7 folds: about 15% of the lesions
@@ -70,6 +76,35 @@ def make_heldout(folds: pd.DataFrame, share: float = HELDOUT_SHARE, seed: int = 
                                  random_state=seed)
     rows = folds[folds["lesion_id"].isin(set(picked))]
     return rows[["image_id", "lesion_id", "dx"]].sort_values("image_id").reset_index(drop=True)
+
+
+def draw_fit_half(rows: pd.DataFrame, share: float = FIT_SHARE, seed: int = 0) -> pd.DataFrame:
+    """A dx-stratified share of the rows (each class sampled by pandas with this seed), in the order
+    drawn: the rule fit_ood has drawn its fitted half of ISIC 2017 with since issue 36."""
+    return rows.groupby("dx", group_keys=False).sample(frac=share, random_state=seed)
+
+
+def make_halves(md: pd.DataFrame, share: float = FIT_SHARE, seed: int = 0) -> pd.DataFrame:
+    """image_id, lesion_id, dx, half: a dx-stratified share of lesions ("fit") and the rest ("heldout").
+
+    draw_fit_half over the folder's lesions in the order they first appear. In a folder of one image
+    per lesion (ISIC 2017) that is fit_ood's draw over its images, so the classifier and the OOD check
+    fit on the same half; a folder whose images share lesions keeps each lesion on one side."""
+    check_one_dx_per_lesion(md)
+    lesions = md.groupby("lesion_id", sort=False)["dx"].first().reset_index()
+    fit = set(draw_fit_half(lesions, share, seed)["lesion_id"])
+    out = md[["image_id", "lesion_id", "dx"]].copy()
+    out["half"] = out["lesion_id"].map(lambda lesion: "fit" if lesion in fit else "heldout")
+    return out.sort_values("image_id").reset_index(drop=True)
+
+
+def load_halves(path: Path = SECOND_SOURCE_HALVES) -> pd.DataFrame:
+    """A second source's halves file (make_halves); ValueError if it is not one."""
+    df = pd.read_csv(path, dtype={"image_id": str, "lesion_id": str, "dx": str, "half": str})
+    if list(df.columns) != ["image_id", "lesion_id", "dx", "half"] or not set(df["half"]) <= {"fit", "heldout"}:
+        raise ValueError(f"{path} is not a halves file (image_id,lesion_id,dx,half with half fit or heldout); "
+                         "make one with python -m train.data.make_halves")
+    return df
 
 
 def load_folds(path: Path = DEFAULT_FOLDS) -> pd.DataFrame:

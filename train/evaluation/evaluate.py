@@ -37,7 +37,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_image, load_mask, load_metadata
+from train.data.dataset import (DEFAULT_DATA, DatasetError, folder_image, labels, load_image, load_mask,
+                                load_metadata, parse_aspect)
 from lesion_app.classifier.metadata import MetadataError
 from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.vocab import CLASSES
@@ -45,30 +46,6 @@ from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError
 from lesion_app.evidence.conformal import coverage_report
 from train.evaluation.metrics import classification_metrics, transfer_figures
 from train.evaluation.segmentation_metrics import mask_scores
-
-
-def parse_aspect(text: str | None) -> float | None:
-    """'4:3' -> 4/3 (None stays None); ValueError for anything else."""
-    if text is None:
-        return None
-    w, _, h = text.partition(":")
-    try:
-        ratio = float(w) / float(h)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"--aspect takes W:H, such as 4:3, not {text!r}") from None
-    if not ratio > 0:
-        raise ValueError(f"--aspect takes W:H with both positive, not {text!r}")
-    return ratio
-
-
-def folder_image(data: Path, image_id: str, aspect: float | None = None) -> Image.Image:
-    """The folder's image as the app is given it; with aspect, first resized to that aspect ratio
-    (same width), which undoes a folder's squashing to a square."""
-    image = load_image(data, image_id)
-    if aspect is None:
-        return image
-    w = image.width
-    return image.resize((w, max(1, round(w / aspect))), Image.Resampling.LANCZOS)
 
 
 def predict_folder(predictor: Predictor, data: Path, df: pd.DataFrame,

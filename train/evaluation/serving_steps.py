@@ -39,7 +39,7 @@ from lesion_app.classifier.weights import WEIGHTS_DIR
 from train import REPO
 from train.data.dataset import DEFAULT_DATA, labels, load_image, load_metadata
 from train.data.splits import DEFAULT_FOLDS, load_folds
-from train.evaluation.evaluate import folder_image, parse_aspect
+from train.data.dataset import folder_image, parse_aspect
 from train.evaluation.metrics import balanced_accuracy, mel_auc, mel_vs_nv_auc, softmax
 from train.evaluation.stats import paired_bootstrap
 

@@ -4,6 +4,7 @@
                        [--kinds image_only fusion] [--split-block 5] [--arch tf_efficientnet_lite0]
                        [--device cpu] [--threads 2] [recipe flags]
                        [--views carry --colour-constancy 6 --field-of-view --source-width 200]
+                       [--second-source ../shared/data/isic2017 --second-aspect 4:3]
 
 Reads top to bottom: the folds and the held-out slice -> the lower-stage cache of every
 image (train.data.features, computed once and shared by all members) -> per fold, the
@@ -14,7 +15,9 @@ the held-out slice -> out/oof_logits.csv, out/heldout_logits.csv and out/cv.json
 
 --views carry (issue 37) caches, per image, the flips of the app's input and 4 random views of other
 devices' looks instead of the zoomed centre's flips; the input-spec flags apply at training and are
-recorded in cv.json, which train.release.bundle serves them from.
+recorded in cv.json, which train.release.bundle serves them from. --second-source (issue 37) adds
+another clinic's fit half to every member's training rows (train.fitting.second_source); the
+out-of-fold figures stay HAM10000's.
 
 Resumable per member: a finished member (its logits.npz) is skipped, an interrupted one
 continues from its last finished epoch; --minutes stops cleanly before the next member and
@@ -38,13 +41,14 @@ from lesion_app.classifier.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.classifier.models import ARCH, IMAGENET_PACKAGES, SPLIT_BLOCK, imagenet_state_dict
 from lesion_app.paths import repo_relative
 from lesion_app.classifier.vocab import CLASSES
-from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata
+from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata, parse_aspect
 from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
 from train.data.splits import DEFAULT_FOLDS, load_folds, load_heldout
 from train.evaluation.metrics import classification_metrics, softmax
 from train.fitting.recipe import Config, Log, add_config_arguments, case_roles_of, command_line, train_member, tta_logits
 from train.fitting.members import KINDS, collect, fold_frames, member_dir, round_to_fp16, upper_state
 from train.fitting.pooled_heads import difficulty_rank
+from train.fitting.second_source import add_second_source_arguments, fit_half, load_second_source
 from train.fitting.view_flags import add_view_arguments, input_spec_of, views_record
 
 def main(argv=None):
@@ -63,6 +67,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0, help="image-decoding threads for the cache")
     add_view_arguments(p)
+    add_second_source_arguments(p)
     p.add_argument("--minutes", type=float, default=None,
                    help="stop cleanly after about this long; the same command continues")
     a = p.parse_args(argv)
@@ -88,6 +93,16 @@ def main(argv=None):
         role = case_roles_of(Config(**recipe), df)     # None unless the melanoma options are on
     except DatasetError as e:
         p.error(str(e))
+    second_rows = None
+    if a.second_source is not None:
+        if role is not None:
+            p.error("the melanoma options read how each diagnosis was confirmed (dx_type), which --second-source "
+                    "folders lack; train with one or the other")
+        try:
+            parse_aspect(a.second_aspect)
+            second_rows = fit_half(a.second_source, a.second_halves)
+        except (DatasetError, ValueError) as e:
+            p.error(str(e))
     # One age scaler for every member (a standardisation of an input, from the non-held-out ages).
     scaler = AgeScaler.fit(df.loc[~df["heldout"], "age"])
     meta = torch.from_numpy(encode_frame(df, scaler))
@@ -103,16 +118,25 @@ def main(argv=None):
 
     ids = list(df["image_id"])
     spec = input_spec_of(a)
-    cached = timed("feature_cache", lambda: build_cache(a.data, ids, a.cache, spec, split_block=a.split_block,
-                                                        arch=a.arch, device=a.device, workers=a.workers,
-                                                        batch_images=32 if a.device != "cpu" else 2, kind=a.views))
+    cache_of = lambda data, ids, aspect=None: build_cache(  # noqa: E731
+        data, ids, a.cache, spec, split_block=a.split_block, arch=a.arch, device=a.device, workers=a.workers,
+        batch_images=32 if a.device != "cpu" else 2, kind=a.views, aspect=aspect)
+    pooled_of = lambda data, ids, aspect=None: build_pooled_imagenet(  # noqa: E731
+        data, ids, a.cache, spec, split_block=a.split_block, arch=a.arch, device=a.device, kind=a.views, aspect=aspect)
+    cached = timed("feature_cache", lambda: cache_of(a.data, ids))
     feats = torch.from_numpy(np.asarray(cached)).to(a.device) if a.device != "cpu" else cached
     log(f"lower-stage cache {tuple(cached.shape)} ready ({times['feature_cache']:.0f} s)")
     pooled = None
     if a.sampler == "curriculum":
-        pooled = timed("pooled_imagenet", lambda: build_pooled_imagenet(a.data, ids, a.cache, spec,
-                                                                        split_block=a.split_block, arch=a.arch,
-                                                                        device=a.device, kind=a.views))
+        pooled = timed("pooled_imagenet", lambda: pooled_of(a.data, ids))
+    second = None
+    if second_rows is not None:
+        second = timed("second_source_cache", lambda: load_second_source(
+            a, second_rows, scaler, cache_of, pooled_of if a.sampler == "curriculum" else None, a.device))
+        log(f"second source: {second.record['n_fit']} images of {a.second_source} ({second.record['fit_by_class']}) "
+            "join every member's training rows")
+    # A member's training rows: its HAM10000 folds, then the second source's fit half (if any).
+    with_second = (lambda x, part: x) if second is None else second.extend  # noqa: E731
 
     for fold in range(n_folds):
         train_rows = np.flatnonzero((df["fold"] != fold).to_numpy() & ~df["heldout"].to_numpy())
@@ -123,8 +147,10 @@ def main(argv=None):
             rank_file = a.out / f"rank_fold{fold}.npy"
             if not rank_file.exists():
                 t = time.time()
-                r = difficulty_rank(pooled[train_rows], meta[train_rows], y[train_rows],
-                                    df["lesion_id"].to_numpy()[train_rows], unknown, a.seed + fold, a.device)
+                r = difficulty_rank(with_second(pooled[train_rows], "pooled"), with_second(meta[train_rows], "meta"),
+                                    with_second(y[train_rows], "y"),
+                                    with_second(df["lesion_id"].to_numpy()[train_rows], "lesion_id"),
+                                    unknown, a.seed + fold, a.device)
                 np.save(rank_file, r)
                 times[f"curriculum_rank_fold{fold}"] = round(time.time() - t, 1)
                 (a.out / "times.json").write_text(json.dumps(times, indent=1))
@@ -140,8 +166,10 @@ def main(argv=None):
             cfg = Config(**recipe, model=kind, seed=a.seed + fold)
             t = time.time()
             stop = None
-            model = train_member(cfg, feats[train_rows] if torch.is_tensor(feats) else np.asarray(cached[train_rows]),
-                                 meta[train_rows], y[train_rows], unknown, d, rank=rank,
+            model = train_member(cfg, with_second(feats[train_rows] if torch.is_tensor(feats)
+                                                  else np.asarray(cached[train_rows]), "feats"),
+                                 with_second(meta[train_rows], "meta"), with_second(y[train_rows], "y"), unknown, d,
+                                 rank=rank,
                                  role=None if role is None else role[train_rows], device=a.device,
                                  split_block=a.split_block, arch=a.arch, resume=True, stop_after=stop,
                                  log=lambda m, kf=f"{kind} fold {fold}": log(f"{kf}: {m}"))
@@ -157,7 +185,8 @@ def main(argv=None):
             bacc = classification_metrics(y[score_rows], softmax(oof))["balanced_accuracy"]
             (d / "member.json").write_text(json.dumps({
                 "kind": kind, "fold": fold, "config": asdict(cfg), "split_block": a.split_block, "arch": a.arch,
-                "n_train": int(len(train_rows)), "train_seconds": round(seconds, 1),
+                "n_train": int(len(train_rows)) + (0 if second is None else len(second.y)),
+                **({} if second is None else {"n_train_second_source": len(second.y)}), "train_seconds": round(seconds, 1),
                 "oof_balanced_accuracy": bacc, "history": model.history}, indent=1))
             (d / "checkpoint.pt").unlink(missing_ok=True)   # 40 MB each; the member file is what ships
             log(f"{kind} fold {fold}: trained in {seconds:.0f} s, out-of-fold balanced accuracy {bacc:.4f}")
@@ -167,6 +196,7 @@ def main(argv=None):
                     "recipe": {k: getattr(a, k) for k in asdict(Config()) if k not in ("model",)},
                     "split_block": a.split_block, "arch": a.arch, "folds_file": repo_relative(a.folds),
                     **views_record(a.views, spec),
+                    **({} if second is None else {"second_source": second.record}),
                     "age_scaler": asdict(scaler),
                     "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else
                     f"cpu ({a.threads} threads)", "wall_time_seconds": times,

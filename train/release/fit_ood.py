@@ -170,10 +170,11 @@ def main(argv=None):
     fit_images += [upload_variant(im, rng) for im in fit_images]
     other_fit = other_check = None
     if a.other is not None:
-        from train.evaluation.evaluate import folder_image, parse_aspect
+        from train.data.dataset import folder_image, parse_aspect
+        from train.data.splits import draw_fit_half
         aspect = parse_aspect(a.other_aspect)
         other = load_metadata(a.other)
-        other_fit = other.groupby("dx", group_keys=False).sample(frac=a.other_fit_share, random_state=0)
+        other_fit = draw_fit_half(other, a.other_fit_share)   # as make_halves draws what cv --second-source trains on
         other_check = other[~other["image_id"].isin(set(other_fit["image_id"]))]
         extra = [folder_image(a.other, i, aspect) for i in other_fit["image_id"]]
         fit_images += extra + [upload_variant(im, rng) for im in extra]

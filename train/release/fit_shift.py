@@ -33,7 +33,7 @@ from lesion_app.evidence.shift import FEATURES, ShiftScore, empty_bands
 from train import REPO
 from train.data.dataset import DEFAULT_DATA, labels, load_image, load_metadata
 from train.data.splits import read_heldout
-from train.evaluation.evaluate import folder_image, parse_aspect
+from train.data.dataset import folder_image, parse_aspect
 from train.evaluation.metrics import balanced_accuracy, mel_auc, mel_vs_nv_auc
 from train.release.fit_ood import trunk_features
 from train.release.model_card import model_card

@@ -4,7 +4,8 @@ is part of the release decision, so it lives in train.release, which may read a 
 (train.fitting); train.evaluation may not.
 
     python -m train.release.run_transfer --cv RUN [--kind fusion] [--other ../shared/data/isic2017]
-                                         [--aspect 4:3] --against P.csv --out OUT
+                                         [--aspect 4:3] [--heldout-half train/splits/isic2017_halves.csv]
+                                         --against P.csv --out OUT
     (P.csv: python -m train.evaluation.evaluate --data ../shared/data/isic2017 --aspect 4:3 --out m.json
      --predictions P.csv, with the weights to compare against)
 
@@ -16,6 +17,10 @@ temperature. P.csv is train.evaluation.evaluate's --predictions of the same fold
 compare against (its rows for --kind). Writes OUT.json and OUT.csv (this run's probabilities), and
 prints the transfer figures of both and their paired differences (95% CIs from 1,000 image
 resamples; the folder has no lesion ids), as reports/transfer/criterion.md asks.
+
+--heldout-half FILE scores only that halves file's held-out half (train.data.make_halves). A run that
+trained on a second source (cv.json's second_source) is always scored on its held-out half only, never
+on images it trained on.
 """
 from __future__ import annotations
 
@@ -36,8 +41,10 @@ from lesion_app.classifier.models import ARCH, LesionClassifier
 from lesion_app.classifier.preprocess import InputSpec, flip_views, to_tensor
 from lesion_app.classifier.vocab import CLASSES
 from lesion_app.paths import REPO
+from lesion_app.paths import repo_path
 from train.data.dataset import labels, load_metadata
-from train.evaluation.evaluate import folder_image, parse_aspect
+from train.data.splits import load_halves
+from train.data.dataset import folder_image, parse_aspect
 from train.evaluation.metrics import balanced_accuracy, mel_auc, mel_vs_nv_auc, softmax, transfer_figures
 from train.evaluation.stats import paired_bootstrap
 from train.fitting.recipe import Config, tta_logits
@@ -96,6 +103,8 @@ def main(argv=None) -> int:
     p.add_argument("--other", type=Path, default=OTHER)
     p.add_argument("--aspect", default=None, metavar="W:H",
                    help="un-squash the folder's images to W:H first (isic2017: 4:3)")
+    p.add_argument("--heldout-half", type=Path, default=None, metavar="HALVES.csv",
+                   help="score only this halves file's held-out half (automatic for a run trained on a second source)")
     p.add_argument("--against", type=Path, required=True, help="evaluate's --predictions CSV of the same folder")
     p.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.csv")
     p.add_argument("--threads", type=int, default=2)
@@ -119,6 +128,23 @@ def main(argv=None) -> int:
     against = against[against["model"] == a.kind].set_index("image_id")
     if set(against.index) != set(md["image_id"]):
         p.error(f"{a.against} does not score the same images of {a.other} as {a.kind}")
+    halves_file = a.heldout_half
+    trained = cv.get("second_source")
+    if trained:
+        halves = load_halves(repo_path(trained["halves_file"]))
+        if set(halves.loc[halves["half"] == "fit", "image_id"]) & set(md["image_id"]):
+            if halves_file is not None and halves_file.resolve() != repo_path(trained["halves_file"]).resolve():
+                p.error(f"{a.cv} trained on the fit half of {trained['halves_file']}; score it on that file's "
+                        "held-out half (leave --heldout-half out)")
+            halves_file = repo_path(trained["halves_file"])
+    if halves_file is not None:
+        try:
+            halves = load_halves(halves_file)
+        except (OSError, ValueError) as e:
+            p.error(str(e))
+        if set(halves["image_id"]) != set(md["image_id"]):
+            p.error(f"{halves_file} does not list exactly the images of {a.other}")
+        md = md[md["image_id"].isin(set(halves.loc[halves["half"] == "heldout", "image_id"]))].reset_index(drop=True)
     y = labels(md)
     meta = torch.from_numpy(encode_frame(md, AgeScaler(**cv["age_scaler"])))
     feats = lower_features([folder_image(a.other, i, aspect) for i in md["image_id"]], spec, split_block, arch)
@@ -127,6 +153,7 @@ def main(argv=None) -> int:
     base = against.loc[md["image_id"], list(CLASSES)].to_numpy()
     result = {"run": str(a.cv), "kind": a.kind, "members": len(logits), "input_spec": spec.to_dict(),
               "folder": str(a.other), "aspect": a.aspect, "n": len(md), "against": str(a.against),
+              "images": "all" if halves_file is None else f"the held-out half of {halves_file}",
               "run_figures": transfer_figures(y, probs), "against_figures": transfer_figures(y, base),
               "balanced_accuracy": {"run": balanced_accuracy(y, probs), "against": balanced_accuracy(y, base)},
               "paired_difference": {k: paired(m, y, base, probs) for k, m in PAIRED.items()},
@@ -142,7 +169,8 @@ def main(argv=None) -> int:
         ci = "" if d["ci"] is None else f" [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
         print(f"{k}: against {PAIRED[k](y, base):.4f}, run {PAIRED[k](y, probs):.4f}, difference "
               f"{d['difference']:+.4f}{ci}")
-    print(f"{len(logits)} {a.kind} members of {a.cv} on {len(md)} images of {a.other.name} in {result['seconds']:.0f} s; "
+    print(f"{len(logits)} {a.kind} members of {a.cv} on {len(md)} images of {a.other.name} "
+          f"({result['images']}) in {result['seconds']:.0f} s; "
           f"wrote {a.out.with_suffix('.json')}")
     return 0
 
