@@ -12,9 +12,11 @@ images used for neither (the trunk is frozen ImageNet, so the detector has never
 on ~40 synthetic non-dermoscopic images; and on real photographs that installed packages
 ship (train/data/real_photos.py: tuning and evaluation sets, per kind).
 With --other (another clinic's dermoscopy, such as ../shared/data/isic2017): a share of its images
-joins the fit, so dermoscopy from other devices is not called "not dermoscopic", and the rest
-measures how many such images are still flagged. No classifier trained on them; the figures the app
-quotes about other clinics come from the shift score (train.release.fit_shift), not from this fit.
+(train.data.splits.draw_fit_half: the fit half of train/splits/isic2017_halves.csv for ISIC 2017, the
+half train.fitting.cv --second-source trains on) joins the fit and the colour floor, so dermoscopy
+from other devices, often less saturated, is not called "not dermoscopic"; the rest measures how many
+such images are still flagged. The figures the app quotes about other clinics come from the shift
+score (train.release.fit_shift), not from this fit.
 Only the trunk runs (no member), so it takes a few minutes on a 2-core CPU.
 Writes weights/ood.safetensors, its manifest entry and the model card's OOD section
 (overwrites them).
@@ -168,7 +170,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     fit_images = [load_image(a.data, i) for i in fit["image_id"]]
     fit_images += [upload_variant(im, rng) for im in fit_images]
-    other_fit = other_check = None
+    other_fit = other_check = other_saturation = None
     if a.other is not None:
         from train.data.dataset import folder_image, parse_aspect
         from train.data.splits import draw_fit_half
@@ -178,11 +180,17 @@ def main(argv=None):
         other_check = other[~other["image_id"].isin(set(other_fit["image_id"]))]
         extra = [folder_image(a.other, i, aspect) for i in other_fit["image_id"]]
         fit_images += extra + [upload_variant(im, rng) for im in extra]
+        other_saturation = OODDetector.saturation(torch.stack(
+            [unnormalise(predictor.image_tensor(im), predictor.spec) for im in extra])).numpy()
     f_fit, _ = trunk_features(predictor, fit_images, views=False)
     f_held, rgb_held = trunk_features(predictor, [load_image(a.data, i) for i in held["image_id"]])
     det = OODDetector.fit(f_fit.numpy())
     held_scores = det.score(f_held).numpy()
-    det.min_saturation = float(np.percentile(OODDetector.saturation(rgb_held).numpy(), a.colour_percentile))
+    # The colour floor: over all the dermoscopy fitted or thresholded on (other devices' is less saturated).
+    saturation = OODDetector.saturation(rgb_held).numpy()
+    if other_saturation is not None:
+        saturation = np.concatenate([saturation, other_saturation])
+    det.min_saturation = float(np.percentile(saturation, a.colour_percentile))
     sets = non_dermoscopic_features(predictor)
     percentile, candidates = a.percentile[0], None
     if len(a.percentile) > 1:
@@ -218,6 +226,7 @@ def main(argv=None):
                      "30-70% resolution or contrast x0.7-1.3); one view each",
         "threshold_rule": f"{percentile}th percentile of the held-out slice's distances; colour: "
                           f"{a.colour_percentile}th percentile of its saturation"
+                          + (f" and of the {len(other_fit)} {a.other.name} images fitted on" if other_fit is not None else "")
                           + (f"; the highest of the candidates {', '.join(f'{c:g}' for c in a.percentile)} at which every "
                              f"synthetic image and tuning photo is still flagged with the threshold x{a.margin:g} "
                              "(reports/transfer/criterion.md)" if candidates else ""),
