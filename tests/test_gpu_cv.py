@@ -393,3 +393,45 @@ def test_a_lite2_pack_trains_lite2_members_that_bundle_and_serve_and_a_lite0_pac
     assert all(m.arch == lite2 for e in predictor.models.values() for m in e.members)
     a = predictor.analyze(load_image(tiny["data"], load_metadata(tiny["data"])["image_id"][0]), 50, "male", "back")
     assert a.fusion.cam.shape == (InputSpec().height, InputSpec().width)
+
+
+def test_a_pack_carries_a_second_sources_fit_half_and_every_gpu_member_trains_on_it(tmp_path):
+    """Issue 37, point 2, on the GPU path: train.data.pack --second-source carries the fit half of the
+    folder's halves file (its JPEGs, rows and record, restored to 4:3 when decoded); gpu_cv, on a
+    machine without ../shared or the ImageNet package, adds it to every member's training rows and
+    never scores it; the unpacked cv.json records it as cv --second-source does."""
+    tiny = tiny_folder(tmp_path, 2)
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True)
+    md = load_metadata(tiny["data"])
+    for i in md["image_id"]:
+        with Image.open(tiny["data"] / "images" / f"{i}.jpg") as im:
+            im.convert("RGB").resize((256, 256)).save(other / "images" / f"O{i}.jpg")
+    md.assign(image_id="O" + md["image_id"], lesion_id="O" + md["lesion_id"]).to_csv(other / "metadata.csv", index=False)
+    halves, pack = tmp_path / "halves.csv", tmp_path / "pack.safetensors"
+    assert run_module("train.data.make_halves", "--data", other, "--out", halves).returncode == 0
+    r = run_module("train.data.pack", "--data", tiny["data"], "--folds", tiny["folds"], "--out", pack,
+                   "--second-source", other, "--second-halves", halves, "--second-aspect", "4:3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    second = PackedData.load(pack).second
+    fit = pd.read_csv(halves).query("half == 'fit'")
+    assert list(second.metadata["image_id"]) == list(fit["image_id"]) and second.record["aspect"] == "4:3"
+    assert second.image(0).size == (256, 192)
+    with pytest.raises(ValueError, match="own second source"):
+        PackedData.open(pack, None, second)
+
+    out = tmp_path / "out"
+    r = without_imagenet_package("--data", pack, "--out", out, "--kinds", "fusion", *TINY)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"second source: {len(fit)} images" in r.stdout
+    run = json.loads((out / "run.json").read_text())
+    held = load_heldout(tiny["folds"])
+    folds = load_folds(tiny["folds"])
+    for f in (0, 1):
+        member = run["members"][f"fusion_fold{f}"]
+        ham = folds[(folds["fold"] != f) & ~folds["image_id"].isin(held["image_id"])]
+        assert member["n_train"] == len(ham) + len(fit) and member["n_train_second_source"] == len(fit)
+    cv = unpack(out, to=tmp_path / "cv")
+    assert cv["second_source"]["n_fit"] == len(fit) and cv["second_source"]["halves_sha256"] == second.record["halves_sha256"]
+    oof = pd.read_csv(tmp_path / "cv" / "oof_logits.csv")
+    assert set(oof["image_id"]) == set(folds["image_id"])      # scored out of fold: the first source's only

@@ -95,7 +95,11 @@ def parse_aspect(text: str | None) -> float | None:
 def folder_image(data: Path, image_id: str, aspect: float | None = None) -> Image.Image:
     """The folder's image as the app is given it; with aspect, first resized to that aspect ratio
     (same width), which undoes a folder's squashing to a square."""
-    image = load_image(data, image_id)
+    return restore_aspect(load_image(data, image_id), aspect)
+
+
+def restore_aspect(image: Image.Image, aspect: float | None) -> Image.Image:
+    """image resized to this aspect ratio at its width (None: as it is)."""
     if aspect is None:
         return image
     w = image.width

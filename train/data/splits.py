@@ -29,8 +29,10 @@ import torch
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
 from lesion_app.classifier.metadata import AgeScaler, encode_frame, unknown_row
+from lesion_app.classifier.weights import sha256_file
+from lesion_app.paths import repo_relative
 from train import SPLITS
-from train.data.dataset import DEFAULT_DATA, labels, load_metadata
+from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata
 
 DEFAULT_FOLDS = SPLITS / "ham10000_folds.csv"
 DEFAULT_SPLIT = SPLITS / "ham10000.csv"
@@ -105,6 +107,30 @@ def load_halves(path: Path = SECOND_SOURCE_HALVES) -> pd.DataFrame:
         raise ValueError(f"{path} is not a halves file (image_id,lesion_id,dx,half with half fit or heldout); "
                          "make one with python -m train.data.make_halves")
     return df
+
+
+def fit_half(data: Path, halves_file: Path) -> pd.DataFrame:
+    """The folder's metadata rows of the halves file's fit half, in the file's order. DatasetError if
+    the halves file does not list exactly the folder's images."""
+    md = load_metadata(data)
+    try:
+        halves = load_halves(halves_file)
+    except (OSError, ValueError) as e:
+        raise DatasetError(str(e)) from None
+    if set(halves["image_id"]) != set(md["image_id"]):
+        raise DatasetError(f"{halves_file} does not list exactly the images of {data}; make halves for this "
+                           f"folder with python -m train.data.make_halves --data {data} --out FILE")
+    fit_ids = halves.loc[halves["half"] == "fit", "image_id"]
+    return md.set_index("image_id").loc[fit_ids].reset_index()
+
+
+def fit_half_record(data: Path, halves_file: Path, aspect: str | None, fit: pd.DataFrame) -> dict:
+    """What a run records of the second source it trained on (cv.json's second_source)."""
+    return {"data": repo_relative(data), "halves_file": repo_relative(halves_file),
+            "halves_sha256": sha256_file(halves_file), "aspect": aspect, "n_fit": len(fit),
+            "fit_by_class": {k: int(v) for k, v in fit["dx"].value_counts().sort_index().items()},
+            "role": "every member trains on the fit half; never scored out of fold; the held-out half is "
+                    "never trained on"}
 
 
 def load_folds(path: Path = DEFAULT_FOLDS) -> pd.DataFrame:

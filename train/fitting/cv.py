@@ -43,12 +43,12 @@ from lesion_app.paths import repo_relative
 from lesion_app.classifier.vocab import CLASSES
 from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata, parse_aspect
 from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
-from train.data.splits import DEFAULT_FOLDS, load_folds, load_heldout
+from train.data.splits import DEFAULT_FOLDS, fit_half, load_folds, load_heldout
 from train.evaluation.metrics import classification_metrics, softmax
 from train.fitting.recipe import Config, Log, add_config_arguments, case_roles_of, command_line, train_member, tta_logits
 from train.fitting.members import KINDS, collect, fold_frames, member_dir, round_to_fp16, upper_state
 from train.fitting.pooled_heads import difficulty_rank
-from train.fitting.second_source import add_second_source_arguments, fit_half, load_second_source
+from train.fitting.second_source import add_second_source_arguments, load_second_source
 from train.fitting.view_flags import add_view_arguments, input_spec_of, views_record
 
 def main(argv=None):

@@ -3,6 +3,7 @@
     python -m train.fitting.gpu_cv --data runs/ham10000_pack.safetensors --out $OUT
                                    [--split-block whole|N] [--epochs E] [recipe flags as train.fitting.cv]
                                    [--views carry --colour-constancy 6 --field-of-view --source-width 200]
+                                   [--second-source DIR --second-aspect 4:3]   (with a folder; a pack carries its own)
     python -m train.fitting.gpu_files $OUT --to runs/cv_gpu        (back on the CPU: cv's run folder)
 
 Every member of every fold and kind (fusion, image_only), each fine-tuned from blocks[N] upward
@@ -18,7 +19,9 @@ every step draws train.data.augment's training view (crop, rotation, flips, colo
 device (train.data.device_views), since nothing is cached; --views carry draws its carry view
 instead (issue 37: also a round black field of view, lower resolution, JPEG, another light), and
 the input-spec flags (train.fitting.view_flags) apply at decoding, training and scoring alike and
-are recorded for the bundle, as cv records them.
+are recorded for the bundle, as cv records them. A second source (issue 37: a pack made with
+train.data.pack --second-source, or --second-source with a folder) adds its fit half to every
+member's training rows, as cv --second-source does; it is never scored out of fold.
 
 Reads top to bottom: the data (a folder, or a pack from train.data.pack) -> all images decoded
 once into one uint8 tensor on the device -> each fold's curriculum ranking -> per fold and kind, a
@@ -60,7 +63,7 @@ from lesion_app.classifier.vocab import CLASSES
 from train.data.augment import CARRY_AUGMENT, Augment, Carry, Normalise
 from train.data.dataset import DatasetError, labels
 from train.data.device_views import cache_views, carry_views, decode_images, eval_batch, train_views
-from train.data.pack import PackedData
+from train.data.pack import PackedData, SecondPart
 from train.evaluation.metrics import classification_metrics, softmax
 from train.fitting.recipe import (Config, Log, add_config_arguments, case_roles_of, command_line, make_optimizer,
                                 recipe_loss, train_epochs)
@@ -71,6 +74,7 @@ from train.fitting.gpu_files import MAX_FILE_BYTES, MAX_FILES, RunFiles, member_
 from train.fitting.loop import Step
 from train.fitting.objectives import drop_metadata
 from train.fitting.pooled_heads import difficulty_rank
+from train.fitting.second_source import add_second_source_arguments
 from train.fitting.view_flags import add_view_arguments, input_spec_of
 
 FORMAT = "gpu_cv/1"
@@ -117,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
                         "(train.fitting.cv writes them): skips the curriculum ranking")
     p.add_argument("--ranks-only", action="store_true", help="decode and rank, then stop (e.g. on a CPU first)")
     add_view_arguments(p)
+    add_second_source_arguments(p)
     p.add_argument("--minutes", type=float, default=None, help="stop cleanly before a member after this long")
     p.add_argument("--members", type=int, default=None, help="stop after training this many members")
     return p
@@ -270,8 +275,10 @@ def main(argv=None) -> int:
     t0 = time.time()
     deadline = t0 + a.minutes * 60 if a.minutes else None
     try:
-        data = PackedData.open(a.data, a.folds)
-    except (ValueError, OSError) as e:
+        second = (SecondPart.from_folder(a.second_source, a.second_halves, a.second_aspect)
+                  if a.second_source is not None else None)
+        data = PackedData.open(a.data, a.folds, second)
+    except (ValueError, OSError, DatasetError) as e:
         p.error(str(e))
     df = fold_frames(data.metadata, data.folds, data.heldout)
     n_folds = int(df["fold"].max()) + 1
@@ -284,6 +291,9 @@ def main(argv=None) -> int:
         role = case_roles_of(Config(**recipe), df)     # None unless the melanoma options are on
     except DatasetError as e:
         p.error(str(e))
+    if role is not None and data.second is not None:
+        p.error("the melanoma options read how each diagnosis was confirmed (dx_type), which a second source "
+                "lacks; train with one or the other")
     split_recorded = WHOLE_NETWORK if a.split_block == 0 else a.split_block
     if data.imagenet is not None and data.arch != a.arch:
         p.error(f"{a.data} carries {data.arch}'s ImageNet weights, not {a.arch}'s: pass --arch {data.arch} "
@@ -335,8 +345,20 @@ def main(argv=None) -> int:
     images = decode_images(data.image, len(df), spec, workers=a.workers).to(dev)
     times.setdefault("decode", round(time.time() - t, 1))
     log(f"{len(df)} images decoded into {tuple(images.shape)} uint8 on {device_name} in {time.time() - t:.1f} s")
+    # Training reads rows of images, meta_all and y_all: HAM10000's, then the second source's fit half (if any).
+    meta_all, y_all, lesion_ids = meta, y, df["lesion_id"].to_numpy()
+    if data.second is not None:
+        sd = data.second.metadata
+        t = time.time()
+        images = torch.cat([images, decode_images(data.second.image, len(sd), spec, workers=a.workers).to(dev)])
+        times.setdefault("decode_second_source", round(time.time() - t, 1))
+        meta_all = torch.cat([meta, torch.from_numpy(encode_frame(sd, scaler))])
+        y_all, lesion_ids = np.concatenate([y, labels(sd)]), np.concatenate([lesion_ids, sd["lesion_id"].to_numpy()])
+        log(f"second source: {len(sd)} images of {data.second.record['data']} join every member's training rows")
+    second_rows = np.arange(len(df), len(images))
 
-    train_rows = {f: np.flatnonzero((df["fold"] != f).to_numpy() & ~df["heldout"].to_numpy()) for f in range(n_folds)}
+    train_rows = {f: np.concatenate([np.flatnonzero((df["fold"] != f).to_numpy() & ~df["heldout"].to_numpy()),
+                                     second_rows]) for f in range(n_folds)}
     if a.sampler == "curriculum":
         missing = [f for f in range(n_folds) if f"rank_fold{f}" not in files.arrays]
         if a.ranks is not None:
@@ -353,8 +375,8 @@ def main(argv=None) -> int:
             for f in missing:
                 t = time.time()
                 files.arrays[f"rank_fold{f}"] = torch.from_numpy(difficulty_rank(
-                    pooled[train_rows[f]], meta[train_rows[f]], y[train_rows[f]],
-                    df["lesion_id"].to_numpy()[train_rows[f]], unknown, a.seed + f, str(dev)))
+                    pooled[train_rows[f]], meta_all[train_rows[f]], y_all[train_rows[f]],
+                    lesion_ids[train_rows[f]], unknown, a.seed + f, str(dev)))
                 times.setdefault(f"curriculum_rank_fold{f}", round(time.time() - t, 1))
                 log(f"fold {f}: curriculum difficulty ranked in {time.time() - t:.0f} s")
     files.save_arrays()
@@ -385,7 +407,7 @@ def main(argv=None) -> int:
         torch.manual_seed(cfg.seed), np.random.seed(cfg.seed)
         model = build_member(cfg.head, a.split_block, imagenet, a.arch)
         rank = files.arrays[f"rank_fold{fold}"].numpy() if cfg.sampler == "curriculum" else None
-        history = train_member(cfg, model, images, train_rows[fold], meta, y, unknown, rank=rank,
+        history = train_member(cfg, model, images, train_rows[fold], meta_all, y_all, unknown, rank=rank,
                                split_block=a.split_block, role=role, spec=spec, views=a.views,
                                log=lambda m, n=name: log(f"{n}: {m}"))
         train_seconds = time.time() - t
@@ -400,6 +422,7 @@ def main(argv=None) -> int:
             "heldout_rows": torch.from_numpy(held_rows), "heldout": torch.from_numpy(held)}, {
             "kind": kind, "fold": fold, "config": asdict(cfg), "split_block": split_recorded, "arch": a.arch,
             "n_train": int(len(train_rows[fold])),
+            **({"n_train_second_source": len(second_rows)} if len(second_rows) else {}),
             "train_seconds": round(train_seconds, 1), "seconds": round(time.time() - t, 1),
             "oof_balanced_accuracy": bacc, "history": history,
             "sha256": hashlib.sha256(save(state)).hexdigest()})

@@ -218,6 +218,7 @@ def unpack(parts: list[Path], to: Path) -> dict:
                     "total_seconds_this_invocation": run["total_seconds"], "trained_by": "train.fitting.gpu_cv",
                     "views": run["views"], "augment": run["augment"], "precision": run["precision"],
                     "input_spec": run.get("input", {}), "view_kind": run.get("view_kind", "flips"),
+                    **({"second_source": run["data"]["second_source"]} if "second_source" in run["data"] else {}),
                     **({"carry_views": {"augment": run["augment"], "carry": run["carry"]}} if "carry" in run else {}),
                     "invocations": run["invocations"], "unpacked_from": [str(p) for p in parts]})
     (to / "cv.json").write_text(json.dumps(summary, indent=1))

@@ -19,10 +19,8 @@ import pandas as pd
 import torch
 
 from lesion_app.classifier.metadata import AgeScaler, encode_frame
-from lesion_app.classifier.weights import sha256_file
-from lesion_app.paths import repo_relative
-from train.data.dataset import DatasetError, labels, load_metadata, parse_aspect
-from train.data.splits import SECOND_SOURCE_HALVES, load_halves
+from train.data.dataset import labels, parse_aspect
+from train.data.splits import SECOND_SOURCE_HALVES, fit_half_record
 
 
 def add_second_source_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,34 +51,15 @@ class SecondSource:
         return np.concatenate([np.asarray(x), np.asarray(extra)])
 
 
-def fit_half(data: Path, halves_file: Path) -> pd.DataFrame:
-    """The folder's metadata rows of the halves file's fit half, in the file's order. DatasetError if
-    the halves file does not list exactly the folder's images."""
-    md = load_metadata(data)
-    try:
-        halves = load_halves(halves_file)
-    except (OSError, ValueError) as e:
-        raise DatasetError(str(e)) from None
-    if set(halves["image_id"]) != set(md["image_id"]):
-        raise DatasetError(f"{halves_file} does not list exactly the images of {data}; make halves for this "
-                           f"folder with python -m train.data.make_halves --data {data} --out FILE")
-    fit_ids = halves.loc[halves["half"] == "fit", "image_id"]
-    return md.set_index("image_id").loc[fit_ids].reset_index()
-
-
 def load_second_source(a: argparse.Namespace, df: pd.DataFrame, scaler: AgeScaler, build_cache,
                        build_pooled=None, device: str = "cpu") -> SecondSource:
-    """df: fit_half(a.second_source, a.second_halves). build_cache(data, ids, aspect) -> its lower-stage
+    """df: train.data.splits.fit_half(a.second_source, a.second_halves). build_cache(data, ids, aspect) -> its lower-stage
     cache; build_pooled(data, ids, aspect) -> its pooled ImageNet features (the curriculum's), when given."""
     aspect = parse_aspect(a.second_aspect)
     ids = list(df["image_id"])
     cached = np.asarray(build_cache(a.second_source, ids, aspect))
     pooled = np.asarray(build_pooled(a.second_source, ids, aspect)) if build_pooled else None
-    record = {"data": repo_relative(a.second_source), "halves_file": repo_relative(a.second_halves),
-              "halves_sha256": sha256_file(a.second_halves), "aspect": a.second_aspect, "n_fit": len(df),
-              "fit_by_class": {k: int(v) for k, v in df["dx"].value_counts().sort_index().items()},
-              "role": "every member trains on the fit half; never scored out of fold; the held-out half is "
-                      "never trained on"}
+    record = fit_half_record(a.second_source, a.second_halves, a.second_aspect, df)
     return SecondSource(frame=df, y=labels(df), meta=torch.from_numpy(encode_frame(df, scaler)),
                         feats=torch.from_numpy(cached).to(device) if device != "cpu" else cached,
                         pooled=pooled, record=record)
