@@ -347,6 +347,16 @@ def test_a_second_source_trains_every_member_on_its_fit_half_and_is_scored_on_th
     assert result["n"] == 7 and scored == set(halves.loc[halves["half"] == "heldout", "image_id"])
     assert "held-out half" in result["images"]
 
+    # Continued without its second source, the run refuses (its members would mix two training sets).
+    r = run_module("train.fitting.cv", "--data", tiny["data"], "--folds", tiny["folds"], "--cache", tiny["cache"],
+                   "--out", tiny["out"], "--kinds", "fusion")
+    assert r.returncode == 2 and "began with another second source" in r.stderr
+    # A halves file changed since the run trained is refused by run_transfer: its held-out half is no longer sure.
+    halves.assign(half=halves["half"].map({"fit": "heldout", "heldout": "fit"})).to_csv(halves_file, index=False)
+    r = run_module("train.release.run_transfer", "--cv", tiny["out"], "--other", tmp_path / "other", "--aspect", "4:3",
+                   "--against", tmp_path / "against.csv", "--out", tmp_path / "t3")
+    assert r.returncode == 2 and "has changed since" in r.stderr and not (tmp_path / "t3.json").exists()
+
 
 def test_a_second_source_with_halves_of_another_folder_is_refused_with_the_fix(tiny, tmp_path):
     squashed_other_clinic(tiny, tmp_path / "other")

@@ -43,7 +43,7 @@ from lesion_app.paths import repo_relative
 from lesion_app.classifier.vocab import CLASSES
 from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata, parse_aspect
 from train.data.features import DEFAULT_CACHE, build_cache, build_pooled_imagenet
-from train.data.splits import DEFAULT_FOLDS, fit_half, load_folds, load_heldout
+from train.data.splits import DEFAULT_FOLDS, fit_half, fit_half_record, load_folds, load_heldout
 from train.evaluation.metrics import classification_metrics, softmax
 from train.fitting.recipe import Config, Log, add_config_arguments, case_roles_of, command_line, train_member, tta_logits
 from train.fitting.members import KINDS, collect, fold_frames, member_dir, round_to_fp16, upper_state
@@ -103,6 +103,15 @@ def main(argv=None):
             second_rows = fit_half(a.second_source, a.second_halves)
         except (DatasetError, ValueError) as e:
             p.error(str(e))
+    # A run continues only on the rows it began on: its second source (or none) is kept beside its members.
+    trained_on = None if second_rows is None else fit_half_record(a.second_source, a.second_halves,
+                                                                  a.second_aspect, second_rows)
+    began = a.out / "second_source.json"
+    same = lambda r: None if r is None else {k: v for k, v in r.items() if k != "data"}  # noqa: E731 (paths may be spelt otherwise)
+    if began.is_file() and same(json.loads(began.read_text())) != same(trained_on):
+        p.error(f"{a.out} began with another second source ({began.read_text().strip()}); continue it with the same "
+                "--second-source, --second-halves and --second-aspect, or use another --out")
+    began.write_text(json.dumps(trained_on))
     # One age scaler for every member (a standardisation of an input, from the non-held-out ages).
     scaler = AgeScaler.fit(df.loc[~df["heldout"], "age"])
     meta = torch.from_numpy(encode_frame(df, scaler))
@@ -156,6 +165,9 @@ def main(argv=None):
                 (a.out / "times.json").write_text(json.dumps(times, indent=1))
                 log(f"fold {fold}: curriculum difficulty ranked in {time.time() - t:.0f} s")
             rank = np.load(rank_file)
+            if len(rank) != len(train_rows) + (0 if second is None else len(second.y)):
+                p.error(f"{rank_file} ranks {len(rank)} cases, fold {fold} trains on another number; it belongs to "
+                        "another run: delete it or use another --out")
         for kind in a.kinds:
             d = member_dir(a.out, kind, fold)
             if (d / "logits.npz").exists():

@@ -173,10 +173,15 @@ def main(argv=None):
     other_fit = other_check = other_saturation = None
     if a.other is not None:
         from train.data.dataset import folder_image, parse_aspect
-        from train.data.splits import draw_fit_half
+        from train.data.splits import SECOND_SOURCE_HALVES, draw_fit_half, load_halves
         aspect = parse_aspect(a.other_aspect)
         other = load_metadata(a.other)
         other_fit = draw_fit_half(other, a.other_fit_share)   # as make_halves draws what cv --second-source trains on
+        halves = load_halves(SECOND_SOURCE_HALVES) if SECOND_SOURCE_HALVES.is_file() else None
+        if halves is not None and set(halves["image_id"]) == set(other["image_id"]) and \
+                set(halves.loc[halves["half"] == "fit", "image_id"]) != set(other_fit["image_id"]):
+            p.error(f"--other-fit-share {a.other_fit_share} draws another half of {a.other} than "
+                    f"{SECOND_SOURCE_HALVES.name}'s fit half, which the classifier may train on; keep the two the same")
         other_check = other[~other["image_id"].isin(set(other_fit["image_id"]))]
         extra = [folder_image(a.other, i, aspect) for i in other_fit["image_id"]]
         fit_images += extra + [upload_variant(im, rng) for im in extra]

@@ -41,6 +41,7 @@ from lesion_app.classifier.models import ARCH, LesionClassifier
 from lesion_app.classifier.preprocess import InputSpec, flip_views, to_tensor
 from lesion_app.classifier.vocab import CLASSES
 from lesion_app.paths import REPO
+from lesion_app.classifier.weights import sha256_file
 from lesion_app.paths import repo_path
 from train.data.dataset import labels, load_metadata
 from train.data.splits import load_halves
@@ -131,7 +132,14 @@ def main(argv=None) -> int:
     halves_file = a.heldout_half
     trained = cv.get("second_source")
     if trained:
-        halves = load_halves(repo_path(trained["halves_file"]))
+        recorded = repo_path(trained["halves_file"])
+        try:
+            halves = load_halves(recorded)
+        except (OSError, ValueError) as e:
+            p.error(f"{a.cv} trained on the fit half of {trained['halves_file']}, which cannot be read: {e}")
+        if sha256_file(recorded) != trained["halves_sha256"]:
+            p.error(f"{trained['halves_file']} has changed since {a.cv} trained on its fit half; restore it "
+                    "(git checkout) so the held-out half is the one no member trained on")
         if set(halves.loc[halves["half"] == "fit", "image_id"]) & set(md["image_id"]):
             if halves_file is not None and halves_file.resolve() != repo_path(trained["halves_file"]).resolve():
                 p.error(f"{a.cv} trained on the fit half of {trained['halves_file']}; score it on that file's "
