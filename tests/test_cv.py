@@ -313,8 +313,7 @@ def test_a_second_source_trains_every_member_on_its_fit_half_and_is_scored_on_th
     again = run_module("train.data.make_halves", "--data", tmp_path / "other", "--out", halves_file)
     assert again.returncode != 0 and "--force" in again.stderr          # the committed file is never overwritten
 
-    r = cv(tiny, "--kinds", "fusion", "--second-source", tmp_path / "other", "--second-halves", halves_file,
-           "--second-aspect", "4:3")
+    r = cv(tiny, "--second-source", tmp_path / "other", "--second-halves", halves_file, "--second-aspect", "4:3")
     assert "second source: 7 images" in r.stdout
     folds, held = load_folds(tiny["folds"]), load_heldout(tiny["folds"])
     for f in (0, 1):
@@ -346,6 +345,19 @@ def test_a_second_source_trains_every_member_on_its_fit_half_and_is_scored_on_th
     scored = set(pd.read_csv(tmp_path / "t.csv")["image_id"])
     assert result["n"] == 7 and scored == set(halves.loc[halves["half"] == "heldout", "image_id"])
     assert "held-out half" in result["images"]
+
+    # Bundled, the weights say what they trained on, and evaluate scores that folder on the held-out half only.
+    weights = tmp_path / "weights"
+    r = run_module("train.release.bundle", "--cv", tiny["out"], "--data", tiny["data"], "--out", weights,
+                   "--reports", tmp_path / "reports")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((weights / "manifest.json").read_text())["second_source"] == record
+    assert f"also trained on the fit half of `{halves_file}`" in (weights / "MODEL_CARD.md").read_text()
+    r = run_module("train.evaluation.evaluate", "--data", tmp_path / "other", "--aspect", "4:3", "--weights", weights,
+                   "--out", tmp_path / "e.json", "--predictions", tmp_path / "e.csv")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert set(pd.read_csv(tmp_path / "e.csv")["image_id"]) == set(halves.loc[halves["half"] == "heldout", "image_id"])
+    assert "held-out half" in json.loads((tmp_path / "e.json").read_text())["data"]["images"]
 
     # Continued without its second source, the run refuses (its members would mix two training sets).
     r = run_module("train.fitting.cv", "--data", tiny["data"], "--folds", tiny["folds"], "--cache", tiny["cache"],

@@ -68,6 +68,7 @@ class Manifest:
     bundle_command: str | None = None
     training_wall_time_seconds: dict | None = None
     hardware: str | None = None
+    second_source: dict | None = None  # train.fitting.cv --second-source: another clinic's fit half the members trained on
     heldout_seconds: float | None = None
     ood: dict | None = None          # train.release.fit_ood
     prediction_sets: dict | None = None   # train.release.prediction_sets

@@ -30,7 +30,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, StratifiedGro
 
 from lesion_app.classifier.metadata import AgeScaler, encode_frame, unknown_row
 from lesion_app.classifier.weights import sha256_file
-from lesion_app.paths import repo_relative
+from lesion_app.paths import repo_path, repo_relative
 from train import SPLITS
 from train.data.dataset import DEFAULT_DATA, DatasetError, labels, load_metadata
 
@@ -131,6 +131,28 @@ def fit_half_record(data: Path, halves_file: Path, aspect: str | None, fit: pd.D
             "fit_by_class": {k: int(v) for k, v in fit["dx"].value_counts().sort_index().items()},
             "role": "every member trains on the fit half; never scored out of fold; the held-out half is "
                     "never trained on"}
+
+
+def not_trained_on(md: pd.DataFrame, second_source: dict | None) -> tuple[pd.DataFrame, str]:
+    """md less the images that a run's (or a manifest's) second_source record says its members trained
+    on, and what the rows are ("all", or "the held-out half of FILE"). ValueError if the recorded halves
+    file cannot be read or has changed since (its held-out half would no longer be sure)."""
+    if not second_source:
+        return md, "all"
+    path = repo_path(second_source["halves_file"])
+    try:
+        halves = load_halves(path)
+    except OSError as e:
+        raise ValueError(f"the members trained on the fit half of {second_source['halves_file']}, which cannot be "
+                         f"read ({e})") from None
+    if sha256_file(path) != second_source["halves_sha256"]:
+        raise ValueError(f"{second_source['halves_file']} has changed since the members trained on its fit half; "
+                         "restore it (git checkout) so its held-out half is the one no member trained on")
+    fit = set(halves.loc[halves["half"] == "fit", "image_id"])
+    if not fit & set(md["image_id"]):
+        return md, "all"
+    return (md[~md["image_id"].isin(fit)].reset_index(drop=True),
+            f"the held-out half of {second_source['halves_file']} (the members trained on the other half)")
 
 
 def load_folds(path: Path = DEFAULT_FOLDS) -> pd.DataFrame:

@@ -44,6 +44,7 @@ from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.vocab import CLASSES
 from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError
 from lesion_app.evidence.conformal import coverage_report
+from train.data.splits import not_trained_on
 from train.evaluation.metrics import classification_metrics, transfer_figures
 from train.evaluation.segmentation_metrics import mask_scores
 
@@ -181,14 +182,18 @@ def main(argv=None):
         p.error(str(e))
     try:
         predictor = Predictor(a.weights)
-        metrics, preds = evaluate(a.data, a.weights, predictor, by_lesion=a.by_lesion, aspect=aspect)
+        # A folder the members trained part of (a second source) is scored on the rest only.
+        untrained, which = not_trained_on(load_metadata(a.data), predictor.manifest.second_source)
+        metrics, preds = evaluate(a.data, a.weights, predictor, by_lesion=a.by_lesion, aspect=aspect,
+                                  image_ids=None if which == "all" else untrained["image_id"])
+        metrics["data"]["images"] = which
         if aspect is not None:
             metrics["data"]["aspect"] = a.aspect
         if a.masks_out:
             seg = write_masks(predictor, a.data, load_metadata(a.data)["image_id"], a.masks_out)
             if seg:
                 metrics["segmentation"] = seg
-    except (DatasetError, WeightsError, MetadataError) as e:
+    except (DatasetError, WeightsError, MetadataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in (a.out, a.predictions, *([a.sets] if a.sets else [])):
@@ -218,6 +223,8 @@ def main(argv=None):
         m = metrics["segmentation"]
         print(f"outlines  Dice {m['dice']:.4f}  Jaccard {m['jaccard']:.4f}  threshold Jaccard "
               f"{m['threshold_jaccard']:.4f} ({m['n']} masks)")
+    if metrics["data"]["images"] != "all":
+        print(f"scored {metrics['data']['images']}")
     print(f"scored {what}{metrics['data']['n_images']} images in {metrics['seconds']} s; "
           f"wrote {a.out} and {a.predictions}" + (f"; masks in {a.masks_out}" if a.masks_out else ""))
     return 0

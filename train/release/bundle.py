@@ -296,6 +296,7 @@ def main(argv=None):
         training_wall_time_seconds={**times, **{f"{k}_members": member_seconds[k] for k in MODEL_KEYS},
                                     "total": round(sum(times.values()) + sum(member_seconds.values()), 1)},
         hardware=cv["device"],
+        second_source=cv.get("second_source"),
     )
     manifest.save(a.out)
 

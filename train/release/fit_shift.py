@@ -32,7 +32,7 @@ from lesion_app.evidence.ood import OODDetector
 from lesion_app.evidence.shift import FEATURES, ShiftScore, empty_bands
 from train import REPO
 from train.data.dataset import DEFAULT_DATA, labels, load_image, load_metadata
-from train.data.splits import read_heldout
+from train.data.splits import not_trained_on, read_heldout
 from train.data.dataset import folder_image, parse_aspect
 from train.evaluation.metrics import balanced_accuracy, mel_auc, mel_vs_nv_auc
 from train.release.fit_ood import trunk_features
@@ -92,7 +92,10 @@ def main(argv=None):
 
     # Images no member trained on: the held-out slice and the other clinic's folder.
     aspect = parse_aspect(a.other_aspect)
-    other = load_metadata(a.other)
+    try:
+        other, which = not_trained_on(load_metadata(a.other), manifest.second_source)
+    except ValueError as e:
+        p.error(str(e))
     sources, ys, feats, probs = [], [], [], []
     for name, frame, image_of in (("HAM10000 held-out", held, lambda i: load_image(a.data, i)),
                                   (a.other.name, other, lambda i: folder_image(a.other, i, aspect))):
@@ -123,7 +126,8 @@ def main(argv=None):
         "fitted_on": f"{len(fit)} HAM10000 images outside the held-out slice (at most {a.fit_per_class} per class)",
         "reference": f"{len(ref)} other HAM10000 images outside the held-out slice",
         "bands": score.bands, "by_source": by_source,
-        "measured_on": f"HAM10000's held-out slice ({len(held)}) and {a.other.name} ({len(other)}, other clinics), "
+        "measured_on": f"HAM10000's held-out slice ({len(held)}) and {a.other.name} ({len(other)}, other clinics"
+                       + ("" if which == "all" else f"; {which}") + "), "
                        "images no shipped model trained on; the fusion ensemble as the app runs it",
         "fit_seconds": round(time.perf_counter() - t0, 1)})
     manifest.save(a.weights)

@@ -228,6 +228,17 @@ fine-tuned only the stages above it and its head.""")
     return "\n".join(lines)
 
 
+def _second_source(record: dict | None) -> str:
+    """The Data section's line on a second source the members trained on (train.fitting.cv --second-source)."""
+    if not record:
+        return ""
+    classes = ", ".join(f"{k} {v}" for k, v in record["fit_by_class"].items())
+    return (f"\nA second source: every member also trained on the fit half of `{record['halves_file']}` "
+            f"(sha256 `{record['halves_sha256'][:12]}…`): {record['n_fit']} images of `{record['data']}` "
+            f"({classes}), restored to {record['aspect'] or 'their stored'} aspect. None of them is scored out of "
+            "fold, and every figure quoted for that folder comes from its held-out half, which no member trained on.\n")
+
+
 def model_card(m: Manifest) -> str:
     models = m.models
     fus = models["fusion"]
@@ -268,7 +279,7 @@ inherit the non-commercial restriction. Images used at 200x150.
 Folds: `{m.folds_file}` (sha256 `{m.folds_sha256[:12]}…`), grouped by `lesion_id`,
 stratified by diagnosis, seed 0. Held out from every member: `{m.heldout_file}`
 (sha256 `{m.heldout_sha256[:12]}…`, {held.get('n', 0)} images); the app's examples come from it.
-
+{_second_source(m.second_source)}
 ## Out-of-fold evaluation (every image scored by the member that never saw its lesion)
 {fus['out_of_fold_metrics']['n']} images. These figures are for single members (each image has one
 out-of-fold member); the ensembles are expected to do somewhat better (next section).

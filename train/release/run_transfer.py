@@ -41,10 +41,8 @@ from lesion_app.classifier.models import ARCH, LesionClassifier
 from lesion_app.classifier.preprocess import InputSpec, flip_views, to_tensor
 from lesion_app.classifier.vocab import CLASSES
 from lesion_app.paths import REPO
-from lesion_app.classifier.weights import sha256_file
-from lesion_app.paths import repo_path
 from train.data.dataset import labels, load_metadata
-from train.data.splits import load_halves
+from train.data.splits import load_halves, not_trained_on
 from train.data.dataset import folder_image, parse_aspect
 from train.evaluation.metrics import balanced_accuracy, mel_auc, mel_vs_nv_auc, softmax, transfer_figures
 from train.evaluation.stats import paired_bootstrap
@@ -129,30 +127,22 @@ def main(argv=None) -> int:
     against = against[against["model"] == a.kind].set_index("image_id")
     if set(against.index) != set(md["image_id"]):
         p.error(f"{a.against} does not score the same images of {a.other} as {a.kind}")
-    halves_file = a.heldout_half
-    trained = cv.get("second_source")
-    if trained:
-        recorded = repo_path(trained["halves_file"])
+    try:   # never the images the run trained on (a second source's fit half)
+        md, which = not_trained_on(md, cv.get("second_source"))
+    except ValueError as e:
+        p.error(f"{a.cv}: {e}")
+    if a.heldout_half is not None:
+        if which != "all":
+            p.error(f"{a.cv} trained on a fit half of {a.other.name}; it is scored on that file's held-out half "
+                    "(leave --heldout-half out)")
         try:
-            halves = load_halves(recorded)
-        except (OSError, ValueError) as e:
-            p.error(f"{a.cv} trained on the fit half of {trained['halves_file']}, which cannot be read: {e}")
-        if sha256_file(recorded) != trained["halves_sha256"]:
-            p.error(f"{trained['halves_file']} has changed since {a.cv} trained on its fit half; restore it "
-                    "(git checkout) so the held-out half is the one no member trained on")
-        if set(halves.loc[halves["half"] == "fit", "image_id"]) & set(md["image_id"]):
-            if halves_file is not None and halves_file.resolve() != repo_path(trained["halves_file"]).resolve():
-                p.error(f"{a.cv} trained on the fit half of {trained['halves_file']}; score it on that file's "
-                        "held-out half (leave --heldout-half out)")
-            halves_file = repo_path(trained["halves_file"])
-    if halves_file is not None:
-        try:
-            halves = load_halves(halves_file)
+            halves = load_halves(a.heldout_half)
         except (OSError, ValueError) as e:
             p.error(str(e))
         if set(halves["image_id"]) != set(md["image_id"]):
-            p.error(f"{halves_file} does not list exactly the images of {a.other}")
+            p.error(f"{a.heldout_half} does not list exactly the images of {a.other}")
         md = md[md["image_id"].isin(set(halves.loc[halves["half"] == "heldout", "image_id"]))].reset_index(drop=True)
+        which = f"the held-out half of {a.heldout_half}"
     y = labels(md)
     meta = torch.from_numpy(encode_frame(md, AgeScaler(**cv["age_scaler"])))
     feats = lower_features([folder_image(a.other, i, aspect) for i in md["image_id"]], spec, split_block, arch)
@@ -161,7 +151,7 @@ def main(argv=None) -> int:
     base = against.loc[md["image_id"], list(CLASSES)].to_numpy()
     result = {"run": str(a.cv), "kind": a.kind, "members": len(logits), "input_spec": spec.to_dict(),
               "folder": str(a.other), "aspect": a.aspect, "n": len(md), "against": str(a.against),
-              "images": "all" if halves_file is None else f"the held-out half of {halves_file}",
+              "images": which,
               "run_figures": transfer_figures(y, probs), "against_figures": transfer_figures(y, base),
               "balanced_accuracy": {"run": balanced_accuracy(y, probs), "against": balanced_accuracy(y, base)},
               "paired_difference": {k: paired(m, y, base, probs) for k, m in PAIRED.items()},
