@@ -214,3 +214,24 @@ def test_a_folder_of_two_classes_is_scored_over_those_two(folder, tmp_path):
         aucs = [roc_auc_score(truth == c, probs[:, CLASSES.index(c)]) for c in ("mel", "nv")]
         assert m[k]["macro_auc"] == pytest.approx(np.mean(aucs), abs=1e-6)
         assert m[k]["mel_vs_nv_auc"] == pytest.approx(roc_auc_score(truth == "mel", rows["mel"]), abs=1e-6)
+
+
+def test_heldout_half_scores_only_that_half_with_the_same_figures_as_those_rows(folder, tmp_path):
+    """--heldout-half (issue 37): earlier weights scored on the images a second-source run never trained
+    on, so the two rows of the model card cover the same images; a missing file is a message."""
+    md = pd.read_csv(folder / "metadata.csv")
+    halves = tmp_path / "halves.csv"    # by lesion: the first 3 lesions' images fit, the rest held out
+    fit_lesions = sorted(md["lesion_id"].unique())[:3]
+    md.assign(half=md["lesion_id"].isin(fit_lesions).map({True: "fit", False: "heldout"}))[
+        ["image_id", "lesion_id", "dx", "half"]].to_csv(halves, index=False)
+    held = set(md.loc[~md["lesion_id"].isin(fit_lesions), "image_id"])
+    assert 0 < len(held) < len(md)
+    r = run_module("train.evaluation.evaluate", "--data", folder, "--out", tmp_path / "h.json",
+                   "--predictions", tmp_path / "h.csv", "--heldout-half", halves)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert set(pd.read_csv(tmp_path / "h.csv")["image_id"]) == held
+    metrics = json.loads((tmp_path / "h.json").read_text())
+    assert metrics["data"]["n_images"] == len(held) and "held-out half" in metrics["data"]["images"]
+    r = run_module("train.evaluation.evaluate", "--data", folder, "--out", tmp_path / "x.json",
+                   "--predictions", tmp_path / "x.csv", "--heldout-half", tmp_path / "none.csv")
+    assert r.returncode == 2 and "none.csv" in r.stderr and "Traceback" not in r.stderr

@@ -19,6 +19,9 @@ A folder from another clinic may hold only some of the 7 classes (isic2017: mel,
 accuracy, macro-F1 and macro AUC run over the classes present (a prediction of an absent class counts
 as wrong), and each model also gets `mel_auc`, `mel_vs_nv_auc` (P(mel), melanomas against nevi only)
 and, when the weights have prediction-set thresholds, `sets`: each level's coverage and mean size.
+--heldout-half HALVES.csv (optional): score only that halves file's held-out half (train.data.make_halves).
+Weights that trained on a second source's fit half (the manifest's second_source) are always scored on
+the rest of that folder only.
 --masks-out DIR (optional): the lesion segmenter's outline of every image as
 DIR/<image_id>_segmentation.png, 0/255 at the image's own size (HAM10000's mask layout); when
 the folder has masks, metrics.json gains `segmentation` (mean Dice, Jaccard, threshold Jaccard).
@@ -44,7 +47,7 @@ from lesion_app.analysis.predictor import Predictor
 from lesion_app.classifier.vocab import CLASSES
 from lesion_app.classifier.weights import MODEL_KEYS, WEIGHTS_DIR, WeightsError
 from lesion_app.evidence.conformal import coverage_report
-from train.data.splits import not_trained_on
+from train.data.splits import load_halves, not_trained_on
 from train.evaluation.metrics import classification_metrics, transfer_figures
 from train.evaluation.segmentation_metrics import mask_scores
 
@@ -171,6 +174,9 @@ def main(argv=None):
                    help="one row per lesion_id from all of its images (image_id: its first image)")
     p.add_argument("--aspect", default=None, metavar="W:H",
                    help="resize each image to this aspect (same width) first: 4:3 for a folder stored squashed")
+    p.add_argument("--heldout-half", type=Path, default=None, metavar="HALVES.csv",
+                   help="score only this halves file's held-out half (train.data.make_halves), e.g. to compare "
+                        "earlier weights with weights that trained on the fit half, on the same images")
     p.add_argument("--masks-out", type=Path, default=None,
                    help="write the predicted lesion mask of every image here (<image_id>_segmentation.png)")
     a = p.parse_args(argv)
@@ -184,6 +190,12 @@ def main(argv=None):
         predictor = Predictor(a.weights)
         # A folder the members trained part of (a second source) is scored on the rest only.
         untrained, which = not_trained_on(load_metadata(a.data), predictor.manifest.second_source)
+        if a.heldout_half is not None:
+            halves = load_halves(a.heldout_half)
+            if set(halves["image_id"]) != set(untrained["image_id"]) and which == "all":
+                raise ValueError(f"{a.heldout_half} does not list exactly the images of {a.data}")
+            untrained = untrained[untrained["image_id"].isin(set(halves.loc[halves["half"] == "heldout", "image_id"]))]
+            which = f"the held-out half of {a.heldout_half}"
         metrics, preds = evaluate(a.data, a.weights, predictor, by_lesion=a.by_lesion, aspect=aspect,
                                   image_ids=None if which == "all" else untrained["image_id"])
         metrics["data"]["images"] = which
@@ -193,7 +205,7 @@ def main(argv=None):
             seg = write_masks(predictor, a.data, load_metadata(a.data)["image_id"], a.masks_out)
             if seg:
                 metrics["segmentation"] = seg
-    except (DatasetError, WeightsError, MetadataError, ValueError) as e:
+    except (DatasetError, WeightsError, MetadataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in (a.out, a.predictions, *([a.sets] if a.sets else [])):
